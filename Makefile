@@ -1,0 +1,63 @@
+# The README's commands. Each target creates or reuses .venv and installs what it needs first.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# constraints.txt pins torch to the CPU build on disk (any other spec pulls a multi-GB CUDA
+# build) and everything else to versions that resolve together on this package mirror.
+PIP := $(BIN)/python -m pip install --disable-pip-version-check --quiet -c constraints.txt
+# pip's global find-links config names folders that do not exist: drop that noise only.
+QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+
+.PHONY: help install install-demo demo test lint format bench clean
+
+help:
+	@echo "make demo   - set up .venv and run the demo (Milvus Lite search, reranked)"
+	@echo "make test   - set up .venv and run the whole test suite"
+	@echo "make lint   - ruff and mypy"
+	@echo "make bench  - side-by-side benchmarks"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.demo-installed: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) torch==2.13.0 $(QUIET_PIP)
+	$(PIP) -e ".[local,milvus,serve]" $(QUIET_PIP)
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.demo-installed
+	$(PIP) -e ".[dev]" $(QUIET_PIP)
+	# llama-index-vector-stores-milvus 1.2 declares pymilvus<3, yet works with pymilvus 3.0 and
+	# Milvus Lite 3.2 (dense, BM25 hybrid, sync and async). Its declared range would downgrade
+	# pymilvus below what langchain-milvus 0.4 needs, so it goes in without its dependencies,
+	# which the line above already installed (llama-index-core, pymilvus).
+	$(PIP) --no-deps llama-index-vector-stores-milvus $(QUIET_PIP)
+	touch $@
+
+install-demo: $(VENV)/.demo-installed
+install: $(VENV)/.dev-installed
+
+demo: $(VENV)/.demo-installed
+	$(BIN)/milvus-rerank demo
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS) || { status=$$?; \
+	  if [ $$status -eq 5 ]; then echo "make test: pytest ran no tests (exit 5)" >&2; fi; exit $$status; }
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/mypy
+
+format: $(VENV)/.dev-installed
+	$(BIN)/ruff format src tests benchmarks examples
+	$(BIN)/ruff check --fix src tests benchmarks examples
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,88 @@
+"""milvus-rerank: one ``Reranker`` interface over local and API rerankers, for RAG on Milvus.
+
+``import milvus_rerank`` stays light: the local models (torch), the HTTP providers and the
+framework adapters load on first use of their names.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+from .base import Reranker
+from .errors import (
+    AuthenticationError,
+    ConfigurationError,
+    InvalidInputError,
+    InvalidResponseError,
+    MissingDependencyError,
+    ProviderError,
+    ProviderUnavailableError,
+    RateLimitError,
+    RerankError,
+)
+from .results import RerankResult
+
+if TYPE_CHECKING:
+    from .providers._http import HTTPReranker, Secret
+    from .providers.bge import BGEReranker
+    from .providers.cohere import CohereReranker
+    from .providers.cross_encoder import CrossEncoderReranker
+    from .providers.jina import JinaReranker
+    from .providers.tei import TEIReranker
+    from .providers.vllm import VLLMReranker
+    from .providers.voyage import VoyageReranker
+    from .registry import create_reranker
+
+
+_LAZY = {
+    "BGEReranker": "milvus_rerank.providers.bge",
+    "CohereReranker": "milvus_rerank.providers.cohere",
+    "CrossEncoderReranker": "milvus_rerank.providers.cross_encoder",
+    "HTTPReranker": "milvus_rerank.providers._http",
+    "JinaReranker": "milvus_rerank.providers.jina",
+    "Secret": "milvus_rerank.providers._http",
+    "TEIReranker": "milvus_rerank.providers.tei",
+    "VLLMReranker": "milvus_rerank.providers.vllm",
+    "VoyageReranker": "milvus_rerank.providers.voyage",
+    "create_reranker": "milvus_rerank.registry",
+}
+
+__all__ = [
+    "AuthenticationError",
+    "BGEReranker",
+    "CohereReranker",
+    "ConfigurationError",
+    "CrossEncoderReranker",
+    "HTTPReranker",
+    "InvalidInputError",
+    "InvalidResponseError",
+    "JinaReranker",
+    "MissingDependencyError",
+    "ProviderError",
+    "ProviderUnavailableError",
+    "RateLimitError",
+    "RerankError",
+    "RerankResult",
+    "Reranker",
+    "Secret",
+    "TEIReranker",
+    "VLLMReranker",
+    "VoyageReranker",
+    "__version__",
+    "create_reranker",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'milvus_rerank' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

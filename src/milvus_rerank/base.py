@@ -1,0 +1,161 @@
+"""The ``Reranker`` base class: one concrete ``rerank`` over one scoring hook per backend."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import numbers
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from typing_extensions import Self
+
+from .errors import InvalidInputError, InvalidResponseError
+from .results import RerankResult
+
+__all__ = ["Reranker", "describe_value"]
+
+
+def describe_value(value: object, limit: int = 60) -> str:
+    """A short, safe description of a bad value for an error message: its type and a clipped repr."""
+    text = repr(value)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _check_text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{what} must be a str, got {describe_value(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"{what} is not valid Unicode text (lone surrogate at position {exc.start}): "
+            f"{describe_value(value)}"
+        ) from None
+    return value
+
+
+def validate_request(
+    query: object, documents: object, top_n: object
+) -> tuple[str, list[str], int | None]:
+    """Check a rerank request and return it normalized: a copied list of documents, an int top_n."""
+    query = _check_text(query, "query")
+    if not query.strip():
+        raise InvalidInputError(f"query must be a non-empty string, got {query!r}")
+    if isinstance(documents, (str, bytes, bytearray, Mapping)) or not isinstance(
+        documents, Sequence
+    ):
+        raise InvalidInputError(
+            f"documents must be a sequence of str (a list or tuple), got {describe_value(documents)}"
+        )
+    docs = [_check_text(doc, f"documents[{i}]") for i, doc in enumerate(documents)]
+    if top_n is not None:
+        if isinstance(top_n, bool) or not isinstance(top_n, numbers.Integral):
+            raise InvalidInputError(
+                f"top_n must be a positive int or None, got {describe_value(top_n)}"
+            )
+        if top_n < 1:
+            raise InvalidInputError(f"top_n must be a positive int or None, got {top_n!r}")
+        top_n = int(top_n)
+    return query, docs, top_n
+
+
+def rank(
+    documents: list[str], scores: Sequence[float], top_n: int | None, *, provider: str
+) -> list[RerankResult]:
+    """Order documents by score, best first, ties in input order, cut to ``top_n``."""
+    if len(scores) != len(documents):
+        raise InvalidResponseError(
+            f"{provider} returned {len(scores)} scores for {len(documents)} documents",
+            provider=provider,
+        )
+    values = [float(s) for s in scores]
+    for i, value in enumerate(values):
+        if not math.isfinite(value):
+            raise InvalidResponseError(
+                f"{provider} returned a non-finite score {value!r} for documents[{i}]",
+                provider=provider,
+            )
+    order = sorted(range(len(values)), key=lambda i: (-values[i], i))
+    if top_n is not None:
+        order = order[:top_n]
+    return [RerankResult(index=i, score=values[i], text=documents[i]) for i in order]
+
+
+class Reranker(ABC):
+    """Reorders documents by their relevance to a query.
+
+    ``rerank`` is concrete: it checks the input, returns ``[]`` for no documents without
+    touching the backend, scores through the backend's one hook (``_score``, and ``_ascore``
+    for the async path), then sorts best first with ties in input order and applies ``top_n``.
+    """
+
+    #: Short backend name used in errors and by ``milvus_rerank.milvus.server_side_ranker``.
+    provider: ClassVar[str] = "custom"
+
+    def rerank(
+        self, query: str, documents: Sequence[str], top_n: int | None = None
+    ) -> list[RerankResult]:
+        """Rerank ``documents`` for ``query``, best first; keep the best ``top_n`` (all if None).
+
+        Raises:
+            InvalidInputError: an empty or non-string query, a non-string document, a bad top_n.
+            ProviderError: the backend failed (API providers only).
+        """
+        query, docs, top_n = validate_request(query, documents, top_n)
+        if not docs:
+            return []
+        return rank(docs, self._score(query, docs), top_n, provider=self.provider)
+
+    async def arerank(
+        self, query: str, documents: Sequence[str], top_n: int | None = None
+    ) -> list[RerankResult]:
+        """Async ``rerank``: native for HTTP backends, a worker thread for local models."""
+        query, docs, top_n = validate_request(query, documents, top_n)
+        if not docs:
+            return []
+        return rank(docs, await self._ascore(query, docs), top_n, provider=self.provider)
+
+    def __call__(
+        self, query: str, documents: Sequence[str], top_k: int | None = 5
+    ) -> list[RerankResult]:
+        """pymilvus-model's call shape: ``rf(query, documents, top_k=5)``."""
+        return self.rerank(query, documents, top_n=top_k)
+
+    @abstractmethod
+    def _score(self, query: str, documents: list[str]) -> Sequence[float]:
+        """Return one relevance score per document, in input order (never empty input)."""
+
+    async def _ascore(self, query: str, documents: list[str]) -> Sequence[float]:
+        """Async scoring hook; by default runs ``_score`` in a worker thread."""
+        return await asyncio.to_thread(self._score, query, documents)
+
+    def close(self) -> None:
+        """Release held resources (HTTP connections); the reranker stays usable."""
+
+    async def aclose(self) -> None:
+        """Async ``close``."""
+        self.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def _repr_fields(self) -> dict[str, Any]:
+        """Public, non-secret settings shown by ``repr``."""
+        return {}
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self._repr_fields().items())
+        return f"{type(self).__name__}({fields})"

@@ -1,0 +1,114 @@
+"""The exceptions raised by milvus-rerank.
+
+Every error the package raises on purpose derives from ``RerankError``::
+
+    RerankError
+    ├── ConfigurationError            a reranker cannot be built as asked (bad option, no key, no model)
+    │   └── MissingDependencyError    an optional extra is not installed (also an ImportError)
+    ├── InvalidInputError             the query, documents or top_n are not acceptable (also a ValueError)
+    └── ProviderError                 a backend answered with an error or could not be reached
+        ├── AuthenticationError       401/403: the key is missing, wrong or lacks access
+        ├── RateLimitError            429, still after the retries allowed
+        ├── ProviderUnavailableError  5xx, timeouts or connection failures, still after the retries
+        └── InvalidResponseError      a 2xx answer that is malformed or inconsistent with the request
+
+Only ``RateLimitError`` and ``ProviderUnavailableError`` describe conditions worth retrying;
+the HTTP layer retries them itself before raising, so callers see them only once it gave up.
+Errors carry context in keyword-only attributes and never an API key.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigurationError",
+    "InvalidInputError",
+    "InvalidResponseError",
+    "MissingDependencyError",
+    "ProviderError",
+    "ProviderUnavailableError",
+    "RateLimitError",
+    "RerankError",
+]
+
+
+class RerankError(Exception):
+    """Base class of every error raised by milvus-rerank."""
+
+
+class ConfigurationError(RerankError):
+    """A reranker cannot be built as configured: a bad option, a missing key or model."""
+
+
+class MissingDependencyError(ConfigurationError, ImportError):
+    """An optional dependency is missing; the message holds the exact ``pip install`` line."""
+
+    def __init__(self, feature: str, extra: str, missing: str) -> None:
+        self.feature = feature
+        self.extra = extra
+        self.missing = missing
+        super().__init__(
+            f"{feature} needs the optional dependency {missing!r}, which is not installed. "
+            f'Install it with: pip install "milvus-rerank[{extra}]"'
+        )
+
+
+class InvalidInputError(RerankError, ValueError):
+    """The query, the documents or ``top_n`` are not acceptable; the message names the value."""
+
+
+class ProviderError(RerankError):
+    """A reranking backend answered with an error, or could not be reached.
+
+    Attributes:
+        provider: The backend's name, e.g. ``"cohere"``.
+        status_code: The HTTP status of the last answer, or ``None`` when none came.
+        request_id: The provider's id for the request, when it sent one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        status_code: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.status_code = status_code
+        self.request_id = request_id
+
+
+class AuthenticationError(ProviderError):
+    """The provider refused the credentials (HTTP 401 or 403)."""
+
+
+class RateLimitError(ProviderError):
+    """The provider kept answering 429 after the allowed retries.
+
+    Attributes:
+        retry_after: Seconds the provider asked to wait, when it said so.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        status_code: int | None = 429,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(
+            message, provider=provider, status_code=status_code, request_id=request_id
+        )
+        self.retry_after = retry_after
+
+
+class ProviderUnavailableError(ProviderError):
+    """The provider failed with 5xx, a timeout or a connection error, after the allowed retries."""
+
+
+class InvalidResponseError(ProviderError):
+    """A successful answer that is malformed or does not match the request; no ranking is made."""

@@ -1,0 +1,130 @@
+"""Reranking on Milvus: client-side over ``MilvusClient.search`` hits, or server-side Functions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .base import Reranker, describe_value
+from .errors import InvalidInputError
+
+__all__ = ["arerank_hits", "rerank_hits"]
+
+_MAX_PARALLEL_QUERIES = 8
+
+
+def _hit_id(hit: Mapping[str, Any]) -> Any:
+    """The primary key of a hit, whatever the primary field is called."""
+    pk = getattr(hit, "id", None)
+    if pk is None:
+        pk = hit.get("id", hit.get("pk"))
+    return pk
+
+
+def _hit_text(hit: object, text_field: str, query_index: int, position: int) -> str:
+    if not isinstance(hit, Mapping):
+        raise InvalidInputError(
+            f"results[{query_index}][{position}] must be a Milvus hit (a dict), "
+            f"got {describe_value(hit)}"
+        )
+    entity = hit.get("entity")
+    source = entity if isinstance(entity, Mapping) and text_field in entity else hit
+    if text_field not in source:
+        raise InvalidInputError(
+            f"hit id={_hit_id(hit)!r} (results[{query_index}][{position}]) has no {text_field!r} "
+            f"field; add it to output_fields=[{text_field!r}] of the search"
+        )
+    text = source[text_field]
+    if not isinstance(text, str):
+        raise InvalidInputError(
+            f"hit id={_hit_id(hit)!r} (results[{query_index}][{position}]) field {text_field!r} "
+            f"must be a str, got {describe_value(text)}"
+        )
+    return text
+
+
+def _prepare(
+    queries: str | Sequence[str], results: Sequence[Sequence[Any]], text_field: str
+) -> tuple[list[str], list[list[Any]], list[list[str]]]:
+    if isinstance(queries, str):
+        queries = [queries]
+    if isinstance(results, (str, bytes, Mapping)) or not isinstance(results, Sequence):
+        raise InvalidInputError(
+            f"results must be what MilvusClient.search returns (one hit list per query), "
+            f"got {describe_value(results)}"
+        )
+    if len(queries) != len(results):
+        raise InvalidInputError(
+            f"got {len(queries)} queries for {len(results)} hit lists; search returns one hit "
+            "list per query vector, so pass the queries in the same order"
+        )
+    hit_lists: list[list[Any]] = []
+    texts: list[list[str]] = []
+    for q, hits in enumerate(results):
+        if isinstance(hits, (str, bytes, Mapping)) or not isinstance(hits, Sequence):
+            raise InvalidInputError(f"results[{q}] must be a list of hits, got {describe_value(hits)}")
+        hit_list = list(hits)
+        hit_lists.append(hit_list)
+        texts.append([_hit_text(hit, text_field, q, i) for i, hit in enumerate(hit_list)])
+    return list(queries), hit_lists, texts
+
+
+def _reordered(hits: list[Any], ranked: Sequence[Any], score_field: str) -> list[dict[str, Any]]:
+    out = []
+    for result in ranked:
+        hit = dict(hits[result.index])
+        if isinstance(hit.get("entity"), Mapping):
+            hit["entity"] = dict(hit["entity"])
+        hit[score_field] = result.score
+        out.append(hit)
+    return out
+
+
+def rerank_hits(
+    reranker: Reranker,
+    queries: str | Sequence[str],
+    results: Sequence[Sequence[Any]],
+    *,
+    text_field: str = "text",
+    top_n: int | None = None,
+    score_field: str = "rerank_score",
+) -> list[list[dict[str, Any]]]:
+    """Rerank what ``MilvusClient.search`` / ``hybrid_search`` returned, one hit list per query.
+
+    Each hit comes back as a new dict, best first, with Milvus's ``id``, ``distance`` and
+    ``entity`` kept and the rerank score added under ``score_field``. The text is read from
+    ``hit["entity"][text_field]`` (include it in ``output_fields``). The input is not mutated.
+    Several queries are reranked concurrently (up to 8 threads; ``arerank_hits`` for asyncio).
+
+    Raises:
+        InvalidInputError: a hit without a string ``text_field`` (named by its id), or a
+            different number of queries and hit lists.
+    """
+    queries, hit_lists, texts = _prepare(queries, results, text_field)
+
+    def one(i: int) -> list[dict[str, Any]]:
+        return _reordered(hit_lists[i], reranker.rerank(queries[i], texts[i], top_n=top_n), score_field)
+
+    if len(queries) == 1:
+        return [one(0)]
+    with ThreadPoolExecutor(max_workers=min(_MAX_PARALLEL_QUERIES, len(queries))) as pool:
+        return list(pool.map(one, range(len(queries))))
+
+
+async def arerank_hits(
+    reranker: Reranker,
+    queries: str | Sequence[str],
+    results: Sequence[Sequence[Any]],
+    *,
+    text_field: str = "text",
+    top_n: int | None = None,
+    score_field: str = "rerank_score",
+) -> list[list[dict[str, Any]]]:
+    """Async ``rerank_hits``: the queries' reranks run concurrently."""
+    queries, hit_lists, texts = _prepare(queries, results, text_field)
+    ranked = await asyncio.gather(
+        *(reranker.arerank(q, t, top_n=top_n) for q, t in zip(queries, texts, strict=True))
+    )
+    return [_reordered(h, r, score_field) for h, r in zip(hit_lists, ranked, strict=True)]

@@ -1,0 +1,46 @@
+"""Cohere's v2 rerank API (``POST /v2/rerank``), and any server that speaks it."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ._http import HTTPReranker
+
+__all__ = ["CohereReranker"]
+
+
+class CohereReranker(HTTPReranker):
+    """Cohere Rerank v2 (``rerank-v3.5``, ``rerank-v4.0-pro``...), or a Cohere-compatible server.
+
+    The key comes from ``api_key``, else ``COHERE_API_KEY``, else ``CO_API_KEY``; it is only
+    required for Cohere's own API, so a self-hosted Cohere-compatible ``/v2/rerank`` (vLLM,
+    ``milvus-rerank serve``) works with ``base_url`` alone.
+
+    Args:
+        model: Cohere model name.
+        max_tokens_per_doc: Cohere truncates each document to this many tokens (server
+            default 4096); None leaves the field out.
+        **kwargs: ``api_key``, ``base_url``, ``timeout``, ``max_retries``, ``deadline``,
+            ``max_batch`` (default 1,000, Cohere's recommended maximum), ``max_concurrency``,
+            ``http_client``, ``http_async_client``, ``headers``; see ``HTTPReranker``.
+    """
+
+    provider: ClassVar[str] = "cohere"
+    path: ClassVar[str] = "/v2/rerank"
+    default_base_url: ClassVar[str | None] = "https://api.cohere.com"
+    env_vars: ClassVar[tuple[str, ...]] = ("COHERE_API_KEY", "CO_API_KEY")
+    default_model: ClassVar[str | None] = "rerank-v3.5"
+    default_max_batch: ClassVar[int | None] = 1000
+
+    def __init__(
+        self, model: str | None = None, *, max_tokens_per_doc: int | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(model, **kwargs)
+        self.max_tokens_per_doc = max_tokens_per_doc
+
+    def _payload(self, query: str, documents: list[str]) -> dict[str, Any]:
+        # top_n is left out: Cohere then returns every document, which chunks need.
+        payload: dict[str, Any] = {"model": self.model, "query": query, "documents": documents}
+        if self.max_tokens_per_doc is not None:
+            payload["max_tokens_per_doc"] = self.max_tokens_per_doc
+        return payload

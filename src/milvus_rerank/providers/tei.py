@@ -1,0 +1,64 @@
+"""Hugging Face Text Embeddings Inference's rerank route (``POST /rerank``)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from ..errors import ConfigurationError
+from ._http import HTTPReranker
+
+__all__ = ["TEIReranker"]
+
+
+class TEIReranker(HTTPReranker):
+    """A reranker served by ``text-embeddings-inference`` (the model is fixed at launch).
+
+    ``base_url`` is required. TEI refuses more than ``--max-client-batch-size`` texts per
+    request (32 by default) with a 422, so longer lists go out in chunks of
+    ``max_client_batch_size``.
+
+    Args:
+        raw_scores: Ask for raw logits instead of TEI's sigmoid scores.
+        truncate: Let TEI truncate pairs past the model's max length (else it errors).
+        truncation_direction: ``"Right"`` or ``"Left"``.
+        max_client_batch_size: Texts per request; match the server's flag.
+        **kwargs: ``api_key``, ``base_url``, ``timeout``, ``max_retries``, ``deadline``,
+            ``max_concurrency``, ``http_client``, ``http_async_client``, ``headers``.
+    """
+
+    provider: ClassVar[str] = "tei"
+    path: ClassVar[str] = "/rerank"
+    results_key: ClassVar[str | None] = None
+    score_key: ClassVar[str] = "score"
+    default_max_batch: ClassVar[int | None] = 32
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        raw_scores: bool = False,
+        truncate: bool = False,
+        truncation_direction: Literal["Right", "Left"] = "Right",
+        max_client_batch_size: int = 32,
+        **kwargs: Any,
+    ) -> None:
+        if truncation_direction not in ("Right", "Left"):
+            raise ConfigurationError(
+                f"TEIReranker: truncation_direction must be 'Right' or 'Left', "
+                f"got {truncation_direction!r}"
+            )
+        kwargs.setdefault("max_batch", max_client_batch_size)
+        super().__init__(model, **kwargs)
+        self.raw_scores = raw_scores
+        self.truncate = truncate
+        self.truncation_direction = truncation_direction
+
+    def _payload(self, query: str, documents: list[str]) -> dict[str, Any]:
+        return {
+            "query": query,
+            "texts": documents,
+            "raw_scores": self.raw_scores,
+            "return_text": False,
+            "truncate": self.truncate,
+            "truncation_direction": self.truncation_direction,
+        }

@@ -1,0 +1,49 @@
+"""vLLM's OpenAI-compatible rerank server (``POST /v1/rerank``)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ._http import HTTPReranker
+
+__all__ = ["VLLMReranker"]
+
+
+class VLLMReranker(HTTPReranker):
+    """A cross-encoder served by ``vllm serve <model> --runner pooling``.
+
+    ``base_url`` is required (the server root, e.g. ``http://localhost:8000``). The key is
+    optional: ``api_key``, else ``VLLM_API_KEY``, sent only when set (the server's
+    ``--api-key``). vLLM's scores are the model's activation of the logit (the sigmoid for a
+    one-label cross-encoder), so they equal ``CrossEncoderReranker`` on the same checkpoint.
+
+    Args:
+        model: The served model name; None lets a one-model server use its own.
+        truncate_prompt_tokens: Ask vLLM to truncate each pair to this many tokens.
+        **kwargs: ``api_key``, ``base_url``, ``timeout``, ``max_retries``, ``deadline``,
+            ``max_batch`` (default: no chunking), ``max_concurrency``, ``http_client``,
+            ``http_async_client``, ``headers``; see ``HTTPReranker``.
+    """
+
+    provider: ClassVar[str] = "vllm"
+    path: ClassVar[str] = "/v1/rerank"
+    env_vars: ClassVar[tuple[str, ...]] = ("VLLM_API_KEY",)
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        truncate_prompt_tokens: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, **kwargs)
+        self.truncate_prompt_tokens = truncate_prompt_tokens
+
+    def _payload(self, query: str, documents: list[str]) -> dict[str, Any]:
+        # top_n is left out (vLLM's default 0 returns every document).
+        payload: dict[str, Any] = {"query": query, "documents": documents}
+        if self.model is not None:
+            payload = {"model": self.model, **payload}
+        if self.truncate_prompt_tokens is not None:
+            payload["truncate_prompt_tokens"] = self.truncate_prompt_tokens
+        return payload

@@ -1,0 +1,60 @@
+"""Shared fixtures: the hub stays offline, tiny random checkpoints are built once per session."""
+
+from __future__ import annotations
+
+import os
+
+# The Hugging Face hub is unreachable on these machines: never let a test wait on it.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from collections.abc import Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from milvus_rerank import Reranker  # noqa: E402
+
+CORPUS = [
+    "paris is the capital of france",
+    "berlin is the capital of germany",
+    "the dartmouth conference in 1956 marked the birth of artificial intelligence",
+    "alan turing proposed a test of machine intelligence",
+    "milvus is a vector database for similarity search",
+    "Unicode: café, naïve, 東京, emoji 🚀 and RTL שלום",
+]
+
+
+class ScoreTableReranker(Reranker):
+    """A reranker whose scores come from a table: documents absent from it score 0."""
+
+    provider = "table"
+
+    def __init__(self, table: dict[str, float] | None = None) -> None:
+        self.table = table or {}
+        self.calls = 0
+
+    def _score(self, query: str, documents: list[str]) -> Sequence[float]:
+        self.calls += 1
+        return [self.table.get(doc, 0.0) for doc in documents]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random checkpoints: two BERT cross-encoders and an XLM-R (BGE-shaped) reranker."""
+    pytest.importorskip("torch")
+    from transformers.utils import logging as hf_logging
+
+    from milvus_rerank.tiny import build_tiny_bge, build_tiny_cross_encoder
+
+    hf_logging.disable_progress_bar()
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {
+        "ce": build_tiny_cross_encoder(root / "ce", texts=CORPUS, initializer_range=0.3),
+        "ce_identity": build_tiny_cross_encoder(
+            root / "ce-identity", texts=CORPUS, activation="identity", initializer_range=0.3
+        ),
+        "bge": build_tiny_bge(root / "bge", texts=CORPUS, initializer_range=0.3),
+    }

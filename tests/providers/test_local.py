@@ -1,0 +1,206 @@
+"""Local rerankers score exactly like their reference libraries on the same weights."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from milvus_rerank import BGEReranker, ConfigurationError, CrossEncoderReranker  # noqa: E402
+from milvus_rerank.providers._local import plan_batches  # noqa: E402
+
+QUERY = "what event in 1956 marked the birth of artificial intelligence"
+DOCS = [
+    "the dartmouth conference in 1956 marked the birth of artificial intelligence",
+    "paris is the capital of france",
+    "ai",
+    "",
+    "alan turing proposed a test of machine intelligence " * 3,
+    "milvus is a vector database for similarity search " * 40,  # longer than max_length
+    "Unicode: café, naïve, 東京, emoji 🚀 and RTL שלום",
+    "berlin is the capital of germany " * 12,
+]
+LONG_QUERY = "what is the history of artificial intelligence research " * 12
+TOL = 1e-5
+
+
+def _close(ours: list[float], ref: list[float]) -> None:
+    assert len(ours) == len(ref)
+    worst = max(abs(a - float(b)) for a, b in zip(ours, ref, strict=True))
+    assert worst <= TOL, f"max difference {worst:.2e} > {TOL}"
+
+
+@pytest.fixture(autouse=True)
+def _quiet_references() -> None:
+    logging.getLogger("sentence_transformers").setLevel(logging.ERROR)
+
+
+@pytest.mark.parametrize("checkpoint", ["ce", "ce_identity"])
+@pytest.mark.parametrize("batch_size", [1, 3, 32])
+@pytest.mark.parametrize("max_length", [None, 24])
+@pytest.mark.parametrize("query", [QUERY, LONG_QUERY])
+def test_cross_encoder_matches_sentence_transformers(
+    tiny_models: dict[str, Path],
+    checkpoint: str,
+    batch_size: int,
+    max_length: int | None,
+    query: str,
+) -> None:
+    from sentence_transformers import CrossEncoder
+
+    path = str(tiny_models[checkpoint])
+    reference = CrossEncoder(path, max_length=max_length, device="cpu")
+    expected = reference.predict([(query, d) for d in DOCS], batch_size=batch_size)
+    ours = CrossEncoderReranker(path, batch_size=batch_size, max_length=max_length, device="cpu")
+    _close(ours._score(query, DOCS), list(expected))
+
+
+def test_cross_encoder_activation_follows_the_config(tiny_models: dict[str, Path]) -> None:
+    sigmoid = CrossEncoderReranker(str(tiny_models["ce"]))._score(QUERY, DOCS)
+    raw = CrossEncoderReranker(str(tiny_models["ce_identity"]))._score(QUERY, DOCS)
+    assert all(0.0 < s < 1.0 for s in sigmoid)
+    assert any(s < 0.0 or s > 1.0 for s in raw), "an Identity checkpoint gives raw logits"
+    forced = CrossEncoderReranker(str(tiny_models["ce_identity"]), activation="sigmoid")
+    assert all(0.0 < s < 1.0 for s in forced._score(QUERY, DOCS))
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("batch_size", [1, 3, 32])
+@pytest.mark.parametrize("max_length", [512, 32])
+@pytest.mark.parametrize("query", [QUERY, LONG_QUERY])
+def test_bge_matches_flag_reranker(
+    tiny_models: dict[str, Path], normalize: bool, batch_size: int, max_length: int, query: str
+) -> None:
+    from FlagEmbedding import FlagReranker
+
+    path = str(tiny_models["bge"])
+    reference = FlagReranker(path, use_fp16=False, devices="cpu", batch_size=batch_size)
+    expected = reference.compute_score(
+        [(query, d) for d in DOCS], normalize=normalize, max_length=max_length
+    )
+    ours = BGEReranker(
+        path, normalize=normalize, batch_size=batch_size, max_length=max_length, device="cpu"
+    )
+    _close(ours._score(query, DOCS), expected)
+
+
+def test_bge_tokenizes_unknown_characters_once(tiny_models: dict[str, Path]) -> None:
+    """Text with <unk> pieces: we tokenize once, as FlagEmbedding means to (and does on
+    transformers 4); on transformers 5 its compat path decodes ids to text and tokenizes
+    again, which can move word boundaries around <unk>. Pin our behaviour down."""
+    reranker = BGEReranker(str(tiny_models["bge"]), max_length=64)
+    tokenizer = reranker.runner.load().tokenizer
+    doc = "snow \u2603 man"  # the snowman is in no tiny vocabulary
+    q_ids = tokenizer(QUERY, add_special_tokens=False)["input_ids"]
+    d_ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
+    assert tokenizer.unk_token_id in d_ids
+    expected = [0, *q_ids, 2, 2, *d_ids, 2]
+    assert reranker.runner.encode_pairs(QUERY, [doc])[0]["input_ids"] == expected
+
+
+def test_token_budget_batches_do_not_change_scores(tiny_models: dict[str, Path]) -> None:
+    path = str(tiny_models["bge"])
+    plain = BGEReranker(path)._score(QUERY, DOCS)
+    budgeted = BGEReranker(path, max_tokens_per_batch=64)._score(QUERY, DOCS)
+    _close(budgeted, plain)
+
+
+def test_rerank_orders_by_reference_scores(tiny_models: dict[str, Path]) -> None:
+    reranker = CrossEncoderReranker(str(tiny_models["ce"]))
+    scores = reranker._score(QUERY, DOCS)
+    results = reranker.rerank(QUERY, DOCS, top_n=3)
+    assert [r.index for r in results] == sorted(range(len(DOCS)), key=lambda i: -scores[i])[:3]
+    assert [r.text for r in results] == [DOCS[r.index] for r in results]
+
+
+async def test_arerank_runs_in_a_thread_and_agrees(tiny_models: dict[str, Path]) -> None:
+    reranker = BGEReranker(str(tiny_models["bge"]))
+    assert await reranker.arerank(QUERY, DOCS) == reranker.rerank(QUERY, DOCS)
+
+
+def test_model_loads_once_lazily_and_thread_safely(tiny_models: dict[str, Path]) -> None:
+    reranker = CrossEncoderReranker(str(tiny_models["ce"]))
+    assert not reranker.runner.loaded
+    serial = reranker.rerank(QUERY, DOCS)
+    seen: list[object] = []
+    results: list[object] = []
+    fresh = CrossEncoderReranker(str(tiny_models["ce"]))
+
+    def work() -> None:
+        results.append(fresh.rerank(QUERY, DOCS))
+        seen.append(fresh.runner.load().model)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(m) for m in seen}) == 1
+    assert all(r == serial for r in results)
+
+
+def test_trust_remote_code_is_off_by_default(tiny_models: dict[str, Path]) -> None:
+    assert CrossEncoderReranker(str(tiny_models["ce"])).runner.trust_remote_code is False
+    assert BGEReranker(str(tiny_models["bge"])).runner.trust_remote_code is False
+
+
+def test_unknown_model_name_is_one_clear_configuration_error() -> None:
+    reranker = CrossEncoderReranker("no-such-org/no-such-reranker")
+    with pytest.raises(ConfigurationError) as info:
+        reranker.rerank("q", ["d"])
+    message = str(info.value)
+    assert "'no-such-org/no-such-reranker'" in message
+    assert "not a local directory" in message and "cache" in message
+    assert "model_name" in message
+
+
+def test_bad_directory_is_a_configuration_error(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ConfigurationError, match=str(tmp_path)):
+        BGEReranker(str(tmp_path)).rerank("q", ["d"])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"batch_size": 0}, {"batch_size": 2.5}, {"max_length": -1}, {"max_tokens_per_batch": True}],
+)
+def test_bad_options_are_configuration_errors(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError, match=next(iter(kwargs))):
+        CrossEncoderReranker("x", **kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_device_is_a_configuration_error(tiny_models: dict[str, Path]) -> None:
+    with pytest.raises(ConfigurationError, match="not-a-device"):
+        CrossEncoderReranker(str(tiny_models["ce"]), device="not-a-device").rerank("q", ["d"])
+
+
+def test_multi_label_models_are_refused(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from milvus_rerank.tiny import build_tiny_cross_encoder
+
+    path = build_tiny_cross_encoder(tmp_path / "m")
+    config = BertConfig.from_pretrained(path)
+    config.num_labels = 3
+    BertForSequenceClassification(config).save_pretrained(path)
+    with pytest.raises(ConfigurationError, match="3 output labels"):
+        CrossEncoderReranker(str(path)).rerank("q", ["d"])
+
+
+def test_plan_batches_respects_both_bounds() -> None:
+    lengths = [100, 90, 50, 50, 10, 10, 10, 10, 10]
+    assert plan_batches(lengths, 4, None) == [slice(0, 4), slice(4, 8), slice(8, 12)]
+    batches = plan_batches(lengths, 4, 200)
+    assert batches[0] == slice(0, 2)
+    covered = [i for s in batches for i in range(s.start, min(s.stop, len(lengths)))]
+    assert covered == list(range(len(lengths)))
+    assert plan_batches([1000], 8, 10) == [slice(0, 1)]
+
+
+def test_repr_shows_settings(tiny_models: dict[str, Path]) -> None:
+    text = repr(BGEReranker(str(tiny_models["bge"]), batch_size=4))
+    assert text.startswith("BGEReranker(model_name=") and "batch_size=4" in text

@@ -1,0 +1,169 @@
+"""The Reranker contract: input checks, ordering, ties, top_n, the pymilvus-model call shape."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from milvus_rerank import InvalidInputError, InvalidResponseError, RerankResult
+from milvus_rerank.base import Reranker
+from tests.conftest import ScoreTableReranker
+
+
+class ListReranker(Reranker):
+    """Returns the scores it was built with, whatever the documents."""
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores = scores
+
+    def _score(self, query: str, documents: list[str]) -> list[float]:
+        return self.scores[: len(documents)]
+
+
+def test_best_first_with_indices_and_texts() -> None:
+    reranker = ScoreTableReranker({"a": 0.1, "b": 0.9, "c": 0.5})
+    results = reranker.rerank("q", ["a", "b", "c"])
+    assert results == [
+        RerankResult(index=1, score=0.9, text="b"),
+        RerankResult(index=2, score=0.5, text="c"),
+        RerankResult(index=0, score=0.1, text="a"),
+    ]
+    assert all(type(r.score) is float for r in results)
+
+
+def test_ties_keep_input_order() -> None:
+    reranker = ListReranker([0.5, 0.7, 0.5, 0.7, 0.5])
+    assert [r.index for r in reranker.rerank("q", list("abcde"))] == [1, 3, 0, 2, 4]
+
+
+def test_top_n_cuts_and_larger_top_n_returns_all() -> None:
+    reranker = ListReranker([0.1, 0.3, 0.2])
+    assert [r.index for r in reranker.rerank("q", ["a", "b", "c"], top_n=2)] == [1, 2]
+    assert len(reranker.rerank("q", ["a", "b", "c"], top_n=10)) == 3
+
+
+def test_call_matches_pymilvus_model_shape() -> None:
+    reranker = ListReranker([float(i) for i in range(8)])
+    docs = [f"d{i}" for i in range(8)]
+    assert [r.index for r in reranker("q", docs)] == [7, 6, 5, 4, 3]  # top_k defaults to 5
+    assert [r.index for r in reranker("q", docs, top_k=3)] == [7, 6, 5]
+    assert [r.text for r in reranker(query="q", documents=docs, top_k=1)] == ["d7"]
+
+
+def test_empty_documents_never_reach_the_backend() -> None:
+    reranker = ScoreTableReranker()
+    assert reranker.rerank("q", []) == []
+    assert reranker.calls == 0
+
+
+async def test_arerank_matches_rerank() -> None:
+    reranker = ScoreTableReranker({"a": 0.2, "b": 0.4})
+    assert await reranker.arerank("q", ["a", "b"], top_n=1) == reranker.rerank(
+        "q", ["a", "b"], top_n=1
+    )
+    assert await reranker.arerank("q", ()) == []
+
+
+def test_input_is_not_mutated_and_tuples_work() -> None:
+    docs = ("b", "a")
+    reranker = ScoreTableReranker({"a": 1.0})
+    listed = list(docs)
+    assert [r.text for r in reranker.rerank("q", listed)] == ["a", "b"]
+    assert listed == ["b", "a"]
+    assert [r.index for r in reranker.rerank("q", docs)] == [1, 0]
+
+
+@pytest.mark.parametrize(
+    ("query", "fragment"),
+    [
+        ("", "non-empty"),
+        ("   \n\t", "non-empty"),
+        (None, "NoneType None"),
+        (b"bytes", "bytes b'bytes'"),
+        (42, "int 42"),
+        (["q"], "list ['q']"),
+        ("bad \ud800 surrogate", "lone surrogate"),
+    ],
+)
+def test_bad_query_is_named(query: object, fragment: str) -> None:
+    with pytest.raises(InvalidInputError, match="query") as info:
+        ScoreTableReranker().rerank(query, ["a"])  # type: ignore[arg-type]
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("documents", "fragment"),
+    [
+        ("just a string", "documents must be a sequence"),
+        (b"bytes", "documents must be a sequence"),
+        ({"a": 1}, "documents must be a sequence"),
+        (None, "documents must be a sequence"),
+        (iter(["a"]), "documents must be a sequence"),
+        (["ok", None], "documents[1] must be a str, got NoneType None"),
+        (["ok", "fine", 3.5], "documents[2] must be a str, got float 3.5"),
+        ([b"raw"], "documents[0] must be a str, got bytes b'raw'"),
+        ([{"text": "x"}], "documents[0] must be a str, got dict"),
+        (["a", "\udcff"], "documents[1] is not valid Unicode"),
+    ],
+)
+def test_bad_documents_are_named(documents: object, fragment: str) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        ScoreTableReranker().rerank("q", documents)  # type: ignore[arg-type]
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("top_n", [0, -1, 1.5, "3", True, float("nan")])
+def test_bad_top_n_is_named(top_n: object) -> None:
+    with pytest.raises(InvalidInputError, match="top_n") as info:
+        ScoreTableReranker().rerank("q", ["a"], top_n=top_n)  # type: ignore[arg-type]
+    assert repr(top_n) in str(info.value)
+
+
+def test_bad_input_is_checked_before_empty_short_circuit() -> None:
+    with pytest.raises(InvalidInputError):
+        ScoreTableReranker().rerank("", [])
+    with pytest.raises(InvalidInputError):
+        ScoreTableReranker().rerank("q", [], top_n=0)
+
+
+def test_errors_are_value_errors_for_callers_that_expect_them() -> None:
+    with pytest.raises(ValueError):
+        ScoreTableReranker().rerank("", ["a"])
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_scores_never_rank(bad: float) -> None:
+    with pytest.raises(InvalidResponseError, match="non-finite"):
+        ListReranker([0.1, bad]).rerank("q", ["a", "b"])
+
+
+def test_wrong_number_of_scores_never_ranks() -> None:
+    with pytest.raises(InvalidResponseError, match="1 scores for 2 documents"):
+        ListReranker([0.1]).rerank("q", ["a", "b"])
+
+
+def test_repr_names_the_class() -> None:
+    assert repr(ScoreTableReranker()) == "ScoreTableReranker()"
+
+
+@given(
+    scores=st.lists(st.floats(allow_nan=False, allow_infinity=False, width=32), max_size=40),
+    top_n=st.one_of(st.none(), st.integers(min_value=1, max_value=50)),
+)
+def test_ranking_properties(scores: list[float], top_n: int | None) -> None:
+    docs = [f"doc {i}" for i in range(len(scores))]
+    results = ListReranker(scores).rerank("q", docs, top_n=top_n)
+    indices = [r.index for r in results]
+    assert len(results) == (len(docs) if top_n is None else min(top_n, len(docs)))
+    assert len(set(indices)) == len(indices)
+    assert all(0 <= i < len(docs) for i in indices)
+    assert all(r.text == docs[r.index] and r.score == scores[r.index] for r in results)
+    for a, b in zip(results, results[1:], strict=False):
+        assert a.score > b.score or (a.score == b.score and a.index < b.index)
+    # what was cut scores no higher than what was kept
+    kept = set(indices)
+    if results:
+        assert all(scores[i] <= results[-1].score for i in range(len(docs)) if i not in kept)

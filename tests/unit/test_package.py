@@ -1,0 +1,45 @@
+"""The public surface: pinned exports, a light import, typed markers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import milvus_rerank
+
+
+def test_all_is_sorted_and_complete() -> None:
+    assert milvus_rerank.__all__ == sorted(milvus_rerank.__all__)
+    public = {name for name in vars(milvus_rerank) if not name.startswith("_")}
+    public |= set(milvus_rerank._LAZY)
+    public -= {"TYPE_CHECKING", "Any", "annotations", "importlib", "base", "errors", "results"}
+    assert set(milvus_rerank.__all__) - {"__version__"} == public
+
+
+def test_every_exported_name_resolves() -> None:
+    for name in milvus_rerank.__all__:
+        assert getattr(milvus_rerank, name) is not None
+
+
+def test_import_is_light() -> None:
+    code = (
+        "import sys, milvus_rerank; heavy = [m for m in ('torch', 'transformers', "
+        "'langchain_core', 'llama_index', 'pymilvus', 'httpx', 'numpy') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_unknown_attribute_is_an_attribute_error() -> None:
+    try:
+        milvus_rerank.NoSuchThing  # noqa: B018
+    except AttributeError as exc:
+        assert "NoSuchThing" in str(exc)
+    else:
+        raise AssertionError("expected AttributeError")
+
+
+def test_py_typed_ships() -> None:
+    assert (Path(milvus_rerank.__file__).parent / "py.typed").is_file()
