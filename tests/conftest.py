@@ -58,3 +58,23 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ),
         "bge": build_tiny_bge(root / "bge", texts=CORPUS, initializer_range=0.3),
     }
+
+
+def _json_body(r1: object, r2: object) -> None:
+    """vcrpy matcher: request bodies equal as JSON (key order and spacing do not matter)."""
+    import json
+
+    def parse(request: object) -> object:
+        body = getattr(request, "body", None)
+        if isinstance(body, bytes):
+            body = body.decode("utf-8")
+        try:
+            return json.loads(body) if body else None
+        except ValueError:
+            return body
+
+    assert parse(r1) == parse(r2), "request bodies differ"
+
+
+def pytest_recording_configure(config: pytest.Config, vcr: object) -> None:
+    vcr.register_matcher("json_body", _json_body)  # type: ignore[attr-defined]

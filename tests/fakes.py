@@ -1,0 +1,196 @@
+"""A real loopback HTTP server that speaks every provider's rerank format and injects faults.
+
+The app is plain ASGI under uvicorn. Scores are a deterministic function of the query and
+document (word overlap, ties broken by length), so tests know the exact expected ranking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+# A fault is one of:
+#   "ok", "503", "500", "502", "408", "409", "400", "401", "403", "404", "422",
+#   "429" (Retry-After: retry_after), "slow" (sleep slow_seconds first), "reset" (headers,
+#   then the connection closes mid-body), "truncated" (a 200 whose JSON stops halfway),
+#   "html" (a 200 HTML page), "gzip_garbage", "out_of_range", "duplicate", "missing",
+#   "nan_score", "string_score", "bool_index", "float_index", "not_a_list"
+Fault = str
+
+
+def fake_score(query: str, document: str) -> float:
+    """Word overlap with the query, ties broken towards shorter documents."""
+    q = set(query.lower().split())
+    return len(q & set(document.lower().split())) + 1.0 / (2.0 + len(document))
+
+
+@dataclass
+class FaultPlan:
+    """What the server does to each request: a fixed script first, then random draws."""
+
+    script: list[Fault] = field(default_factory=list)
+    weights: dict[Fault, float] = field(default_factory=dict)
+    retry_after: str = "0"
+    slow_seconds: float = 0.2
+    latency: float = 0.0
+    seed: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        self._lock = threading.Lock()
+
+    def next(self) -> Fault:
+        with self._lock:
+            if self.script:
+                fault = self.script.pop(0)
+            elif self.weights:
+                faults = list(self.weights) + ["ok"]
+                rest = max(0.0, 1.0 - sum(self.weights.values()))
+                fault = self._rng.choices(faults, [*self.weights.values(), rest])[0]
+            else:
+                fault = "ok"
+            self.counts[fault] += 1
+            return fault
+
+
+def _shape(path: str, body: dict[str, Any], order: list[tuple[int, float]]) -> Any:
+    """The answer in the format the path and body call for."""
+    if "texts" in body:  # TEI
+        return [{"index": i, "score": s} for i, s in order]
+    if path.endswith("/v2/rerank") and "model" in body and "top_k" not in body:
+        return {
+            "id": "fake-rerank-id",
+            "results": [{"index": i, "relevance_score": s} for i, s in order],
+            "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
+        }
+    if "top_k" in body:  # Voyage
+        return {
+            "object": "list",
+            "data": [{"index": i, "relevance_score": s} for i, s in order],
+            "model": body.get("model"),
+            "usage": {"total_tokens": 10},
+        }
+    return {  # Jina and vLLM
+        "model": body.get("model", "fake"),
+        "usage": {"total_tokens": 10},
+        "results": [{"index": i, "relevance_score": s} for i, s in order],
+    }
+
+
+def _corrupt(fault: Fault, answer: Any) -> Any:
+    items = answer if isinstance(answer, list) else answer.get("results", answer.get("data"))
+    key = "score" if isinstance(answer, list) else "relevance_score"
+    if fault == "out_of_range":
+        items[0]["index"] = len(items) + 5
+    elif fault == "duplicate" and len(items) > 1:
+        items[1]["index"] = items[0]["index"]
+    elif fault == "missing":
+        items.pop()
+    elif fault == "nan_score":
+        items[0][key] = float("nan")
+    elif fault == "string_score":
+        items[0][key] = "0.9"
+    elif fault == "bool_index":
+        items[0]["index"] = True
+    elif fault == "float_index":
+        items[0]["index"] = 0.0
+    elif fault == "not_a_list":
+        return {"results": "nope"} if not isinstance(answer, list) else {"oops": 1}
+    return answer
+
+
+_CORRUPTIONS = {
+    "out_of_range", "duplicate", "missing", "nan_score", "string_score", "bool_index",
+    "float_index", "not_a_list",
+}
+
+
+def make_app(plan: FaultPlan, score: Callable[[str, str], float] = fake_score) -> Any:
+    """The ASGI app: every rerank route, faults drawn from ``plan``."""
+
+    async def send_json(send: Any, status: int, payload: Any, headers: list[Any] | None = None) -> None:
+        raw = json.dumps(payload, allow_nan=True).encode()
+        await send({
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), *(headers or [])],
+        })
+        await send({"type": "http.response.body", "body": raw})
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        body = json.loads(raw or b"{}")
+        with plan._lock:
+            plan.requests.append(body)
+            plan.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
+            plan.in_flight += 1
+            plan.max_in_flight = max(plan.max_in_flight, plan.in_flight)
+        try:
+            await _respond(scope, body, send)
+        finally:
+            with plan._lock:
+                plan.in_flight -= 1
+
+    async def _respond(scope: dict[str, Any], body: dict[str, Any], send: Any) -> None:
+        fault = plan.next()
+        if plan.latency:
+            await asyncio.sleep(plan.latency)
+        if fault == "slow":
+            await asyncio.sleep(plan.slow_seconds)
+        docs = body.get("texts", body.get("documents", []))
+        order = sorted(
+            ((i, score(body.get("query", ""), d)) for i, d in enumerate(docs)),
+            key=lambda p: -p[1],
+        )
+        if fault.isdigit():
+            status = int(fault)
+            headers = [(b"retry-after", plan.retry_after.encode())] if status == 429 else []
+            headers.append((b"x-request-id", b"req-fault-1"))
+            await send_json(send, status, {"message": f"injected {status}", "detail": "fault"}, headers)
+            return
+        answer = _shape(scope["path"], body, order)
+        if fault in _CORRUPTIONS:
+            await send_json(send, 200, _corrupt(fault, answer))
+        elif fault == "html":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/html")]})
+            await send({"type": "http.response.body", "body": b"<html><body>Gateway</body></html>"})
+        elif fault == "gzip_garbage":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-encoding", b"gzip")]})
+            await send({"type": "http.response.body", "body": b"\x1f\x8b\x08\x00garbage!"})
+        elif fault == "truncated":
+            raw = json.dumps(answer).encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": raw[: len(raw) // 2]})
+        elif fault == "reset":
+            raw = json.dumps(answer).encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(raw)).encode())]})
+            await send({"type": "http.response.body", "body": raw[:5], "more_body": True})
+            raise ConnectionResetError("injected reset")
+        else:
+            await send_json(send, 200, answer)
+
+    return app

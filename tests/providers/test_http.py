@@ -1,0 +1,517 @@
+"""The HTTP layer and each provider's mapping, over httpx.MockTransport (no network)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from milvus_rerank import (
+    AuthenticationError,
+    ConfigurationError,
+    InvalidResponseError,
+    ProviderError,
+    ProviderUnavailableError,
+    RateLimitError,
+    Secret,
+)
+from milvus_rerank.providers._http import HTTPReranker, parse_retry_after
+from tests.providers.specs import KEYED, SPECS, Spec
+
+QUERY = "what is milvus"
+DOCS = ["paris is in france", "milvus is a vector database", "what is a database", "milvus"]
+KEY = "sk-live-" + "A1b2C3d4" * 4
+
+
+def scores_for(docs: list[str]) -> list[float]:
+    return [len(set(QUERY.split()) & set(d.split())) + 1 / (2 + len(d)) for d in docs]
+
+
+def answer_order(docs: list[str]) -> list[tuple[int, float]]:
+    scores = scores_for(docs)
+    return sorted(enumerate(scores), key=lambda p: -p[1])
+
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def ok_handler(spec: Spec, seen: list[httpx.Request] | None = None) -> Handler:
+    def handle(request: httpx.Request) -> httpx.Response:
+        if seen is not None:
+            seen.append(request)
+        body = json.loads(request.content)
+        docs = body.get("texts", body.get("documents"))
+        return httpx.Response(200, json=spec.answer(answer_order(docs)))
+
+    return handle
+
+
+def make(spec: Spec, handler: Handler, **kwargs: Any) -> HTTPReranker:
+    transport = httpx.MockTransport(handler)
+    options = {**spec.kwargs, "api_key": KEY, **kwargs}
+    reranker = spec.cls(
+        http_client=httpx.Client(transport=transport),
+        http_async_client=httpx.AsyncClient(transport=transport),
+        **options,
+    )
+    reranker.backoff_base = 0.001
+    return reranker
+
+
+@pytest.fixture(params=sorted(SPECS))
+def spec(request: pytest.FixtureRequest) -> Spec:
+    return SPECS[request.param]
+
+
+# -- what goes over the wire -----------------------------------------------------------------
+
+
+def test_request_matches_the_documented_format(spec: Spec) -> None:
+    seen: list[httpx.Request] = []
+    make(spec, ok_handler(spec, seen)).rerank(QUERY, DOCS)
+    (request,) = seen
+    assert request.method == "POST"
+    assert str(request.url) == spec.host + spec.path
+    assert json.loads(request.content) == spec.request(QUERY, DOCS)
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["authorization"] == f"Bearer {KEY}"
+
+
+async def test_async_request_is_the_same(spec: Spec) -> None:
+    seen: list[httpx.Request] = []
+    results = await make(spec, ok_handler(spec, seen)).arerank(QUERY, DOCS)
+    assert json.loads(seen[0].content) == spec.request(QUERY, DOCS)
+    assert [r.index for r in results] == [i for i, _ in answer_order(DOCS)]
+
+
+def test_answer_maps_back_by_index(spec: Spec) -> None:
+    results = make(spec, ok_handler(spec)).rerank(QUERY, DOCS, top_n=3)
+    expected = answer_order(DOCS)[:3]
+    assert [(r.index, r.score, r.text) for r in results] == [(i, s, DOCS[i]) for i, s in expected]
+
+
+def test_empty_documents_make_no_request(spec: Spec) -> None:
+    seen: list[httpx.Request] = []
+    assert make(spec, ok_handler(spec, seen)).rerank(QUERY, []) == []
+    assert seen == []
+
+
+def test_provider_options_reach_the_body() -> None:
+    cases = [
+        (SPECS["cohere"], {"max_tokens_per_doc": 512}, {"max_tokens_per_doc": 512}),
+        (SPECS["voyage"], {"truncation": False}, {"truncation": False}),
+        (SPECS["vllm"], {"truncate_prompt_tokens": 64}, {"truncate_prompt_tokens": 64}),
+        (
+            SPECS["tei"],
+            {"raw_scores": True, "truncate": True, "truncation_direction": "Left"},
+            {"raw_scores": True, "truncate": True, "truncation_direction": "Left"},
+        ),
+    ]
+    for spec, options, fields in cases:
+        seen: list[httpx.Request] = []
+        make(spec, ok_handler(spec, seen), **options).rerank(QUERY, DOCS)
+        body = json.loads(seen[0].content)
+        assert {k: body[k] for k in fields} == fields, spec.name
+
+
+def test_vllm_without_model_or_key_sends_neither() -> None:
+    seen: list[httpx.Request] = []
+    spec = SPECS["vllm"]
+    reranker = spec.cls(
+        base_url="http://127.0.0.1:9",
+        http_client=httpx.Client(transport=httpx.MockTransport(ok_handler(spec, seen))),
+    )
+    reranker.rerank(QUERY, DOCS)
+    assert json.loads(seen[0].content) == {"query": QUERY, "documents": DOCS}
+    assert "authorization" not in seen[0].headers
+
+
+@pytest.mark.parametrize(
+    ("name", "base_url", "url"),
+    [
+        ("cohere", "https://api.cohere.com/", "https://api.cohere.com/v2/rerank"),
+        ("cohere", "http://localhost:8000/v2", "http://localhost:8000/v2/rerank"),
+        ("vllm", "http://localhost:8000/v1", "http://localhost:8000/v1/rerank"),
+        ("vllm", "http://localhost:8000/v2", "http://localhost:8000/v2/rerank"),
+        ("vllm", "http://localhost:8000", "http://localhost:8000/v1/rerank"),
+        ("tei", "http://localhost:8080/", "http://localhost:8080/rerank"),
+        ("voyage", "https://api.voyageai.com/v1", "https://api.voyageai.com/v1/rerank"),
+    ],
+)
+def test_base_url_is_a_root_and_versions_are_not_doubled(name: str, base_url: str, url: str) -> None:
+    assert SPECS[name].cls(base_url=base_url, api_key="k").url == url
+
+
+@pytest.mark.parametrize("base_url", ["", "localhost:8000", "ftp://x", "http://"])
+def test_bad_base_url_is_a_configuration_error(base_url: str) -> None:
+    with pytest.raises(ConfigurationError, match="base_url"):
+        SPECS["vllm"].cls(base_url=base_url)
+
+
+def test_self_hosted_servers_need_base_url() -> None:
+    for name in ("vllm", "tei"):
+        with pytest.raises(ConfigurationError, match="needs base_url"):
+            SPECS[name].cls()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"timeout": 0}, {"timeout": -1}, {"max_retries": -1}, {"max_concurrency": 0},
+     {"max_batch": 0}, {"deadline": float("inf")}, {"model": ""}],
+)
+def test_bad_options_are_named(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError, match=next(iter(kwargs))):
+        SPECS["cohere"].cls(api_key="k", **kwargs)
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", KEYED)
+def test_missing_key_is_one_clear_error(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("COHERE_API_KEY", "CO_API_KEY", "VOYAGE_API_KEY", "JINA_API_KEY", "JINAAI_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ConfigurationError, match=SPECS[name].env or "") as info:
+        SPECS[name].cls()
+    assert "api_key" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "var"),
+    [("cohere", "COHERE_API_KEY"), ("cohere", "CO_API_KEY"), ("voyage", "VOYAGE_API_KEY"),
+     ("jina", "JINA_API_KEY"), ("jina", "JINAAI_API_KEY"), ("vllm", "VLLM_API_KEY")],
+)
+def test_key_from_environment(name: str, var: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for other in ("COHERE_API_KEY", "CO_API_KEY", "JINA_API_KEY", "JINAAI_API_KEY"):
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv(var, KEY)
+    seen: list[httpx.Request] = []
+    spec = SPECS[name]
+    reranker = spec.cls(
+        **spec.kwargs, http_client=httpx.Client(transport=httpx.MockTransport(ok_handler(spec, seen)))
+    )
+    reranker.rerank(QUERY, DOCS)
+    assert seen[0].headers["authorization"] == f"Bearer {KEY}"
+
+
+def test_cohere_compatible_server_needs_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COHERE_API_KEY", raising=False)
+    monkeypatch.delenv("CO_API_KEY", raising=False)
+    assert SPECS["cohere"].cls(base_url="http://127.0.0.1:8000/v2").api_key is None
+
+
+def test_key_never_shows(spec: Spec, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    def refuse(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"message": f"invalid api token {KEY}"})
+
+    reranker = make(spec, refuse)
+    with pytest.raises(AuthenticationError) as info:
+        reranker.rerank(QUERY, DOCS)
+    for text in (repr(reranker), str(reranker), repr(reranker.api_key), str(info.value),
+                 repr(info.value), caplog.text, repr(vars(reranker))):
+        assert KEY not in text
+    assert "**********" in str(info.value)  # echoed by the server, scrubbed by us
+    assert isinstance(reranker.api_key, Secret)
+    with pytest.raises(TypeError):
+        import pickle
+
+        pickle.dumps(reranker.api_key)
+
+
+# -- answers that lie ------------------------------------------------------------------------
+
+
+def lying(spec: Spec, corrupt: Callable[[list[dict[str, Any]]], Any]) -> Handler:
+    def handle(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        answer = spec.answer(answer_order(body.get("texts", body.get("documents"))))
+        items = answer if isinstance(answer, list) else answer.get("results", answer.get("data"))
+        replaced = corrupt(items)
+        if replaced is not None:
+            answer = replaced
+        return httpx.Response(200, content=json.dumps(answer).encode(),
+                              headers={"content-type": "application/json"})
+
+    return handle
+
+
+def _set(key: str, value: Any, position: int = 0) -> Callable[[list[dict[str, Any]]], None]:
+    def corrupt(items: list[dict[str, Any]]) -> None:
+        score_key = "score" if "score" in items[0] else "relevance_score"
+        items[position][score_key if key == "score" else key] = value
+
+    return corrupt
+
+
+LIES: dict[str, Callable[[list[dict[str, Any]]], Any]] = {
+    "index out of range": _set("index", 99),
+    "negative index": _set("index", -1),
+    "duplicate index": lambda items: items[1].update(index=items[0]["index"]),
+    "missing result": lambda items: items.pop() and None,
+    "extra result": lambda items: items.append(dict(items[0])),
+    "string index": _set("index", "1"),
+    "bool index": _set("index", True),
+    "float index": _set("index", 1.0),
+    "nan score": _set("score", math.nan),
+    "inf score": _set("score", math.inf),
+    "string score": _set("score", "0.5"),
+    "null score": _set("score", None),
+    "bool score": _set("score", True),
+    "result not an object": lambda items: items.__setitem__(0, [0, 0.5]),
+    "results not a list": lambda items: {"results": {"0": 1}, "data": {"0": 1}},
+    "empty object": lambda items: {},
+    "null body": lambda items: "null",
+}
+
+
+@pytest.mark.parametrize("lie", sorted(LIES))
+def test_lying_answers_never_rank(spec: Spec, lie: str) -> None:
+    corrupt = LIES[lie]
+    if lie == "null body":
+        handler: Handler = lambda request: httpx.Response(200, content=b"null")  # noqa: E731
+    else:
+        handler = lying(spec, corrupt)
+    with pytest.raises(InvalidResponseError) as info:
+        make(spec, handler).rerank(QUERY, DOCS)
+    assert info.value.provider == spec.name
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [(b"<html><body>502 Bad Gateway</body></html>", "text/html"),
+     (b'{"results": [{"index": 0, "relev', "application/json"),
+     (b"\xff\xfe\x00garbage", "application/json"),
+     (b"", "application/json")],
+)
+def test_non_json_success_is_invalid_response(spec: Spec, content: bytes, content_type: str) -> None:
+    handler = lambda request: httpx.Response(  # noqa: E731
+        200, content=content, headers={"content-type": content_type}
+    )
+    with pytest.raises(InvalidResponseError, match="not JSON"):
+        make(spec, handler).rerank(QUERY, DOCS)
+
+
+# -- errors and retries ----------------------------------------------------------------------
+
+
+def scripted(spec: Spec, statuses: list[int], headers: dict[str, str] | None = None,
+             calls: list[float] | None = None) -> Handler:
+    script = list(statuses)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if calls is not None:
+            calls.append(time.monotonic())
+        status = script.pop(0) if script else 200
+        if status == 200:
+            return ok_handler(spec)(request)
+        return httpx.Response(status, json={"message": f"status {status}"},
+                              headers={"x-request-id": "req-42", **(headers or {})})
+
+    return handle
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(401, AuthenticationError), (403, AuthenticationError), (400, ProviderError),
+     (404, ProviderError), (422, ProviderError)],
+)
+def test_client_errors_are_not_retried(spec: Spec, status: int, error: type[Exception]) -> None:
+    calls: list[float] = []
+    with pytest.raises(error) as info:
+        make(spec, scripted(spec, [status] * 5, calls=calls)).rerank(QUERY, DOCS)
+    assert len(calls) == 1
+    assert info.value.status_code == status  # type: ignore[attr-defined]
+    assert info.value.request_id == "req-42"  # type: ignore[attr-defined]
+    assert f"status {status}" in str(info.value)
+    assert not isinstance(info.value, (RateLimitError, ProviderUnavailableError))
+
+
+@pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])
+def test_retryable_statuses_are_retried_then_succeed(spec: Spec, status: int) -> None:
+    calls: list[float] = []
+    results = make(spec, scripted(spec, [status, status], calls=calls)).rerank(QUERY, DOCS)
+    assert len(calls) == 3
+    assert [r.index for r in results] == [i for i, _ in answer_order(DOCS)]
+
+
+async def test_async_retries_too(spec: Spec) -> None:
+    calls: list[float] = []
+    reranker = make(spec, scripted(spec, [503, 429], calls=calls))
+    assert len(await reranker.arerank(QUERY, DOCS)) == len(DOCS)
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize(("status", "error"), [(429, RateLimitError), (503, ProviderUnavailableError)])
+def test_retries_stop_at_max_retries(spec: Spec, status: int, error: type[Exception]) -> None:
+    calls: list[float] = []
+    with pytest.raises(error) as info:
+        make(spec, scripted(spec, [status] * 10, calls=calls), max_retries=2).rerank(QUERY, DOCS)
+    assert len(calls) == 3
+    assert info.value.status_code == status  # type: ignore[attr-defined]
+
+
+def test_retry_after_is_honoured() -> None:
+    spec = SPECS["cohere"]
+    calls: list[float] = []
+    handler = scripted(spec, [429], headers={"retry-after": "0.3"}, calls=calls)
+    make(spec, handler).rerank(QUERY, DOCS)
+    assert calls[1] - calls[0] >= 0.3
+
+
+def test_rate_limit_error_carries_retry_after() -> None:
+    spec = SPECS["cohere"]
+    handler = scripted(spec, [429] * 3, headers={"retry-after": "0"})
+    with pytest.raises(RateLimitError) as info:
+        make(spec, handler, max_retries=1).rerank(QUERY, DOCS)
+    assert info.value.retry_after == 0.0
+
+
+def test_retry_after_past_the_deadline_gives_up_at_once() -> None:
+    spec = SPECS["cohere"]
+    calls: list[float] = []
+    handler = scripted(spec, [429] * 3, headers={"retry-after": "60"}, calls=calls)
+    started = time.monotonic()
+    with pytest.raises(RateLimitError, match="deadline"):
+        make(spec, handler, deadline=2.0).rerank(QUERY, DOCS)
+    assert time.monotonic() - started < 1.0
+    assert len(calls) == 1
+
+
+def test_connection_errors_are_retried_and_typed(spec: Spec) -> None:
+    attempts = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        attempts.append(1)
+        raise httpx.ConnectError("connection refused", request=request)
+
+    with pytest.raises(ProviderUnavailableError, match="could not be reached") as info:
+        make(spec, refuse, max_retries=2).rerank(QUERY, DOCS)
+    assert len(attempts) == 3
+    assert info.value.status_code is None
+
+
+def test_read_timeouts_are_retried() -> None:
+    spec = SPECS["jina"]
+    script = [True]
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        if script and script.pop():
+            raise httpx.ReadTimeout("timed out", request=request)
+        return ok_handler(spec)(request)
+
+    assert len(make(spec, slow).rerank(QUERY, DOCS)) == len(DOCS)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("3", 3.0), ("0", 0.0), ("1.5", 1.5), (None, None), ("", None), ("soon", None),
+     ("-4", 0.0), ("nan", None)],
+)
+def test_parse_retry_after_seconds(value: str | None, expected: float | None) -> None:
+    assert parse_retry_after(value) == expected
+
+
+def test_parse_retry_after_http_date() -> None:
+    now = 1_700_000_000.0
+    date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now + 30))
+    assert parse_retry_after(date, now=now) == pytest.approx(30.0)
+
+
+# -- chunking --------------------------------------------------------------------------------
+
+
+def test_long_lists_are_chunked_and_merged_by_index(spec: Spec) -> None:
+    docs = [f"doc {i} milvus" if i % 7 == 0 else f"doc {i}" for i in range(23)]
+    seen: list[httpx.Request] = []
+    results = make(spec, ok_handler(spec, seen), max_batch=5).rerank(QUERY, docs, top_n=6)
+    sizes = sorted(len(json.loads(r.content).get("texts", json.loads(r.content).get("documents", [])))
+                   for r in seen)
+    assert sizes == [3, 5, 5, 5, 5]
+    expected = sorted(range(len(docs)), key=lambda i: (-scores_for(docs)[i], i))[:6]
+    assert [r.index for r in results] == expected
+    assert [r.text for r in results] == [docs[i] for i in expected]
+
+
+async def test_async_chunks_run_concurrently() -> None:
+    spec = SPECS["vllm"]
+    in_flight = 0
+    peak = 0
+    lock = threading.Lock()
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        import asyncio
+
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        await asyncio.sleep(0.05)
+        with lock:
+            in_flight -= 1
+        return ok_handler(spec)(request)
+
+    transport = httpx.MockTransport(handle)
+    reranker = spec.cls(**spec.kwargs, max_batch=10, max_concurrency=4,
+                        http_async_client=httpx.AsyncClient(transport=transport))
+    started = time.monotonic()
+    results = await reranker.arerank(QUERY, [f"d{i}" for i in range(100)])
+    assert len(results) == 100
+    assert peak == 4  # bounded by max_concurrency
+    assert time.monotonic() - started < 10 * 0.05  # not sequential
+
+
+def test_sync_chunks_run_concurrently() -> None:
+    spec = SPECS["vllm"]
+    state = {"in": 0, "peak": 0}
+    lock = threading.Lock()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        with lock:
+            state["in"] += 1
+            state["peak"] = max(state["peak"], state["in"])
+        time.sleep(0.05)
+        with lock:
+            state["in"] -= 1
+        return ok_handler(spec)(request)
+
+    reranker = make(spec, handle, max_batch=10, max_concurrency=3)
+    assert len(reranker.rerank(QUERY, [f"d{i}" for i in range(60)])) == 60
+    assert state["peak"] == 3
+
+
+def test_a_failing_chunk_fails_the_call(spec: Spec) -> None:
+    handler = scripted(spec, [200, 400])
+    with pytest.raises(ProviderError):
+        make(spec, handler, max_batch=2, max_concurrency=1).rerank(QUERY, DOCS)
+
+
+def test_owned_clients_close_and_come_back() -> None:
+    spec = SPECS["vllm"]
+    reranker = spec.cls(**spec.kwargs)
+    client = reranker._sync_client()
+    reranker.close()
+    assert client.is_closed
+    assert reranker._sync_client() is not client
+    reranker.close()
+
+
+async def test_async_context_manager_closes_its_client() -> None:
+    spec = SPECS["vllm"]
+    async with spec.cls(**spec.kwargs) as reranker:
+        state = reranker._loop_state()
+    assert state.client is not None and state.client.is_closed
+
+
+def test_injected_clients_are_left_open(spec: Spec) -> None:
+    reranker = make(spec, ok_handler(spec))
+    with reranker:
+        reranker.rerank(QUERY, DOCS)
+    assert reranker._client is not None and not reranker._client.is_closed
