@@ -45,6 +45,7 @@ class FaultPlan:
     headers: list[dict[str, str]] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
+    disconnects: int = 0
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -111,21 +112,35 @@ def _corrupt(fault: Fault, answer: Any) -> Any:
 
 
 _CORRUPTIONS = {
-    "out_of_range", "duplicate", "missing", "nan_score", "string_score", "bool_index",
-    "float_index", "not_a_list",
+    "out_of_range",
+    "duplicate",
+    "missing",
+    "nan_score",
+    "string_score",
+    "bool_index",
+    "float_index",
+    "not_a_list",
 }
+
+
+class _Disconnected(Exception):
+    """The client closed the connection before the answer."""
 
 
 def make_app(plan: FaultPlan, score: Callable[[str, str], float] = fake_score) -> Any:
     """The ASGI app: every rerank route, faults drawn from ``plan``."""
 
-    async def send_json(send: Any, status: int, payload: Any, headers: list[Any] | None = None) -> None:
+    async def send_json(
+        send: Any, status: int, payload: Any, headers: list[Any] | None = None
+    ) -> None:
         raw = json.dumps(payload, allow_nan=True).encode()
-        await send({
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), *(headers or [])],
-        })
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), *(headers or [])],
+            }
+        )
         await send({"type": "http.response.body", "body": raw})
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -144,17 +159,30 @@ def make_app(plan: FaultPlan, score: Callable[[str, str], float] = fake_score) -
             plan.in_flight += 1
             plan.max_in_flight = max(plan.max_in_flight, plan.in_flight)
         try:
-            await _respond(scope, body, send)
+            await _respond(scope, body, receive, send)
+        except _Disconnected:
+            with plan._lock:
+                plan.disconnects += 1
         finally:
             with plan._lock:
                 plan.in_flight -= 1
 
-    async def _respond(scope: dict[str, Any], body: dict[str, Any], send: Any) -> None:
+    async def pause(seconds: float, receive: Any) -> None:
+        """Sleep, unless the client goes away first (then stop like a real server would)."""
+        waiter = asyncio.ensure_future(receive())
+        done, _ = await asyncio.wait({waiter}, timeout=seconds)
+        if done and waiter.result().get("type") == "http.disconnect":
+            raise _Disconnected
+        waiter.cancel()
+
+    async def _respond(
+        scope: dict[str, Any], body: dict[str, Any], receive: Any, send: Any
+    ) -> None:
         fault = plan.next()
         if plan.latency:
-            await asyncio.sleep(plan.latency)
+            await pause(plan.latency, receive)
         if fault == "slow":
-            await asyncio.sleep(plan.slow_seconds)
+            await pause(plan.slow_seconds, receive)
         docs = body.get("texts", body.get("documents", []))
         order = sorted(
             ((i, score(body.get("query", ""), d)) for i, d in enumerate(docs)),
@@ -164,30 +192,56 @@ def make_app(plan: FaultPlan, score: Callable[[str, str], float] = fake_score) -
             status = int(fault)
             headers = [(b"retry-after", plan.retry_after.encode())] if status == 429 else []
             headers.append((b"x-request-id", b"req-fault-1"))
-            await send_json(send, status, {"message": f"injected {status}", "detail": "fault"}, headers)
+            await send_json(
+                send, status, {"message": f"injected {status}", "detail": "fault"}, headers
+            )
             return
         answer = _shape(scope["path"], body, order)
         if fault in _CORRUPTIONS:
             await send_json(send, 200, _corrupt(fault, answer))
         elif fault == "html":
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"text/html")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/html")],
+                }
+            )
             await send({"type": "http.response.body", "body": b"<html><body>Gateway</body></html>"})
         elif fault == "gzip_garbage":
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-encoding", b"gzip")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-encoding", b"gzip"),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": b"\x1f\x8b\x08\x00garbage!"})
         elif fault == "truncated":
             raw = json.dumps(answer).encode()
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
             await send({"type": "http.response.body", "body": raw[: len(raw) // 2]})
         elif fault == "reset":
             raw = json.dumps(answer).encode()
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(raw)).encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(raw)).encode()),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": raw[:5], "more_body": True})
             raise ConnectionResetError("injected reset")
         else:

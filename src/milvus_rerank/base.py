@@ -18,7 +18,7 @@ __all__ = ["Reranker", "describe_value"]
 
 
 def describe_value(value: object, limit: int = 60) -> str:
-    """A short, safe description of a bad value for an error message: its type and a clipped repr."""
+    """A short description of a bad value for an error message: its type and a clipped repr."""
     text = repr(value)
     if len(text) > limit:
         text = text[: limit - 3] + "..."
@@ -49,7 +49,8 @@ def validate_request(
         documents, Sequence
     ):
         raise InvalidInputError(
-            f"documents must be a sequence of str (a list or tuple), got {describe_value(documents)}"
+            "documents must be a sequence of str (a list or tuple), "
+            f"got {describe_value(documents)}"
         )
     docs = [_check_text(doc, f"documents[{i}]") for i, doc in enumerate(documents)]
     if top_n is not None:
@@ -133,7 +134,7 @@ class Reranker(ABC):
         """Async scoring hook; by default runs ``_score`` in a worker thread."""
         return await asyncio.to_thread(self._score, query, documents)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
         """Release held resources (HTTP connections); the reranker stays usable."""
 
     async def aclose(self) -> None:

@@ -1,4 +1,4 @@
-"""The ``milvus-rerank`` command: ``demo``, ``rerank``, ``serve`` and ``eval``."""
+"""The ``milvus-rerank`` command: ``demo`` and ``rerank``."""
 
 from __future__ import annotations
 
@@ -115,18 +115,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import run_server
-
-    return run_server(args)
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import run_eval
-
-    return run_eval(args)
-
-
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``milvus-rerank`` command."""
     parser = argparse.ArgumentParser(
@@ -149,20 +137,6 @@ def make_parser() -> argparse.ArgumentParser:
     rerank.add_argument("--top-n", type=int, help="keep the best N (default: all)")
     rerank.set_defaults(func=_cmd_rerank)
 
-    serve = sub.add_parser("serve", help="serve a local reranker over HTTP (Cohere, vLLM, TEI)")
-    _add_reranker_options(serve, "bge")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--max-wait-ms", type=float, default=2.0, help="batching window")
-    serve.set_defaults(func=_cmd_serve)
-
-    evaluate = sub.add_parser("eval", help="nDCG@10 and MRR@10 before/after reranking (BEIR)")
-    _add_reranker_options(evaluate, "bge")
-    evaluate.add_argument("data", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/*.tsv")
-    evaluate.add_argument("--split", default="test", help="qrels split (default: test)")
-    evaluate.add_argument("--candidates", type=int, default=50, help="BM25 hits to rerank")
-    evaluate.add_argument("--max-queries", type=int, help="evaluate only the first N queries")
-    evaluate.set_defaults(func=_cmd_eval)
     return parser
 
 

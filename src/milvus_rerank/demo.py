@@ -19,7 +19,9 @@ from .milvus import rerank_hits
 __all__ = ["DEMO_QUERY", "build_demo_collection", "load_demo_corpus", "run_demo"]
 
 #: The query of pymilvus's rerankers example.
-DEMO_QUERY = "What event in 1956 marked the official birth of artificial intelligence as a discipline?"
+DEMO_QUERY = (
+    "What event in 1956 marked the official birth of artificial intelligence as a discipline?"
+)
 COLLECTION = "ai_history"
 
 
@@ -109,7 +111,9 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             search_params={"metric_type": "BM25"},
         )
         first = [dict(h) for h in hits[0]]
-        print_table(f"First stage: Milvus BM25 full-text search, top {len(first)}", first, "distance", out)
+        print_table(
+            f"First stage: Milvus BM25 full-text search, top {len(first)}", first, "distance", out
+        )
         started = time.perf_counter()
         with reranker:
             reranked = rerank_hits(reranker, DEMO_QUERY, hits)[0]

@@ -3,14 +3,14 @@
 Every error the package raises on purpose derives from ``RerankError``::
 
     RerankError
-    ├── ConfigurationError            a reranker cannot be built as asked (bad option, no key, no model)
-    │   └── MissingDependencyError    an optional extra is not installed (also an ImportError)
-    ├── InvalidInputError             the query, documents or top_n are not acceptable (also a ValueError)
-    └── ProviderError                 a backend answered with an error or could not be reached
+    ├── ConfigurationError            cannot build as asked: bad option, no key, no model
+    │   └── MissingDependencyError    an optional extra is missing (also an ImportError)
+    ├── InvalidInputError             bad query, documents or top_n (also a ValueError)
+    └── ProviderError                 a backend answered with an error or was unreachable
         ├── AuthenticationError       401/403: the key is missing, wrong or lacks access
         ├── RateLimitError            429, still after the retries allowed
-        ├── ProviderUnavailableError  5xx, timeouts or connection failures, still after the retries
-        └── InvalidResponseError      a 2xx answer that is malformed or inconsistent with the request
+        ├── ProviderUnavailableError  5xx, timeouts, connection failures, after the retries
+        └── InvalidResponseError      a 2xx answer that is malformed or inconsistent
 
 Only ``RateLimitError`` and ``ProviderUnavailableError`` describe conditions worth retrying;
 the HTTP layer retries them itself before raising, so callers see them only once it gave up.
@@ -100,9 +100,7 @@ class RateLimitError(ProviderError):
         request_id: str | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(
-            message, provider=provider, status_code=status_code, request_id=request_id
-        )
+        super().__init__(message, provider=provider, status_code=status_code, request_id=request_id)
         self.retry_after = retry_after
 
 

@@ -64,7 +64,9 @@ def _prepare(
     texts: list[list[str]] = []
     for q, hits in enumerate(results):
         if isinstance(hits, (str, bytes, Mapping)) or not isinstance(hits, Sequence):
-            raise InvalidInputError(f"results[{q}] must be a list of hits, got {describe_value(hits)}")
+            raise InvalidInputError(
+                f"results[{q}] must be a list of hits, got {describe_value(hits)}"
+            )
         hit_list = list(hits)
         hit_lists.append(hit_list)
         texts.append([_hit_text(hit, text_field, q, i) for i, hit in enumerate(hit_list)])
@@ -105,7 +107,9 @@ def rerank_hits(
     queries, hit_lists, texts = _prepare(queries, results, text_field)
 
     def one(i: int) -> list[dict[str, Any]]:
-        return _reordered(hit_lists[i], reranker.rerank(queries[i], texts[i], top_n=top_n), score_field)
+        return _reordered(
+            hit_lists[i], reranker.rerank(queries[i], texts[i], top_n=top_n), score_field
+        )
 
     if len(queries) == 1:
         return [one(0)]

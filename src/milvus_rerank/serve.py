@@ -15,21 +15,14 @@ Concurrent requests are batched together for the model: a micro-batcher collects
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import contextlib
-import json
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
-from .base import Reranker, validate_request
-from .errors import InvalidInputError, MissingDependencyError, RerankError
+from .errors import MissingDependencyError
 
-__all__ = ["BackgroundServer", "create_app", "run_server"]
+__all__ = ["BackgroundServer"]
 
 ASGIApp = Callable[..., Any]
 

@@ -2,7 +2,8 @@
 
 Re-record against the real APIs with keys in the environment, e.g.::
 
-    COHERE_API_KEY=... .venv/bin/pytest tests/providers/test_cassettes.py -k cohere --record-mode=rewrite
+    COHERE_API_KEY=... .venv/bin/pytest tests/providers/test_cassettes.py -k cohere \
+        --record-mode=rewrite
 
 Auth headers are filtered out before anything is written (see ``vcr_config``).
 """
@@ -43,7 +44,9 @@ def expected_ranking(interactions: list[dict[str, Any]]) -> list[tuple[int, floa
     for interaction in interactions:
         answer = json.loads(interaction["response"]["body"]["string"])
         items = answer if isinstance(answer, list) else answer.get("results", answer.get("data"))
-        pairs += [(offset + it["index"], it.get("relevance_score", it.get("score"))) for it in items]
+        pairs += [
+            (offset + it["index"], it.get("relevance_score", it.get("score"))) for it in items
+        ]
         offset += len(request_of(interaction)[1])
     return sorted(pairs, key=lambda p: (-p[1], p[0]))
 

@@ -145,7 +145,9 @@ def test_vllm_without_model_or_key_sends_neither() -> None:
         ("voyage", "https://api.voyageai.com/v1", "https://api.voyageai.com/v1/rerank"),
     ],
 )
-def test_base_url_is_a_root_and_versions_are_not_doubled(name: str, base_url: str, url: str) -> None:
+def test_base_url_is_a_root_and_versions_are_not_doubled(
+    name: str, base_url: str, url: str
+) -> None:
     assert SPECS[name].cls(base_url=base_url, api_key="k").url == url
 
 
@@ -163,8 +165,15 @@ def test_self_hosted_servers_need_base_url() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"timeout": 0}, {"timeout": -1}, {"max_retries": -1}, {"max_concurrency": 0},
-     {"max_batch": 0}, {"deadline": float("inf")}, {"model": ""}],
+    [
+        {"timeout": 0},
+        {"timeout": -1},
+        {"max_retries": -1},
+        {"max_concurrency": 0},
+        {"max_batch": 0},
+        {"deadline": float("inf")},
+        {"model": ""},
+    ],
 )
 def test_bad_options_are_named(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError, match=next(iter(kwargs))):
@@ -185,8 +194,14 @@ def test_missing_key_is_one_clear_error(name: str, monkeypatch: pytest.MonkeyPat
 
 @pytest.mark.parametrize(
     ("name", "var"),
-    [("cohere", "COHERE_API_KEY"), ("cohere", "CO_API_KEY"), ("voyage", "VOYAGE_API_KEY"),
-     ("jina", "JINA_API_KEY"), ("jina", "JINAAI_API_KEY"), ("vllm", "VLLM_API_KEY")],
+    [
+        ("cohere", "COHERE_API_KEY"),
+        ("cohere", "CO_API_KEY"),
+        ("voyage", "VOYAGE_API_KEY"),
+        ("jina", "JINA_API_KEY"),
+        ("jina", "JINAAI_API_KEY"),
+        ("vllm", "VLLM_API_KEY"),
+    ],
 )
 def test_key_from_environment(name: str, var: str, monkeypatch: pytest.MonkeyPatch) -> None:
     for other in ("COHERE_API_KEY", "CO_API_KEY", "JINA_API_KEY", "JINAAI_API_KEY"):
@@ -195,7 +210,8 @@ def test_key_from_environment(name: str, var: str, monkeypatch: pytest.MonkeyPat
     seen: list[httpx.Request] = []
     spec = SPECS[name]
     reranker = spec.cls(
-        **spec.kwargs, http_client=httpx.Client(transport=httpx.MockTransport(ok_handler(spec, seen)))
+        **spec.kwargs,
+        http_client=httpx.Client(transport=httpx.MockTransport(ok_handler(spec, seen))),
     )
     reranker.rerank(QUERY, DOCS)
     assert seen[0].headers["authorization"] == f"Bearer {KEY}"
@@ -209,14 +225,22 @@ def test_cohere_compatible_server_needs_no_key(monkeypatch: pytest.MonkeyPatch) 
 
 def test_key_never_shows(spec: Spec, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
+
     def refuse(request: httpx.Request) -> httpx.Response:
         return httpx.Response(401, json={"message": f"invalid api token {KEY}"})
 
     reranker = make(spec, refuse)
     with pytest.raises(AuthenticationError) as info:
         reranker.rerank(QUERY, DOCS)
-    for text in (repr(reranker), str(reranker), repr(reranker.api_key), str(info.value),
-                 repr(info.value), caplog.text, repr(vars(reranker))):
+    for text in (
+        repr(reranker),
+        str(reranker),
+        repr(reranker.api_key),
+        str(info.value),
+        repr(info.value),
+        caplog.text,
+        repr(vars(reranker)),
+    ):
         assert KEY not in text
     assert "**********" in str(info.value)  # echoed by the server, scrubbed by us
     assert isinstance(reranker.api_key, Secret)
@@ -237,8 +261,9 @@ def lying(spec: Spec, corrupt: Callable[[list[dict[str, Any]]], Any]) -> Handler
         replaced = corrupt(items)
         if replaced is not None:
             answer = replaced
-        return httpx.Response(200, content=json.dumps(answer).encode(),
-                              headers={"content-type": "application/json"})
+        return httpx.Response(
+            200, content=json.dumps(answer).encode(), headers={"content-type": "application/json"}
+        )
 
     return handle
 
@@ -286,12 +311,16 @@ def test_lying_answers_never_rank(spec: Spec, lie: str) -> None:
 
 @pytest.mark.parametrize(
     ("content", "content_type"),
-    [(b"<html><body>502 Bad Gateway</body></html>", "text/html"),
-     (b'{"results": [{"index": 0, "relev', "application/json"),
-     (b"\xff\xfe\x00garbage", "application/json"),
-     (b"", "application/json")],
+    [
+        (b"<html><body>502 Bad Gateway</body></html>", "text/html"),
+        (b'{"results": [{"index": 0, "relev', "application/json"),
+        (b"\xff\xfe\x00garbage", "application/json"),
+        (b"", "application/json"),
+    ],
 )
-def test_non_json_success_is_invalid_response(spec: Spec, content: bytes, content_type: str) -> None:
+def test_non_json_success_is_invalid_response(
+    spec: Spec, content: bytes, content_type: str
+) -> None:
     handler = lambda request: httpx.Response(  # noqa: E731
         200, content=content, headers={"content-type": content_type}
     )
@@ -302,8 +331,12 @@ def test_non_json_success_is_invalid_response(spec: Spec, content: bytes, conten
 # -- errors and retries ----------------------------------------------------------------------
 
 
-def scripted(spec: Spec, statuses: list[int], headers: dict[str, str] | None = None,
-             calls: list[float] | None = None) -> Handler:
+def scripted(
+    spec: Spec,
+    statuses: list[int],
+    headers: dict[str, str] | None = None,
+    calls: list[float] | None = None,
+) -> Handler:
     script = list(statuses)
 
     def handle(request: httpx.Request) -> httpx.Response:
@@ -312,16 +345,24 @@ def scripted(spec: Spec, statuses: list[int], headers: dict[str, str] | None = N
         status = script.pop(0) if script else 200
         if status == 200:
             return ok_handler(spec)(request)
-        return httpx.Response(status, json={"message": f"status {status}"},
-                              headers={"x-request-id": "req-42", **(headers or {})})
+        return httpx.Response(
+            status,
+            json={"message": f"status {status}"},
+            headers={"x-request-id": "req-42", **(headers or {})},
+        )
 
     return handle
 
 
 @pytest.mark.parametrize(
     ("status", "error"),
-    [(401, AuthenticationError), (403, AuthenticationError), (400, ProviderError),
-     (404, ProviderError), (422, ProviderError)],
+    [
+        (401, AuthenticationError),
+        (403, AuthenticationError),
+        (400, ProviderError),
+        (404, ProviderError),
+        (422, ProviderError),
+    ],
 )
 def test_client_errors_are_not_retried(spec: Spec, status: int, error: type[Exception]) -> None:
     calls: list[float] = []
@@ -349,7 +390,9 @@ async def test_async_retries_too(spec: Spec) -> None:
     assert len(calls) == 3
 
 
-@pytest.mark.parametrize(("status", "error"), [(429, RateLimitError), (503, ProviderUnavailableError)])
+@pytest.mark.parametrize(
+    ("status", "error"), [(429, RateLimitError), (503, ProviderUnavailableError)]
+)
 def test_retries_stop_at_max_retries(spec: Spec, status: int, error: type[Exception]) -> None:
     calls: list[float] = []
     with pytest.raises(error) as info:
@@ -412,8 +455,16 @@ def test_read_timeouts_are_retried() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("3", 3.0), ("0", 0.0), ("1.5", 1.5), (None, None), ("", None), ("soon", None),
-     ("-4", 0.0), ("nan", None)],
+    [
+        ("3", 3.0),
+        ("0", 0.0),
+        ("1.5", 1.5),
+        (None, None),
+        ("", None),
+        ("soon", None),
+        ("-4", 0.0),
+        ("nan", None),
+    ],
 )
 def test_parse_retry_after_seconds(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value) == expected
@@ -432,8 +483,10 @@ def test_long_lists_are_chunked_and_merged_by_index(spec: Spec) -> None:
     docs = [f"doc {i} milvus" if i % 7 == 0 else f"doc {i}" for i in range(23)]
     seen: list[httpx.Request] = []
     results = make(spec, ok_handler(spec, seen), max_batch=5).rerank(QUERY, docs, top_n=6)
-    sizes = sorted(len(json.loads(r.content).get("texts", json.loads(r.content).get("documents", [])))
-                   for r in seen)
+    sizes = sorted(
+        len(json.loads(r.content).get("texts", json.loads(r.content).get("documents", [])))
+        for r in seen
+    )
     assert sizes == [3, 5, 5, 5, 5]
     expected = sorted(range(len(docs)), key=lambda i: (-scores_for(docs)[i], i))[:6]
     assert [r.index for r in results] == expected
@@ -459,8 +512,12 @@ async def test_async_chunks_run_concurrently() -> None:
         return ok_handler(spec)(request)
 
     transport = httpx.MockTransport(handle)
-    reranker = spec.cls(**spec.kwargs, max_batch=10, max_concurrency=4,
-                        http_async_client=httpx.AsyncClient(transport=transport))
+    reranker = spec.cls(
+        **spec.kwargs,
+        max_batch=10,
+        max_concurrency=4,
+        http_async_client=httpx.AsyncClient(transport=transport),
+    )
     started = time.monotonic()
     results = await reranker.arerank(QUERY, [f"d{i}" for i in range(100)])
     assert len(results) == 100

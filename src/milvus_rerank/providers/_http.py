@@ -254,7 +254,9 @@ class HTTPReranker(Reranker):
 
     def _chunks(self, documents: list[str]) -> list[tuple[int, list[str]]]:
         size = self.max_batch or len(documents)
-        return [(start, documents[start : start + size]) for start in range(0, len(documents), size)]
+        return [
+            (start, documents[start : start + size]) for start in range(0, len(documents), size)
+        ]
 
     def _score(self, query: str, documents: list[str]) -> list[float]:
         chunks = self._chunks(documents)
@@ -296,7 +298,9 @@ class HTTPReranker(Reranker):
         try:
             items = self._results(body)
         except ValueError as exc:
-            raise self._invalid(f"unexpected answer shape: {exc}; got {describe_value(body)}")
+            raise self._invalid(
+                f"unexpected answer shape: {exc}; got {describe_value(body)}"
+            ) from None
         if not isinstance(items, list):
             raise self._invalid(f"results must be a list, got {describe_value(items)}")
         seen: set[int] = set()
@@ -312,7 +316,8 @@ class HTTPReranker(Reranker):
                 raise self._invalid(f"result index {index} appears twice")
             if isinstance(score, bool) or not isinstance(score, (int, float)):
                 raise self._invalid(
-                    f"{self.score_key} of index {index} must be a number, got {describe_value(score)}"
+                    f"{self.score_key} of index {index} must be a number, "
+                    f"got {describe_value(score)}"
                 )
             if not math.isfinite(score):
                 raise self._invalid(f"{self.score_key} of index {index} is not finite: {score!r}")
@@ -324,7 +329,9 @@ class HTTPReranker(Reranker):
                 f"answer scored {len(seen)} of {count} documents; missing indices {missing[:10]}"
             )
 
-    def _invalid(self, message: str, response: httpx.Response | None = None) -> InvalidResponseError:
+    def _invalid(
+        self, message: str, response: httpx.Response | None = None
+    ) -> InvalidResponseError:
         return InvalidResponseError(
             f"{self.provider} returned an invalid rerank answer: {message}",
             provider=self.provider,
@@ -397,7 +404,11 @@ class HTTPReranker(Reranker):
                 ) from None
         message = self._error_text(response)
         request_id = _request_id(response)
-        context = {"provider": self.provider, "status_code": status, "request_id": request_id}
+        context: dict[str, Any] = {
+            "provider": self.provider,
+            "status_code": status,
+            "request_id": request_id,
+        }
         if status in (401, 403):
             raise AuthenticationError(message, **context)
         if status == 429:

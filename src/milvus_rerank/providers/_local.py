@@ -22,9 +22,16 @@ from ..base import Reranker
 from ..errors import ConfigurationError, MissingDependencyError
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
-__all__ = ["LocalModelRunner", "LocalReranker", "Truncation", "plan_batches", "resolve_device", "sigmoid"]
+__all__ = [
+    "LocalModelRunner",
+    "LocalReranker",
+    "Truncation",
+    "plan_batches",
+    "resolve_device",
+    "sigmoid",
+]
 
 Truncation = Literal["longest_first", "only_second"]
 
@@ -251,9 +258,7 @@ class LocalModelRunner:
             f"{self.model_name} --local-dir ./models/{self.model_name.rsplit('/', 1)[-1]}`) "
             "and pass that directory as model_name."
         )
-        reason = (
-            "local_files_only=True" if self.local_files_only else _hub_unreachable_reason()
-        )
+        reason = "local_files_only=True" if self.local_files_only else _hub_unreachable_reason()
         if reason is not None:
             raise ConfigurationError(
                 f"Cannot load reranker model {self.model_name!r}: it is not a local directory, "
@@ -359,7 +364,7 @@ class LocalModelRunner:
     def _forward(self, loaded: _Loaded, rows: list[dict[str, list[int]]]) -> list[float]:
         torch = _import_torch()
         width = max(len(row["input_ids"]) for row in rows)
-        batch: dict[str, torch.Tensor] = {}
+        batch: dict[str, Any] = {}
         for name in loaded.input_names:
             fill = loaded.pad_id if name == "input_ids" else 0
             padded = []
@@ -369,8 +374,8 @@ class LocalModelRunner:
                 padded.append(pad + values if loaded.pad_left else values + pad)
             batch[name] = torch.tensor(padded, dtype=torch.long, device=loaded.device)
         logits = loaded.model(**batch, return_dict=True).logits
-        values: list[float] = logits.view(-1).float().cpu().tolist()
-        return values
+        scores: list[float] = logits.view(-1).float().cpu().tolist()
+        return scores
 
 
 class LocalReranker(Reranker):
