@@ -1,0 +1,150 @@
+"""LangChain adapter: a document compressor and a cross-encoder over any ``Reranker``.
+
+``RerankCompressor`` goes into ``ContextualCompressionRetriever`` (``langchain_classic``) or an
+LCEL chain; ``RerankCrossEncoder`` goes into LangChain's own ``CrossEncoderReranker``. Both
+only move data between LangChain's types and ``Reranker.rerank``: no ranking logic lives here.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from .base import Reranker
+from .errors import MissingDependencyError
+from .results import RerankResult
+
+try:
+    from langchain_core.callbacks import Callbacks
+    from langchain_core.cross_encoders import BaseCrossEncoder
+    from langchain_core.documents import BaseDocumentCompressor, Document
+    from pydantic import ConfigDict, Field
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependencyError("milvus_rerank.langchain", "langchain", "langchain-core") from exc
+
+__all__ = [
+    "BGERerank",
+    "CohereRerank",
+    "CrossEncoderRerank",
+    "JinaRerank",
+    "RerankCompressor",
+    "RerankCrossEncoder",
+    "VLLMRerank",
+    "VoyageRerank",
+]
+
+
+class RerankCompressor(BaseDocumentCompressor):
+    """Rerank retrieved ``Document``s with any ``Reranker`` and keep the best.
+
+    Returns new documents, best first, with ``page_content``, ``id`` and a copy of the
+    metadata, plus the rerank score under ``score_key``; the input documents are untouched.
+
+    Example:
+        >>> compressor = RerankCompressor(reranker=BGEReranker(), top_n=3)  # doctest: +SKIP
+        >>> retriever = ContextualCompressionRetriever(  # doctest: +SKIP
+        ...     base_compressor=compressor, base_retriever=vector_store.as_retriever())
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    reranker: Reranker
+    """The reranker that scores (query, document) pairs."""
+    top_n: int | None = Field(default=3, ge=1)
+    """How many documents to keep (None keeps all)."""
+    score_threshold: float | None = None
+    """Drop documents scoring below this, after ``top_n``."""
+    score_key: str = "relevance_score"
+    """The metadata key of the rerank score."""
+
+    def compress_documents(
+        self,
+        documents: Sequence[Document],
+        query: str,
+        callbacks: Callbacks | None = None,
+    ) -> Sequence[Document]:
+        """Rerank ``documents`` for ``query``, best first."""
+        docs = list(documents)
+        results = self.reranker.rerank(query, [d.page_content for d in docs], top_n=self.top_n)
+        return self._documents(docs, results)
+
+    async def acompress_documents(
+        self,
+        documents: Sequence[Document],
+        query: str,
+        callbacks: Callbacks | None = None,
+    ) -> Sequence[Document]:
+        """Async ``compress_documents``, awaiting ``Reranker.arerank``."""
+        docs = list(documents)
+        texts = [d.page_content for d in docs]
+        results = await self.reranker.arerank(query, texts, top_n=self.top_n)
+        return self._documents(docs, results)
+
+    def _documents(self, docs: list[Document], results: list[RerankResult]) -> list[Document]:
+        out = []
+        for result in results:
+            if self.score_threshold is not None and result.score < self.score_threshold:
+                continue
+            source = docs[result.index]
+            metadata = copy.deepcopy(source.metadata)
+            metadata[self.score_key] = result.score
+            out.append(Document(page_content=source.page_content, metadata=metadata, id=source.id))
+        return out
+
+
+class RerankCrossEncoder(BaseCrossEncoder):
+    """LangChain's ``BaseCrossEncoder`` over any ``Reranker``, for its ``CrossEncoderReranker``."""
+
+    def __init__(self, reranker: Reranker) -> None:
+        self.reranker = reranker
+
+    def score(self, text_pairs: list[tuple[str, str]]) -> list[float]:
+        """One score per (query, document) pair, in order; pairs are grouped by query."""
+        by_query: dict[str, list[int]] = defaultdict(list)
+        for position, (query, _) in enumerate(text_pairs):
+            by_query[query].append(position)
+        scores = [0.0] * len(text_pairs)
+        for query, positions in by_query.items():
+            results = self.reranker.rerank(query, [text_pairs[p][1] for p in positions])
+            for result in results:
+                scores[positions[result.index]] = result.score
+        return scores
+
+
+def _convenience(provider: str, kwargs: dict[str, Any]) -> RerankCompressor:
+    from .registry import create_reranker
+
+    adapter = {k: kwargs.pop(k) for k in ("top_n", "score_threshold", "score_key") if k in kwargs}
+    return RerankCompressor(reranker=create_reranker(provider, **kwargs), **adapter)
+
+
+def CohereRerank(**kwargs: Any) -> RerankCompressor:  # noqa: N802 - named like LangChain's class
+    """A ``RerankCompressor`` over ``CohereReranker(**kwargs)`` (adapter options pass through)."""
+    return _convenience("cohere", kwargs)
+
+
+def VoyageRerank(**kwargs: Any) -> RerankCompressor:  # noqa: N802
+    """A ``RerankCompressor`` over ``VoyageReranker(**kwargs)``."""
+    return _convenience("voyage", kwargs)
+
+
+def JinaRerank(**kwargs: Any) -> RerankCompressor:  # noqa: N802
+    """A ``RerankCompressor`` over ``JinaReranker(**kwargs)``."""
+    return _convenience("jina", kwargs)
+
+
+def VLLMRerank(**kwargs: Any) -> RerankCompressor:  # noqa: N802
+    """A ``RerankCompressor`` over ``VLLMReranker(**kwargs)``."""
+    return _convenience("vllm", kwargs)
+
+
+def BGERerank(**kwargs: Any) -> RerankCompressor:  # noqa: N802
+    """A ``RerankCompressor`` over ``BGEReranker(**kwargs)``."""
+    return _convenience("bge", kwargs)
+
+
+def CrossEncoderRerank(**kwargs: Any) -> RerankCompressor:  # noqa: N802
+    """A ``RerankCompressor`` over ``CrossEncoderReranker(**kwargs)``."""
+    return _convenience("cross-encoder", kwargs)

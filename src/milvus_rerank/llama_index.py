@@ -1,0 +1,175 @@
+"""LlamaIndex adapter: a node postprocessor over any ``Reranker``.
+
+Use it as ``index.as_query_engine(node_postprocessors=[RerankPostprocessor(...)])``. It only
+moves data between ``NodeWithScore`` and ``Reranker.rerank``, emits LlamaIndex's rerank
+instrumentation events and callback event, and never mutates the nodes it is given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Reranker
+from .errors import MissingDependencyError
+from .results import RerankResult
+
+try:
+    from llama_index.core.bridge.pydantic import ConfigDict, Field, field_serializer
+    from llama_index.core.callbacks import CBEventType, EventPayload
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+    from llama_index.core.postprocessor.types import BaseNodePostprocessor
+    from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependencyError(
+        "milvus_rerank.llama_index", "llama-index", "llama-index-core"
+    ) from exc
+
+__all__ = [
+    "BGERerank",
+    "CohereRerank",
+    "CrossEncoderRerank",
+    "JinaRerank",
+    "RerankPostprocessor",
+    "VLLMRerank",
+    "VoyageRerank",
+]
+
+dispatcher = get_dispatcher(__name__)
+
+
+class RerankPostprocessor(BaseNodePostprocessor):
+    """Rerank retrieved nodes with any ``Reranker``; keep the best ``top_n``.
+
+    Returned nodes are new ``NodeWithScore``s, best first, whose ``score`` is the rerank score;
+    the retrieval score moves to the new node's metadata under ``retrieval_score``. Text is read
+    like LlamaIndex's own rerankers: ``node.get_content(metadata_mode=MetadataMode.EMBED)``.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    reranker: Reranker = Field(description="The reranker that scores (query, node) pairs.")
+    top_n: int | None = Field(default=3, ge=1, description="Nodes to keep (None keeps all).")
+    score_threshold: float | None = Field(
+        default=None, description="Drop nodes scoring below this, after top_n."
+    )
+
+    @field_serializer("reranker")
+    def _serialize_reranker(self, reranker: Reranker) -> str:
+        return repr(reranker)  # settings only: a reranker's repr never shows a key
+
+    @classmethod
+    def class_name(cls) -> str:
+        """The name LlamaIndex serializes this postprocessor under."""
+        return "MilvusRerankPostprocessor"
+
+    def _start(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> str:
+        if query_bundle is None:
+            raise ValueError("RerankPostprocessor needs the query: pass query_bundle or query_str")
+        dispatcher.event(
+            ReRankStartEvent(
+                query=query_bundle,
+                nodes=nodes,
+                top_n=self.top_n or len(nodes),
+                model_name=repr(self.reranker),
+            )
+        )
+        return query_bundle.query_str
+
+    def _payload(self, nodes: list[NodeWithScore], query: str) -> dict[str, Any]:
+        return {
+            EventPayload.NODES: nodes,
+            EventPayload.MODEL_NAME: repr(self.reranker),
+            EventPayload.QUERY_STR: query,
+            EventPayload.TOP_K: self.top_n,
+        }
+
+    @dispatcher.span  # type: ignore[untyped-decorator]
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        query = self._start(nodes, query_bundle)
+        new_nodes: list[NodeWithScore] = []
+        try:
+            with self.callback_manager.event(
+                CBEventType.RERANKING, payload=self._payload(nodes, query)
+            ) as event:
+                if nodes:
+                    results = self.reranker.rerank(query, _texts(nodes), top_n=self.top_n)
+                    new_nodes = self._nodes(nodes, results)
+                event.on_end(payload={EventPayload.NODES: new_nodes})
+        finally:
+            dispatcher.event(ReRankEndEvent(nodes=new_nodes))
+        return new_nodes
+
+    @dispatcher.span  # type: ignore[untyped-decorator]
+    async def _apostprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        query = self._start(nodes, query_bundle)
+        new_nodes: list[NodeWithScore] = []
+        try:
+            with self.callback_manager.event(
+                CBEventType.RERANKING, payload=self._payload(nodes, query)
+            ) as event:
+                if nodes:
+                    results = await self.reranker.arerank(query, _texts(nodes), top_n=self.top_n)
+                    new_nodes = self._nodes(nodes, results)
+                event.on_end(payload={EventPayload.NODES: new_nodes})
+        finally:
+            dispatcher.event(ReRankEndEvent(nodes=new_nodes))
+        return new_nodes
+
+    def _nodes(
+        self, nodes: list[NodeWithScore], results: list[RerankResult]
+    ) -> list[NodeWithScore]:
+        out = []
+        for result in results:
+            if self.score_threshold is not None and result.score < self.score_threshold:
+                continue
+            source = nodes[result.index]
+            node = source.node.model_copy(deep=True)
+            node.metadata["retrieval_score"] = source.score
+            out.append(NodeWithScore(node=node, score=result.score))
+        return out
+
+
+def _texts(nodes: list[NodeWithScore]) -> list[str]:
+    return [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
+
+
+def _convenience(provider: str, kwargs: dict[str, Any]) -> RerankPostprocessor:
+    from .registry import create_reranker
+
+    adapter = {k: kwargs.pop(k) for k in ("top_n", "score_threshold") if k in kwargs}
+    return RerankPostprocessor(reranker=create_reranker(provider, **kwargs), **adapter)
+
+
+def CohereRerank(**kwargs: Any) -> RerankPostprocessor:  # noqa: N802 - named like LlamaIndex's
+    """A ``RerankPostprocessor`` over ``CohereReranker(**kwargs)`` (adapter options pass through)."""
+    return _convenience("cohere", kwargs)
+
+
+def VoyageRerank(**kwargs: Any) -> RerankPostprocessor:  # noqa: N802
+    """A ``RerankPostprocessor`` over ``VoyageReranker(**kwargs)``."""
+    return _convenience("voyage", kwargs)
+
+
+def JinaRerank(**kwargs: Any) -> RerankPostprocessor:  # noqa: N802
+    """A ``RerankPostprocessor`` over ``JinaReranker(**kwargs)``."""
+    return _convenience("jina", kwargs)
+
+
+def VLLMRerank(**kwargs: Any) -> RerankPostprocessor:  # noqa: N802
+    """A ``RerankPostprocessor`` over ``VLLMReranker(**kwargs)``."""
+    return _convenience("vllm", kwargs)
+
+
+def BGERerank(**kwargs: Any) -> RerankPostprocessor:  # noqa: N802
+    """A ``RerankPostprocessor`` over ``BGEReranker(**kwargs)``."""
+    return _convenience("bge", kwargs)
+
+
+def CrossEncoderRerank(**kwargs: Any) -> RerankPostprocessor:  # noqa: N802
+    """A ``RerankPostprocessor`` over ``CrossEncoderReranker(**kwargs)``."""
+    return _convenience("cross-encoder", kwargs)
