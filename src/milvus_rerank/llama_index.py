@@ -16,7 +16,7 @@ from .results import RerankResult
 try:
     from llama_index.core.bridge.pydantic import ConfigDict, Field, field_serializer
     from llama_index.core.callbacks import CBEventType, EventPayload
-    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
     from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
     from llama_index.core.postprocessor.types import BaseNodePostprocessor
     from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
@@ -84,7 +84,7 @@ class RerankPostprocessor(BaseNodePostprocessor):
             EventPayload.TOP_K: self.top_n,
         }
 
-    @dispatcher.span  # type: ignore[untyped-decorator]
+    @dispatcher.span
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
@@ -102,7 +102,7 @@ class RerankPostprocessor(BaseNodePostprocessor):
             dispatcher.event(ReRankEndEvent(nodes=new_nodes))
         return new_nodes
 
-    @dispatcher.span  # type: ignore[untyped-decorator]
+    @dispatcher.span
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
@@ -146,7 +146,7 @@ def _convenience(provider: str, kwargs: dict[str, Any]) -> RerankPostprocessor:
 
 
 def CohereRerank(**kwargs: Any) -> RerankPostprocessor:  # noqa: N802 - named like LlamaIndex's
-    """A ``RerankPostprocessor`` over ``CohereReranker(**kwargs)`` (adapter options pass through)."""
+    """A ``RerankPostprocessor`` over ``CohereReranker(**kwargs)``; adapter options pass through."""
     return _convenience("cohere", kwargs)
 
 
