@@ -60,9 +60,8 @@ def main() -> None:
             | StrOutputParser()
         )
         for doc in retriever.invoke(DEMO_QUERY):
-            print(
-                f"{doc.metadata['relevance_score']:.4f}  pk={doc.metadata['pk']}  {doc.page_content[:70]}"
-            )
+            score, pk = doc.metadata["relevance_score"], doc.metadata["pk"]
+            print(f"{score:.4f}  pk={pk}  {doc.page_content[:70]}")
         print("answer:", chain.invoke(DEMO_QUERY))
 
 

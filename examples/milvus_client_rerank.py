@@ -39,9 +39,8 @@ def main() -> None:
         print(f"  id={hit['id']:>2} distance={hit['distance']:.4f} {hit['entity']['text'][:70]}")
     print("reranked:")
     for hit in reranked:
-        print(
-            f"  id={hit['id']:>2} rerank_score={hit['rerank_score']:.4f} {hit['entity']['text'][:70]}"
-        )
+        text = hit["entity"]["text"][:70]
+        print(f"  id={hit['id']:>2} rerank_score={hit['rerank_score']:.4f} {text}")
 
 
 if __name__ == "__main__":
