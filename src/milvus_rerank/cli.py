@@ -27,14 +27,15 @@ def build_reranker(
     base_url: str | None = None,
     device: str | None = None,
     fallback_to_tiny: bool = False,
-    out: TextIO = sys.stderr,
+    out: TextIO | None = None,
 ) -> tuple[Reranker, bool]:
     """Build a reranker from CLI options; returns it and whether it is a random tiny stand-in.
 
     With ``fallback_to_tiny``, a local model whose weights cannot be loaded (no hub here, no
     local copy) is replaced by a tiny randomly initialized model of the same architecture,
-    built on the spot and announced on ``out``, so the pipeline still runs end to end.
+    built on the spot and announced on ``out`` (stderr by default), so the pipeline still runs end to end.
     """
+    out = out if out is not None else sys.stderr
     kwargs: dict[str, Any] = {}
     if provider in LOCAL:
         if model is not None:

@@ -71,8 +71,9 @@ def print_table(
         print(f"{rank:>2}  {hit['id']:>3}  {hit[score_key]:>12.4f}  {text}", file=out)
 
 
-def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    """Retrieve with BM25 on Milvus Lite, rerank, print both rankings."""
+def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Retrieve with BM25 on Milvus Lite, rerank, print both rankings (to stdout by default)."""
+    out = out if out is not None else sys.stdout
     from .cli import build_reranker
 
     try:

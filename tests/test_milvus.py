@@ -1,0 +1,117 @@
+"""rerank_hits over what MilvusClient.search returns, on real Milvus Lite and on plain dicts."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import pytest
+
+from milvus_rerank import InvalidInputError
+from milvus_rerank.milvus import arerank_hits, rerank_hits
+from tests.conftest import ScoreTableReranker
+
+TABLE = {"alpha": 0.2, "beta": 0.9, "gamma": 0.5}
+
+
+def hits(texts: list[str]) -> list[dict[str, object]]:
+    return [
+        {"id": i, "distance": 0.1 * i, "entity": {"text": t, "tag": [i]}}
+        for i, t in enumerate(texts)
+    ]
+
+
+def test_reorders_keeps_distance_and_copies() -> None:
+    results = [hits(["alpha", "beta", "gamma"])]
+    before = copy.deepcopy(results)
+    out = rerank_hits(ScoreTableReranker(TABLE), "q", results, top_n=2)
+    assert [(h["id"], h["rerank_score"], h["distance"]) for h in out[0]] == [
+        (1, 0.9, 0.1),
+        (2, 0.5, 0.2),
+    ]
+    out[0][0]["entity"]["text"] = "changed"
+    assert results == before
+
+
+def test_many_queries_in_order_sync_and_async() -> None:
+    results = [hits(["alpha", "beta"]), hits(["gamma", "alpha"]), []]
+    out = rerank_hits(ScoreTableReranker(TABLE), ["q1", "q2", "q3"], results)
+    assert [[h["entity"]["text"] for h in q] for q in out] == [
+        ["beta", "alpha"],
+        ["gamma", "alpha"],
+        [],
+    ]
+
+    import asyncio
+
+    again = asyncio.run(arerank_hits(ScoreTableReranker(TABLE), ["q1", "q2", "q3"], results))
+    assert again == out
+
+
+def test_flat_hits_and_custom_fields() -> None:
+    flat = [
+        [
+            {"pk": "a", "distance": 1.0, "body": "beta"},
+            {"pk": "b", "distance": 2.0, "body": "gamma"},
+        ]
+    ]
+    out = rerank_hits(ScoreTableReranker(TABLE), "q", flat, text_field="body", score_field="score")
+    assert [(h["pk"], h["score"]) for h in out[0]] == [("a", 0.9), ("b", 0.5)]
+
+
+@pytest.mark.parametrize(
+    ("results", "fragment"),
+    [
+        (
+            [[{"id": 7, "distance": 0.1, "entity": {}}]],
+            "hit id=7 (results[0][0]) has no 'text' field",
+        ),
+        (
+            [[{"id": 8, "distance": 0.1, "entity": {"text": None}}]],
+            "hit id=8 (results[0][0]) field 'text' must be a str",
+        ),
+        ([["just text"]], "results[0][0] must be a Milvus hit"),
+        ([hits(["a"]), hits(["b"])], "got 1 queries for 2 hit lists"),
+        ({"id": 1}, "results must be what MilvusClient.search returns"),
+    ],
+)
+def test_bad_hits_are_named(results: object, fragment: str) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        rerank_hits(ScoreTableReranker(TABLE), "q", results)  # type: ignore[arg-type]
+    assert fragment in str(info.value)
+
+
+@pytest.mark.integration
+def test_real_milvus_lite_bm25_search_reranked(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    pytest.importorskip("pymilvus")
+    from pymilvus import MilvusClient
+
+    from milvus_rerank import BGEReranker
+    from milvus_rerank.demo import COLLECTION, DEMO_QUERY, build_demo_collection, load_demo_corpus
+
+    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+    client = MilvusClient(str(tmp_path / "hits.db"))
+    try:
+        build_demo_collection(client, load_demo_corpus())
+        found = client.search(
+            COLLECTION,
+            data=[DEMO_QUERY, "turing test"],
+            anns_field="sparse",
+            limit=6,
+            output_fields=["text"],
+            search_params={"metric_type": "BM25"},
+        )
+    finally:
+        client.close()
+    reranker = BGEReranker(str(tiny_models["bge"]))
+    out = rerank_hits(reranker, [DEMO_QUERY, "turing test"], found, top_n=4)
+    for query, original, ranked in zip([DEMO_QUERY, "turing test"], found, out, strict=True):
+        texts = [h["entity"]["text"] for h in original]
+        expected = reranker.rerank(query, texts, top_n=4)
+        assert [h["entity"]["text"] for h in ranked] == [r.text for r in expected]
+        assert [h["rerank_score"] for h in ranked] == pytest.approx([r.score for r in expected])
+        by_id = {h["id"]: h["distance"] for h in original}
+        assert all(h["distance"] == by_id[h["id"]] for h in ranked)
