@@ -33,7 +33,8 @@ def build_reranker(
 
     With ``fallback_to_tiny``, a local model whose weights cannot be loaded (no hub here, no
     local copy) is replaced by a tiny randomly initialized model of the same architecture,
-    built on the spot and announced on ``out`` (stderr by default), so the pipeline still runs end to end.
+    built on the spot and announced on ``out`` (stderr by default), so the pipeline still
+    runs end to end.
     """
     out = out if out is not None else sys.stderr
     kwargs: dict[str, Any] = {}
