@@ -1,4 +1,4 @@
-"""The ``milvus-rerank`` command: ``demo`` and ``rerank``."""
+"""The ``milvus-rerank`` command: ``demo``, ``rerank`` and ``serve``."""
 
 from __future__ import annotations
 
@@ -117,6 +117,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import run_server
+
+    return run_server(args)
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``milvus-rerank`` command."""
     parser = argparse.ArgumentParser(
@@ -138,6 +144,15 @@ def make_parser() -> argparse.ArgumentParser:
     rerank.add_argument("--text-field", default="text", help="the field holding the text")
     rerank.add_argument("--top-n", type=int, help="keep the best N (default: all)")
     rerank.set_defaults(func=_cmd_rerank)
+
+    serve = sub.add_parser("serve", help="serve a local reranker over HTTP (Cohere, vLLM, TEI)")
+    _add_reranker_options(serve, "bge")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--max-wait-ms", type=float, default=2.0, help="how long a request waits for a batch"
+    )
+    serve.set_defaults(func=_cmd_serve)
 
     return parser
 

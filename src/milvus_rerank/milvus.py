@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .base import Reranker, describe_value
-from .errors import InvalidInputError
+from .errors import ConfigurationError, InvalidInputError, MissingDependencyError
 
-__all__ = ["arerank_hits", "rerank_hits"]
+__all__ = ["arerank_hits", "rerank_hits", "server_side_params", "server_side_ranker"]
 
 _MAX_PARALLEL_QUERIES = 8
 
@@ -132,3 +132,136 @@ async def arerank_hits(
         *(reranker.arerank(q, t, top_n=top_n) for q, t in zip(queries, texts, strict=True))
     )
     return [_reordered(h, r, score_field) for h, r in zip(hit_lists, ranked, strict=True)]
+
+
+_VERSION_SUFFIX = ("/v1", "/v2")
+
+
+def _root(base_url: str) -> str:
+    """The server root of a base URL that may end in a version segment."""
+    for suffix in _VERSION_SUFFIX:
+        if base_url.endswith(suffix):
+            return base_url[: -len(suffix)]
+    return base_url
+
+
+def server_side_params(
+    reranker: Reranker,
+    queries: str | Sequence[str],
+    *,
+    target: str = "milvus",
+    credential: str | None = None,
+) -> dict[str, Any]:
+    """The ``params`` of a Milvus model-rerank Function built from ``reranker``'s configuration.
+
+    ``target="milvus"`` is a Milvus 2.6+ server: providers ``vllm`` and ``tei`` (``endpoint``),
+    ``cohere`` and ``voyageai`` (``model_name``); keys never go into the params: name a
+    credential of the server's ``milvus.yaml`` with ``credential``. ``target="milvus-lite"``
+    is Milvus Lite, whose only provider is ``cohere`` (``model_name``, ``api_key``,
+    ``base_url``), which also serves Cohere-compatible servers: vLLM's ``/v2`` and
+    ``milvus-rerank serve``.
+
+    Raises:
+        ConfigurationError: a reranker or target combination Milvus cannot run.
+    """
+    from .providers._http import HTTPReranker
+
+    query_list = [queries] if isinstance(queries, str) else list(queries)
+    if not query_list or not all(isinstance(q, str) and q.strip() for q in query_list):
+        raise InvalidInputError(
+            f"queries must be one non-empty str per search query, got {describe_value(queries)}"
+        )
+    name = type(reranker).__name__
+    if target not in ("milvus", "milvus-lite"):
+        raise ConfigurationError(f"target must be 'milvus' or 'milvus-lite', got {target!r}")
+    if not isinstance(reranker, HTTPReranker) or reranker.provider not in (
+        "vllm",
+        "tei",
+        "cohere",
+        "voyage",
+    ):
+        raise ConfigurationError(
+            f"Milvus cannot call a {name} itself: its server-side model rerank supports vLLM, TEI, "
+            "Cohere and Voyage AI endpoints. For a local model, run `milvus-rerank serve` and "
+            "pass a VLLMReranker(base_url=...) pointing at it."
+        )
+    params: dict[str, Any] = {"reranker": "model", "queries": query_list}
+    if target == "milvus-lite":
+        if reranker.provider not in ("cohere", "vllm"):
+            raise ConfigurationError(
+                f"Milvus Lite's only server-side rerank provider is 'cohere' (Cohere's v2 API); a "
+                f"{name} does not speak it. Use target='milvus' with a Milvus server, or rerank "
+                "client-side with rerank_hits."
+            )
+        key = reranker.api_key.get_secret_value() if reranker.api_key is not None else "EMPTY"
+        params.update(
+            provider="cohere",
+            model_name=reranker.model or "default",
+            api_key=key,
+            base_url=_root(reranker.base_url) + "/v2",
+        )
+        return params
+    if reranker.provider in ("vllm", "tei"):
+        params.update(provider=reranker.provider, endpoint=_root(reranker.base_url))
+        if reranker.max_batch is not None:
+            params["max_client_batch_size"] = reranker.max_batch
+        if reranker.provider == "vllm" and getattr(reranker, "truncate_prompt_tokens", None):
+            params["truncate_prompt_tokens"] = reranker.truncate_prompt_tokens  # type: ignore[attr-defined]
+        if reranker.provider == "tei":
+            params["truncate"] = reranker.truncate  # type: ignore[attr-defined]
+            params["truncation_direction"] = reranker.truncation_direction  # type: ignore[attr-defined]
+    else:
+        params.update(
+            provider="voyageai" if reranker.provider == "voyage" else "cohere",
+            model_name=reranker.model,
+        )
+        if reranker.max_batch is not None:
+            params["max_client_batch_size"] = reranker.max_batch
+        if reranker.provider == "cohere" and getattr(reranker, "max_tokens_per_doc", None):
+            params["max_tokens_per_doc"] = reranker.max_tokens_per_doc  # type: ignore[attr-defined]
+        if reranker.provider == "voyage":
+            params["truncation"] = reranker.truncation  # type: ignore[attr-defined]
+    if credential is not None:
+        params["credential"] = credential
+    elif reranker.api_key is not None and reranker.provider in ("vllm", "tei"):
+        raise ConfigurationError(
+            f"this {name} sends an API key, but a Milvus server never takes a raw key in a "
+            "Function's params: add the key to the credential section of milvus.yaml and pass "
+            "credential='<its name>'"
+        )
+    return params
+
+
+def server_side_ranker(
+    reranker: Reranker,
+    queries: str | Sequence[str],
+    *,
+    input_field: str = "text",
+    target: str = "milvus",
+    credential: str | None = None,
+    name: str = "rerank",
+) -> Any:
+    """A ``pymilvus.Function`` for ``search(..., ranker=...)`` that makes Milvus rerank itself.
+
+    ``queries`` holds one query text per search query; ``input_field`` is the VARCHAR field
+    Milvus sends as documents (it must be in ``output_fields``). See ``server_side_params``.
+
+    Example:
+        >>> vllm = VLLMReranker(base_url="http://vllm:8000")
+        >>> ranker = server_side_ranker(vllm, [query])  # doctest: +SKIP
+        >>> client.search(  # doctest: +SKIP
+        ...     "docs", data=[vector], output_fields=["text"], ranker=ranker)
+    """
+    try:
+        from pymilvus import Function, FunctionType
+    except ImportError as exc:
+        raise MissingDependencyError("server_side_ranker", "milvus", "pymilvus") from exc
+    if not isinstance(input_field, str) or not input_field:
+        raise ConfigurationError(f"input_field must be a field name, got {input_field!r}")
+    params = server_side_params(reranker, queries, target=target, credential=credential)
+    return Function(
+        name=name,
+        input_field_names=[input_field],
+        function_type=FunctionType.RERANK,
+        params=params,
+    )

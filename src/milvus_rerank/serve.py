@@ -15,14 +15,21 @@ Concurrent requests are batched together for the model: a micro-batcher collects
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import sys
 import threading
 import time
-from collections.abc import Callable
+import uuid
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import MissingDependencyError
+from .base import Reranker, rank, validate_request
+from .errors import InvalidInputError, MissingDependencyError
+from .results import RerankResult
 
-__all__ = ["BackgroundServer"]
+__all__ = ["BackgroundServer", "Batcher", "create_app", "run_server"]
 
 ASGIApp = Callable[..., Any]
 
@@ -74,3 +81,219 @@ class BackgroundServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+ScorePairs = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
+
+
+class Batcher:
+    """Collects concurrent rerank requests and scores their pairs together, one pass per batch.
+
+    A request waits at most ``max_wait`` seconds for company, and a batch holds at most
+    ``max_pairs`` pairs (a single larger request still goes alone). Scoring runs in a worker
+    thread, so the event loop keeps accepting requests while the model works.
+    """
+
+    def __init__(
+        self, score_pairs: ScorePairs, max_wait: float = 0.002, max_pairs: int = 256
+    ) -> None:
+        self.score_pairs = score_pairs
+        self.max_wait = max_wait
+        self.max_pairs = max_pairs
+        self.batches = 0
+        self.requests = 0
+        self._pending: list[tuple[str, list[str], asyncio.Future[list[float]]]] = []
+        self._workers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._wakeup: asyncio.Event | None = None
+
+    async def score(self, query: str, documents: list[str]) -> list[float]:
+        """Scores of ``documents`` for ``query``, computed in a shared batch."""
+        loop = asyncio.get_running_loop()
+        if self._wakeup is None or loop not in self._workers:
+            self._wakeup = asyncio.Event()
+            self._workers[loop] = loop.create_task(self._work(self._wakeup))
+        future: asyncio.Future[list[float]] = loop.create_future()
+        self._pending.append((query, documents, future))
+        self._wakeup.set()
+        return await future
+
+    async def _work(self, wakeup: asyncio.Event) -> None:
+        while True:
+            await wakeup.wait()
+            wakeup.clear()
+            if self.max_wait > 0:
+                await asyncio.sleep(self.max_wait)
+            while self._pending:
+                batch = self._take()
+                queries = [q for q, docs, _ in batch for _ in docs]
+                documents = [d for _, docs, _ in batch for d in docs]
+                try:
+                    scores = await asyncio.to_thread(self.score_pairs, queries, documents)
+                except Exception as exc:  # noqa: BLE001 - every waiter gets the failure
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                self.batches += 1
+                self.requests += len(batch)
+                start = 0
+                for _, docs, future in batch:
+                    if not future.done():
+                        future.set_result(list(scores[start : start + len(docs)]))
+                    start += len(docs)
+
+    def _take(self) -> list[tuple[str, list[str], asyncio.Future[list[float]]]]:
+        batch = [self._pending.pop(0)]
+        pairs = len(batch[0][1])
+        while self._pending and pairs + len(self._pending[0][1]) <= self.max_pairs:
+            pairs += len(self._pending[0][1])
+            batch.append(self._pending.pop(0))
+        return batch
+
+
+def _texts(documents: object) -> object:
+    """Cohere and Jina also accept documents as ``{"text": ...}`` objects."""
+    if isinstance(documents, list):
+        return [
+            d["text"] if isinstance(d, dict) and isinstance(d.get("text"), str) else d
+            for d in documents
+        ]
+    return documents
+
+
+def create_app(
+    reranker: Reranker,
+    *,
+    max_wait_ms: float = 2.0,
+    max_batch_pairs: int = 256,
+    model_name: str | None = None,
+) -> Any:
+    """The Starlette app that serves ``reranker`` over the Cohere v2, vLLM/Jina and TEI formats."""
+    try:
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+    except ImportError as exc:
+        raise MissingDependencyError("The rerank server", "serve", "starlette") from exc
+
+    score_pairs = getattr(reranker, "score_pairs", None)
+    batcher = Batcher(score_pairs, max_wait_ms / 1000.0, max_batch_pairs) if score_pairs else None
+    served_name = model_name or getattr(reranker, "model_name", None) or type(reranker).__name__
+
+    async def ranked(query: object, documents: object, top_n: object) -> list[RerankResult]:
+        q, docs, n = validate_request(query, _texts(documents), top_n)
+        if not docs:
+            return []
+        if batcher is None:
+            return await reranker.arerank(q, docs, top_n=n)
+        return rank(docs, await batcher.score(q, docs), n, provider=reranker.provider)
+
+    async def body_of(request: Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise InvalidInputError("the request body is not JSON") from None
+        if not isinstance(body, dict):
+            raise InvalidInputError("the request body must be a JSON object")
+        return body
+
+    def vllm_answer(body: dict[str, Any], results: list[RerankResult]) -> dict[str, Any]:
+        return {
+            "id": f"rerank-{uuid.uuid4().hex}",
+            "model": body.get("model") or served_name,
+            "usage": {"total_tokens": 0},
+            "results": [
+                {"index": r.index, "document": {"text": r.text}, "relevance_score": r.score}
+                for r in results
+            ],
+        }
+
+    async def cohere_v2(request: Request) -> JSONResponse:
+        try:
+            body = await body_of(request)
+            results = await ranked(body.get("query"), body.get("documents"), body.get("top_n"))
+        except InvalidInputError as exc:
+            return JSONResponse({"id": uuid.uuid4().hex, "message": str(exc)}, status_code=400)
+        return JSONResponse(
+            {
+                "id": str(uuid.uuid4()),
+                "results": [{"index": r.index, "relevance_score": r.score} for r in results],
+                "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
+            }
+        )
+
+    def vllm_error(exc: Exception) -> JSONResponse:
+        error = {"message": str(exc), "type": "BadRequestError", "param": None, "code": 400}
+        return JSONResponse({"error": error}, status_code=400)
+
+    async def openai_v1(request: Request) -> JSONResponse:
+        try:
+            body = await body_of(request)
+            top_n = body.get("top_n") or None  # vLLM: 0 or absent means all
+            results = await ranked(body.get("query"), body.get("documents"), top_n)
+        except InvalidInputError as exc:
+            return vllm_error(exc)
+        return JSONResponse(vllm_answer(body, results))
+
+    async def root_rerank(request: Request) -> JSONResponse:
+        try:
+            body = await body_of(request)
+        except InvalidInputError as exc:
+            return vllm_error(exc)
+        if "texts" not in body:
+            try:
+                results = await ranked(
+                    body.get("query"), body.get("documents"), body.get("top_n") or None
+                )
+            except InvalidInputError as exc:
+                return vllm_error(exc)
+            return JSONResponse(vllm_answer(body, results))
+        try:  # TEI: a bare array; the scores of every text, best first
+            results = await ranked(body.get("query"), body.get("texts"), None)
+        except InvalidInputError as exc:
+            return JSONResponse({"error": str(exc), "error_type": "Validation"}, status_code=422)
+        with_text = bool(body.get("return_text"))
+        return JSONResponse(
+            [
+                {"index": r.index, "score": r.score, **({"text": r.text} if with_text else {})}
+                for r in results
+            ]
+        )
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "model": served_name})
+
+    app = Starlette(
+        routes=[
+            Route("/v2/rerank", cohere_v2, methods=["POST"]),
+            Route("/v1/rerank", openai_v1, methods=["POST"]),
+            Route("/rerank", root_rerank, methods=["POST"]),
+            Route("/health", health, methods=["GET"]),
+        ]
+    )
+    app.state.batcher = batcher
+    return app
+
+
+def run_server(args: argparse.Namespace) -> int:
+    """``milvus-rerank serve``: load the model, then serve until interrupted."""
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise MissingDependencyError("The rerank server", "serve", "uvicorn") from exc
+    from .cli import build_reranker
+
+    reranker, _ = build_reranker(
+        args.reranker, model=args.model, base_url=args.base_url, device=args.device
+    )
+    app = create_app(reranker, max_wait_ms=args.max_wait_ms, model_name=args.model)
+    print(
+        f"milvus-rerank serve: {reranker!r} on http://{args.host}:{args.port} "
+        "(POST /v2/rerank, /v1/rerank, /rerank; GET /health)",
+        file=sys.stderr,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -289,18 +289,32 @@ class LocalModelRunner:
 
     def encode_pairs(self, query: str, documents: Sequence[str]) -> list[dict[str, list[int]]]:
         """Tokenize (query, document) pairs without padding, truncated like the reference."""
+        return self.encode_many([query] * len(documents), documents)
+
+    def encode_many(
+        self, queries: Sequence[str], documents: Sequence[str]
+    ) -> list[dict[str, list[int]]]:
+        """Tokenize pairs whose queries may differ (``queries[i]`` goes with ``documents[i]``)."""
         loaded = self.load()
         with self._tokenizer_lock:
             if self.truncation == "longest_first":
-                return self._encode_longest_first(loaded, query, documents)
-            return self._encode_only_second(loaded, query, documents)
+                return self._encode_longest_first(loaded, queries, documents)
+            rows: list[dict[str, list[int]]] = [{} for _ in documents]
+            groups: dict[str, list[int]] = {}
+            for i, query in enumerate(queries):
+                groups.setdefault(query, []).append(i)
+            for query, positions in groups.items():
+                encoded = self._encode_only_second(loaded, query, [documents[i] for i in positions])
+                for i, row in zip(positions, encoded, strict=True):
+                    rows[i] = row
+            return rows
 
     def _encode_longest_first(
-        self, loaded: _Loaded, query: str, documents: Sequence[str]
+        self, loaded: _Loaded, queries: Sequence[str], documents: Sequence[str]
     ) -> list[dict[str, list[int]]]:
         # sentence-transformers' CrossEncoder: tokenizer(pairs, truncation="longest_first").
         encoded = loaded.tokenizer(
-            [query] * len(documents),
+            list(queries),
             list(documents),
             truncation="longest_first",
             max_length=loaded.max_length,
@@ -347,9 +361,13 @@ class LocalModelRunner:
 
     def logits(self, query: str, documents: Sequence[str]) -> list[float]:
         """One raw relevance logit per document, in input order, as Python floats (float32 math)."""
+        return self.logits_many([query] * len(documents), documents)
+
+    def logits_many(self, queries: Sequence[str], documents: Sequence[str]) -> list[float]:
+        """Raw logits of pairs whose queries may differ; one forward schedule for them all."""
         torch = _import_torch()
         loaded = self.load()
-        features = self.encode_pairs(query, documents)
+        features = self.encode_many(queries, documents)
         order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
         lengths = [len(features[i]["input_ids"]) for i in order]
         scores: list[float] = [0.0] * len(features)
@@ -402,6 +420,10 @@ class LocalReranker(Reranker):
 
     def _score(self, query: str, documents: list[str]) -> list[float]:
         return self._activate(self.runner.logits(query, documents))
+
+    def score_pairs(self, queries: Sequence[str], documents: Sequence[str]) -> list[float]:
+        """Scores of (queries[i], documents[i]) pairs in one batched pass (used by ``serve``)."""
+        return self._activate(self.runner.logits_many(queries, documents))
 
     def _repr_fields(self) -> dict[str, Any]:
         runner = self.runner

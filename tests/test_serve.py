@@ -1,0 +1,139 @@
+"""``milvus-rerank serve``: every wire format, our clients round-trip, cross-request batches."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytest.importorskip("starlette")
+
+from milvus_rerank import (  # noqa: E402
+    CohereReranker,
+    CrossEncoderReranker,
+    JinaReranker,
+    TEIReranker,
+    VLLMReranker,
+)
+from milvus_rerank.serve import BackgroundServer, Batcher, create_app  # noqa: E402
+
+QUERY = "what is milvus"
+DOCS = ["milvus is a vector database", "paris is the capital of france", "milvus", "cat"]
+
+
+@pytest.fixture(scope="module")
+def local(tiny_models: dict[str, Path]) -> CrossEncoderReranker:
+    return CrossEncoderReranker(str(tiny_models["ce"]))
+
+
+@pytest.fixture(scope="module")
+def server(local: CrossEncoderReranker) -> Iterator[BackgroundServer]:
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    with BackgroundServer(create_app(local, model_name="tiny", max_wait_ms=20)) as running:
+        yield running
+
+
+def expected(local: CrossEncoderReranker, top_n: int | None = None) -> list[tuple[int, float]]:
+    return [(r.index, r.score) for r in local.rerank(QUERY, DOCS, top_n=top_n)]
+
+
+def test_cohere_v2_format(server: BackgroundServer, local: CrossEncoderReranker) -> None:
+    body = httpx.post(
+        f"{server.url}/v2/rerank",
+        json={"model": "tiny", "query": QUERY, "documents": DOCS, "top_n": 2},
+    ).json()
+    assert set(body) == {"id", "results", "meta"}
+    assert [(r["index"], r["relevance_score"]) for r in body["results"]] == expected(local, 2)
+
+
+def test_vllm_format_on_v1_and_root(server: BackgroundServer, local: CrossEncoderReranker) -> None:
+    for path in ("/v1/rerank", "/rerank"):
+        body = httpx.post(f"{server.url}{path}", json={"query": QUERY, "documents": DOCS}).json()
+        assert [(r["index"], r["relevance_score"]) for r in body["results"]] == expected(local)
+        assert body["results"][0]["document"]["text"] == DOCS[body["results"][0]["index"]]
+        assert body["model"] == "tiny" and "usage" in body
+
+
+def test_tei_format_on_root(server: BackgroundServer, local: CrossEncoderReranker) -> None:
+    body = httpx.post(
+        f"{server.url}/rerank", json={"query": QUERY, "texts": DOCS, "return_text": True}
+    ).json()
+    assert isinstance(body, list)
+    assert [(r["index"], r["score"]) for r in body] == expected(local)
+    assert all(r["text"] == DOCS[r["index"]] for r in body)
+
+
+@pytest.mark.parametrize(
+    ("make", "root"),
+    [
+        (lambda url: CohereReranker(base_url=url, model="tiny"), "/v2"),
+        (lambda url: VLLMReranker(base_url=url, model="tiny"), ""),
+        (lambda url: JinaReranker(base_url=url, model="tiny", api_key="unused"), "/v1"),
+        (lambda url: TEIReranker(base_url=url, max_client_batch_size=3), ""),
+    ],
+)
+async def test_our_clients_round_trip(
+    server: BackgroundServer, local: CrossEncoderReranker, make: object, root: str
+) -> None:
+    client = make(server.url + root)  # type: ignore[operator]
+    want = expected(local)
+    ranked = client.rerank(QUERY, DOCS, top_n=3)
+    assert [r.index for r in ranked] == [i for i, _ in want[:3]]
+    assert [r.score for r in ranked] == pytest.approx([s for _, s in want[:3]], abs=1e-5)
+    async with client:
+        results = await client.arerank(QUERY, DOCS)
+    assert [r.index for r in results] == [i for i, _ in want]
+    assert [r.score for r in results] == pytest.approx([s for _, s in want], abs=1e-5)
+    client.close()
+
+
+def test_bad_requests_get_each_formats_error(server: BackgroundServer) -> None:
+    cohere = httpx.post(f"{server.url}/v2/rerank", json={"query": "", "documents": DOCS})
+    assert cohere.status_code == 400 and "query" in cohere.json()["message"]
+    vllm = httpx.post(f"{server.url}/v1/rerank", json={"query": QUERY, "documents": [1]})
+    assert vllm.status_code == 400 and "documents[0]" in vllm.json()["error"]["message"]
+    tei = httpx.post(f"{server.url}/rerank", json={"query": QUERY, "texts": "oops"})
+    assert tei.status_code == 422 and tei.json()["error_type"] == "Validation"
+    garbage = httpx.post(f"{server.url}/v1/rerank", content=b"{not json")
+    assert garbage.status_code == 400
+
+
+def test_health(server: BackgroundServer) -> None:
+    assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+
+
+async def test_concurrent_requests_share_batches(local: CrossEncoderReranker) -> None:
+    app = create_app(local, max_wait_ms=50)
+    with BackgroundServer(app) as running:
+        async with httpx.AsyncClient(base_url=running.url) as client:
+            answers = await asyncio.gather(
+                *(
+                    client.post("/v1/rerank", json={"query": f"{QUERY} {i}", "documents": DOCS})
+                    for i in range(16)
+                )
+            )
+    assert all(a.status_code == 200 for a in answers)
+    batcher = app.state.batcher
+    assert batcher.requests == 16
+    assert batcher.batches < 16  # requests were scored together
+    for i, answer in enumerate(answers):  # and each got its own query's scores
+        own = local.rerank(f"{QUERY} {i}", DOCS)
+        assert [r["index"] for r in answer.json()["results"]] == [r.index for r in own]
+        assert [r["relevance_score"] for r in answer.json()["results"]] == pytest.approx(
+            [r.score for r in own], abs=1e-5
+        )
+
+
+async def test_batcher_passes_failures_to_every_waiter() -> None:
+    def broken(queries: object, documents: object) -> list[float]:
+        raise RuntimeError("model crashed")
+
+    batcher = Batcher(broken, max_wait=0.01)
+    results = await asyncio.gather(
+        batcher.score("q", ["a"]), batcher.score("q", ["b"]), return_exceptions=True
+    )
+    assert all(isinstance(r, RuntimeError) for r in results)
