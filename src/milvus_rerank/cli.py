@@ -1,4 +1,4 @@
-"""The ``milvus-rerank`` command: ``demo``, ``rerank`` and ``serve``."""
+"""The ``milvus-rerank`` command: ``demo``, ``rerank``, ``serve`` and ``eval``."""
 
 from __future__ import annotations
 
@@ -123,6 +123,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return run_server(args)
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import run_eval
+
+    return run_eval(args)
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``milvus-rerank`` command."""
     parser = argparse.ArgumentParser(
@@ -153,6 +159,14 @@ def make_parser() -> argparse.ArgumentParser:
         "--max-wait-ms", type=float, default=2.0, help="how long a request waits for a batch"
     )
     serve.set_defaults(func=_cmd_serve)
+
+    evaluate = sub.add_parser("eval", help="nDCG@10 and MRR@10 before/after reranking (BEIR)")
+    _add_reranker_options(evaluate, "bge")
+    evaluate.add_argument("data", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/*.tsv")
+    evaluate.add_argument("--split", default="test", help="qrels split (default: test)")
+    evaluate.add_argument("--candidates", type=int, default=50, help="BM25 hits to rerank")
+    evaluate.add_argument("--max-queries", type=int, help="evaluate only the first N queries")
+    evaluate.set_defaults(func=_cmd_eval)
 
     return parser
 
