@@ -119,3 +119,13 @@ def test_serializes_without_secrets() -> None:
 def test_missing_query_is_an_error() -> None:
     with pytest.raises(ValueError, match="query"):
         RerankPostprocessor(reranker=ScoreTableReranker()).postprocess_nodes(nodes())
+
+
+def test_new_nodes_own_their_metadata() -> None:
+    source = TextNode(text="beta", id_="n1", metadata={"pk": 1, "tags": ["a"]})
+    post = RerankPostprocessor(reranker=ScoreTableReranker(TABLE), top_n=1)
+    out = post.postprocess_nodes([NodeWithScore(node=source, score=0.4)], query_str="q")
+    assert out[0].node is not source and out[0].node.node_id == "n1"
+    out[0].node.metadata["tags"].append("b")
+    out[0].node.metadata["pk"] = 2
+    assert source.metadata == {"pk": 1, "tags": ["a"]}

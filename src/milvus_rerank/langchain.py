@@ -7,14 +7,13 @@ only move data between LangChain's types and ``Reranker.rerank``: no ranking log
 
 from __future__ import annotations
 
-import copy
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 from .base import Reranker
 from .errors import MissingDependencyError
-from .results import RerankResult
+from .results import RerankResult, copy_metadata
 
 try:
     from langchain_core.callbacks import Callbacks
@@ -88,7 +87,7 @@ class RerankCompressor(BaseDocumentCompressor):
             if self.score_threshold is not None and result.score < self.score_threshold:
                 continue
             source = docs[result.index]
-            metadata = copy.deepcopy(source.metadata)
+            metadata = copy_metadata(source.metadata)
             metadata[self.score_key] = result.score
             out.append(Document(page_content=source.page_content, metadata=metadata, id=source.id))
         return out

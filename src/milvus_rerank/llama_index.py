@@ -11,7 +11,7 @@ from typing import Any
 
 from .base import Reranker
 from .errors import MissingDependencyError
-from .results import RerankResult
+from .results import RerankResult, copy_metadata
 
 try:
     from llama_index.core.bridge.pydantic import ConfigDict, Field, field_serializer
@@ -128,8 +128,11 @@ class RerankPostprocessor(BaseNodePostprocessor):
             if self.score_threshold is not None and result.score < self.score_threshold:
                 continue
             source = nodes[result.index]
-            node = source.node.model_copy(deep=True)
-            node.metadata["retrieval_score"] = source.score
+            # A shallow copy with metadata of its own: text, embedding and relationships are
+            # shared read-only, as in the input; deep-copying them costs more than the rerank.
+            metadata = copy_metadata(source.node.metadata)
+            metadata["retrieval_score"] = source.score
+            node = source.node.model_copy(update={"metadata": metadata})
             out.append(NodeWithScore(node=node, score=result.score))
         return out
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["RerankResult"]
+__all__ = ["RerankResult", "copy_metadata"]
+
+_SCALARS = frozenset({str, int, float, bool, type(None), bytes})
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,3 +32,14 @@ class RerankResult:
     def to_dict(self) -> dict[str, object]:
         """The result as a JSON-ready dict."""
         return {"index": self.index, "score": self.score, "text": self.text}
+
+
+def copy_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """An independent copy of a metadata dict for a returned document.
+
+    Flat metadata of scalars (the usual case for vector-store hits) gets a plain dict copy;
+    anything nested is deep-copied, so editing the result never reaches the caller's input.
+    """
+    if all(type(value) in _SCALARS for value in metadata.values()):
+        return dict(metadata)
+    return copy.deepcopy(dict(metadata))

@@ -204,3 +204,9 @@ def test_plan_batches_respects_both_bounds() -> None:
 def test_repr_shows_settings(tiny_models: dict[str, Path]) -> None:
     text = repr(BGEReranker(str(tiny_models["bge"]), batch_size=4))
     assert text.startswith("BGEReranker(model_name=") and "batch_size=4" in text
+
+
+def test_token_budget_defaults_by_device() -> None:
+    assert CrossEncoderReranker("x").runner.token_budget("cpu") == 1024
+    assert CrossEncoderReranker("x").runner.token_budget("cuda:0") is None
+    assert BGEReranker("x", max_tokens_per_batch=300).runner.token_budget("cuda") == 300

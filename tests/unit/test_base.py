@@ -167,3 +167,17 @@ def test_ranking_properties(scores: list[float], top_n: int | None) -> None:
     kept = set(indices)
     if results:
         assert all(scores[i] <= results[-1].score for i in range(len(docs)) if i not in kept)
+
+
+def test_copy_metadata_is_independent_of_its_source() -> None:
+    from milvus_rerank.results import copy_metadata
+
+    flat = {"pk": 1, "source": "a.txt", "score": 0.5, "tag": None}
+    nested = {"pk": 2, "tags": ["x"], "extra": {"page": 3}}
+    flat_copy, nested_copy = copy_metadata(flat), copy_metadata(nested)
+    assert flat_copy == flat and flat_copy is not flat
+    flat_copy["pk"] = 9
+    nested_copy["tags"].append("y")
+    nested_copy["extra"]["page"] = 4
+    assert flat == {"pk": 1, "source": "a.txt", "score": 0.5, "tag": None}
+    assert nested == {"pk": 2, "tags": ["x"], "extra": {"page": 3}}

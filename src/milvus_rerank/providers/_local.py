@@ -36,6 +36,8 @@ __all__ = [
 Truncation = Literal["longest_first", "only_second"]
 
 _TRUTHY = {"1", "true", "yes", "on"}
+#: Default padded tokens per forward pass on CPUs (see ``LocalModelRunner.token_budget``).
+CPU_TOKEN_BUDGET = 1024
 
 
 def _import_torch() -> Any:
@@ -363,6 +365,16 @@ class LocalModelRunner:
         """One raw relevance logit per document, in input order, as Python floats (float32 math)."""
         return self.logits_many([query] * len(documents), documents)
 
+    def token_budget(self, device: str) -> int | None:
+        """Padded tokens per forward pass: as asked, else 1,024 on CPUs and no bound on GPUs.
+
+        On CPUs, small batches of similar length beat large padded ones (measured in
+        ``benchmarks/local.py``); GPUs want the largest batches that fit.
+        """
+        if self.max_tokens_per_batch is not None:
+            return self.max_tokens_per_batch
+        return CPU_TOKEN_BUDGET if device == "cpu" else None
+
     def logits_many(self, queries: Sequence[str], documents: Sequence[str]) -> list[float]:
         """Raw logits of pairs whose queries may differ; one forward schedule for them all."""
         torch = _import_torch()
@@ -371,8 +383,9 @@ class LocalModelRunner:
         order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
         lengths = [len(features[i]["input_ids"]) for i in order]
         scores: list[float] = [0.0] * len(features)
+        budget = self.token_budget(loaded.device)
         with torch.inference_mode():
-            for part in plan_batches(lengths, self.batch_size, self.max_tokens_per_batch):
+            for part in plan_batches(lengths, self.batch_size, budget):
                 rows = [features[i] for i in order[part]]
                 out = self._forward(loaded, rows)
                 for i, value in zip(order[part], out, strict=True):

@@ -25,7 +25,8 @@ class BGEReranker(LocalReranker):
         max_length: Token limit of a pair (FlagEmbedding's default, 512).
         query_max_length: Token limit of the query alone (default ``max_length * 3 // 4``).
         batch_size: Upper bound of pairs per forward pass.
-        max_tokens_per_batch: Upper bound of padded tokens per forward pass (None: no bound).
+        max_tokens_per_batch: Upper bound of padded tokens per forward pass (None: 1,024 on
+            CPUs, where small length-sorted batches run fastest, and no bound on GPUs).
         trust_remote_code: Allow custom modelling code from the hub.
         revision: Hub revision (branch, tag or commit).
         cache_dir: Hugging Face cache directory.

@@ -1,0 +1,81 @@
+"""``make bench``: run every benchmark, print one table, write docs/benchmarks.md and the plot."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import adapters, http, local, serve_load  # noqa: E402
+from benchmarks.common import Row, table  # noqa: E402
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def machine() -> str:
+    import torch
+
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
+    )
+
+
+def plot(curve: dict[str, object], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = curve["counts"]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    styles = {
+        "CrossEncoderReranker": ("C0", "-"),
+        "sentence-transformers": ("C0", "--"),
+        "BGEReranker": ("C1", "-"),
+        "FlagEmbedding": ("C1", "--"),
+    }
+    for label, (color, style) in styles.items():
+        ax.plot(counts, curve[label], style, color=color, marker="o", label=label)  # type: ignore[arg-type]
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(counts)  # type: ignore[arg-type]
+    ax.set_xticklabels([str(c) for c in counts])  # type: ignore[union-attr]
+    ax.set_xlabel("documents per rerank call (20-400 tokens each)")
+    ax.set_ylabel("pairs per second (CPU)")
+    ax.set_title("Local rerankers vs their reference implementations, same weights")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    started = time.perf_counter()
+    rows: list[Row] = []
+    print("local throughput...", file=sys.stderr)
+    local_rows, curve = local.run()
+    rows += local_rows
+    print("http concurrency...", file=sys.stderr)
+    rows += http.run()
+    print("adapter overhead...", file=sys.stderr)
+    rows += adapters.run()
+    print("serve under load...", file=sys.stderr)
+    rows += serve_load.run()
+    text = table(rows)
+    print(text)
+    info = f"Measured on {machine()}, in {time.perf_counter() - started:.0f} s."
+    print(info)
+    DOCS.mkdir(exist_ok=True)
+    plot(curve, DOCS / "throughput.png")
+    (DOCS / "benchmarks.md").write_text(
+        f"# Benchmarks\n\n{info}\n\n{text}\n\n![throughput](throughput.png)\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

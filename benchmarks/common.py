@@ -1,0 +1,51 @@
+"""Timing helpers and the result table shared by the benchmarks."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Row:
+    """One figure: ours against its reference, as a ratio, with its target."""
+
+    figure: str
+    ours: str
+    reference: str
+    ratio: float
+    target: str
+    ok: bool
+
+    def cells(self) -> list[str]:
+        return [
+            self.figure,
+            self.ours,
+            self.reference,
+            f"{self.ratio:.2f}x",
+            self.target,
+            "pass" if self.ok else "MISS",
+        ]
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5) -> dict[str, float]:
+    """Median seconds of each function, run in turns (A B C A B C ...) so drift hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():  # warm-up
+        fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def table(rows: list[Row]) -> str:
+    """A markdown table of the rows."""
+    head = ["figure", "ours", "reference", "ratio", "target", "result"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,265 @@
+"""Local throughput: our rerankers against sentence-transformers, FlagEmbedding and a bare loop.
+
+Same weights (locally built checkpoints: the ms-marco-MiniLM-L-6-v2 shape for the cross-encoder,
+a smaller XLM-R for BGE), same batch size, same torch threads, the same 64 documents of 20-400
+tokens, timed in turns in one process. Peak RSS is measured in a fresh process per library.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")  # FlagEmbedding's progress bars
+
+from benchmarks.common import Row, interleaved  # noqa: E402
+
+QUERY = "what event in 1956 marked the birth of artificial intelligence as a discipline"
+BATCH = 32
+
+
+def documents(count: int, seed: int = 0) -> list[str]:
+    """Documents of 20 to 400 words of the tiny vocabulary (one token per word)."""
+    from milvus_rerank.tiny import default_vocabulary
+
+    words = default_vocabulary()
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(20, 400))) for _ in range(count)]
+
+
+def build_checkpoints(root: Path) -> dict[str, Path]:
+    from transformers.utils import logging as hf_logging
+
+    from milvus_rerank.tiny import build_tiny_bge, build_tiny_cross_encoder
+
+    hf_logging.disable_progress_bar()
+    return {
+        "ce": build_tiny_cross_encoder(
+            root / "minilm",
+            num_layers=6,
+            hidden_size=384,
+            num_heads=12,
+            intermediate_size=1536,
+            activation="identity",
+        ),
+        "bge": build_tiny_bge(
+            root / "xlmr", num_layers=4, hidden_size=384, num_heads=12, intermediate_size=1536
+        ),
+    }
+
+
+def bare_loop(reranker: Any, docs: list[str]) -> Any:
+    """A forward-only loop over the same pre-tokenized, length-sorted batches ours runs."""
+    import torch
+
+    from milvus_rerank.providers._local import plan_batches
+
+    runner = reranker.runner
+    loaded = runner.load()
+    features = runner.encode_pairs(QUERY, docs)
+    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+    lengths = [len(features[i]["input_ids"]) for i in order]
+    batches = []
+    for part in plan_batches(lengths, runner.batch_size, runner.token_budget(loaded.device)):
+        rows = [features[i] for i in order[part]]
+        width = max(len(r["input_ids"]) for r in rows)
+        batch = {
+            "input_ids": torch.tensor(
+                [r["input_ids"] + [loaded.pad_id] * (width - len(r["input_ids"])) for r in rows]
+            ),
+            "attention_mask": torch.tensor(
+                [[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows]
+            ),
+        }
+        if "token_type_ids" in loaded.input_names:
+            batch["token_type_ids"] = torch.tensor(
+                [r["token_type_ids"] + [0] * (width - len(r["input_ids"])) for r in rows]
+            )
+        batches.append(batch)
+
+    def run() -> None:
+        with torch.inference_mode():
+            for batch in batches:
+                loaded.model(**batch)
+
+    return run
+
+
+def padded_tokens(reranker: Any, docs: list[str]) -> tuple[int, int, int]:
+    """Real tokens, then padded tokens of our schedule and of sentence-transformers' (batches of
+    ``BATCH`` after sorting by text length), for the same pairs: where the time goes."""
+    from milvus_rerank.providers._local import plan_batches
+
+    runner = reranker.runner
+    loaded = runner.load()
+    lengths = [len(f["input_ids"]) for f in runner.encode_pairs(QUERY, docs)]
+    ours_sorted = sorted(lengths, reverse=True)
+    ours = 0
+    for part in plan_batches(ours_sorted, runner.batch_size, runner.token_budget(loaded.device)):
+        ours += max(ours_sorted[part]) * len(ours_sorted[part])
+    by_text = [lengths[i] for i in sorted(range(len(docs)), key=lambda i: -len(QUERY + docs[i]))]
+    reference = sum(
+        max(by_text[i : i + BATCH]) * len(by_text[i : i + BATCH])
+        for i in range(0, len(by_text), BATCH)
+    )
+    return sum(lengths), ours, reference
+
+
+def _peak_rss(kind: str, library: str, path: Path, count: int) -> float:
+    """Peak RSS (MiB) of a fresh process that loads ``library``'s reranker and scores once."""
+    code = f"""
+import json, os, resource, random, logging
+logging.disable(logging.WARNING)
+os.environ["HF_HUB_OFFLINE"] = "1"
+from benchmarks.local import documents, QUERY, BATCH
+docs = documents({count})
+if {library!r} == "ours":
+    from milvus_rerank import CrossEncoderReranker, BGEReranker
+    cls = CrossEncoderReranker if {kind!r} == "ce" else BGEReranker
+    cls({str(path)!r}, batch_size=BATCH, device="cpu").rerank(QUERY, docs)
+elif {kind!r} == "ce":
+    from sentence_transformers import CrossEncoder
+    CrossEncoder({str(path)!r}, device="cpu").predict([(QUERY, d) for d in docs], batch_size=BATCH)
+else:
+    from FlagEmbedding import FlagReranker
+    FlagReranker({str(path)!r}, use_fp16=False, devices="cpu").compute_score(
+        [(QUERY, d) for d in docs], batch_size=BATCH)
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec.
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+print(json.dumps(int(hwm[0].split()[1]) / 1024 if hwm else
+                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    return float(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def run(counts: tuple[int, ...] = (8, 16, 32, 64, 128)) -> tuple[list[Row], dict[str, Any]]:
+    """The local rows, and throughput by document count for the plot."""
+    logging.getLogger("sentence_transformers").setLevel(logging.ERROR)
+    import torch
+    from FlagEmbedding import FlagReranker
+    from sentence_transformers import CrossEncoder
+
+    from milvus_rerank import BGEReranker, CrossEncoderReranker
+
+    root = Path(tempfile.mkdtemp(prefix="milvus-rerank-bench-"))
+    paths = build_checkpoints(root)
+    docs = documents(64)
+    pairs = [(QUERY, d) for d in docs]
+    ours_ce = CrossEncoderReranker(str(paths["ce"]), batch_size=BATCH, device="cpu")
+    ours_bge = BGEReranker(str(paths["bge"]), batch_size=BATCH, device="cpu")
+    st = CrossEncoder(str(paths["ce"]), device="cpu")
+    flag = FlagReranker(str(paths["bge"]), use_fp16=False, devices="cpu", batch_size=BATCH)
+    quiet = {"show_progress_bar": False}
+
+    ce_times = interleaved(
+        {
+            "ours": lambda: ours_ce.rerank(QUERY, docs),
+            "st": lambda: st.predict(pairs, batch_size=BATCH, **quiet),
+            "bare": bare_loop(ours_ce, docs),
+        },
+        repeats=3,
+    )
+    bge_times = interleaved(
+        {
+            "ours": lambda: ours_bge.rerank(QUERY, docs),
+            "flag": lambda: flag.compute_score(pairs, batch_size=BATCH),
+            "bare": bare_loop(ours_bge, docs),
+        },
+        repeats=3,
+    )
+    n = len(docs)
+
+    def pps(seconds: float) -> str:
+        return f"{n / seconds:.1f} pairs/s"
+
+    rows = [
+        Row(
+            "CrossEncoderReranker vs sentence-transformers CrossEncoder.predict",
+            pps(ce_times["ours"]),
+            pps(ce_times["st"]),
+            ce_times["st"] / ce_times["ours"],
+            ">= 1.5x",
+            ce_times["st"] / ce_times["ours"] >= 1.5,
+        ),
+        Row(
+            "CrossEncoderReranker vs bare model(**batch) loop",
+            pps(ce_times["ours"]),
+            pps(ce_times["bare"]),
+            ce_times["bare"] / ce_times["ours"],
+            ">= 0.9x",
+            ce_times["bare"] / ce_times["ours"] >= 0.9,
+        ),
+        Row(
+            "BGEReranker vs FlagEmbedding FlagReranker.compute_score",
+            pps(bge_times["ours"]),
+            pps(bge_times["flag"]),
+            bge_times["flag"] / bge_times["ours"],
+            ">= 1.5x",
+            bge_times["flag"] / bge_times["ours"] >= 1.5,
+        ),
+        Row(
+            "BGEReranker vs bare model(**batch) loop",
+            pps(bge_times["ours"]),
+            pps(bge_times["bare"]),
+            bge_times["bare"] / bge_times["ours"],
+            ">= 0.9x",
+            bge_times["bare"] / bge_times["ours"] >= 0.9,
+        ),
+    ]
+    real, ours_padded, st_padded = padded_tokens(ours_ce, docs)
+    rows.append(
+        Row(
+            "  why: padded tokens through the model, ours vs sentence-transformers",
+            f"{ours_padded} ({ours_padded / real - 1:.0%} pad)",
+            f"{st_padded} ({st_padded / real - 1:.0%} pad)",
+            st_padded / ours_padded,
+            "report",
+            True,
+        )
+    )
+    for kind, reference in (("ce", "sentence-transformers"), ("bge", "FlagEmbedding")):
+        ours_mb = _peak_rss(kind, "ours", paths[kind], 64)
+        ref_mb = _peak_rss(kind, "reference", paths[kind], 64)
+        rows.append(
+            Row(
+                f"peak RSS, {'cross-encoder' if kind == 'ce' else 'BGE'} (fresh process)",
+                f"{ours_mb:.0f} MiB",
+                f"{ref_mb:.0f} MiB ({reference})",
+                ref_mb / ours_mb,
+                "report",
+                True,
+            )
+        )
+
+    curve: dict[str, Any] = {"counts": list(counts), "threads": torch.get_num_threads()}
+    for label, fn in (
+        ("CrossEncoderReranker", lambda d: ours_ce.rerank(QUERY, d)),
+        (
+            "sentence-transformers",
+            lambda d: st.predict([(QUERY, x) for x in d], batch_size=BATCH, **quiet),
+        ),
+        ("BGEReranker", lambda d: ours_bge.rerank(QUERY, d)),
+        ("FlagEmbedding", lambda d: flag.compute_score([(QUERY, x) for x in d], batch_size=BATCH)),
+    ):
+        curve[label] = []
+        for count in counts:
+            subset = documents(count, seed=count)
+            seconds = interleaved({"x": lambda s=subset, f=fn: f(s)}, repeats=1)["x"]
+            curve[label].append(count / seconds)
+    return rows, curve
