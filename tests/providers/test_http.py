@@ -21,6 +21,7 @@ from milvus_rerank import (
     ProviderUnavailableError,
     RateLimitError,
     Secret,
+    VLLMReranker,
 )
 from milvus_rerank.providers._http import HTTPReranker, parse_retry_after
 from tests.providers.specs import KEYED, SPECS, Spec
@@ -572,3 +573,30 @@ def test_injected_clients_are_left_open(spec: Spec) -> None:
     with reranker:
         reranker.rerank(QUERY, DOCS)
     assert reranker._client is not None and not reranker._client.is_closed
+
+
+@pytest.mark.parametrize("route", ["/v1/rerank", "/rerank", "/v2/rerank"])
+def test_vllm_routes(route: str) -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return httpx.Response(200, json={"results": [{"index": 0, "relevance_score": 0.5}]})
+
+    client = httpx.Client(transport=httpx.MockTransport(handler))
+    reranker = VLLMReranker(base_url="http://vllm:8000", route=route, http_client=client)
+    assert [r.score for r in reranker.rerank("q", ["d"])] == [0.5]
+    assert seen == [route]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"route": "/v3/rerank"}, "route must be one of"),
+        ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens must be an int >= 1, got 0"),
+        ({"truncate_prompt_tokens": "64"}, "got '64'"),
+    ],
+)
+def test_vllm_options_are_checked(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        VLLMReranker(base_url="http://vllm:8000", **kwargs)  # type: ignore[arg-type]

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from ._http import HTTPReranker
+from ..errors import ConfigurationError
+from ._http import HTTPReranker, _join
 
 __all__ = ["VLLMReranker"]
+
+#: The routes vLLM's OpenAI-compatible server answers rerank requests on.
+ROUTES = ("/v1/rerank", "/rerank", "/v2/rerank")
 
 
 class VLLMReranker(HTTPReranker):
@@ -20,6 +24,8 @@ class VLLMReranker(HTTPReranker):
     Args:
         model: The served model name; None lets a one-model server use its own.
         truncate_prompt_tokens: Ask vLLM to truncate each pair to this many tokens.
+        route: The server's rerank route: ``/v1/rerank`` (default), ``/rerank`` or
+            ``/v2/rerank`` (vLLM answers the same on all three).
         **kwargs: ``api_key``, ``base_url``, ``timeout``, ``max_retries``, ``deadline``,
             ``max_batch`` (default: no chunking), ``max_concurrency``, ``http_client``,
             ``http_async_client``, ``headers``; see ``HTTPReranker``.
@@ -34,9 +40,25 @@ class VLLMReranker(HTTPReranker):
         model: str | None = None,
         *,
         truncate_prompt_tokens: int | None = None,
+        route: str = "/v1/rerank",
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
+        if route not in ROUTES:
+            raise ConfigurationError(
+                f"VLLMReranker: route must be one of {', '.join(ROUTES)}, got {route!r}"
+            )
+        if truncate_prompt_tokens is not None and (
+            isinstance(truncate_prompt_tokens, bool)
+            or not isinstance(truncate_prompt_tokens, int)
+            or truncate_prompt_tokens < 1
+        ):
+            raise ConfigurationError(
+                "VLLMReranker: truncate_prompt_tokens must be an int >= 1, "
+                f"got {truncate_prompt_tokens!r}"
+            )
+        self.route = route
+        self.url = _join(self.base_url, route)
         self.truncate_prompt_tokens = truncate_prompt_tokens
 
     def _payload(self, query: str, documents: list[str]) -> dict[str, Any]:
