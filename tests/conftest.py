@@ -27,6 +27,31 @@ CORPUS = [
 ]
 
 
+#: The four documents of pymilvus's rerankers example (the chunked cassettes rerank these).
+PYMILVUS_DOCUMENTS = [
+    (
+        "In 1950, Alan Turing published his seminal paper, 'Computing Machinery and "
+        "Intelligence,' proposing the Turing Test as a criterion of intelligence, a "
+        "foundational concept in the philosophy and history of AI."
+    ),
+    (
+        "The Dartmouth Conference in 1956 is considered the birthplace of artificial "
+        "intelligence as a field; here, John McCarthy and others coined the term "
+        "'artificial intelligence' and laid out its basic goals."
+    ),
+    (
+        "In 1951, British mathematician and computer scientist Alan Turing also developed"
+        " the first program designed to play chess, demonstrating an early example of AI "
+        "in game strategy."
+    ),
+    (
+        "The invention of the Logic Theorist by Allen Newell, Herbert A. Simon, and Cliff"
+        " Shaw in 1955 marked the creation of the first true AI program, which was "
+        "capable of solving logic problems, akin to proving mathematical theorems."
+    ),
+]
+
+
 class ScoreTableReranker(Reranker):
     """A reranker whose scores come from a table: documents absent from it score 0."""
 
@@ -78,3 +103,33 @@ def _json_body(r1: object, r2: object) -> None:
 
 def pytest_recording_configure(config: pytest.Config, vcr: object) -> None:
     vcr.register_matcher("json_body", _json_body)  # type: ignore[attr-defined]
+
+
+LIVE_QUERY = "what is the capital of france"
+LIVE_DOCUMENTS = [
+    "berlin is in germany",
+    "paris is the capital of france",
+    "cat",
+    "the capital of italy is rome",
+    "france is a country in europe and its capital is paris",
+]
+
+
+@pytest.fixture(scope="session")
+def live_vllm(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """A real vLLM server (``make test-vllm``); the tests that need it skip without one."""
+    python = os.environ.get("VLLM_PYTHON")
+    if not python:
+        pytest.skip("needs a live vLLM server: run `make test-vllm` (sets VLLM_PYTHON)")
+    from milvus_rerank.demo import DEMO_QUERY, load_demo_corpus
+    from tests.vllm_server import VLLMStartError, build_model, running_vllm
+
+    root = tmp_path_factory.mktemp("vllm")
+    texts = [*CORPUS, LIVE_QUERY, *LIVE_DOCUMENTS, DEMO_QUERY]
+    texts += [doc["text"] for doc in load_demo_corpus()]
+    model_dir = build_model(root / "tiny-ce", texts)
+    try:
+        with running_vllm(python, model_dir, root / "vllm.log") as server:
+            yield server
+    except VLLMStartError as exc:
+        pytest.fail(str(exc), pytrace=False)

@@ -5,7 +5,10 @@ Re-record against the real APIs with keys in the environment, e.g.::
     COHERE_API_KEY=... .venv/bin/pytest tests/providers/test_cassettes.py -k cohere \
         --record-mode=rewrite
 
-Auth headers are filtered out before anything is written (see ``vcr_config``).
+The inputs come from the committed cassette; the expected ranking from the answers the
+cassette holds once the call is made (the fresh recording, when re-recording), so the same
+tests check a replay and a new recording. Auth headers are filtered out before anything is
+written (see ``vcr_config``). vLLM's cassettes are recorded by ``make record-vllm``.
 """
 
 from __future__ import annotations
@@ -19,13 +22,12 @@ from typing import Any
 import pytest
 import yaml
 
-from milvus_rerank import AuthenticationError, HTTPReranker
+from milvus_rerank import AuthenticationError, HTTPReranker, ProviderError
+from tests.conftest import PYMILVUS_DOCUMENTS
 from tests.providers.specs import SPECS
 
 CASSETTES = Path(__file__).resolve().parents[2] / "cassettes"
 QUERY = "What event in 1956 marked the official birth of artificial intelligence as a discipline?"
-# The query and documents each cassette was recorded with (vLLM's come from the live server).
-INPUTS: dict[str, tuple[str, list[str]]] = {}
 
 
 def recorded(provider: str, name: str = "rerank.yaml") -> list[dict[str, Any]]:
@@ -37,25 +39,48 @@ def request_of(interaction: dict[str, Any]) -> tuple[str, list[str]]:
     return body["query"], body.get("texts", body.get("documents"))
 
 
-def expected_ranking(interactions: list[dict[str, Any]]) -> list[tuple[int, float]]:
-    """(global index, score) best first, read from the cassettes' answers."""
+def played(cassette: Any) -> list[dict[str, Any]]:
+    """The cassette's interactions as they stand now (replayed, or just recorded)."""
+    out = []
+    for request, response in cassette.data:
+        body = request.body.decode() if isinstance(request.body, bytes) else request.body
+        answer = response["body"]["string"]
+        answer = answer.decode() if isinstance(answer, bytes) else answer
+        out.append({"request": {"body": body}, "response": {"body": {"string": answer}}})
+    return out
+
+
+def expected_ranking(
+    interactions: list[dict[str, Any]], documents: list[str]
+) -> list[tuple[int, float]]:
+    """(global index, score) best first, read from the answers to chunks of ``documents``."""
     pairs: list[tuple[int, float]] = []
-    offset = 0
     for interaction in interactions:
+        chunk = request_of(interaction)[1]
+        offset = next(i for i in range(len(documents)) if documents[i : i + len(chunk)] == chunk)
         answer = json.loads(interaction["response"]["body"]["string"])
         items = answer if isinstance(answer, list) else answer.get("results", answer.get("data"))
         pairs += [
             (offset + it["index"], it.get("relevance_score", it.get("score"))) for it in items
         ]
-        offset += len(request_of(interaction)[1])
     return sorted(pairs, key=lambda p: (-p[1], p[0]))
+
+
+def canonical_root(request: Any) -> Any:
+    """Record a self-hosted server (``<PROVIDER>_BASE_URL``) under the root the specs replay."""
+    for provider, spec in SPECS.items():
+        live = os.environ.get(f"{provider.upper()}_BASE_URL", "").rstrip("/")
+        if live and request.uri.startswith(live + spec.path):
+            request.uri = spec.host + request.uri[len(live) :]
+    return request
 
 
 @pytest.fixture(scope="module")
 def vcr_config() -> dict[str, Any]:
     return {
-        "filter_headers": ["authorization", "x-api-key", "api-key", "cookie", "set-cookie"],
+        "filter_headers": ["authorization", "x-api-key", "api-key", "cookie", "set-cookie", "host"],
         "match_on": ["method", "scheme", "host", "port", "path", "query", "json_body"],
+        "before_record_request": canonical_root,
         "decode_compressed_response": True,
     }
 
@@ -84,46 +109,42 @@ CHUNKED = [p for p in PROVIDERS if (CASSETTES / p / "rerank_chunked.yaml").exist
 @pytest.mark.vcr
 @pytest.mark.default_cassette("rerank.yaml")
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_rerank_replays(provider: str) -> None:
-    interactions = recorded(provider)
-    query, docs = request_of(interactions[0])
+def test_rerank_replays(provider: str, vcr: Any) -> None:
+    query, docs = request_of(recorded(provider)[0])
     with build(provider) as reranker:
         results = reranker.rerank(query, docs)
-    assert [(r.index, r.score) for r in results] == expected_ranking(interactions)
+    assert [(r.index, r.score) for r in results] == expected_ranking(played(vcr), docs)
     assert [r.text for r in results] == [docs[r.index] for r in results]
 
 
 @pytest.mark.vcr
 @pytest.mark.default_cassette("rerank.yaml")
 @pytest.mark.parametrize("provider", PROVIDERS)
-async def test_arerank_replays(provider: str) -> None:
-    interactions = recorded(provider)
-    query, docs = request_of(interactions[0])
+async def test_arerank_replays(provider: str, vcr: Any) -> None:
+    query, docs = request_of(recorded(provider)[0])
     async with build(provider) as reranker:
         results = await reranker.arerank(query, docs, top_n=2)
-    assert [(r.index, r.score) for r in results] == expected_ranking(interactions)[:2]
+    assert [(r.index, r.score) for r in results] == expected_ranking(played(vcr), docs)[:2]
 
 
 @pytest.mark.vcr
 @pytest.mark.default_cassette("rerank_chunked.yaml")
 @pytest.mark.parametrize("provider", CHUNKED)
-def test_chunked_rerank_replays(provider: str) -> None:
-    interactions = recorded(provider, "rerank_chunked.yaml")
-    docs = [d for i in interactions for d in request_of(i)[1]]
+def test_chunked_rerank_replays(provider: str, vcr: Any) -> None:
+    docs = PYMILVUS_DOCUMENTS
     with build(provider, max_batch=2) as reranker:
         results = reranker.rerank(QUERY, docs)
-    assert [(r.index, r.score) for r in results] == expected_ranking(interactions)
+    assert [(r.index, r.score) for r in results] == expected_ranking(played(vcr), docs)
 
 
 @pytest.mark.vcr
 @pytest.mark.default_cassette("rerank_chunked.yaml")
 @pytest.mark.parametrize("provider", CHUNKED)
-async def test_chunked_arerank_replays(provider: str) -> None:
-    interactions = recorded(provider, "rerank_chunked.yaml")
-    docs = [d for i in interactions for d in request_of(i)[1]]
+async def test_chunked_arerank_replays(provider: str, vcr: Any) -> None:
+    docs = PYMILVUS_DOCUMENTS
     async with build(provider, max_batch=2) as reranker:
         results = await reranker.arerank(QUERY, docs, top_n=3)
-    assert [(r.index, r.score) for r in results] == expected_ranking(interactions)[:3]
+    assert [(r.index, r.score) for r in results] == expected_ranking(played(vcr), docs)[:3]
 
 
 @pytest.mark.vcr
@@ -136,6 +157,18 @@ def test_unauthorized_replays_as_authentication_error(provider: str) -> None:
     assert info.value.status_code == 401
 
 
+@pytest.mark.vcr
+@pytest.mark.default_cassette("rerank_unknown_model.yaml")
+@pytest.mark.parametrize("provider", ["vllm"])
+def test_unknown_model_replays_as_provider_error(provider: str) -> None:
+    interaction = recorded(provider, "rerank_unknown_model.yaml")[0]
+    query, docs = request_of(interaction)
+    model = json.loads(interaction["request"]["body"])["model"]
+    with pytest.raises(ProviderError, match=model) as info:
+        build(provider, model=model, max_retries=0).rerank(query, docs)
+    assert info.value.status_code == 404
+
+
 def test_cassettes_follow_each_documented_request() -> None:
     for provider, spec in SPECS.items():
         for path in sorted((CASSETTES / provider).glob("*.yaml")):
@@ -145,7 +178,10 @@ def test_cassettes_follow_each_documented_request() -> None:
                 assert request["uri"].endswith(spec.path), path
                 body = json.loads(request["body"])
                 query, docs = request_of(interaction)
-                assert body == spec.request(query, docs), path
+                expected = spec.request(query, docs)
+                if path.name == "rerank_unknown_model.yaml":
+                    expected["model"] = body["model"]
+                assert body == expected, path
 
 
 KEYLIKE = re.compile(r"(sk-|Bearer\s+[A-Za-z0-9]|[A-Za-z0-9_-]{32,})")

@@ -1,0 +1,203 @@
+"""``VLLMReranker`` against a real vLLM CPU server (``make test-vllm``; skipped otherwise).
+
+The server serves a tiny cross-encoder built in the session; ``CrossEncoderReranker`` on the
+same checkpoint is the reference: both apply the sigmoid to the one logit, so the scores agree.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from milvus_rerank import CrossEncoderReranker, ProviderError, RerankResult, VLLMReranker
+from tests.conftest import LIVE_DOCUMENTS, LIVE_QUERY, PYMILVUS_DOCUMENTS
+from tests.vllm_server import MAX_MODEL_LEN, LiveVLLM
+
+pytestmark = pytest.mark.vllm
+
+ROUTES = ["/v1/rerank", "/rerank", "/v2/rerank"]
+
+
+@pytest.fixture(scope="module")
+def local(live_vllm: LiveVLLM) -> CrossEncoderReranker:
+    return CrossEncoderReranker(str(live_vllm.model_dir), device="cpu")
+
+
+def ranking(results: list[RerankResult]) -> list[int]:
+    return [r.index for r in results]
+
+
+def assert_same(live: list[RerankResult], reference: list[RerankResult]) -> None:
+    assert ranking(live) == ranking(reference)
+    assert [r.score for r in live] == pytest.approx([r.score for r in reference], abs=1e-5)
+    assert [r.text for r in live] == [r.text for r in reference]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_rerank_matches_the_local_cross_encoder(
+    live_vllm: LiveVLLM, local: CrossEncoderReranker, route: str
+) -> None:
+    with VLLMReranker(live_vllm.model, base_url=live_vllm.url, route=route) as live:
+        results = live.rerank(LIVE_QUERY, LIVE_DOCUMENTS)
+    assert_same(results, local.rerank(LIVE_QUERY, LIVE_DOCUMENTS))
+    assert sorted(ranking(results)) == list(range(len(LIVE_DOCUMENTS)))
+
+
+@pytest.mark.parametrize("route", ROUTES)
+async def test_arerank_with_top_n(
+    live_vllm: LiveVLLM, local: CrossEncoderReranker, route: str
+) -> None:
+    async with VLLMReranker(live_vllm.model, base_url=live_vllm.url, route=route) as live:
+        results = await live.arerank(LIVE_QUERY, LIVE_DOCUMENTS, top_n=2)
+    assert_same(results, local.rerank(LIVE_QUERY, LIVE_DOCUMENTS, top_n=2))
+
+
+def test_a_server_without_model_name_uses_its_own(
+    live_vllm: LiveVLLM, local: CrossEncoderReranker
+) -> None:
+    with VLLMReranker(base_url=live_vllm.url) as live:
+        assert_same(
+            live.rerank(LIVE_QUERY, LIVE_DOCUMENTS), local.rerank(LIVE_QUERY, LIVE_DOCUMENTS)
+        )
+
+
+async def test_chunks_past_max_batch_merge_like_one_request(
+    live_vllm: LiveVLLM, local: CrossEncoderReranker
+) -> None:
+    docs = [f"{d} {w}" for w in ("", "cat", "paris") for d in LIVE_DOCUMENTS]  # 15, chunks of 2
+    chunked = VLLMReranker(live_vllm.model, base_url=live_vllm.url, max_batch=2)
+    with chunked:
+        sync = chunked.rerank(LIVE_QUERY, docs, top_n=7)
+    async with VLLMReranker(live_vllm.model, base_url=live_vllm.url, max_batch=2) as again:
+        asynchronous = await again.arerank(LIVE_QUERY, docs, top_n=7)
+    reference = local.rerank(LIVE_QUERY, docs, top_n=7)
+    assert_same(sync, reference)
+    assert_same(asynchronous, reference)
+
+
+def test_truncate_prompt_tokens_matches_a_short_max_length(live_vllm: LiveVLLM) -> None:
+    long_doc = " ".join(["paris is the capital of france"] * 40)  # ~240 tokens: over the limit
+    docs = [long_doc, "berlin is in germany"]
+    with VLLMReranker(live_vllm.model, base_url=live_vllm.url) as untruncated:
+        with pytest.raises(ProviderError) as info:
+            untruncated.rerank(LIVE_QUERY, docs)
+    assert info.value.status_code == 400
+    with VLLMReranker(live_vllm.model, base_url=live_vllm.url, truncate_prompt_tokens=32) as live:
+        results = live.rerank(LIVE_QUERY, docs)
+    reference = CrossEncoderReranker(str(live_vllm.model_dir), max_length=32, device="cpu")
+    assert_same(results, reference.rerank(LIVE_QUERY, docs))
+    assert MAX_MODEL_LEN > 32
+
+
+def test_a_wrong_model_name_is_a_typed_error(live_vllm: LiveVLLM) -> None:
+    with VLLMReranker("no-such-model", base_url=live_vllm.url, max_retries=0) as live:
+        with pytest.raises(ProviderError, match="no-such-model") as info:
+            live.rerank(LIVE_QUERY, LIVE_DOCUMENTS)
+    assert info.value.status_code == 404
+    assert info.value.provider == "vllm"
+
+
+@pytest.mark.integration
+def test_milvus_lite_reranks_through_vllm_like_rerank_hits(
+    tmp_path: Path, live_vllm: LiveVLLM, local: CrossEncoderReranker
+) -> None:
+    pytest.importorskip("pymilvus")
+    from pymilvus import MilvusClient
+
+    from milvus_rerank.demo import COLLECTION, DEMO_QUERY, build_demo_collection, load_demo_corpus
+    from milvus_rerank.milvus import rerank_hits, server_side_ranker
+    from milvus_rerank.serve import BackgroundServer, create_app
+
+    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+    search = {
+        "anns_field": "sparse",
+        "output_fields": ["text"],
+        "search_params": {"metric_type": "BM25"},
+    }
+    vllm = VLLMReranker(live_vllm.model, base_url=live_vllm.url)
+    client = MilvusClient(str(tmp_path / "through-vllm.db"))
+    try:
+        build_demo_collection(client, load_demo_corpus())
+        # Milvus reranks every first-stage match, then cuts to limit: take them all here.
+        candidates = client.search(COLLECTION, data=[DEMO_QUERY], limit=100, **search)
+        ranker = server_side_ranker(vllm, [DEMO_QUERY], target="milvus-lite")
+        assert ranker.params["base_url"] == f"{live_vllm.url}/v2"
+        through_vllm = client.search(
+            COLLECTION, data=[DEMO_QUERY], limit=6, ranker=ranker, **search
+        )
+        with BackgroundServer(create_app(local, model_name=live_vllm.model)) as served:
+            ranker = server_side_ranker(
+                VLLMReranker(live_vllm.model, base_url=served.url),
+                [DEMO_QUERY],
+                target="milvus-lite",
+            )
+            through_serve = client.search(
+                COLLECTION, data=[DEMO_QUERY], limit=6, ranker=ranker, **search
+            )
+    finally:
+        client.close()
+    with vllm:
+        client_side = rerank_hits(vllm, DEMO_QUERY, candidates, top_n=6)[0]
+    assert len(candidates[0]) > 6
+    ids = [h["id"] for h in client_side]
+    assert [h["id"] for h in through_vllm[0]] == ids
+    assert [h["id"] for h in through_serve[0]] == ids
+    scores = [h["rerank_score"] for h in client_side]
+    assert [h["distance"] for h in through_vllm[0]] == pytest.approx(scores, abs=1e-5)
+    assert [h["distance"] for h in through_serve[0]] == pytest.approx(scores, abs=1e-5)
+
+
+# Recording: `make record-vllm` runs these with --record-mode=rewrite, writing cassettes/vllm/
+# from the live server; under plain `make test-vllm` they replay what is committed.
+CASSETTES = Path(__file__).resolve().parents[2] / "cassettes" / "vllm"
+#: The root the cassettes name (tests/providers/specs.py), whatever port the live server had.
+RECORDED_ROOT = "http://127.0.0.1:8000"
+
+
+@pytest.fixture(scope="module")
+def vcr_config(live_vllm: LiveVLLM) -> dict[str, Any]:
+    def canonical_root(request: Any) -> Any:
+        request.uri = request.uri.replace(live_vllm.url, RECORDED_ROOT)
+        return request
+
+    return {
+        "filter_headers": ["authorization", "cookie", "set-cookie", "host"],
+        "match_on": ["method", "scheme", "host", "port", "path", "query", "json_body"],
+        "before_record_request": canonical_root,
+        "decode_compressed_response": True,
+    }
+
+
+@pytest.fixture
+def vcr_cassette_dir() -> str:
+    return str(CASSETTES)
+
+
+@pytest.mark.vcr
+@pytest.mark.default_cassette("rerank.yaml")
+def test_record_rerank(live_vllm: LiveVLLM, local: CrossEncoderReranker) -> None:
+    docs = LIVE_DOCUMENTS[:3]
+    with VLLMReranker(live_vllm.model, base_url=live_vllm.url) as live:
+        assert_same(live.rerank(LIVE_QUERY, docs), local.rerank(LIVE_QUERY, docs))
+
+
+@pytest.mark.vcr
+@pytest.mark.default_cassette("rerank_chunked.yaml")
+def test_record_chunked_rerank(live_vllm: LiveVLLM, local: CrossEncoderReranker) -> None:
+    from milvus_rerank.demo import DEMO_QUERY
+
+    with VLLMReranker(live_vllm.model, base_url=live_vllm.url, max_batch=2) as live:
+        results = live.rerank(DEMO_QUERY, PYMILVUS_DOCUMENTS)
+    assert_same(results, local.rerank(DEMO_QUERY, PYMILVUS_DOCUMENTS))
+
+
+@pytest.mark.vcr
+@pytest.mark.default_cassette("rerank_unknown_model.yaml")
+def test_record_unknown_model(live_vllm: LiveVLLM) -> None:
+    with VLLMReranker("no-such-model", base_url=live_vllm.url, max_retries=0) as live:
+        with pytest.raises(ProviderError, match="no-such-model") as info:
+            live.rerank(LIVE_QUERY, LIVE_DOCUMENTS[:3])
+    assert info.value.status_code == 404
