@@ -19,6 +19,21 @@ class Row:
     target: str
     ok: bool
 
+    @classmethod
+    def at_least(cls, figure: str, ours: str, reference: str, ratio: float, bound: float) -> Row:
+        """A figure whose ratio must reach ``bound`` (ours over the reference: higher wins)."""
+        return cls(figure, ours, reference, ratio, f">= {bound}x", ratio >= bound)
+
+    @classmethod
+    def at_most(cls, figure: str, ours: str, reference: str, ratio: float, bound: float) -> Row:
+        """A figure whose ratio must stay at or under ``bound`` (a cost: lower wins)."""
+        return cls(figure, ours, reference, ratio, f"<= {bound}x", ratio <= bound)
+
+    @classmethod
+    def report(cls, figure: str, ours: str, reference: str, ratio: float) -> Row:
+        """A figure shown for context, with no target."""
+        return cls(figure, ours, reference, ratio, "report", True)
+
     def cells(self) -> list[str]:
         return [
             self.figure,
