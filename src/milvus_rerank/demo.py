@@ -115,6 +115,8 @@ def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print_table(
             f"First stage: Milvus BM25 full-text search, top {len(first)}", first, "distance", out
         )
+        if first and all(h["distance"] <= 0 for h in first):
+            print("(Milvus Lite reports the BM25 score negated: the lowest ranks first.)", file=out)
         started = time.perf_counter()
         with reranker:
             reranked = rerank_hits(reranker, DEMO_QUERY, hits)[0]
