@@ -18,28 +18,36 @@ class Row:
     ratio: float
     target: str
     ok: bool
+    bound: float | None = None
 
     @classmethod
     def at_least(cls, figure: str, ours: str, reference: str, ratio: float, bound: float) -> Row:
         """A figure whose ratio must reach ``bound`` (ours over the reference: higher wins)."""
-        return cls(figure, ours, reference, ratio, f">= {bound}x", ratio >= bound)
+        return cls(figure, ours, reference, ratio, f">= {bound}x", ratio >= bound, bound)
 
     @classmethod
     def at_most(cls, figure: str, ours: str, reference: str, ratio: float, bound: float) -> Row:
         """A figure whose ratio must stay at or under ``bound`` (a cost: lower wins)."""
-        return cls(figure, ours, reference, ratio, f"<= {bound}x", ratio <= bound)
+        return cls(figure, ours, reference, ratio, f"<= {bound}x", ratio <= bound, bound)
 
     @classmethod
     def report(cls, figure: str, ours: str, reference: str, ratio: float) -> Row:
         """A figure shown for context, with no target."""
         return cls(figure, ours, reference, ratio, "report", True)
 
+    def ratio_text(self) -> str:
+        """Two decimals, or three where two would round a miss onto its bound (or a pass)."""
+        text = f"{self.ratio:.2f}"
+        if self.bound is not None and float(text) == self.bound:
+            text = f"{self.ratio:.3f}"
+        return f"{text}x"
+
     def cells(self) -> list[str]:
         return [
             self.figure,
             self.ours,
             self.reference,
-            f"{self.ratio:.2f}x",
+            self.ratio_text(),
             self.target,
             "pass" if self.ok else "MISS",
         ]
