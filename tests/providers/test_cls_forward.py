@@ -1,0 +1,89 @@
+"""The [CLS]-only last layer gives the model's own logits, and steps aside where it must."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from milvus_rerank import BGEReranker, CrossEncoderReranker  # noqa: E402
+from milvus_rerank.providers._cls_forward import DISABLE_ENV, cls_only_forward  # noqa: E402
+from milvus_rerank.tiny import build_tiny_cross_encoder  # noqa: E402
+
+QUERY = "the birth of artificial intelligence"
+DOCS = [
+    "the dartmouth conference in 1956 marked the birth of artificial intelligence",
+    "paris",
+    "alan turing proposed a test of machine intelligence " * 6,
+    "",
+]
+
+
+def padded_batch(reranker: CrossEncoderReranker | BGEReranker) -> dict[str, object]:
+    runner = reranker.runner
+    loaded = runner.load()
+    rows = runner.encode_pairs(QUERY, DOCS)
+    width = max(len(r["input_ids"]) for r in rows)
+    batch = {
+        "input_ids": torch.tensor(
+            [r["input_ids"] + [loaded.pad_id] * (width - len(r["input_ids"])) for r in rows]
+        ),
+        "attention_mask": torch.tensor(
+            [[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows]
+        ),
+    }
+    if "token_type_ids" in loaded.input_names:
+        batch["token_type_ids"] = torch.tensor(
+            [r["token_type_ids"] + [0] * (width - len(r["input_ids"])) for r in rows]
+        )
+    return batch
+
+
+@pytest.mark.parametrize("kind", ["ce", "bge"])
+def test_same_logits_as_the_full_forward(tiny_models: dict[str, Path], kind: str) -> None:
+    cls = CrossEncoderReranker if kind == "ce" else BGEReranker
+    reranker = cls(str(tiny_models[kind]), device="cpu")
+    loaded = reranker.runner.load()
+    assert loaded.fast_forward is not None
+    batch = padded_batch(reranker)
+    with torch.inference_mode():
+        full = loaded.model(**batch).logits.view(-1)
+        fast = loaded.fast_forward(**batch).view(-1)
+    assert fast.shape == full.shape == (len(DOCS),)
+    assert torch.allclose(fast, full, atol=1e-5, rtol=1e-6), (fast - full).abs().max()
+
+
+def test_a_one_layer_model(tmp_path: Path) -> None:
+    path = build_tiny_cross_encoder(tmp_path / "one", num_layers=1, initializer_range=0.3)
+    reranker = CrossEncoderReranker(str(path), device="cpu")
+    loaded = reranker.runner.load()
+    batch = padded_batch(reranker)
+    with torch.inference_mode():
+        full = loaded.model(**batch).logits.view(-1)
+        fast = loaded.fast_forward(**batch).view(-1)  # type: ignore[misc]
+    assert torch.allclose(fast, full, atol=1e-5, rtol=1e-6), (fast - full).abs().max()
+
+
+def test_switched_off_by_the_environment(
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DISABLE_ENV, "1")
+    reranker = CrossEncoderReranker(str(tiny_models["ce"]), device="cpu")
+    assert reranker.runner.load().fast_forward is None
+    assert len(reranker.rerank(QUERY, DOCS)) == len(DOCS)
+
+
+def test_unknown_architectures_keep_their_own_forward() -> None:
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    config = DistilBertConfig(
+        vocab_size=50, dim=32, n_layers=1, n_heads=2, hidden_dim=64, num_labels=1
+    )
+    assert cls_only_forward(DistilBertForSequenceClassification(config)) is None
+
+    class BertForSequenceClassification:  # same name, not transformers' class
+        config = None
+
+    assert cls_only_forward(BertForSequenceClassification()) is None
