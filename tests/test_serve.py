@@ -137,3 +137,11 @@ async def test_batcher_passes_failures_to_every_waiter() -> None:
         batcher.score("q", ["a"]), batcher.score("q", ["b"]), return_exceptions=True
     )
     assert all(isinstance(r, RuntimeError) for r in results)
+
+
+async def test_a_lone_request_does_not_wait_for_company() -> None:
+    batcher = Batcher(lambda queries, documents: [1.0] * len(documents), max_wait=3600)
+    # Nothing came together yet, so the hour-long wait is not paid.
+    assert await asyncio.wait_for(batcher.score("q", ["a", "b"]), timeout=60) == [1.0, 1.0]
+    assert await asyncio.wait_for(batcher.score("q", ["c"]), timeout=60) == [1.0]
+    assert batcher.batches == 2

@@ -90,8 +90,10 @@ class Batcher:
     """Collects concurrent rerank requests and scores their pairs together, one pass per batch.
 
     A request waits at most ``max_wait`` seconds for company, and a batch holds at most
-    ``max_pairs`` pairs (a single larger request still goes alone). Scoring runs in a worker
-    thread, so the event loop keeps accepting requests while the model works.
+    ``max_pairs`` pairs (a single larger request still goes alone). The wait is only paid
+    while requests do come together (the last batch held more than one): a lone client is
+    scored at once, and requests that arrive while the model works form the next batch anyway.
+    Scoring runs in a worker thread, so the event loop keeps accepting requests meanwhile.
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class Batcher:
         self.max_pairs = max_pairs
         self.batches = 0
         self.requests = 0
+        self._last_batch_requests = 0
         self._pending: list[tuple[str, list[str], asyncio.Future[list[float]]]] = []
         self._workers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
             weakref.WeakKeyDictionary()
@@ -123,7 +126,7 @@ class Batcher:
         while True:
             await wakeup.wait()
             wakeup.clear()
-            if self.max_wait > 0:
+            if self.max_wait > 0 and self._last_batch_requests > 1:
                 await asyncio.sleep(self.max_wait)
             while self._pending:
                 batch = self._take()
@@ -138,6 +141,7 @@ class Batcher:
                     continue
                 self.batches += 1
                 self.requests += len(batch)
+                self._last_batch_requests = len(batch)
                 start = 0
                 for _, docs, future in batch:
                     if not future.done():
