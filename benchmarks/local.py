@@ -69,23 +69,10 @@ def bare_loop(reranker: Any, docs: list[str]) -> Any:
     features = runner.encode_pairs(QUERY, docs)
     order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
     lengths = [len(features[i]["input_ids"]) for i in order]
-    batches = []
-    for part in plan_batches(lengths, runner.batch_size, runner.token_budget(loaded.device)):
-        rows = [features[i] for i in order[part]]
-        width = max(len(r["input_ids"]) for r in rows)
-        batch = {
-            "input_ids": torch.tensor(
-                [r["input_ids"] + [loaded.pad_id] * (width - len(r["input_ids"])) for r in rows]
-            ),
-            "attention_mask": torch.tensor(
-                [[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows]
-            ),
-        }
-        if "token_type_ids" in loaded.input_names:
-            batch["token_type_ids"] = torch.tensor(
-                [r["token_type_ids"] + [0] * (width - len(r["input_ids"])) for r in rows]
-            )
-        batches.append(batch)
+    batches = [
+        runner.collate([features[i] for i in order[part]])
+        for part in plan_batches(lengths, runner.batch_size, runner.token_budget(loaded.device))
+    ]
 
     def run() -> None:
         with torch.inference_mode():

@@ -23,22 +23,7 @@ DOCS = [
 
 def padded_batch(reranker: CrossEncoderReranker | BGEReranker) -> dict[str, object]:
     runner = reranker.runner
-    loaded = runner.load()
-    rows = runner.encode_pairs(QUERY, DOCS)
-    width = max(len(r["input_ids"]) for r in rows)
-    batch = {
-        "input_ids": torch.tensor(
-            [r["input_ids"] + [loaded.pad_id] * (width - len(r["input_ids"])) for r in rows]
-        ),
-        "attention_mask": torch.tensor(
-            [[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows]
-        ),
-    }
-    if "token_type_ids" in loaded.input_names:
-        batch["token_type_ids"] = torch.tensor(
-            [r["token_type_ids"] + [0] * (width - len(r["input_ids"])) for r in rows]
-        )
-    return batch
+    return runner.collate(runner.encode_pairs(QUERY, DOCS))
 
 
 @pytest.mark.parametrize("kind", ["ce", "bge"])

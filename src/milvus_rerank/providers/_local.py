@@ -399,7 +399,20 @@ class LocalModelRunner:
                     scores[i] = value
         return scores
 
+    def collate(self, rows: Sequence[dict[str, list[int]]]) -> dict[str, Any]:
+        """One padded batch of encoded pairs (``encode_pairs`` rows), on the model's device."""
+        return self._collate(self.load(), rows)
+
     def _forward(self, loaded: _Loaded, rows: list[dict[str, list[int]]]) -> list[float]:
+        batch = self._collate(loaded, rows)
+        if loaded.fast_forward is not None:
+            logits = loaded.fast_forward(**batch)
+        else:
+            logits = loaded.model(**batch, return_dict=True).logits
+        scores: list[float] = logits.view(-1).float().cpu().tolist()
+        return scores
+
+    def _collate(self, loaded: _Loaded, rows: Sequence[dict[str, list[int]]]) -> dict[str, Any]:
         torch = _import_torch()
         width = max(len(row["input_ids"]) for row in rows)
         batch: dict[str, Any] = {}
@@ -411,12 +424,7 @@ class LocalModelRunner:
                 pad = [fill] * (width - len(values))
                 padded.append(pad + values if loaded.pad_left else values + pad)
             batch[name] = torch.tensor(padded, dtype=torch.long, device=loaded.device)
-        if loaded.fast_forward is not None:
-            logits = loaded.fast_forward(**batch)
-        else:
-            logits = loaded.model(**batch, return_dict=True).logits
-        scores: list[float] = logits.view(-1).float().cpu().tolist()
-        return scores
+        return batch
 
 
 class LocalReranker(Reranker):
