@@ -134,17 +134,6 @@ async def arerank_hits(
     return [_reordered(h, r, score_field) for h, r in zip(hit_lists, ranked, strict=True)]
 
 
-_VERSION_SUFFIX = ("/v1", "/v2")
-
-
-def _root(base_url: str) -> str:
-    """The server root of a base URL that may end in a version segment."""
-    for suffix in _VERSION_SUFFIX:
-        if base_url.endswith(suffix):
-            return base_url[: -len(suffix)]
-    return base_url
-
-
 def server_side_params(
     reranker: Reranker,
     queries: str | Sequence[str],
@@ -164,7 +153,7 @@ def server_side_params(
     Raises:
         ConfigurationError: a reranker or target combination Milvus cannot run.
     """
-    from .providers._http import HTTPReranker
+    from .providers._http import HTTPReranker, server_root
 
     query_list = [queries] if isinstance(queries, str) else list(queries)
     if not query_list or not all(isinstance(q, str) and q.strip() for q in query_list):
@@ -198,11 +187,11 @@ def server_side_params(
             provider="cohere",
             model_name=reranker.model or "default",
             api_key=key,
-            base_url=_root(reranker.base_url) + "/v2",
+            base_url=server_root(reranker.base_url) + "/v2",
         )
         return params
     if reranker.provider in ("vllm", "tei"):
-        params.update(provider=reranker.provider, endpoint=_root(reranker.base_url))
+        params.update(provider=reranker.provider, endpoint=server_root(reranker.base_url))
         if reranker.max_batch is not None:
             params["max_client_batch_size"] = reranker.max_batch
         if reranker.provider == "vllm" and getattr(reranker, "truncate_prompt_tokens", None):

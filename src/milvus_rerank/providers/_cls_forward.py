@@ -52,20 +52,20 @@ def cls_only_forward(model: Any) -> Callable[..., Any] | None:
         attention = last.attention.self
         heads, size = int(attention.num_attention_heads), int(attention.attention_head_size)
         scale = float(attention.scaling)
-        for part in (attention.query, attention.key, attention.value, last.attention.output):
-            _require_module(part)
-        for part in (last.intermediate, last.output, model.classifier):
-            _require_module(part)
+        parts = [attention.query, attention.key, attention.value, last.attention.output]
+        parts += [last.intermediate, last.output, model.classifier]
         pooler = base.pooler if base_name == "bert" else None
         if base_name == "bert" and (pooler is None or not hasattr(model, "dropout")):
             return None
     except (AttributeError, IndexError, TypeError, ValueError):
         return None
-    trunk = _without_last_layer(base, layers)
+    if not all(callable(part) for part in parts):
+        return None
+    import torch  # loaded already: the model is a torch module
+
+    trunk = _without_last_layer(torch, base, layers)
 
     def forward(input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
-        import torch
-
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
@@ -89,15 +89,8 @@ def cls_only_forward(model: Any) -> Callable[..., Any] | None:
     return forward
 
 
-def _require_module(part: object) -> None:
-    if not callable(part):
-        raise TypeError(f"{part!r} is not a module")
-
-
-def _without_last_layer(base: Any, layers: list[Any]) -> Any:
+def _without_last_layer(torch: Any, base: Any, layers: list[Any]) -> Any:
     """A shallow copy of the base model that shares every weight but runs one layer fewer."""
-    import torch
-
     trunk = copy.copy(base)
     trunk._modules = dict(base._modules)
     encoder = copy.copy(base.encoder)

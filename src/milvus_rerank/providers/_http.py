@@ -45,7 +45,7 @@ from ..errors import (
     RateLimitError,
 )
 
-__all__ = ["HTTPReranker", "Secret", "parse_retry_after"]
+__all__ = ["HTTPReranker", "Secret", "parse_retry_after", "server_root"]
 
 logger = logging.getLogger("milvus_rerank.http")
 
@@ -170,7 +170,7 @@ class HTTPReranker(Reranker):
                 f"{name} needs base_url, the root of your server (e.g. 'http://localhost:8000')"
             )
         self.base_url = _check_base_url(name, root)
-        self.url = _join(self.base_url, self.path)
+        self.url = _join(self.base_url, self._route())
         _check_number(name, "timeout", timeout, positive=True)
         _check_number(name, "deadline", deadline, positive=True)
         _check_int(name, "max_retries", max_retries, minimum=0)
@@ -237,6 +237,10 @@ class HTTPReranker(Reranker):
         return {"model": self.model, "base_url": self.base_url, "max_batch": self.max_batch}
 
     # -- the provider mapping (subclasses) -------------------------------------------------
+
+    def _route(self) -> str:
+        """The path appended to ``base_url`` (the class's ``path`` unless a provider picks)."""
+        return self.path
 
     def _payload(self, query: str, documents: list[str]) -> dict[str, Any]:
         """The JSON body for one request over ``documents``, asking for every score."""
@@ -574,6 +578,11 @@ def _check_base_url(owner: str, url: str) -> str:
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
         raise ConfigurationError(f"{owner}: base_url must be an http(s) URL, got {url!r}")
     return url
+
+
+def server_root(base_url: str) -> str:
+    """The server root of a base URL that may end in a version segment (``.../v1``)."""
+    return _VERSION_SUFFIX.sub("", base_url)
 
 
 def _join(base_url: str, path: str) -> str:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from typing_extensions import Self
@@ -21,9 +21,6 @@ from typing_extensions import Self
 from ..base import Reranker
 from ..errors import ConfigurationError, MissingDependencyError
 from ._cls_forward import cls_only_forward
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "LocalModelRunner",

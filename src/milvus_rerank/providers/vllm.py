@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from ..errors import ConfigurationError
-from ._http import HTTPReranker, _join
+from ._http import HTTPReranker, _check_int
 
 __all__ = ["VLLMReranker"]
 
@@ -43,23 +43,18 @@ class VLLMReranker(HTTPReranker):
         route: str = "/v1/rerank",
         **kwargs: Any,
     ) -> None:
-        super().__init__(model, **kwargs)
         if route not in ROUTES:
             raise ConfigurationError(
                 f"VLLMReranker: route must be one of {', '.join(ROUTES)}, got {route!r}"
             )
-        if truncate_prompt_tokens is not None and (
-            isinstance(truncate_prompt_tokens, bool)
-            or not isinstance(truncate_prompt_tokens, int)
-            or truncate_prompt_tokens < 1
-        ):
-            raise ConfigurationError(
-                "VLLMReranker: truncate_prompt_tokens must be an int >= 1, "
-                f"got {truncate_prompt_tokens!r}"
-            )
+        if truncate_prompt_tokens is not None:
+            _check_int("VLLMReranker", "truncate_prompt_tokens", truncate_prompt_tokens, minimum=1)
         self.route = route
-        self.url = _join(self.base_url, route)
         self.truncate_prompt_tokens = truncate_prompt_tokens
+        super().__init__(model, **kwargs)
+
+    def _route(self) -> str:
+        return self.route
 
     def _payload(self, query: str, documents: list[str]) -> dict[str, Any]:
         # top_n is left out (vLLM's default 0 returns every document).
