@@ -15,7 +15,7 @@ from .base import Reranker
 from .errors import ConfigurationError, RerankError
 from .registry import PROVIDERS, create_reranker
 
-__all__ = ["build_reranker", "main"]
+__all__ = ["build_reranker", "main", "reranker_from_args"]
 
 LOCAL = ("bge", "cross-encoder")
 
@@ -93,10 +93,22 @@ def _add_reranker_options(parser: argparse.ArgumentParser, default: str) -> None
     parser.add_argument("--device", help="torch device for local models (default: auto)")
 
 
-def _cmd_rerank(args: argparse.Namespace) -> int:
-    reranker, _ = build_reranker(
-        args.reranker, model=args.model, base_url=args.base_url, device=args.device
+def reranker_from_args(
+    args: argparse.Namespace, *, fallback_to_tiny: bool = False, out: TextIO | None = None
+) -> tuple[Reranker, bool]:
+    """``build_reranker`` from the options ``_add_reranker_options`` defines."""
+    return build_reranker(
+        args.reranker,
+        model=args.model,
+        base_url=args.base_url,
+        device=args.device,
+        fallback_to_tiny=fallback_to_tiny,
+        out=out,
     )
+
+
+def _cmd_rerank(args: argparse.Namespace) -> int:
+    reranker, _ = reranker_from_args(args)
     source = sys.stdin if args.documents == "-" else open(args.documents, encoding="utf-8")  # noqa: SIM115
     with source:
         rows = [json.loads(line) for line in source if line.strip()]

@@ -74,21 +74,14 @@ def print_table(
 def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Retrieve with BM25 on Milvus Lite, rerank, print both rankings (to stdout by default)."""
     out = out if out is not None else sys.stdout
-    from .cli import build_reranker
+    from .cli import reranker_from_args
 
     try:
         from pymilvus import MilvusClient
     except ImportError as exc:
         raise MissingDependencyError("The demo", "milvus", "pymilvus") from exc
 
-    reranker, tiny = build_reranker(
-        args.reranker,
-        model=args.model,
-        base_url=args.base_url,
-        device=args.device,
-        fallback_to_tiny=True,
-        out=out,
-    )
+    reranker, tiny = reranker_from_args(args, fallback_to_tiny=True, out=out)
     rows = load_demo_corpus()
     folder = None
     if args.db:

@@ -166,18 +166,11 @@ def evaluate(
 
 def run_eval(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """``milvus-rerank eval``: print the before/after table."""
-    from .cli import build_reranker
+    from .cli import reranker_from_args
 
     out = out if out is not None else sys.stdout
     corpus, queries, qrels = load_beir(args.data, args.split)
-    reranker, tiny = build_reranker(
-        args.reranker,
-        model=args.model,
-        base_url=args.base_url,
-        device=args.device,
-        fallback_to_tiny=True,
-        out=out,
-    )
+    reranker, tiny = reranker_from_args(args, fallback_to_tiny=True, out=out)
     with reranker:
         report = evaluate(
             reranker,

@@ -13,7 +13,7 @@ from typing import Any
 
 from .base import Reranker
 from .errors import MissingDependencyError
-from .results import RerankResult, copy_metadata
+from .results import RerankResult, copy_metadata, scoring_at_least
 
 try:
     from langchain_core.callbacks import Callbacks
@@ -83,9 +83,7 @@ class RerankCompressor(BaseDocumentCompressor):
 
     def _documents(self, docs: list[Document], results: list[RerankResult]) -> list[Document]:
         out = []
-        for result in results:
-            if self.score_threshold is not None and result.score < self.score_threshold:
-                continue
+        for result in scoring_at_least(results, self.score_threshold):
             source = docs[result.index]
             metadata = copy_metadata(source.metadata)
             metadata[self.score_key] = result.score

@@ -7,11 +7,13 @@ instrumentation events and callback event, and never mutates the nodes it is giv
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .base import Reranker
 from .errors import MissingDependencyError
-from .results import RerankResult, copy_metadata
+from .results import RerankResult, copy_metadata, scoring_at_least
 
 try:
     from llama_index.core.bridge.pydantic import ConfigDict, Field, field_serializer
@@ -63,70 +65,62 @@ class RerankPostprocessor(BaseNodePostprocessor):
         """The name LlamaIndex serializes this postprocessor under."""
         return "MilvusRerankPostprocessor"
 
-    def _start(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> str:
+    @contextmanager
+    def _reranking(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None
+    ) -> Iterator[tuple[str, list[NodeWithScore]]]:
+        """LlamaIndex's rerank events around one call: yields the query and the list to fill.
+
+        ``ReRankStartEvent`` and the ``RERANKING`` callback event open it; the callback event
+        ends with the new nodes on success, and ``ReRankEndEvent`` fires on every path.
+        """
         if query_bundle is None:
             raise ValueError("RerankPostprocessor needs the query: pass query_bundle or query_str")
+        query = query_bundle.query_str
+        model_name = repr(self.reranker)
+        top_n = self.top_n or len(nodes)
         dispatcher.event(
-            ReRankStartEvent(
-                query=query_bundle,
-                nodes=nodes,
-                top_n=self.top_n or len(nodes),
-                model_name=repr(self.reranker),
-            )
+            ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=top_n, model_name=model_name)
         )
-        return query_bundle.query_str
-
-    def _payload(self, nodes: list[NodeWithScore], query: str) -> dict[str, Any]:
-        return {
+        payload: dict[str, Any] = {
             EventPayload.NODES: nodes,
-            EventPayload.MODEL_NAME: repr(self.reranker),
+            EventPayload.MODEL_NAME: model_name,
             EventPayload.QUERY_STR: query,
             EventPayload.TOP_K: self.top_n,
         }
+        new_nodes: list[NodeWithScore] = []
+        try:
+            with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
+                yield query, new_nodes
+                event.on_end(payload={EventPayload.NODES: new_nodes})
+        finally:
+            dispatcher.event(ReRankEndEvent(nodes=new_nodes))
 
     @dispatcher.span
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        query = self._start(nodes, query_bundle)
-        new_nodes: list[NodeWithScore] = []
-        try:
-            with self.callback_manager.event(
-                CBEventType.RERANKING, payload=self._payload(nodes, query)
-            ) as event:
-                if nodes:
-                    results = self.reranker.rerank(query, _texts(nodes), top_n=self.top_n)
-                    new_nodes = self._nodes(nodes, results)
-                event.on_end(payload={EventPayload.NODES: new_nodes})
-        finally:
-            dispatcher.event(ReRankEndEvent(nodes=new_nodes))
+        with self._reranking(nodes, query_bundle) as (query, new_nodes):
+            if nodes:
+                results = self.reranker.rerank(query, _texts(nodes), top_n=self.top_n)
+                new_nodes += self._nodes(nodes, results)
         return new_nodes
 
     @dispatcher.span
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        query = self._start(nodes, query_bundle)
-        new_nodes: list[NodeWithScore] = []
-        try:
-            with self.callback_manager.event(
-                CBEventType.RERANKING, payload=self._payload(nodes, query)
-            ) as event:
-                if nodes:
-                    results = await self.reranker.arerank(query, _texts(nodes), top_n=self.top_n)
-                    new_nodes = self._nodes(nodes, results)
-                event.on_end(payload={EventPayload.NODES: new_nodes})
-        finally:
-            dispatcher.event(ReRankEndEvent(nodes=new_nodes))
+        with self._reranking(nodes, query_bundle) as (query, new_nodes):
+            if nodes:
+                results = await self.reranker.arerank(query, _texts(nodes), top_n=self.top_n)
+                new_nodes += self._nodes(nodes, results)
         return new_nodes
 
     def _nodes(
         self, nodes: list[NodeWithScore], results: list[RerankResult]
     ) -> list[NodeWithScore]:
         out = []
-        for result in results:
-            if self.score_threshold is not None and result.score < self.score_threshold:
-                continue
+        for result in scoring_at_least(results, self.score_threshold):
             source = nodes[result.index]
             # A shallow copy with metadata of its own: text, embedding and relationships are
             # shared read-only, as in the input; deep-copying them costs more than the rerank.

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RerankResult", "copy_metadata"]
+__all__ = ["RerankResult", "copy_metadata", "scoring_at_least"]
 
 _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
 
@@ -43,3 +43,12 @@ def copy_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
     if all(type(value) in _SCALARS for value in metadata.values()):
         return dict(metadata)
     return copy.deepcopy(dict(metadata))
+
+
+def scoring_at_least(
+    results: Iterable[RerankResult], threshold: float | None
+) -> list[RerankResult]:
+    """The results whose score reaches ``threshold``, in order (all of them when it is None)."""
+    if threshold is None:
+        return list(results)
+    return [result for result in results if result.score >= threshold]

@@ -9,8 +9,9 @@ Routes (all ``POST``, JSON):
   vLLM's answer. Milvus 2.6's ``tei`` and ``vllm`` providers both post to ``{endpoint}/rerank``.
 * ``GET /health`` — ``{"status": "ok"}``.
 
-Concurrent requests are batched together for the model: a micro-batcher collects requests for
-``max_wait_ms`` (or until ``max_batch_pairs`` pairs are waiting) and scores them in one pass.
+Concurrent requests are batched together for the model: a micro-batcher scores the requests
+waiting together in one pass, and while requests do come together it waits up to
+``max_wait_ms`` (or until ``max_batch_pairs`` pairs are waiting) to gather them.
 """
 
 from __future__ import annotations
@@ -233,14 +234,20 @@ def create_app(
         error = {"message": str(exc), "type": "BadRequestError", "param": None, "code": 400}
         return JSONResponse({"error": error}, status_code=400)
 
-    async def openai_v1(request: Request) -> JSONResponse:
+    async def vllm_rerank(body: dict[str, Any]) -> JSONResponse:
         try:
-            body = await body_of(request)
             top_n = body.get("top_n") or None  # vLLM: 0 or absent means all
             results = await ranked(body.get("query"), body.get("documents"), top_n)
         except InvalidInputError as exc:
             return vllm_error(exc)
         return JSONResponse(vllm_answer(body, results))
+
+    async def openai_v1(request: Request) -> JSONResponse:
+        try:
+            body = await body_of(request)
+        except InvalidInputError as exc:
+            return vllm_error(exc)
+        return await vllm_rerank(body)
 
     async def root_rerank(request: Request) -> JSONResponse:
         try:
@@ -248,13 +255,7 @@ def create_app(
         except InvalidInputError as exc:
             return vllm_error(exc)
         if "texts" not in body:
-            try:
-                results = await ranked(
-                    body.get("query"), body.get("documents"), body.get("top_n") or None
-                )
-            except InvalidInputError as exc:
-                return vllm_error(exc)
-            return JSONResponse(vllm_answer(body, results))
+            return await vllm_rerank(body)
         try:  # TEI: a bare array; the scores of every text, best first
             results = await ranked(body.get("query"), body.get("texts"), None)
         except InvalidInputError as exc:
@@ -288,11 +289,9 @@ def run_server(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError as exc:
         raise MissingDependencyError("The rerank server", "serve", "uvicorn") from exc
-    from .cli import build_reranker
+    from .cli import reranker_from_args
 
-    reranker, _ = build_reranker(
-        args.reranker, model=args.model, base_url=args.base_url, device=args.device
-    )
+    reranker, _ = reranker_from_args(args)
     app = create_app(reranker, max_wait_ms=args.max_wait_ms, model_name=args.model)
     print(
         f"milvus-rerank serve: {reranker!r} on http://{args.host}:{args.port} "
