@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import math
-import re
 import sys
-import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from milvus_rerank.base import Reranker  # noqa: E402
 from milvus_rerank.cli import build_reranker  # noqa: E402
+from milvus_rerank.tiny import word_vector  # noqa: E402
 
 DIM = 64
 
@@ -25,9 +23,5 @@ def offline_reranker(model: str | None = None) -> Reranker:
 
 
 def embed(text: str) -> list[float]:
-    """A normalized bag-of-words vector, deterministic and offline (use a real model)."""
-    vec = [0.0] * DIM
-    for word in re.findall(r"[a-z0-9]+", text.lower()):
-        vec[zlib.crc32(word.encode()) % DIM] += 1.0
-    norm = math.sqrt(sum(v * v for v in vec)) or 1.0
-    return [v / norm for v in vec]
+    """A deterministic offline embedding (``milvus_rerank.tiny.word_vector``): use a real model."""
+    return word_vector(text, DIM)

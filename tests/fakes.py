@@ -111,7 +111,8 @@ def _corrupt(fault: Fault, answer: Any) -> Any:
     return answer
 
 
-_CORRUPTIONS = {
+#: Well-formed JSON answers that lie (see ``_corrupt``).
+CORRUPTIONS = (
     "out_of_range",
     "duplicate",
     "missing",
@@ -120,7 +121,7 @@ _CORRUPTIONS = {
     "bool_index",
     "float_index",
     "not_a_list",
-}
+)
 
 
 class _Disconnected(Exception):
@@ -197,7 +198,7 @@ def make_app(plan: FaultPlan, score: Callable[[str, str], float] = fake_score) -
             )
             return
         answer = _shape(scope["path"], body, order)
-        if fault in _CORRUPTIONS:
+        if fault in CORRUPTIONS:
             await send_json(send, 200, _corrupt(fault, answer))
         elif fault == "html":
             await send(

@@ -3,19 +3,22 @@
 They load through the same ``from_pretrained`` path as real weights, so the demo, the tests
 and the benchmarks exercise the real code where the Hugging Face hub cannot be reached.
 Their scores mean nothing: they are random models, labelled as such wherever they are used.
+``word_vector`` is the matching stand-in for an embedding model (examples and tests).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import string
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from .providers._local import _import_torch
 
-__all__ = ["build_tiny_bge", "build_tiny_cross_encoder", "default_vocabulary"]
+__all__ = ["build_tiny_bge", "build_tiny_cross_encoder", "default_vocabulary", "word_vector"]
 
 _WORDS = """
 the of and to in a is that for it as was with be by on not he this are or his from at which
@@ -176,3 +179,15 @@ def build_tiny_bge(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def word_vector(text: str, dim: int = 64) -> list[float]:
+    """A normalized bag-of-words vector (crc32 buckets): an offline embedding stand-in.
+
+    Deterministic, and close for texts that share words; use a real embedding model in earnest.
+    """
+    vec = [0.0] * dim
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        vec[zlib.crc32(word.encode()) % dim] += 1.0
+    norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+    return [v / norm for v in vec]

@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import logging
 import math
-import re
-import zlib
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytest.importorskip("pymilvus")
 
 DIM = 64
-
-
-def word_vector(text: str) -> list[float]:
-    """A normalized bag-of-words vector (crc32 buckets): deterministic, meaningful enough."""
-    vec = [0.0] * DIM
-    for word in re.findall(r"[a-z0-9]+", text.lower()):
-        vec[zlib.crc32(word.encode()) % DIM] += 1.0
-    norm = math.sqrt(sum(v * v for v in vec)) or 1.0
-    return [v / norm for v in vec]
+CASSETTES = Path(__file__).resolve().parents[2] / "cassettes"
 
 
 def ordered_vectors(query: str, texts: list[str]) -> dict[str, list[float]]:
@@ -30,6 +22,20 @@ def ordered_vectors(query: str, texts: list[str]) -> dict[str, list[float]]:
         angle = 0.1 * (i + 1)
         table[text] = [math.cos(angle), math.sin(angle)] + [0.0] * (DIM - 2)
     return table
+
+
+@pytest.fixture
+def vcr_config() -> dict[str, Any]:
+    """The Cohere cassette replayed through the frameworks (tests marked ``vcr``)."""
+    return {
+        "filter_headers": ["authorization"],
+        "match_on": ["method", "scheme", "host", "port", "path", "json_body"],
+    }
+
+
+@pytest.fixture
+def vcr_cassette_dir() -> str:
+    return str(CASSETTES / "cohere")
 
 
 @pytest.fixture(autouse=True)

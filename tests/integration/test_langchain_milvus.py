@@ -21,8 +21,9 @@ from langchain_milvus import Milvus  # noqa: E402
 from milvus_rerank import CohereReranker, CrossEncoderReranker  # noqa: E402
 from milvus_rerank.demo import DEMO_QUERY, load_demo_corpus  # noqa: E402
 from milvus_rerank.langchain import RerankCompressor  # noqa: E402
-from tests.integration.conftest import ordered_vectors, word_vector  # noqa: E402
-from tests.providers.test_cassettes import CASSETTES, recorded, request_of  # noqa: E402
+from milvus_rerank.tiny import word_vector  # noqa: E402
+from tests.integration.conftest import ordered_vectors  # noqa: E402
+from tests.providers.test_cassettes import recorded, request_of  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -123,19 +124,6 @@ def test_lcel_rag_chain_feeds_reranked_context(
     assert chain.invoke(DEMO_QUERY) == "The Dartmouth Conference."
     best = retriever.invoke(DEMO_QUERY)
     assert f"Context:\n{best[0].page_content}\n{best[1].page_content}" in prompts[0]
-
-
-@pytest.fixture
-def vcr_config() -> dict[str, Any]:
-    return {
-        "filter_headers": ["authorization"],
-        "match_on": ["method", "scheme", "host", "port", "path", "json_body"],
-    }
-
-
-@pytest.fixture
-def vcr_cassette_dir() -> str:
-    return str(CASSETTES / "cohere")
 
 
 @pytest.mark.vcr

@@ -18,8 +18,9 @@ from llama_index.vector_stores.milvus import MilvusVectorStore  # noqa: E402
 from milvus_rerank import CohereReranker, CrossEncoderReranker  # noqa: E402
 from milvus_rerank.demo import DEMO_QUERY, load_demo_corpus  # noqa: E402
 from milvus_rerank.llama_index import RerankPostprocessor  # noqa: E402
-from tests.integration.conftest import DIM, ordered_vectors, word_vector  # noqa: E402
-from tests.providers.test_cassettes import CASSETTES, recorded, request_of  # noqa: E402
+from milvus_rerank.tiny import word_vector  # noqa: E402
+from tests.integration.conftest import DIM, ordered_vectors  # noqa: E402
+from tests.providers.test_cassettes import recorded, request_of  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -112,19 +113,6 @@ def test_chat_engine_uses_reranked_context(
     response = chat.chat(DEMO_QUERY)
     expected = expected_for(reranker, index, 6, 2)
     assert [n.node.node_id for n in response.source_nodes] == [c.node.node_id for c, _ in expected]
-
-
-@pytest.fixture
-def vcr_config() -> dict[str, Any]:
-    return {
-        "filter_headers": ["authorization"],
-        "match_on": ["method", "scheme", "host", "port", "path", "json_body"],
-    }
-
-
-@pytest.fixture
-def vcr_cassette_dir() -> str:
-    return str(CASSETTES / "cohere")
 
 
 @pytest.mark.vcr

@@ -17,7 +17,7 @@ from milvus_rerank import (
     RateLimitError,
 )
 from milvus_rerank.serve import BackgroundServer
-from tests.fakes import FaultPlan, fake_score, make_app
+from tests.fakes import CORRUPTIONS, FaultPlan, fake_score, make_app
 from tests.providers.specs import SPECS
 
 QUERY = "milvus vector database search"
@@ -134,19 +134,7 @@ def test_persistent_rate_limit_is_a_rate_limit_error(
 
 @pytest.mark.parametrize(
     "fault",
-    [
-        "html",
-        "gzip_garbage",
-        "truncated",
-        "out_of_range",
-        "duplicate",
-        "missing",
-        "nan_score",
-        "string_score",
-        "bool_index",
-        "float_index",
-        "not_a_list",
-    ],
+    ["html", "gzip_garbage", "truncated", *CORRUPTIONS],
 )
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_lying_answers_from_a_real_server_never_rank(
