@@ -62,17 +62,10 @@ def bare_loop(reranker: Any, docs: list[str]) -> Any:
     """A forward-only loop over the same pre-tokenized, length-sorted batches ours runs."""
     import torch
 
-    from milvus_rerank.providers._local import plan_batches
-
     runner = reranker.runner
     loaded = runner.load()
     features = runner.encode_pairs(QUERY, docs)
-    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
-    lengths = [len(features[i]["input_ids"]) for i in order]
-    batches = [
-        runner.collate([features[i] for i in order[part]])
-        for part in plan_batches(lengths, runner.batch_size, runner.token_budget(loaded.device))
-    ]
+    batches = [runner.collate([features[i] for i in rows]) for rows in runner.schedule(features)]
 
     def run() -> None:
         with torch.inference_mode():
@@ -85,15 +78,10 @@ def bare_loop(reranker: Any, docs: list[str]) -> Any:
 def padded_tokens(reranker: Any, docs: list[str]) -> tuple[int, int, int]:
     """Real tokens, then padded tokens of our schedule and of sentence-transformers' (batches of
     ``BATCH`` after sorting by text length), for the same pairs: where the time goes."""
-    from milvus_rerank.providers._local import plan_batches
-
     runner = reranker.runner
-    loaded = runner.load()
-    lengths = [len(f["input_ids"]) for f in runner.encode_pairs(QUERY, docs)]
-    ours_sorted = sorted(lengths, reverse=True)
-    ours = 0
-    for part in plan_batches(ours_sorted, runner.batch_size, runner.token_budget(loaded.device)):
-        ours += max(ours_sorted[part]) * len(ours_sorted[part])
+    features = runner.encode_pairs(QUERY, docs)
+    lengths = [len(f["input_ids"]) for f in features]
+    ours = sum(max(lengths[i] for i in rows) * len(rows) for rows in runner.schedule(features))
     by_text = [lengths[i] for i in sorted(range(len(docs)), key=lambda i: -len(QUERY + docs[i]))]
     reference = sum(
         max(by_text[i : i + BATCH]) * len(by_text[i : i + BATCH])

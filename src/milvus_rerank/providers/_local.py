@@ -384,17 +384,23 @@ class LocalModelRunner:
         torch = _import_torch()
         loaded = self.load()
         features = self.encode_many(queries, documents)
-        order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
-        lengths = [len(features[i]["input_ids"]) for i in order]
         scores: list[float] = [0.0] * len(features)
-        budget = self.token_budget(loaded.device)
         with torch.inference_mode():
-            for part in plan_batches(lengths, self.batch_size, budget):
-                rows = [features[i] for i in order[part]]
-                out = self._forward(loaded, rows)
-                for i, value in zip(order[part], out, strict=True):
+            for batch in self.schedule(features):
+                out = self._forward(loaded, [features[i] for i in batch])
+                for i, value in zip(batch, out, strict=True):
                     scores[i] = value
         return scores
+
+    def schedule(self, features: Sequence[dict[str, list[int]]]) -> list[list[int]]:
+        """Row indices of each forward pass over encoded pairs, longest first.
+
+        Each batch holds at most ``batch_size`` pairs and ``token_budget`` padded tokens.
+        """
+        order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+        lengths = [len(features[i]["input_ids"]) for i in order]
+        budget = self.token_budget(self.load().device)
+        return [order[part] for part in plan_batches(lengths, self.batch_size, budget)]
 
     def collate(self, rows: Sequence[dict[str, list[int]]]) -> dict[str, Any]:
         """One padded batch of encoded pairs (``encode_pairs`` rows), on the model's device."""
