@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from .errors import MissingDependencyError
 from .milvus import rerank_hits
 
-__all__ = ["DEMO_QUERY", "build_demo_collection", "load_demo_corpus", "run_demo"]
+__all__ = ["DEMO_QUERY", "build_demo_collection", "load_demo_corpus", "run_demo", "search_bm25"]
 
 #: The query of pymilvus's rerankers example.
 DEMO_QUERY = (
@@ -54,6 +54,19 @@ def build_demo_collection(client: Any, rows: list[dict[str, Any]], name: str = C
     client.create_collection(name, schema=schema, index_params=index)
     client.insert(name, rows)
     client.load_collection(name)
+
+
+def search_bm25(client: Any, name: str, query: str, limit: int) -> list[list[dict[str, Any]]]:
+    """BM25 full-text search of a ``build_demo_collection`` collection, with the text field."""
+    hits: list[list[dict[str, Any]]] = client.search(
+        name,
+        data=[query],
+        anns_field="sparse",
+        limit=limit,
+        output_fields=["text"],
+        search_params={"metric_type": "BM25"},
+    )
+    return hits
 
 
 def _clip(text: str, width: int) -> str:
@@ -96,14 +109,7 @@ def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
         build_demo_collection(client, rows)
         print(f"Milvus Lite at {db}: {len(rows)} documents, BM25 full-text index.", file=out)
         print(f"Query: {DEMO_QUERY}", file=out)
-        hits = client.search(
-            COLLECTION,
-            data=[DEMO_QUERY],
-            anns_field="sparse",
-            limit=args.top_k,
-            output_fields=["text"],
-            search_params={"metric_type": "BM25"},
-        )
+        hits = search_bm25(client, COLLECTION, DEMO_QUERY, args.top_k)
         first = [dict(h) for h in hits[0]]
         print_table(
             f"First stage: Milvus BM25 full-text search, top {len(first)}", first, "distance", out

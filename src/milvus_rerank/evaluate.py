@@ -118,7 +118,8 @@ def evaluate(
         from pymilvus import MilvusClient
     except ImportError as exc:
         raise MissingDependencyError("eval", "milvus", "pymilvus") from exc
-    from .demo import build_demo_collection
+    from .demo import build_demo_collection, search_bm25
+    from .milvus import rerank_hits
 
     ids = list(corpus)
     evaluated = [q for q in queries if q in qrels][:max_queries]
@@ -131,17 +132,9 @@ def evaluate(
         rows = [{"id": i, "text": corpus[doc_id][:8000]} for i, doc_id in enumerate(ids)]
         build_demo_collection(client, rows, name="beir")
         for n, qid in enumerate(evaluated, 1):
-            hits = client.search(
-                "beir",
-                data=[queries[qid]],
-                anns_field="sparse",
-                limit=candidates,
-                output_fields=["text"],
-                search_params={"metric_type": "BM25"},
-            )[0]
-            before = [ids[h["id"]] for h in hits]
-            results = reranker.rerank(queries[qid], [h["entity"]["text"] for h in hits])
-            after = [before[r.index] for r in results]
+            hits = search_bm25(client, "beir", queries[qid], candidates)
+            before = [ids[h["id"]] for h in hits[0]]
+            after = [ids[h["id"]] for h in rerank_hits(reranker, queries[qid], hits)[0]]
             rel = qrels[qid]
             sums[0] += ndcg_at_k(before, rel)
             sums[1] += ndcg_at_k(after, rel)
