@@ -26,6 +26,8 @@ from benchmarks.common import Row, interleaved  # noqa: E402
 
 QUERY = "what event in 1956 marked the birth of artificial intelligence as a discipline"
 BATCH = 32
+#: The shape of cross-encoder/ms-marco-MiniLM-L-6-v2.
+MINILM_SHAPE = {"num_layers": 6, "hidden_size": 384, "num_heads": 12, "intermediate_size": 1536}
 
 
 def documents(count: int, seed: int = 0) -> list[str]:
@@ -44,14 +46,7 @@ def build_checkpoints(root: Path) -> dict[str, Path]:
 
     hf_logging.disable_progress_bar()
     return {
-        "ce": build_tiny_cross_encoder(
-            root / "minilm",
-            num_layers=6,
-            hidden_size=384,
-            num_heads=12,
-            intermediate_size=1536,
-            activation="identity",
-        ),
+        "ce": build_tiny_cross_encoder(root / "minilm", activation="identity", **MINILM_SHAPE),
         "bge": build_tiny_bge(
             root / "xlmr", num_layers=4, hidden_size=384, num_heads=12, intermediate_size=1536
         ),

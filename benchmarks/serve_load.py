@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.common import Row
-from benchmarks.local import documents
+from benchmarks.local import MINILM_SHAPE, documents
 from milvus_rerank import CrossEncoderReranker
 from milvus_rerank.serve import BackgroundServer, create_app
 
@@ -55,13 +55,7 @@ def run() -> list[Row]:
     from milvus_rerank.tiny import build_tiny_cross_encoder
 
     logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
-    path = build_tiny_cross_encoder(
-        Path(tempfile.mkdtemp()) / "ce",
-        num_layers=6,
-        hidden_size=384,
-        num_heads=12,
-        intermediate_size=1536,
-    )
+    path = build_tiny_cross_encoder(Path(tempfile.mkdtemp()) / "ce", **MINILM_SHAPE)
     reranker = CrossEncoderReranker(str(path), device="cpu").load()
     rows = []
     for name, count, chars in WORKLOADS:
