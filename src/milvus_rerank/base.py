@@ -7,14 +7,17 @@ import math
 import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from typing_extensions import Self
 
-from .errors import InvalidInputError, InvalidResponseError
+from .errors import ConfigurationError, InvalidInputError, InvalidResponseError
 from .results import RerankResult
 
-__all__ = ["Reranker", "describe_value"]
+__all__ = ["MilvusTarget", "Reranker", "describe_value"]
+
+#: Who runs a server-side rerank Function: a Milvus 2.6+ server, or embedded Milvus Lite.
+MilvusTarget = Literal["milvus", "milvus-lite"]
 
 
 def describe_value(value: object, limit: int = 60) -> str:
@@ -96,6 +99,9 @@ class Reranker(ABC):
 
     #: Short backend name used in errors and by ``milvus_rerank.milvus.server_side_ranker``.
     provider: ClassVar[str] = "custom"
+    #: The model this reranker scores with (a hub name, a path, or a provider's model name);
+    #: None where a server decides.
+    model_name: str | None = None
 
     def rerank(
         self, query: str, documents: Sequence[str], top_n: int | None = None
@@ -125,6 +131,52 @@ class Reranker(ABC):
     ) -> list[RerankResult]:
         """pymilvus-model's call shape: ``rf(query, documents, top_k=5)``."""
         return self.rerank(query, documents, top_n=top_k)
+
+    def score_pairs(self, queries: Sequence[str], documents: Sequence[str]) -> list[float]:
+        """Scores of ``(queries[i], documents[i])`` pairs, in order, without ranking them.
+
+        ``serve`` batches concurrent requests through this. The default groups the pairs by
+        query and scores each group through the backend's hook; local rerankers override it
+        with one batched pass over every pair.
+
+        Raises:
+            InvalidInputError: ``queries`` and ``documents`` differ in length, or hold non-text.
+        """
+        if len(queries) != len(documents):
+            raise InvalidInputError(
+                f"score_pairs needs one query per document, got {len(queries)} queries "
+                f"for {len(documents)} documents"
+            )
+        groups: dict[str, list[int]] = {}
+        for i, query in enumerate(queries):
+            groups.setdefault(query, []).append(i)
+        scores = [0.0] * len(documents)
+        for query, positions in groups.items():
+            q, docs, _ = validate_request(query, [documents[i] for i in positions], None)
+            ranked = rank(docs, self._score(q, docs), None, provider=self.provider)
+            for result in ranked:
+                scores[positions[result.index]] = result.score
+        return scores
+
+    def milvus_function_params(
+        self, target: MilvusTarget, *, credential: str | None = None
+    ) -> dict[str, Any]:
+        """This reranker's part of a Milvus model-rerank Function's ``params``.
+
+        Providers that a Milvus server (``target="milvus"``) or Milvus Lite can call override
+        this with their Milvus provider name and settings (``provider``, ``endpoint``,
+        ``model_name``...); ``milvus.server_side_params`` adds the queries. ``credential``
+        names a key in the server's ``milvus.yaml``: raw keys never go to a Milvus server.
+
+        Raises:
+            ConfigurationError: Milvus cannot call this reranker (the default).
+        """
+        raise ConfigurationError(
+            f"Milvus cannot call a {type(self).__name__} itself: its server-side model rerank "
+            "calls HTTP services only. Run `milvus-rerank serve` for a local model and point a "
+            "VLLMReranker(base_url=...) or TEIReranker at it, or rerank client-side with "
+            "milvus_rerank.milvus.rerank_hits."
+        )
 
     @abstractmethod
     def _score(self, query: str, documents: list[str]) -> Sequence[float]:

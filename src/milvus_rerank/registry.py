@@ -1,35 +1,128 @@
-"""Pick a reranker by an explicit provider key, never by guessing from a model name."""
+"""Pick a reranker by an explicit provider key, never by guessing from a model name.
+
+Each key maps to one ``ProviderSpec``: where its class lives, whether it runs locally (torch) or
+calls an API, its default model and whether it needs a server address. The command line and the
+app layer read these facts from here, so they hold no provider lists of their own. Adding a
+provider is one module under ``providers/`` plus one line in ``PROVIDERS``.
+"""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from .base import Reranker
 from .errors import ConfigurationError
 
-__all__ = ["PROVIDERS", "create_reranker", "reranker_class"]
-
-#: Provider key -> "module:Class". Local models need the ``local`` extra.
-PROVIDERS: dict[str, str] = {
-    "bge": "milvus_rerank.providers.bge:BGEReranker",
-    "cross-encoder": "milvus_rerank.providers.cross_encoder:CrossEncoderReranker",
-    "cohere": "milvus_rerank.providers.cohere:CohereReranker",
-    "voyage": "milvus_rerank.providers.voyage:VoyageReranker",
-    "jina": "milvus_rerank.providers.jina:JinaReranker",
-    "vllm": "milvus_rerank.providers.vllm:VLLMReranker",
-    "tei": "milvus_rerank.providers.tei:TEIReranker",
-}
+__all__ = ["PROVIDERS", "ProviderSpec", "create_reranker", "provider_spec", "reranker_class"]
 
 
-def reranker_class(provider: str) -> type[Reranker]:
-    """The class registered under ``provider``."""
-    target = PROVIDERS.get(provider)
-    if target is None:
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    """What a provider key stands for, known without importing the provider's module.
+
+    Attributes:
+        key: The provider key (``"bge"``, ``"cohere"``...).
+        target: ``"module:Class"`` of the reranker class.
+        kind: ``"local"`` (a model run here with torch; takes ``device``) or ``"api"`` (an
+            HTTP service; takes ``base_url``).
+        default_model: The model used when none is named (None: the server's own model).
+        needs_base_url: The provider has no public endpoint: ``base_url`` is required.
+        summary: One line for help texts.
+    """
+
+    key: str
+    target: str
+    kind: Literal["local", "api"]
+    default_model: str | None
+    needs_base_url: bool
+    summary: str
+
+
+def _spec(
+    key: str,
+    target: str,
+    kind: Literal["local", "api"],
+    default_model: str | None,
+    summary: str,
+    *,
+    needs_base_url: bool = False,
+) -> tuple[str, ProviderSpec]:
+    return key, ProviderSpec(key, target, kind, default_model, needs_base_url, summary)
+
+
+#: Provider key -> its spec. Local models need the ``local`` extra.
+PROVIDERS: dict[str, ProviderSpec] = dict(
+    [
+        _spec(
+            "bge",
+            "milvus_rerank.providers.bge:BGEReranker",
+            "local",
+            "BAAI/bge-reranker-v2-m3",
+            "BGE cross-encoder, scored like FlagEmbedding",
+        ),
+        _spec(
+            "cross-encoder",
+            "milvus_rerank.providers.cross_encoder:CrossEncoderReranker",
+            "local",
+            "cross-encoder/ms-marco-MiniLM-L-6-v2",
+            "sentence-transformers cross-encoder",
+        ),
+        _spec(
+            "cohere",
+            "milvus_rerank.providers.cohere:CohereReranker",
+            "api",
+            "rerank-v3.5",
+            "Cohere Rerank v2 API, or a Cohere-compatible server",
+        ),
+        _spec(
+            "voyage",
+            "milvus_rerank.providers.voyage:VoyageReranker",
+            "api",
+            "rerank-2.5",
+            "Voyage AI rerank API",
+        ),
+        _spec(
+            "jina",
+            "milvus_rerank.providers.jina:JinaReranker",
+            "api",
+            "jina-reranker-v2-base-multilingual",
+            "Jina AI rerank API",
+        ),
+        _spec(
+            "vllm",
+            "milvus_rerank.providers.vllm:VLLMReranker",
+            "api",
+            None,
+            "a vLLM server (or milvus-rerank serve)",
+            needs_base_url=True,
+        ),
+        _spec(
+            "tei",
+            "milvus_rerank.providers.tei:TEIReranker",
+            "api",
+            None,
+            "a Text Embeddings Inference server",
+            needs_base_url=True,
+        ),
+    ]
+)
+
+
+def provider_spec(provider: str) -> ProviderSpec:
+    """The spec registered under ``provider``; ``ConfigurationError`` naming the choices if none."""
+    spec = PROVIDERS.get(provider) if isinstance(provider, str) else None
+    if spec is None:
         raise ConfigurationError(
             f"unknown reranker provider {provider!r}; choose one of {', '.join(sorted(PROVIDERS))}"
         )
-    module, _, name = target.partition(":")
+    return spec
+
+
+def reranker_class(provider: str) -> type[Reranker]:
+    """The class registered under ``provider`` (imports its module)."""
+    module, _, name = provider_spec(provider).target.partition(":")
     cls: type[Reranker] = getattr(importlib.import_module(module), name)
     return cls
 
@@ -38,6 +131,6 @@ def create_reranker(provider: str, **kwargs: Any) -> Reranker:
     """Build the reranker registered under ``provider`` with ``kwargs``.
 
     Example:
-        >>> create_reranker("cohere", model="rerank-v3.5")  # doctest: +SKIP
+        >>> create_reranker("cohere", model_name="rerank-v3.5")  # doctest: +SKIP
     """
     return reranker_class(provider)(**kwargs)
