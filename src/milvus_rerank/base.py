@@ -186,6 +186,17 @@ class Reranker(ABC):
         """Async scoring hook; by default runs ``_score`` in a worker thread."""
         return await asyncio.to_thread(self._score, query, documents)
 
+    def load(self) -> Self:
+        """Load now what the reranker would load on first use (a local model's weights).
+
+        Call it at service start-up so the first request does not pay for loading. A no-op for
+        API rerankers. Returns the reranker itself.
+
+        Raises:
+            ConfigurationError: the model cannot be loaded (missing, corrupt, no such device).
+        """
+        return self
+
     def close(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
         """Release held resources (HTTP connections); the reranker stays usable."""
 

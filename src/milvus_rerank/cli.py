@@ -55,7 +55,7 @@ def build_reranker(
 
     hf_logging.disable_progress_bar()  # a command line prints results, not loading bars
     try:
-        reranker.load()  # type: ignore[attr-defined]
+        reranker.load()
         return reranker, False
     except ConfigurationError as exc:
         if not fallback_to_tiny:

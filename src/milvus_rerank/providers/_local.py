@@ -437,11 +437,16 @@ class LocalReranker(Reranker):
 
     def __init__(self, runner: LocalModelRunner) -> None:
         self.runner = runner
+        self.model_name = runner.model_name
 
-    @property
-    def model_name(self) -> str:
-        """The hub name or local path the model loads from."""
-        return self.runner.model_name
+    @classmethod
+    def build_tiny_checkpoint(cls, path: Path) -> Path:
+        """Build a tiny randomly initialized checkpoint of this family's architecture at ``path``.
+
+        The demo and ``eval`` fall back to it where the real weights cannot be loaded; its
+        scores are meaningless and it must always be labelled as such.
+        """
+        raise NotImplementedError(f"{cls.__name__} has no tiny stand-in")
 
     def load(self) -> Self:
         """Load the model now rather than on the first call (e.g. at service start-up)."""

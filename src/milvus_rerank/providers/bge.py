@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 from ._local import LocalModelRunner, LocalReranker, sigmoid
@@ -74,6 +75,13 @@ class BGEReranker(LocalReranker):
         if not self.normalize:
             return logits
         return [sigmoid(x) for x in logits]
+
+    @classmethod
+    def build_tiny_checkpoint(cls, path: Path) -> Path:
+        """A tiny random checkpoint of this architecture (see ``LocalReranker``)."""
+        from ..tiny import build_tiny_bge
+
+        return build_tiny_bge(path, initializer_range=0.2)
 
     def _repr_fields(self) -> dict[str, Any]:
         return {**super()._repr_fields(), "normalize": self.normalize}

@@ -83,6 +83,13 @@ class CrossEncoderReranker(LocalReranker):
         self._requested_activation = activation
         self._activation: Callable[[list[float]], list[float]] | None = None
 
+    @classmethod
+    def build_tiny_checkpoint(cls, path: Path) -> Path:
+        """A tiny random checkpoint of this architecture (see ``LocalReranker``)."""
+        from ..tiny import build_tiny_cross_encoder
+
+        return build_tiny_cross_encoder(path, initializer_range=0.2)
+
     def _activate(self, logits: list[float]) -> list[float]:
         if self._activation is None:
             self._activation = self._resolve_activation()
@@ -124,7 +131,7 @@ class CrossEncoderReranker(LocalReranker):
 
     def _st_config_file(self) -> Path | None:
         name = "config_sentence_transformers.json"
-        path = Path(self.model_name).expanduser()
+        path = Path(self.runner.model_name).expanduser()
         if path.is_dir():
             candidate = path / name
             return candidate if candidate.is_file() else None
@@ -133,7 +140,10 @@ class CrossEncoderReranker(LocalReranker):
         except ImportError:  # pragma: no cover - transformers always brings it
             return None
         found = try_to_load_from_cache(
-            self.model_name, name, cache_dir=self.runner.cache_dir, revision=self.runner.revision
+            self.runner.model_name,
+            name,
+            cache_dir=self.runner.cache_dir,
+            revision=self.runner.revision,
         )
         return Path(found) if isinstance(found, str) else None
 
