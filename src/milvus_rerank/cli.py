@@ -1,105 +1,149 @@
-"""The ``milvus-rerank`` command: ``demo``, ``rerank``, ``serve`` and ``eval``."""
+"""The ``milvus-rerank`` command: ``demo``, ``rerank``, ``serve`` and ``eval``.
+
+The only module that parses arguments: it reads the inputs, builds the reranker through the
+registry, and hands a ``Reranker`` and plain options to the commands' entry points.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from ._version import __version__
 from .base import Reranker
-from .errors import ConfigurationError, RerankError
-from .registry import PROVIDERS, create_reranker
+from .errors import ConfigurationError, InvalidInputError, RerankError
+from .registry import PROVIDERS, create_reranker, provider_spec, reranker_class
 
-__all__ = ["build_reranker", "main", "reranker_from_args"]
-
-LOCAL = ("bge", "cross-encoder")
+__all__ = ["main", "make_parser", "open_reranker"]
 
 
-def build_reranker(
+def _local_keys() -> str:
+    return ", ".join(key for key, spec in PROVIDERS.items() if spec.kind == "local")
+
+
+def _reranker_kwargs(
+    provider: str, model_name: str | None, base_url: str | None, device: str | None
+) -> dict[str, Any]:
+    """Constructor arguments: ``device`` goes to local models, ``base_url`` to API rerankers."""
+    spec = provider_spec(provider)
+    kwargs: dict[str, Any] = {}
+    if spec.kind == "local":
+        if base_url is not None:
+            raise ConfigurationError(
+                f"base_url {base_url!r} is for API rerankers; {provider!r} runs a local model"
+            )
+        if model_name is not None:
+            kwargs["model_name"] = model_name
+        if device is not None:
+            kwargs["device"] = device
+    else:
+        if device is not None:
+            raise ConfigurationError(
+                f"device {device!r} is for local rerankers ({_local_keys()}); "
+                f"{provider!r} calls an API"
+            )
+        if model_name is not None:
+            kwargs["model"] = model_name  # model_name after the HTTP rename
+        if base_url is not None:
+            kwargs["base_url"] = base_url
+    return kwargs
+
+
+def _load(reranker: Reranker, device: str | None) -> Reranker:
+    """``reranker.load()``, with an unusable device reported as a ``ConfigurationError``."""
+    try:
+        return reranker.load()
+    except (AssertionError, RuntimeError) as exc:
+        # What torch raises today for a device it cannot use ("Torch not compiled with CUDA
+        # enabled", "invalid device ordinal"); the local runner is to raise this error itself.
+        if device is None:
+            raise
+        raise ConfigurationError(f"device {device!r} is not available here: {exc}") from None
+
+
+@contextlib.contextmanager
+def open_reranker(
     provider: str,
     *,
-    model: str | None = None,
+    model_name: str | None = None,
     base_url: str | None = None,
     device: str | None = None,
     fallback_to_tiny: bool = False,
     out: TextIO | None = None,
-) -> tuple[Reranker, bool]:
-    """Build a reranker from CLI options; returns it and whether it is a random tiny stand-in.
+) -> Iterator[tuple[Reranker, bool]]:
+    """Build (and, for a local model, load) a reranker; yields it and whether it is a stand-in.
 
     With ``fallback_to_tiny``, a local model whose weights cannot be loaded (no hub here, no
-    local copy) is replaced by a tiny randomly initialized model of the same architecture,
-    built on the spot and announced on ``out`` (stderr by default), so the pipeline still
-    runs end to end.
+    local copy) is replaced by a tiny randomly initialized model of the same architecture
+    (``build_tiny_checkpoint``), announced on ``out`` (stderr by default), so the pipeline still
+    runs end to end. On exit the reranker is closed and the stand-in's folder removed.
+
+    Raises:
+        ConfigurationError: an unknown provider, an option the provider does not take, a
+            model that cannot be loaded (without the fallback), a device that is not available.
     """
     out = out if out is not None else sys.stderr
-    kwargs: dict[str, Any] = {}
-    if provider in LOCAL:
-        if model is not None:
-            kwargs["model_name"] = model
-        if device is not None:
-            kwargs["device"] = device
-    else:
-        if model is not None:
-            kwargs["model"] = model
-        if base_url is not None:
-            kwargs["base_url"] = base_url
+    spec = provider_spec(provider)
+    kwargs = _reranker_kwargs(provider, model_name, base_url, device)
     reranker = create_reranker(provider, **kwargs)
-    if provider not in LOCAL:
-        return reranker, False
-    from transformers.utils import logging as hf_logging
+    with contextlib.ExitStack() as cleanup:
+        tiny = False
+        if spec.kind == "local":
+            from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # a command line prints results, not loading bars
-    try:
-        reranker.load()
-        return reranker, False
-    except ConfigurationError as exc:
-        if not fallback_to_tiny:
-            raise
-        first_sentence = str(exc).split(". ")[0]
-        print(f"note: {first_sentence}.", file=out)
-        print(
-            "note: to use the real model, download it where the Hugging Face hub is reachable "
-            "and pass --model PATH.",
-            file=out,
-        )
-    from .tiny import build_tiny_bge, build_tiny_cross_encoder
+            hf_logging.disable_progress_bar()  # a command line prints results, not loading bars
+            try:
+                _load(reranker, device)
+            except ConfigurationError as exc:
+                if not fallback_to_tiny:
+                    raise
+                folder = cleanup.enter_context(
+                    tempfile.TemporaryDirectory(prefix="milvus-rerank-tiny-")
+                )
+                reranker = _tiny_stand_in(provider, kwargs, Path(folder), str(exc), out)
+                _load(reranker, device)
+                tiny = True
+        with reranker:
+            yield reranker, tiny
 
-    folder = Path(tempfile.mkdtemp(prefix="milvus-rerank-tiny-"))
-    build = build_tiny_bge if provider == "bge" else build_tiny_cross_encoder
-    path = build(folder / provider, initializer_range=0.2)
+
+def _tiny_stand_in(
+    provider: str, kwargs: dict[str, Any], folder: Path, reason: str, out: TextIO
+) -> Reranker:
+    """A reranker of ``provider``'s family over a tiny random checkpoint built in ``folder``."""
+    from .providers._local import LocalReranker
+
+    cls = reranker_class(provider)
+    if not issubclass(cls, LocalReranker):
+        raise ConfigurationError(f"{provider!r} has no tiny stand-in")
+    print(f"note: {reason.split('. ')[0]}.", file=out)
+    print(
+        "note: to use the real model, download it where the Hugging Face hub is reachable "
+        "and pass --model PATH.",
+        file=out,
+    )
+    path = cls.build_tiny_checkpoint(folder / provider)
     print(
         f"note: continuing with a TINY RANDOMLY INITIALIZED {provider} model built in {path}: "
         "the pipeline is real, its scores are meaningless.",
         file=out,
     )
-    kwargs["model_name"] = str(path)
-    return create_reranker(provider, **kwargs), True
+    return create_reranker(provider, **{**kwargs, "model_name": str(path)})
 
 
-def _add_reranker_options(parser: argparse.ArgumentParser, default: str) -> None:
-    parser.add_argument(
-        "--reranker",
-        default=default,
-        choices=sorted(PROVIDERS),
-        help=f"which reranker (default: {default})",
-    )
-    parser.add_argument("--model", help="model name or local path (default: the provider's)")
-    parser.add_argument("--base-url", help="server root for vllm, tei or a compatible server")
-    parser.add_argument("--device", help="torch device for local models (default: auto)")
-
-
-def reranker_from_args(
+def _open_from_args(
     args: argparse.Namespace, *, fallback_to_tiny: bool = False, out: TextIO | None = None
-) -> tuple[Reranker, bool]:
-    """``build_reranker`` from the options ``_add_reranker_options`` defines."""
-    return build_reranker(
+) -> contextlib.AbstractContextManager[tuple[Reranker, bool]]:
+    return open_reranker(
         args.reranker,
-        model=args.model,
+        model_name=args.model,
         base_url=args.base_url,
         device=args.device,
         fallback_to_tiny=fallback_to_tiny,
@@ -107,13 +151,41 @@ def reranker_from_args(
     )
 
 
+def _read_documents(name: str, text_field: str) -> tuple[list[Any], list[str]]:
+    """The rows of a JSONL documents file (``-``: stdin) and the text of each."""
+    from .evaluate import read_jsonl
+
+    source = "<stdin>" if name == "-" else name
+    handle: contextlib.AbstractContextManager[TextIO]
+    try:
+        handle = contextlib.nullcontext(sys.stdin) if name == "-" else open(name, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read the documents file {name!r}: {exc.strerror or exc}"
+        ) from None
+    try:
+        with handle as lines:
+            numbered = read_jsonl(lines, source)
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{source} is not UTF-8 text ({exc.reason})") from None
+    rows, texts = [], []
+    for number, row in numbered:
+        text = row.get(text_field) if isinstance(row, dict) else row
+        if not isinstance(text, str):
+            what = (
+                f"has no string field {text_field!r} (--text-field)"
+                if isinstance(row, dict)
+                else "is neither a JSON object nor a string"
+            )
+            raise InvalidInputError(f"{source}:{number}: the document {what}")
+        rows.append(row)
+        texts.append(text)
+    return rows, texts
+
+
 def _cmd_rerank(args: argparse.Namespace) -> int:
-    reranker, _ = reranker_from_args(args)
-    source = sys.stdin if args.documents == "-" else open(args.documents, encoding="utf-8")  # noqa: SIM115
-    with source:
-        rows = [json.loads(line) for line in source if line.strip()]
-    texts = [row[args.text_field] if isinstance(row, dict) else row for row in rows]
-    with reranker:
+    rows, texts = _read_documents(args.documents, args.text_field)
+    with _open_from_args(args) as (reranker, _):
         results = reranker.rerank(args.query, texts, top_n=args.top_n)
     for result in results:
         row = rows[result.index]
@@ -126,65 +198,177 @@ def _cmd_rerank(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args)
+    with _open_from_args(args, fallback_to_tiny=True, out=sys.stdout) as (reranker, tiny):
+        return run_demo(reranker, tiny=tiny, top_k=args.top_k, db=args.db)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import run_server
 
-    return run_server(args)
+    with _open_from_args(args) as (reranker, _):
+        return run_server(
+            reranker,
+            host=args.host,
+            port=args.port,
+            max_wait_ms=args.max_wait_ms,
+            model_name=args.model,
+        )
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import run_eval
+    from .evaluate import load_beir, run_eval
 
-    return run_eval(args)
+    corpus, queries, qrels = load_beir(args.data, args.split)  # bad data fails before loading
+    with _open_from_args(args, fallback_to_tiny=True, out=sys.stdout) as (reranker, tiny):
+        return run_eval(
+            reranker,
+            corpus,
+            queries,
+            qrels,
+            tiny=tiny,
+            candidates=args.candidates,
+            max_queries=args.max_queries,
+        )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {value}")
+    return value
+
+
+def _providers_epilog() -> str:
+    lines = ["rerankers (--reranker; default model in brackets):"]
+    for key, spec in sorted(PROVIDERS.items()):
+        model = spec.default_model or "the server's model; needs --base-url"
+        lines.append(f"  {key:<14} {spec.kind:<6} {spec.summary} [{model}]")
+    return "\n".join(lines)
+
+
+def _add_reranker_options(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--reranker",
+        default=default,
+        choices=sorted(PROVIDERS),
+        help="which reranker (default: %(default)s; see the list below)",
+    )
+    parser.add_argument(
+        "--model",
+        help="model name, or a local directory for local rerankers "
+        "(default: the reranker's default model, listed below)",
+    )
+    parser.add_argument(
+        "--base-url",
+        help="server root for API rerankers: required for a vLLM or TEI server, "
+        "optional for a compatible server (default: the provider's public API)",
+    )
+    parser.add_argument(
+        "--device",
+        help=f"torch device for local rerankers ({_local_keys()}), e.g. cpu, cuda, cuda:1 "
+        "(default: CUDA when available, else the CPU)",
+    )
 
 
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``milvus-rerank`` command."""
+    epilog = _providers_epilog()
     parser = argparse.ArgumentParser(
-        prog="milvus-rerank", description="Rerank retrieval results, locally or through an API."
+        prog="milvus-rerank",
+        description="Rerank retrieval results, locally or through an API.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log what happens (default: warnings only)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="search Milvus Lite with BM25, then rerank the hits")
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    demo = command("demo", "search Milvus Lite with BM25, then rerank the hits")
     _add_reranker_options(demo, "bge")
-    demo.add_argument("--db", help="Milvus Lite file (default: a temporary one)")
-    demo.add_argument("--top-k", type=int, default=5, help="hits to retrieve and rerank")
+    demo.add_argument(
+        "--db", help="Milvus Lite file to use (default: a temporary one, removed afterwards)"
+    )
+    demo.add_argument(
+        "--top-k",
+        type=_positive_int,
+        default=5,
+        help="hits to retrieve and rerank (default: %(default)s)",
+    )
     demo.set_defaults(func=_cmd_demo)
 
-    rerank = sub.add_parser("rerank", help="rerank JSONL documents for a query")
+    rerank = command("rerank", "rerank JSONL documents for a query")
     _add_reranker_options(rerank, "bge")
     rerank.add_argument("query", help="the query")
-    rerank.add_argument("documents", help="JSONL file of documents, or - for stdin")
-    rerank.add_argument("--text-field", default="text", help="the field holding the text")
-    rerank.add_argument("--top-n", type=int, help="keep the best N (default: all)")
+    rerank.add_argument(
+        "documents", help="JSONL file of documents (objects or strings), or - for stdin"
+    )
+    rerank.add_argument(
+        "--text-field",
+        default="text",
+        help="the field of each JSON object holding its text (default: %(default)s)",
+    )
+    rerank.add_argument(
+        "--top-n", type=_positive_int, help="keep the best N (default: all of them)"
+    )
     rerank.set_defaults(func=_cmd_rerank)
 
-    serve = sub.add_parser("serve", help="serve a local reranker over HTTP (Cohere, vLLM, TEI)")
+    serve = command("serve", "serve a reranker over HTTP (Cohere, vLLM/Jina and TEI formats)")
     _add_reranker_options(serve, "bge")
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
+    serve.add_argument("--port", type=_port, default=8000, help="TCP port (default: %(default)s)")
     serve.add_argument(
-        "--max-wait-ms", type=float, default=2.0, help="how long a request waits for a batch"
+        "--max-wait-ms",
+        type=float,
+        default=2.0,
+        help="how long a request may wait to share a batch (default: %(default)s)",
     )
     serve.set_defaults(func=_cmd_serve)
 
-    evaluate = sub.add_parser("eval", help="nDCG@10 and MRR@10 before/after reranking (BEIR)")
+    evaluate = command("eval", "nDCG@10 and MRR@10 before/after reranking (BEIR format)")
     _add_reranker_options(evaluate, "bge")
     evaluate.add_argument("data", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/*.tsv")
-    evaluate.add_argument("--split", default="test", help="qrels split (default: test)")
-    evaluate.add_argument("--candidates", type=int, default=50, help="BM25 hits to rerank")
-    evaluate.add_argument("--max-queries", type=int, help="evaluate only the first N queries")
+    evaluate.add_argument(
+        "--split", default="test", help="qrels split, qrels/SPLIT.tsv (default: %(default)s)"
+    )
+    evaluate.add_argument(
+        "--candidates",
+        type=_positive_int,
+        default=50,
+        help="BM25 hits to rerank per query (default: %(default)s)",
+    )
+    evaluate.add_argument(
+        "--max-queries",
+        type=_positive_int,
+        help="evaluate only the first N queries (default: all of them)",
+    )
     evaluate.set_defaults(func=_cmd_eval)
 
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status (2 for bad input or configuration)."""
     args = make_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -193,7 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.func(args)
     except RerankError as exc:
-        print(f"milvus-rerank: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever the error holds
+        print(f"milvus-rerank: error: {message}", file=sys.stderr)
         return 2
     return status
 

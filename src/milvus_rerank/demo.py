@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
-import shutil
 import sys
-import tempfile
 import time
 from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import MissingDependencyError
+from ._lite import build_bm25_collection, lite_client, search_bm25
+from .base import Reranker
 from .milvus import rerank_hits
 
-__all__ = ["DEMO_QUERY", "build_demo_collection", "load_demo_corpus", "run_demo", "search_bm25"]
+__all__ = ["DEMO_QUERY", "build_demo_collection", "load_demo_corpus", "run_demo"]
 
 #: The query of pymilvus's rerankers example.
 DEMO_QUERY = (
@@ -32,41 +29,8 @@ def load_demo_corpus() -> list[dict[str, Any]]:
 
 
 def build_demo_collection(client: Any, rows: list[dict[str, Any]], name: str = COLLECTION) -> None:
-    """Create a collection with Milvus's built-in BM25 full-text search over ``text``."""
-    from pymilvus import DataType, Function, FunctionType
-
-    if client.has_collection(name):
-        client.drop_collection(name)
-    schema = client.create_schema(auto_id=False)
-    schema.add_field("id", DataType.INT64, is_primary=True)
-    schema.add_field("text", DataType.VARCHAR, max_length=8192, enable_analyzer=True)
-    schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
-    schema.add_function(
-        Function(
-            name="bm25",
-            function_type=FunctionType.BM25,
-            input_field_names=["text"],
-            output_field_names=["sparse"],
-        )
-    )
-    index = client.prepare_index_params()
-    index.add_index(field_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-    client.create_collection(name, schema=schema, index_params=index)
-    client.insert(name, rows)
-    client.load_collection(name)
-
-
-def search_bm25(client: Any, name: str, query: str, limit: int) -> list[list[dict[str, Any]]]:
-    """BM25 full-text search of a ``build_demo_collection`` collection, with the text field."""
-    hits: list[list[dict[str, Any]]] = client.search(
-        name,
-        data=[query],
-        anns_field="sparse",
-        limit=limit,
-        output_fields=["text"],
-        search_params={"metric_type": "BM25"},
-    )
-    return hits
+    """The demo's BM25 collection: ``_lite.build_bm25_collection`` under the demo's name."""
+    build_bm25_collection(client, rows, name)
 
 
 def _clip(text: str, width: int) -> str:
@@ -84,32 +48,30 @@ def print_table(
         print(f"{rank:>2}  {hit['id']:>3}  {hit[score_key]:>12.4f}  {text}", file=out)
 
 
-def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """Retrieve with BM25 on Milvus Lite, rerank, print both rankings (to stdout by default)."""
+def run_demo(
+    reranker: Reranker,
+    *,
+    tiny: bool = False,
+    top_k: int = 5,
+    db: str | Path | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """Retrieve with BM25 on Milvus Lite, rerank with ``reranker``, print both rankings.
+
+    Args:
+        reranker: The reranker, already built (``milvus-rerank demo`` builds it from options).
+        tiny: ``reranker`` is a random stand-in: its table says so.
+        top_k: Hits to retrieve and rerank.
+        db: Milvus Lite file to use (None: a temporary one, removed afterwards).
+        out: Where to print (stdout by default).
+    """
     out = out if out is not None else sys.stdout
-    from .cli import reranker_from_args
-
-    try:
-        from pymilvus import MilvusClient
-    except ImportError as exc:
-        raise MissingDependencyError("The demo", "milvus", "pymilvus") from exc
-
-    reranker, tiny = reranker_from_args(args, fallback_to_tiny=True, out=out)
     rows = load_demo_corpus()
-    folder = None
-    if args.db:
-        db = Path(args.db)
-    else:
-        folder = Path(tempfile.mkdtemp(prefix="milvus-rerank-demo-"))
-        db = folder / "demo.db"
-    # Milvus Lite's embedded gRPC server logs an unimplemented internal call as an ERROR.
-    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
-    client = MilvusClient(str(db))
-    try:
+    with lite_client("The demo", db) as (client, path):
         build_demo_collection(client, rows)
-        print(f"Milvus Lite at {db}: {len(rows)} documents, BM25 full-text index.", file=out)
+        print(f"Milvus Lite at {path}: {len(rows)} documents, BM25 full-text index.", file=out)
         print(f"Query: {DEMO_QUERY}", file=out)
-        hits = search_bm25(client, COLLECTION, DEMO_QUERY, args.top_k)
+        hits = search_bm25(client, COLLECTION, DEMO_QUERY, top_k)
         first = [dict(h) for h in hits[0]]
         print_table(
             f"First stage: Milvus BM25 full-text search, top {len(first)}", first, "distance", out
@@ -117,13 +79,8 @@ def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if first and all(h["distance"] <= 0 for h in first):
             print("(Milvus Lite reports the BM25 score negated: the lowest ranks first.)", file=out)
         started = time.perf_counter()
-        with reranker:
-            reranked = rerank_hits(reranker, DEMO_QUERY, hits)[0]
+        reranked = rerank_hits(reranker, DEMO_QUERY, hits)[0]
         elapsed = (time.perf_counter() - started) * 1000
-        label = f"{reranker!r}" + ("  [TINY RANDOM MODEL: scores are meaningless]" if tiny else "")
-        print_table(f"Reranked by {label} in {elapsed:.0f} ms", reranked, "rerank_score", out)
-    finally:
-        client.close()
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
+    label = f"{reranker!r}" + ("  [TINY RANDOM MODEL: scores are meaningless]" if tiny else "")
+    print_table(f"Reranked by {label} in {elapsed:.0f} ms", reranked, "rerank_score", out)
     return 0

@@ -7,23 +7,22 @@ The first stage is Milvus Lite's BM25 full-text search over title and text.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import logging
 import math
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import ConfigurationError, MissingDependencyError
+from ._lite import build_bm25_collection, lite_client, search_bm25
+from .base import Reranker
+from .errors import ConfigurationError, InvalidInputError
+from .milvus import rerank_hits
 
-__all__ = ["EvalReport", "load_beir", "mrr_at_k", "ndcg_at_k", "run_eval"]
+__all__ = ["EvalReport", "evaluate", "load_beir", "mrr_at_k", "ndcg_at_k", "read_jsonl", "run_eval"]
 
 
 def ndcg_at_k(ranked: Sequence[str], relevance: Mapping[str, float], k: int = 10) -> float:
@@ -43,9 +42,32 @@ def mrr_at_k(ranked: Sequence[str], relevance: Mapping[str, float], k: int = 10)
     return 0.0
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(lines: Iterable[str], source: str) -> list[tuple[int, Any]]:
+    """The line number and JSON value of each non-blank line; a bad line is an error naming it.
+
+    Raises:
+        InvalidInputError: a line is not JSON (the message gives ``source:line``).
+    """
+    rows: list[tuple[int, Any]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((number, json.loads(line)))
+        except ValueError as exc:
+            raise InvalidInputError(f"{source}:{number}: not a JSON line ({exc})") from None
+    return rows
+
+
+def _read_objects(path: Path, fields: Sequence[str]) -> list[dict[str, Any]]:
+    """The rows of a JSONL file of objects that hold ``fields``; errors name the line."""
     with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        numbered = read_jsonl(handle, str(path))
+    for number, row in numbered:
+        missing = [f for f in fields if not isinstance(row, dict) or f not in row]
+        if missing:
+            raise InvalidInputError(f"{path}:{number}: the row has no {missing[0]!r} field")
+    return [row for _, row in numbered]
 
 
 def load_beir(
@@ -58,9 +80,12 @@ def load_beir(
             raise ConfigurationError(f"{root} is not a BEIR folder: {needed} is missing")
     corpus = {
         str(row["_id"]): " ".join(p for p in (row.get("title", ""), row.get("text", "")) if p)
-        for row in _read_jsonl(root / "corpus.jsonl")
+        for row in _read_objects(root / "corpus.jsonl", ["_id"])
     }
-    queries = {str(row["_id"]): str(row["text"]) for row in _read_jsonl(root / "queries.jsonl")}
+    queries = {
+        str(row["_id"]): str(row["text"])
+        for row in _read_objects(root / "queries.jsonl", ["_id", "text"])
+    }
     qrels: dict[str, dict[str, float]] = {}
     with (root / f"qrels/{split}.tsv").open(encoding="utf-8") as handle:
         rows = csv.reader(handle, delimiter="\t")
@@ -96,15 +121,8 @@ class EvalReport:
         )
 
 
-def _progress(done: int, total: int, out: TextIO) -> None:
-    width = 30
-    filled = width * done // max(total, 1)
-    end = "\n" if done == total else ""
-    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} queries", end=end, file=out)
-
-
 def evaluate(
-    reranker: Any,
+    reranker: Reranker,
     corpus: dict[str, str],
     queries: dict[str, str],
     qrels: dict[str, dict[str, float]],
@@ -113,38 +131,30 @@ def evaluate(
     max_queries: int | None = None,
     progress: TextIO | None = None,
 ) -> EvalReport:
-    """Retrieve with Milvus Lite BM25, rerank, and average nDCG@10 and MRR@10 both ways."""
-    try:
-        from pymilvus import MilvusClient
-    except ImportError as exc:
-        raise MissingDependencyError("eval", "milvus", "pymilvus") from exc
-    from .demo import build_demo_collection, search_bm25
-    from .milvus import rerank_hits
+    """Retrieve with Milvus Lite BM25, rerank, and average nDCG@10 and MRR@10 both ways.
+
+    ``progress``, when given, gets a tqdm progress bar over the queries.
+    """
+    from tqdm import tqdm  # type: ignore[import-untyped]  # a dependency of transformers
 
     ids = list(corpus)
     evaluated = [q for q in queries if q in qrels][:max_queries]
-    folder = Path(tempfile.mkdtemp(prefix="milvus-rerank-eval-"))
-    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
-    client = MilvusClient(str(folder / "eval.db"))
-    started = time.perf_counter()
     sums = [0.0, 0.0, 0.0, 0.0]
-    try:
+    with lite_client("eval") as (client, _):
+        started = time.perf_counter()
         rows = [{"id": i, "text": corpus[doc_id][:8000]} for i, doc_id in enumerate(ids)]
-        build_demo_collection(client, rows, name="beir")
-        for n, qid in enumerate(evaluated, 1):
-            hits = search_bm25(client, "beir", queries[qid], candidates)
-            before = [ids[h["id"]] for h in hits[0]]
-            after = [ids[h["id"]] for h in rerank_hits(reranker, queries[qid], hits)[0]]
-            rel = qrels[qid]
-            sums[0] += ndcg_at_k(before, rel)
-            sums[1] += ndcg_at_k(after, rel)
-            sums[2] += mrr_at_k(before, rel)
-            sums[3] += mrr_at_k(after, rel)
-            if progress is not None:
-                _progress(n, len(evaluated), progress)
-    finally:
-        client.close()
-        shutil.rmtree(folder, ignore_errors=True)
+        build_bm25_collection(client, rows, "beir")
+        bar = tqdm(evaluated, desc="eval", unit="query", file=progress, disable=progress is None)
+        with bar:
+            for qid in bar:
+                hits = search_bm25(client, "beir", queries[qid], candidates)
+                before = [ids[h["id"]] for h in hits[0]]
+                after = [ids[h["id"]] for h in rerank_hits(reranker, queries[qid], hits)[0]]
+                rel = qrels[qid]
+                sums[0] += ndcg_at_k(before, rel)
+                sums[1] += ndcg_at_k(after, rel)
+                sums[2] += mrr_at_k(before, rel)
+                sums[3] += mrr_at_k(after, rel)
     count = max(len(evaluated), 1)
     ndcg_before, ndcg_after, mrr_before, mrr_after = (s / count for s in sums)
     return EvalReport(
@@ -157,23 +167,41 @@ def evaluate(
     )
 
 
-def run_eval(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """``milvus-rerank eval``: print the before/after table."""
-    from .cli import reranker_from_args
+def run_eval(
+    reranker: Reranker,
+    corpus: dict[str, str],
+    queries: dict[str, str],
+    qrels: dict[str, dict[str, float]],
+    *,
+    tiny: bool = False,
+    candidates: int = 50,
+    max_queries: int | None = None,
+    out: TextIO | None = None,
+    progress: TextIO | None = None,
+) -> int:
+    """``milvus-rerank eval``: evaluate ``reranker`` on a loaded BEIR set, print the table.
 
+    Args:
+        reranker: The reranker, already built (the command line builds it from options).
+        corpus: Document texts by id, as ``load_beir`` returns them.
+        queries: Query texts by id.
+        qrels: Relevance of documents by query id.
+        tiny: ``reranker`` is a random stand-in: the report says so.
+        candidates: BM25 hits to rerank per query.
+        max_queries: Evaluate only the first N queries (None: all).
+        out: Where the table goes (stdout by default).
+        progress: Where the progress bar goes (stderr by default).
+    """
     out = out if out is not None else sys.stdout
-    corpus, queries, qrels = load_beir(args.data, args.split)
-    reranker, tiny = reranker_from_args(args, fallback_to_tiny=True, out=out)
-    with reranker:
-        report = evaluate(
-            reranker,
-            corpus,
-            queries,
-            qrels,
-            candidates=args.candidates,
-            max_queries=args.max_queries,
-            progress=sys.stderr,
-        )
+    report = evaluate(
+        reranker,
+        corpus,
+        queries,
+        qrels,
+        candidates=candidates,
+        max_queries=max_queries,
+        progress=progress if progress is not None else sys.stderr,
+    )
     print(f"{len(corpus)} documents; reranker {reranker!r}", file=out)
     if tiny:
         print("(a TINY RANDOM stand-in model: its numbers say nothing about reranking)", file=out)

@@ -16,7 +16,6 @@ waiting together in one pass, and while requests do come together it waits up to
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import threading
@@ -184,16 +183,13 @@ def create_app(
     except ImportError as exc:
         raise MissingDependencyError("The rerank server", "serve", "starlette") from exc
 
-    score_pairs = getattr(reranker, "score_pairs", None)
-    batcher = Batcher(score_pairs, max_wait_ms / 1000.0, max_batch_pairs) if score_pairs else None
+    batcher = Batcher(reranker.score_pairs, max_wait_ms / 1000.0, max_batch_pairs)
     served_name = model_name or getattr(reranker, "model_name", None) or type(reranker).__name__
 
     async def ranked(query: object, documents: object, top_n: object) -> list[RerankResult]:
         q, docs, n = validate_request(query, _texts(documents), top_n)
         if not docs:
             return []
-        if batcher is None:
-            return await reranker.arerank(q, docs, top_n=n)
         return rank(docs, await batcher.score(q, docs), n, provider=reranker.provider)
 
     async def body_of(request: Request) -> dict[str, Any]:
@@ -283,20 +279,32 @@ def create_app(
     return app
 
 
-def run_server(args: argparse.Namespace) -> int:
-    """``milvus-rerank serve``: load the model, then serve until interrupted."""
+def run_server(
+    reranker: Reranker,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_wait_ms: float = 2.0,
+    model_name: str | None = None,
+) -> int:
+    """``milvus-rerank serve``: serve ``reranker`` (already loaded) until interrupted.
+
+    Args:
+        reranker: The reranker to serve; requests are batched through its ``score_pairs``.
+        host: Bind address.
+        port: TCP port.
+        max_wait_ms: How long a request may wait for others to share its batch.
+        model_name: The model name answers report (default: the reranker's own).
+    """
     try:
         import uvicorn
     except ImportError as exc:
         raise MissingDependencyError("The rerank server", "serve", "uvicorn") from exc
-    from .cli import reranker_from_args
-
-    reranker, _ = reranker_from_args(args)
-    app = create_app(reranker, max_wait_ms=args.max_wait_ms, model_name=args.model)
+    app = create_app(reranker, max_wait_ms=max_wait_ms, model_name=model_name)
     print(
-        f"milvus-rerank serve: {reranker!r} on http://{args.host}:{args.port} "
+        f"milvus-rerank serve: {reranker!r} on http://{host}:{port} "
         "(POST /v2/rerank, /v1/rerank, /rerank; GET /health)",
         file=sys.stderr,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0
