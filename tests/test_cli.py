@@ -1,34 +1,82 @@
-"""The command line: the demo prints both rankings; rerank turns JSONL into ranked JSONL."""
+"""The command line: the demo prints both rankings; rerank turns JSONL into ranked JSONL.
+
+Bad input and configuration are one-line errors with exit status 2, never a traceback.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from milvus_rerank.cli import main
+from milvus_rerank import __version__
+from milvus_rerank.cli import main, make_parser
+from milvus_rerank.registry import PROVIDERS
+
+
+def left_behind(tmpdir: Path) -> list[str]:
+    """What a run left in ``tmpdir``, less torch's compile cache.
+
+    Building a model makes torch create ``torchinductor_<user>``, one per user that every
+    process shares and reuses: a cache, not a per-run leftover.
+    """
+    return sorted(p.name for p in tmpdir.iterdir() if not p.name.startswith("torchinductor_"))
+
+
+@pytest.fixture
+def fresh_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty TMPDIR for this test alone (``tempfile`` and child processes use it)."""
+    folder = tmp_path / "tmpdir"
+    folder.mkdir()
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    yield folder
+
+
+#: A model no Hugging Face cache can hold: the demo and eval must fall back to the tiny stand-in
+#: whatever this machine has cached (the hub is offline in the tests).
+NO_SUCH_MODEL = "milvus-rerank-tests/no-such-model"
+
+
+def write_docs(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def error_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``argv``, expect exit status 2 and a one-line error; return it."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("milvus-rerank: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err
 
 
 @pytest.mark.integration
-def test_demo_prints_bm25_and_reranked_tables(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--reranker", "cross-encoder", "--top-k", "4"]) == 0
+def test_demo_prints_bm25_and_reranked_tables(
+    capsys: pytest.CaptureFixture[str], fresh_tmpdir: Path
+) -> None:
+    argv = ["demo", "--reranker", "cross-encoder", "--model", NO_SUCH_MODEL, "--top-k", "4"]
+    assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "TINY RANDOMLY INITIALIZED" in out  # offline: the stand-in is announced
+    assert "TINY RANDOMLY INITIALIZED" in out  # no weights here: the stand-in is announced
     assert "First stage: Milvus BM25 full-text search, top 4" in out
     assert "Reranked by CrossEncoderReranker" in out
     ranked = out.split("Reranked by")[1].splitlines()[2:6]
     assert [line.split()[0] for line in ranked] == ["1", "2", "3", "4"]
+    assert left_behind(fresh_tmpdir) == []  # the stand-in and the Milvus Lite file are gone
 
 
 def test_rerank_jsonl(
     tmp_path: Path, tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    docs = tmp_path / "docs.jsonl"
-    docs.write_text(
-        "\n".join(
-            json.dumps({"text": t, "id": i}) for i, t in enumerate(["a cat", "milvus db", "x"])
-        )
+    docs = write_docs(
+        tmp_path / "docs.jsonl",
+        [json.dumps({"text": t, "id": i}) for i, t in enumerate(["a cat", "milvus db", "x"])],
     )
     args = [
         "rerank",
@@ -47,11 +95,90 @@ def test_rerank_jsonl(
     assert {"text", "id", "index", "score"} <= set(rows[0])
 
 
-def test_errors_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    docs = tmp_path / "docs.jsonl"
-    docs.write_text('{"text": "a"}\n')
-    assert (
-        main(["rerank", "--reranker", "cross-encoder", "--model", str(tmp_path), "q", str(docs)])
-        == 2
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"milvus-rerank {__version__}"
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    raise AssertionError("no subcommands")
+
+
+def test_every_option_says_its_default() -> None:
+    parser = make_parser()
+    commands = _subparsers(parser)
+    assert set(commands) == {"demo", "rerank", "serve", "eval"}
+    for name, sub in [("", parser), *commands.items()]:
+        for action in sub._actions:
+            if not action.option_strings or action.dest in {"help", "version"}:
+                continue
+            assert action.help and "default" in action.help, (name, action.option_strings)
+        assert all(key in sub.format_help() for key in PROVIDERS)  # the rerankers, listed
+
+
+def test_missing_documents_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.jsonl"
+    err = error_of(["rerank", "q", str(missing)], capsys)
+    assert str(missing) in err and "cannot read" in err
+
+
+def test_bad_jsonl_line_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    docs = write_docs(tmp_path / "docs.jsonl", ['{"text": "a"}', "", '{"text": "b"', "{}"])
+    err = error_of(["rerank", "q", str(docs)], capsys)
+    assert f"{docs}:3:" in err and "not a JSON line" in err
+
+
+def test_missing_text_field_names_the_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docs = write_docs(tmp_path / "docs.jsonl", ['{"body": "a"}', '{"text": "b"}'])
+    err = error_of(["rerank", "q", str(docs)], capsys)
+    assert f"{docs}:1:" in err and "'text'" in err
+    err = error_of(["rerank", "q", str(docs), "--text-field", "body"], capsys)
+    assert f"{docs}:2:" in err and "'body'" in err
+
+
+def test_corrupt_model_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{not json")
+    docs = write_docs(tmp_path / "docs.jsonl", ['{"text": "a"}'])
+    err = error_of(
+        ["rerank", "--reranker", "cross-encoder", "--model", str(model), "q", str(docs)], capsys
     )
-    assert capsys.readouterr().err.startswith("milvus-rerank: error: Cannot load a reranker model")
+    assert "Cannot load a reranker model" in err and str(model) in err
+
+
+def test_unavailable_device(
+    tmp_path: Path, tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    device = "cuda:99" if torch.cuda.is_available() else "cuda"
+    docs = write_docs(tmp_path / "docs.jsonl", ['{"text": "a"}'])
+    argv = ["rerank", "--reranker", "cross-encoder", "--model", str(tiny_models["ce"])]
+    err = error_of([*argv, "--device", device, "q", str(docs)], capsys)
+    assert repr(device) in err
+
+
+def test_options_the_reranker_does_not_take(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docs = write_docs(tmp_path / "docs.jsonl", ['{"text": "a"}'])
+    err = error_of(["rerank", "--reranker", "cohere", "--device", "cpu", "q", str(docs)], capsys)
+    assert "'cpu'" in err and "local rerankers" in err
+    err = error_of(["rerank", "--base-url", "http://x", "q", str(docs)], capsys)
+    assert "'http://x'" in err and "API rerankers" in err
+
+
+def test_bad_numbers_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", "--top-k", "0"])
+    assert exited.value.code == 2
+    assert "--top-k: must be at least 1, got 0" in capsys.readouterr().err

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from milvus_rerank import ConfigurationError
+from milvus_rerank import ConfigurationError, InvalidInputError
 from milvus_rerank.base import Reranker
 from milvus_rerank.cli import main
 from milvus_rerank.evaluate import evaluate, load_beir, mrr_at_k, ndcg_at_k
+from tests.test_cli import NO_SUCH_MODEL, left_behind
 
 BEIR = Path(__file__).parent / "fixtures" / "beir-mini"
 
@@ -37,6 +40,18 @@ def test_load_beir_and_bad_folder(tmp_path: Path) -> None:
     assert corpus["d3"].startswith("Milvus Milvus is")
     with pytest.raises(ConfigurationError, match="corpus.jsonl is missing"):
         load_beir(tmp_path)
+
+
+def test_bad_beir_rows_name_their_line(tmp_path: Path) -> None:
+    data = tmp_path / "beir"
+    shutil.copytree(BEIR, data)
+    queries = (data / "queries.jsonl").read_text().splitlines()
+    (data / "queries.jsonl").write_text("\n".join([queries[0], "{oops", *queries[1:]]))
+    with pytest.raises(InvalidInputError, match=r"queries.jsonl:2: not a JSON line"):
+        load_beir(data)
+    (data / "queries.jsonl").write_text("\n".join([queries[0], '{"_id": "q9"}']))
+    with pytest.raises(InvalidInputError, match=r"queries.jsonl:2: the row has no 'text' field"):
+        load_beir(data)
 
 
 class OracleReranker(Reranker):
@@ -72,8 +87,26 @@ def test_metrics_move_the_right_way() -> None:
 
 
 @pytest.mark.integration
-def test_eval_command_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["eval", str(BEIR), "--reranker", "cross-encoder", "--candidates", "5"]) == 0
+def test_eval_command_prints_the_table(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmpdir))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
+    argv = ["eval", str(BEIR), "--reranker", "cross-encoder", "--model", NO_SUCH_MODEL]
+    assert main([*argv, "--candidates", "5"]) == 0
     captured = capsys.readouterr()
+    assert "TINY RANDOMLY INITIALIZED" in captured.out  # the stand-in, whatever is cached here
     assert "nDCG@10" in captured.out and "MRR@10" in captured.out and "4 queries" in captured.out
-    assert "4/4 queries" in captured.err  # the progress bar
+    assert "4/4" in captured.err  # tqdm's progress bar
+    assert left_behind(tmpdir) == []  # the stand-in and the Milvus Lite file are gone
+
+
+def test_eval_bad_folder_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["eval", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("milvus-rerank: error: ") and "corpus.jsonl is missing" in err
+    assert err.count("\n") == 1

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,10 +17,13 @@ from milvus_rerank import (  # noqa: E402
     CohereReranker,
     CrossEncoderReranker,
     JinaReranker,
+    Reranker,  # noqa: E402
     TEIReranker,
     VLLMReranker,
 )
+from milvus_rerank.cli import main  # noqa: E402
 from milvus_rerank.serve import BackgroundServer, Batcher, create_app  # noqa: E402
+from tests.conftest import ScoreTableReranker  # noqa: E402
 
 QUERY = "what is milvus"
 DOCS = ["milvus is a vector database", "paris is the capital of france", "milvus", "cat"]
@@ -70,9 +74,9 @@ def test_tei_format_on_root(server: BackgroundServer, local: CrossEncoderReranke
 @pytest.mark.parametrize(
     ("make", "root"),
     [
-        (lambda url: CohereReranker(base_url=url, model="tiny"), "/v2"),
-        (lambda url: VLLMReranker(base_url=url, model="tiny"), ""),
-        (lambda url: JinaReranker(base_url=url, model="tiny", api_key="unused"), "/v1"),
+        (lambda url: CohereReranker(base_url=url), "/v2"),
+        (lambda url: VLLMReranker(base_url=url), ""),
+        (lambda url: JinaReranker(base_url=url, api_key="unused"), "/v1"),
         (lambda url: TEIReranker(base_url=url, max_client_batch_size=3), ""),
     ],
 )
@@ -145,3 +149,48 @@ async def test_a_lone_request_does_not_wait_for_company() -> None:
     assert await asyncio.wait_for(batcher.score("q", ["a", "b"]), timeout=60) == [1.0, 1.0]
     assert await asyncio.wait_for(batcher.score("q", ["c"]), timeout=60) == [1.0]
     assert batcher.batches == 2
+
+
+class PairCounter(ScoreTableReranker):
+    """Records the pairs that reach the public ``score_pairs``."""
+
+    def __init__(self, table: dict[str, float]) -> None:
+        super().__init__(table)
+        self.pairs: list[tuple[str, str]] = []
+
+    def score_pairs(self, queries: Sequence[str], documents: Sequence[str]) -> list[float]:
+        self.pairs += zip(queries, documents, strict=True)
+        return super().score_pairs(queries, documents)
+
+
+def test_any_reranker_is_served_through_score_pairs() -> None:
+    reranker = PairCounter({"milvus": 0.9, "cat": 0.1})
+    with BackgroundServer(create_app(reranker)) as running:
+        body = httpx.post(
+            f"{running.url}/v2/rerank", json={"query": QUERY, "documents": ["cat", "milvus"]}
+        ).json()
+    assert [(r["index"], r["relevance_score"]) for r in body["results"]] == [(1, 0.9), (0, 0.1)]
+    assert reranker.pairs == [(QUERY, "cat"), (QUERY, "milvus")]
+
+
+def test_serve_command_hands_a_loaded_reranker_and_options(
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import milvus_rerank.serve
+
+    seen: dict[str, Any] = {}
+
+    def run_server(reranker: Reranker, **options: Any) -> int:
+        seen.update(options, scores=reranker.rerank(QUERY, DOCS), reranker=reranker)
+        return 0
+
+    monkeypatch.setattr(milvus_rerank.serve, "run_server", run_server)
+    argv = ["serve", "--reranker", "cross-encoder", "--model", str(tiny_models["ce"])]
+    assert main([*argv, "--port", "9001", "--max-wait-ms", "7"]) == 0
+    assert isinstance(seen.pop("reranker"), CrossEncoderReranker) and seen.pop("scores")
+    assert seen == {
+        "host": "127.0.0.1",
+        "port": 9001,
+        "max_wait_ms": 7.0,
+        "model_name": str(tiny_models["ce"]),
+    }
