@@ -11,11 +11,9 @@ pytest.importorskip("langchain_core")
 from langchain_core.documents import Document  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-from milvus_rerank.langchain import (  # noqa: E402
-    CohereRerank,
-    RerankCompressor,
-    RerankCrossEncoder,
-)
+import milvus_rerank.langchain  # noqa: E402
+from milvus_rerank import CohereReranker  # noqa: E402
+from milvus_rerank.langchain import RerankCompressor, RerankCrossEncoder  # noqa: E402
 from tests.conftest import ScoreTableReranker  # noqa: E402
 
 TABLE = {"alpha": 0.2, "beta": 0.9, "gamma": 0.5, "delta": 0.1}
@@ -92,8 +90,10 @@ def test_cross_encoder_drops_into_langchains_reranker() -> None:
     assert [d.page_content for d in reranker.compress_documents(docs(), "q")] == ["beta", "gamma"]
 
 
-def test_provider_convenience_builds_the_generic_adapter() -> None:
-    compressor = CohereRerank(api_key="sk-secret-value-123", model="rerank-v3.5", top_n=4)
-    assert isinstance(compressor, RerankCompressor) and compressor.top_n == 4
-    assert compressor.reranker.provider == "cohere"
+def test_one_way_to_wrap_a_provider() -> None:
+    compressor = RerankCompressor(reranker=CohereReranker(api_key="sk-secret-value-123"), top_n=4)
+    assert compressor.top_n == 4 and compressor.reranker.provider == "cohere"
     assert "sk-secret-value-123" not in repr(compressor)
+    # No provider-named shortcuts (CohereRerank, BGERerank...) beside the generic adapter.
+    assert sorted(milvus_rerank.langchain.__all__) == ["RerankCompressor", "RerankCrossEncoder"]
+    assert not hasattr(milvus_rerank.langchain, "CohereRerank")

@@ -12,8 +12,9 @@ from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler  # noqa: E402
 from llama_index.core.schema import ImageNode, NodeWithScore, QueryBundle, TextNode  # noqa: E402
 
-from milvus_rerank import InvalidInputError  # noqa: E402
-from milvus_rerank.llama_index import RerankPostprocessor, VoyageRerank  # noqa: E402
+import milvus_rerank.llama_index  # noqa: E402
+from milvus_rerank import InvalidInputError, VoyageReranker  # noqa: E402
+from milvus_rerank.llama_index import RerankPostprocessor  # noqa: E402
 from tests.conftest import ScoreTableReranker  # noqa: E402
 
 TABLE = {"alpha": 0.2, "beta": 0.9, "gamma": 0.5, "delta": 0.1}
@@ -110,7 +111,7 @@ def test_threshold_none_scores_and_nodes_without_text() -> None:
 
 
 def test_serializes_without_secrets() -> None:
-    post = VoyageRerank(api_key="sk-secret-value-123", top_n=2)
+    post = RerankPostprocessor(reranker=VoyageReranker(api_key="sk-secret-value-123"), top_n=2)
     data = post.to_dict()
     assert data["class_name"] == "MilvusRerankPostprocessor" and data["top_n"] == 2
     assert "sk-secret-value-123" not in str(data)
@@ -129,3 +130,9 @@ def test_new_nodes_own_their_metadata() -> None:
     out[0].node.metadata["tags"].append("b")
     out[0].node.metadata["pk"] = 2
     assert source.metadata == {"pk": 1, "tags": ["a"]}
+
+
+def test_no_provider_named_shortcuts() -> None:
+    # One way to wrap a provider: RerankPostprocessor(reranker=VoyageReranker(...)).
+    assert milvus_rerank.llama_index.__all__ == ["RerankPostprocessor"]
+    assert not hasattr(milvus_rerank.llama_index, "VoyageRerank")

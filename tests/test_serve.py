@@ -17,7 +17,7 @@ from milvus_rerank import (  # noqa: E402
     CohereReranker,
     CrossEncoderReranker,
     JinaReranker,
-    Reranker,  # noqa: E402
+    Reranker,
     TEIReranker,
     VLLMReranker,
 )

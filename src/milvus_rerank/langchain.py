@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
 
 from .base import Reranker
 from .errors import MissingDependencyError
@@ -24,14 +23,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise MissingDependencyError("milvus_rerank.langchain", "langchain", "langchain-core") from exc
 
 __all__ = [
-    "BGERerank",
-    "CohereRerank",
-    "CrossEncoderRerank",
-    "JinaRerank",
     "RerankCompressor",
     "RerankCrossEncoder",
-    "VLLMRerank",
-    "VoyageRerank",
 ]
 
 
@@ -108,40 +101,3 @@ class RerankCrossEncoder(BaseCrossEncoder):
             for result in results:
                 scores[positions[result.index]] = result.score
         return scores
-
-
-def _convenience(provider: str, kwargs: dict[str, Any]) -> RerankCompressor:
-    from .registry import create_reranker
-
-    adapter = {k: kwargs.pop(k) for k in ("top_n", "score_threshold", "score_key") if k in kwargs}
-    return RerankCompressor(reranker=create_reranker(provider, **kwargs), **adapter)
-
-
-def CohereRerank(**kwargs: Any) -> RerankCompressor:  # noqa: N802 - named like LangChain's class
-    """A ``RerankCompressor`` over ``CohereReranker(**kwargs)`` (adapter options pass through)."""
-    return _convenience("cohere", kwargs)
-
-
-def VoyageRerank(**kwargs: Any) -> RerankCompressor:  # noqa: N802
-    """A ``RerankCompressor`` over ``VoyageReranker(**kwargs)``."""
-    return _convenience("voyage", kwargs)
-
-
-def JinaRerank(**kwargs: Any) -> RerankCompressor:  # noqa: N802
-    """A ``RerankCompressor`` over ``JinaReranker(**kwargs)``."""
-    return _convenience("jina", kwargs)
-
-
-def VLLMRerank(**kwargs: Any) -> RerankCompressor:  # noqa: N802
-    """A ``RerankCompressor`` over ``VLLMReranker(**kwargs)``."""
-    return _convenience("vllm", kwargs)
-
-
-def BGERerank(**kwargs: Any) -> RerankCompressor:  # noqa: N802
-    """A ``RerankCompressor`` over ``BGEReranker(**kwargs)``."""
-    return _convenience("bge", kwargs)
-
-
-def CrossEncoderRerank(**kwargs: Any) -> RerankCompressor:  # noqa: N802
-    """A ``RerankCompressor`` over ``CrossEncoderReranker(**kwargs)``."""
-    return _convenience("cross-encoder", kwargs)

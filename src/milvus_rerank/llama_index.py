@@ -28,13 +28,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 __all__ = [
-    "BGERerank",
-    "CohereRerank",
-    "CrossEncoderRerank",
-    "JinaRerank",
     "RerankPostprocessor",
-    "VLLMRerank",
-    "VoyageRerank",
 ]
 
 dispatcher = get_dispatcher(__name__)
@@ -133,40 +127,3 @@ class RerankPostprocessor(BaseNodePostprocessor):
 
 def _texts(nodes: list[NodeWithScore]) -> list[str]:
     return [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
-
-
-def _convenience(provider: str, kwargs: dict[str, Any]) -> RerankPostprocessor:
-    from .registry import create_reranker
-
-    adapter = {k: kwargs.pop(k) for k in ("top_n", "score_threshold") if k in kwargs}
-    return RerankPostprocessor(reranker=create_reranker(provider, **kwargs), **adapter)
-
-
-def CohereRerank(**kwargs: Any) -> RerankPostprocessor:  # noqa: N802 - named like LlamaIndex's
-    """A ``RerankPostprocessor`` over ``CohereReranker(**kwargs)``; adapter options pass through."""
-    return _convenience("cohere", kwargs)
-
-
-def VoyageRerank(**kwargs: Any) -> RerankPostprocessor:  # noqa: N802
-    """A ``RerankPostprocessor`` over ``VoyageReranker(**kwargs)``."""
-    return _convenience("voyage", kwargs)
-
-
-def JinaRerank(**kwargs: Any) -> RerankPostprocessor:  # noqa: N802
-    """A ``RerankPostprocessor`` over ``JinaReranker(**kwargs)``."""
-    return _convenience("jina", kwargs)
-
-
-def VLLMRerank(**kwargs: Any) -> RerankPostprocessor:  # noqa: N802
-    """A ``RerankPostprocessor`` over ``VLLMReranker(**kwargs)``."""
-    return _convenience("vllm", kwargs)
-
-
-def BGERerank(**kwargs: Any) -> RerankPostprocessor:  # noqa: N802
-    """A ``RerankPostprocessor`` over ``BGEReranker(**kwargs)``."""
-    return _convenience("bge", kwargs)
-
-
-def CrossEncoderRerank(**kwargs: Any) -> RerankPostprocessor:  # noqa: N802
-    """A ``RerankPostprocessor`` over ``CrossEncoderReranker(**kwargs)``."""
-    return _convenience("cross-encoder", kwargs)
