@@ -156,15 +156,23 @@ def test_corrupt_model_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_unavailable_device(
-    tmp_path: Path, tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    tiny_models: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    fresh_tmpdir: Path,
 ) -> None:
     import torch
 
     device = "cuda:99" if torch.cuda.is_available() else "cuda"
     docs = write_docs(tmp_path / "docs.jsonl", ['{"text": "a"}'])
-    argv = ["rerank", "--reranker", "cross-encoder", "--model", str(tiny_models["ce"])]
-    err = error_of([*argv, "--device", device, "q", str(docs)], capsys)
+    argv = ["--reranker", "cross-encoder", "--device", device]
+    err = error_of(["rerank", *argv, "--model", str(tiny_models["ce"]), "q", str(docs)], capsys)
     assert repr(device) in err
+    # The demo's stand-in cannot run there either: the device error, not a stand-in's notes.
+    assert main(["demo", *argv, "--model", NO_SUCH_MODEL]) == 2
+    captured = capsys.readouterr()
+    assert repr(device) in captured.err and "TINY" not in captured.out
+    assert left_behind(fresh_tmpdir) == []
 
 
 def test_options_the_reranker_does_not_take(

@@ -108,7 +108,6 @@ def open_reranker(
                     tempfile.TemporaryDirectory(prefix="milvus-rerank-tiny-")
                 )
                 reranker = _tiny_stand_in(provider, kwargs, Path(folder), str(exc), out)
-                _load(reranker, device)
                 tiny = True
         with reranker:
             yield reranker, tiny
@@ -117,25 +116,32 @@ def open_reranker(
 def _tiny_stand_in(
     provider: str, kwargs: dict[str, Any], folder: Path, reason: str, out: TextIO
 ) -> Reranker:
-    """A reranker of ``provider``'s family over a tiny random checkpoint built in ``folder``."""
+    """A loaded reranker of ``provider``'s family over a tiny random checkpoint in ``folder``.
+
+    It is announced only once it loads: where it cannot either (a device that is not there),
+    its error is the one the user sees, without notes about a stand-in that never ran.
+    """
     from .providers._local import LocalReranker
 
     cls = reranker_class(provider)
     if not issubclass(cls, LocalReranker):
         raise ConfigurationError(f"{provider!r} has no tiny stand-in")
+    path = cls.build_tiny_checkpoint(folder / provider)
+    reranker = _load(
+        create_reranker(provider, **{**kwargs, "model_name": str(path)}), kwargs.get("device")
+    )
     print(f"note: {reason.split('. ')[0]}.", file=out)
     print(
         "note: to use the real model, download it where the Hugging Face hub is reachable "
         "and pass --model PATH.",
         file=out,
     )
-    path = cls.build_tiny_checkpoint(folder / provider)
     print(
         f"note: continuing with a TINY RANDOMLY INITIALIZED {provider} model built in {path}: "
         "the pipeline is real, its scores are meaningless.",
         file=out,
     )
-    return create_reranker(provider, **{**kwargs, "model_name": str(path)})
+    return reranker
 
 
 def _open_from_args(
@@ -268,10 +274,11 @@ def _add_reranker_options(parser: argparse.ArgumentParser, default: str) -> None
         help="model name, or a local directory for local rerankers "
         "(default: the reranker's default model, listed below)",
     )
+    needs_url = ", ".join(key for key, spec in PROVIDERS.items() if spec.needs_base_url)
     parser.add_argument(
         "--base-url",
-        help="server root for API rerankers: required for a vLLM or TEI server, "
-        "optional for a compatible server (default: the provider's public API)",
+        help=f"server root for API rerankers: required for {needs_url}, optional for the "
+        "others, e.g. a compatible server (default: the provider's public API)",
     )
     parser.add_argument(
         "--device",
