@@ -45,7 +45,7 @@ def build_reranker(
             kwargs["device"] = device
     else:
         if model is not None:
-            kwargs["model"] = model
+            kwargs["model_name"] = model
         if base_url is not None:
             kwargs["base_url"] = base_url
     reranker = create_reranker(provider, **kwargs)
