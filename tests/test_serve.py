@@ -70,9 +70,9 @@ def test_tei_format_on_root(server: BackgroundServer, local: CrossEncoderReranke
 @pytest.mark.parametrize(
     ("make", "root"),
     [
-        (lambda url: CohereReranker(base_url=url, model="tiny"), "/v2"),
-        (lambda url: VLLMReranker(base_url=url, model="tiny"), ""),
-        (lambda url: JinaReranker(base_url=url, model="tiny", api_key="unused"), "/v1"),
+        (lambda url: CohereReranker(base_url=url, model_name="tiny"), "/v2"),
+        (lambda url: VLLMReranker(base_url=url, model_name="tiny"), ""),
+        (lambda url: JinaReranker(base_url=url, model_name="tiny", api_key="unused"), "/v1"),
         (lambda url: TEIReranker(base_url=url, max_client_batch_size=3), ""),
     ],
 )
