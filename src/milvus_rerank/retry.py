@@ -104,10 +104,9 @@ class RetryPolicy:
     deadline: float = 120.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
-            _bad("max_retries", self.max_retries, "an int >= 0")
-        if self.max_retries < 0:
-            _bad("max_retries", self.max_retries, "an int >= 0")
+        retries = self.max_retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            _bad("max_retries", retries, "an int >= 0")
         _check_seconds("backoff_base", self.backoff_base, allow_zero=True)
         _check_seconds("backoff_max", self.backoff_max, allow_zero=True)
         if self.backoff_max < self.backoff_base:

@@ -260,7 +260,11 @@ class HTTPReranker(Reranker):
         """Refuse: Milvus has no provider for this API (providers it can call override this)."""
         name = type(self).__name__
         if target == "milvus-lite":
-            raise ConfigurationError(_lite_speaks_cohere_only(name))
+            raise ConfigurationError(
+                f"Milvus Lite's only server-side rerank provider is 'cohere' (Cohere's v2 API); "
+                f"a {name} does not speak it. Use target='milvus' with a Milvus server, or rerank "
+                "client-side with milvus_rerank.milvus.rerank_hits."
+            )
         raise ConfigurationError(
             f"Milvus cannot call a {name} itself: its server-side model rerank has no provider "
             f"for the {self.provider} API. Rerank client-side with "
@@ -629,14 +633,6 @@ def _request_id(response: httpx.Response) -> str | None:
 def _clip(text: str, limit: int = 200) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _lite_speaks_cohere_only(name: str) -> str:
-    return (
-        f"Milvus Lite's only server-side rerank provider is 'cohere' (Cohere's v2 API); a {name} "
-        "does not speak it. Use target='milvus' with a Milvus server, or rerank client-side with "
-        "milvus_rerank.milvus.rerank_hits."
-    )
 
 
 def _check_base_url(owner: str, url: str) -> str:
