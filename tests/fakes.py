@@ -2,18 +2,36 @@
 
 The app is plain ASGI under uvicorn. Scores are a deterministic function of the query and
 document (word overlap, ties broken by length), so tests know the exact expected ranking.
+
+One server runs for the whole session (``fault_server``, re-exported by the conftests that
+use it); each test that injects faults installs a fresh ``FaultPlan`` with ``fault_plan``.
+``api_reranker`` builds any API reranker aimed at it, retrying fast.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
+import logging
 import random
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import pytest
+
+from milvus_rerank import HTTPReranker, RetryPolicy
+from milvus_rerank.serve import BackgroundServer
+from tests.providers.specs import SPECS
+
+#: Retries as the default policy does, with waits of milliseconds.
+FAST_RETRY = RetryPolicy(backoff_base=0.001, backoff_max=0.01)
+#: Where each API's versioned routes sit under the fake server's root.
+ROOTS = {"cohere": "/v2", "voyage": "/v1", "jina": "/v1"}
 
 # A fault is one of:
 #   "ok", "503", "500", "502", "408", "409", "400", "401", "403", "404", "422",
@@ -50,6 +68,11 @@ class FaultPlan:
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
         self._lock = threading.Lock()
+
+    def reseed(self, seed: int) -> None:
+        """Restart the random draws from ``seed``."""
+        self.seed = seed
+        self._rng = random.Random(seed)
 
     def next(self) -> Fault:
         with self._lock:
@@ -128,8 +151,11 @@ class _Disconnected(Exception):
     """The client closed the connection before the answer."""
 
 
-def make_app(plan: FaultPlan, score: Callable[[str, str], float] = fake_score) -> Any:
-    """The ASGI app: every rerank route, faults drawn from ``plan``."""
+def make_app(
+    plan: FaultPlan | Callable[[], FaultPlan], score: Callable[[str, str], float] = fake_score
+) -> Any:
+    """The ASGI app: every rerank route, faults drawn from ``plan`` (or the plan it returns)."""
+    current = plan if callable(plan) else lambda: plan
 
     async def send_json(
         send: Any, status: int, payload: Any, headers: list[Any] | None = None
@@ -154,13 +180,14 @@ def make_app(plan: FaultPlan, score: Callable[[str, str], float] = fake_score) -
             if not message.get("more_body"):
                 break
         body = json.loads(raw or b"{}")
+        plan = current()  # one plan for the whole request, even if a test installs a new one
         with plan._lock:
             plan.requests.append(body)
             plan.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
             plan.in_flight += 1
             plan.max_in_flight = max(plan.max_in_flight, plan.in_flight)
         try:
-            await _respond(scope, body, receive, send)
+            await _respond(plan, scope, body, receive, send)
         except _Disconnected:
             with plan._lock:
                 plan.disconnects += 1
@@ -177,7 +204,7 @@ def make_app(plan: FaultPlan, score: Callable[[str, str], float] = fake_score) -
         waiter.cancel()
 
     async def _respond(
-        scope: dict[str, Any], body: dict[str, Any], receive: Any, send: Any
+        plan: FaultPlan, scope: dict[str, Any], body: dict[str, Any], receive: Any, send: Any
     ) -> None:
         fault = plan.next()
         if plan.latency:
@@ -249,3 +276,78 @@ def make_app(plan: FaultPlan, score: Callable[[str, str], float] = fake_score) -
             await send_json(send, 200, answer)
 
     return app
+
+
+class FaultServer:
+    """The session's loopback fault server; ``plan`` is what it does to each request now."""
+
+    def __init__(self) -> None:
+        self.plan = FaultPlan()
+        self._server = BackgroundServer(make_app(lambda: self.plan))
+
+    @property
+    def url(self) -> str:
+        return self._server.url
+
+    @property
+    def port(self) -> int:
+        return self._server.port
+
+    def fresh_plan(self) -> FaultPlan:
+        """Install and return a new, fault-free plan with empty counters."""
+        self.plan = FaultPlan()
+        return self.plan
+
+
+_shared: FaultServer | None = None
+_users = 0
+
+
+@contextlib.contextmanager
+def _shared_fault_server() -> Iterator[FaultServer]:
+    """The one fault server of this process, started on first use, stopped after the last."""
+    global _shared, _users
+    if _shared is None:
+        logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)  # injected resets log
+        _shared = FaultServer()
+        _shared._server.start()
+    _users += 1
+    try:
+        yield _shared
+    finally:
+        _users -= 1
+        if _users == 0:
+            _shared._server.stop()
+            _shared = None
+
+
+@pytest.fixture(scope="session")
+def fault_server() -> Iterator[FaultServer]:
+    """The session's fault server (one per process, however many conftests re-export it)."""
+    with _shared_fault_server() as server:
+        yield server
+
+
+@pytest.fixture
+def fault_plan(fault_server: FaultServer) -> Iterator[FaultPlan]:
+    """A fresh plan on the shared server for this test; fault-free again afterwards."""
+    yield fault_server.fresh_plan()
+    fault_server.fresh_plan()
+
+
+def api_reranker(provider: str, url: str, **kwargs: Any) -> HTTPReranker:
+    """The ``provider``'s reranker aimed at the fake server root ``url``, retrying fast."""
+    spec = SPECS[provider]
+    options = {
+        **spec.kwargs,
+        "api_key": "test-key",
+        "base_url": url + ROOTS.get(provider, ""),
+        "retry": FAST_RETRY,
+        **kwargs,
+    }
+    return spec.cls(**options)
+
+
+def fast_retry(**changes: Any) -> RetryPolicy:
+    """``FAST_RETRY`` with some fields changed."""
+    return dataclasses.replace(FAST_RETRY, **changes)

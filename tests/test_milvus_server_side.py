@@ -90,7 +90,7 @@ def test_a_keyed_vllm_needs_a_credential_name() -> None:
 
 def test_milvus_lite_params_speak_cohere_v2() -> None:
     vllm = server_side_params(
-        VLLMReranker(base_url="http://127.0.0.1:8000", model="tiny"), Q, target="milvus-lite"
+        VLLMReranker(base_url="http://127.0.0.1:8000", model_name="tiny"), Q, target="milvus-lite"
     )
     assert vllm == {
         "reranker": "model",
@@ -122,6 +122,48 @@ def test_local_rerankers_point_to_serve(tiny_models: dict[str, Path]) -> None:
     for local in (BGEReranker(str(tiny_models["bge"])), CrossEncoderReranker("x")):
         with pytest.raises(ConfigurationError, match="milvus-rerank serve"):
             server_side_params(local, Q)
+
+
+@pytest.mark.parametrize(
+    "reranker",
+    [
+        CohereReranker(base_url="http://127.0.0.1:8000/v2"),
+        VoyageReranker(api_key=KEY, base_url="https://voyage-proxy.internal"),
+    ],
+)
+def test_a_self_hosted_cohere_or_voyage_is_never_swapped_for_the_public_api(
+    reranker: object,
+) -> None:
+    with pytest.raises(ConfigurationError, match="milvus.yaml") as info:
+        server_side_params(reranker, Q)  # type: ignore[arg-type]
+    assert reranker.base_url in str(info.value)  # type: ignore[attr-defined]
+    # the same public API under its versioned root is still the public API
+    public = server_side_params(
+        CohereReranker(api_key=KEY, base_url="https://api.cohere.com/v2"), Q
+    )
+    assert public["provider"] == "cohere"
+
+
+def test_milvus_module_names_no_provider() -> None:
+    """Provider knowledge lives in the providers: milvus.py asks the reranker's hook."""
+    import milvus_rerank.milvus
+
+    source = Path(milvus_rerank.milvus.__file__).read_text(encoding="utf-8").lower()
+    named = [p for p in ("cohere", "vllm", "tei", "voyage", "jina") if p in source]
+    assert named == []
+    assert "type: ignore" not in source and "httpreranker" not in source
+
+
+def test_a_bad_credential_name_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="credential"):
+        server_side_params(VLLMReranker(base_url="http://v:1"), Q, credential="")
+
+
+def test_params_are_built_fresh_each_time() -> None:
+    reranker = VLLMReranker(base_url="http://v:1")
+    first = server_side_params(reranker, Q)
+    first["endpoint"] = "http://elsewhere:1"
+    assert server_side_params(reranker, Q)["endpoint"] == "http://v:1"
 
 
 @pytest.mark.parametrize("queries", [[], [""], "  ", [None]])
@@ -161,7 +203,9 @@ def test_milvus_lite_reranks_through_serve_like_rerank_hits(
             # Milvus reranks every first-stage match, then cuts to limit: take them all here.
             candidates = client.search(COLLECTION, data=[DEMO_QUERY], limit=100, **search)
             ranker = server_side_ranker(
-                VLLMReranker(base_url=served.url, model="tiny"), [DEMO_QUERY], target="milvus-lite"
+                VLLMReranker(base_url=served.url, model_name="tiny"),
+                [DEMO_QUERY],
+                target="milvus-lite",
             )
             server = client.search(COLLECTION, data=[DEMO_QUERY], limit=6, ranker=ranker, **search)
         finally:

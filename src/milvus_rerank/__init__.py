@@ -23,6 +23,7 @@ from .errors import (
     RerankError,
 )
 from .results import RerankResult
+from .retry import RetryPolicy
 
 if TYPE_CHECKING:
     from .providers._http import HTTPReranker, Secret
@@ -66,6 +67,7 @@ __all__ = [
     "RerankError",
     "RerankResult",
     "Reranker",
+    "RetryPolicy",
     "Secret",
     "TEIReranker",
     "VLLMReranker",

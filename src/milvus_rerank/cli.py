@@ -50,7 +50,7 @@ def _reranker_kwargs(
                 f"{provider!r} calls an API"
             )
         if model_name is not None:
-            kwargs["model"] = model_name  # model_name after the HTTP rename
+            kwargs["model_name"] = model_name
         if base_url is not None:
             kwargs["base_url"] = base_url
     return kwargs

@@ -7,12 +7,13 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .base import Reranker, describe_value
+from .base import MilvusTarget, Reranker, describe_value
 from .errors import ConfigurationError, InvalidInputError, MissingDependencyError
 
 __all__ = ["arerank_hits", "rerank_hits", "server_side_params", "server_side_ranker"]
 
 _MAX_PARALLEL_QUERIES = 8
+_TARGETS: tuple[MilvusTarget, ...] = ("milvus", "milvus-lite")
 
 
 def _hit_id(hit: Mapping[str, Any]) -> Any:
@@ -143,82 +144,26 @@ def server_side_params(
 ) -> dict[str, Any]:
     """The ``params`` of a Milvus model-rerank Function built from ``reranker``'s configuration.
 
-    ``target="milvus"`` is a Milvus 2.6+ server: providers ``vllm`` and ``tei`` (``endpoint``),
-    ``cohere`` and ``voyageai`` (``model_name``); keys never go into the params: name a
-    credential of the server's ``milvus.yaml`` with ``credential``. ``target="milvus-lite"``
-    is Milvus Lite, whose only provider is ``cohere`` (``model_name``, ``api_key``,
-    ``base_url``), which also serves Cohere-compatible servers: vLLM's ``/v2`` and
-    ``milvus-rerank serve``.
+    ``target="milvus"`` is a Milvus 2.6+ server, ``target="milvus-lite"`` embedded Milvus Lite.
+    What Milvus calls and with which settings is the reranker's own answer
+    (``Reranker.milvus_function_params``); this adds ``reranker: "model"`` and the queries.
+    Keys never go into a server's params: name a credential of its ``milvus.yaml`` with
+    ``credential``.
 
     Raises:
-        ConfigurationError: a reranker or target combination Milvus cannot run.
+        InvalidInputError: ``queries`` is not one non-empty string per search query.
+        ConfigurationError: an unknown target, or a reranker Milvus cannot call there.
     """
-    from .providers._http import HTTPReranker, server_root
-
     query_list = [queries] if isinstance(queries, str) else list(queries)
     if not query_list or not all(isinstance(q, str) and q.strip() for q in query_list):
         raise InvalidInputError(
             f"queries must be one non-empty str per search query, got {describe_value(queries)}"
         )
-    name = type(reranker).__name__
-    if target not in ("milvus", "milvus-lite"):
+    checked = next((t for t in _TARGETS if t == target), None)
+    if checked is None:
         raise ConfigurationError(f"target must be 'milvus' or 'milvus-lite', got {target!r}")
-    if not isinstance(reranker, HTTPReranker) or reranker.provider not in (
-        "vllm",
-        "tei",
-        "cohere",
-        "voyage",
-    ):
-        raise ConfigurationError(
-            f"Milvus cannot call a {name} itself: its server-side model rerank supports vLLM, TEI, "
-            "Cohere and Voyage AI endpoints. For a local model, run `milvus-rerank serve` and "
-            "pass a VLLMReranker(base_url=...) pointing at it."
-        )
-    params: dict[str, Any] = {"reranker": "model", "queries": query_list}
-    if target == "milvus-lite":
-        if reranker.provider not in ("cohere", "vllm"):
-            raise ConfigurationError(
-                f"Milvus Lite's only server-side rerank provider is 'cohere' (Cohere's v2 API); a "
-                f"{name} does not speak it. Use target='milvus' with a Milvus server, or rerank "
-                "client-side with rerank_hits."
-            )
-        key = reranker.api_key.get_secret_value() if reranker.api_key is not None else "EMPTY"
-        params.update(
-            provider="cohere",
-            model_name=reranker.model or "default",
-            api_key=key,
-            base_url=server_root(reranker.base_url) + "/v2",
-        )
-        return params
-    if reranker.provider in ("vllm", "tei"):
-        params.update(provider=reranker.provider, endpoint=server_root(reranker.base_url))
-        if reranker.max_batch is not None:
-            params["max_client_batch_size"] = reranker.max_batch
-        if reranker.provider == "vllm" and getattr(reranker, "truncate_prompt_tokens", None):
-            params["truncate_prompt_tokens"] = reranker.truncate_prompt_tokens  # type: ignore[attr-defined]
-        if reranker.provider == "tei":
-            params["truncate"] = reranker.truncate  # type: ignore[attr-defined]
-            params["truncation_direction"] = reranker.truncation_direction  # type: ignore[attr-defined]
-    else:
-        params.update(
-            provider="voyageai" if reranker.provider == "voyage" else "cohere",
-            model_name=reranker.model,
-        )
-        if reranker.max_batch is not None:
-            params["max_client_batch_size"] = reranker.max_batch
-        if reranker.provider == "cohere" and getattr(reranker, "max_tokens_per_doc", None):
-            params["max_tokens_per_doc"] = reranker.max_tokens_per_doc  # type: ignore[attr-defined]
-        if reranker.provider == "voyage":
-            params["truncation"] = reranker.truncation  # type: ignore[attr-defined]
-    if credential is not None:
-        params["credential"] = credential
-    elif reranker.api_key is not None and reranker.provider in ("vllm", "tei"):
-        raise ConfigurationError(
-            f"this {name} sends an API key, but a Milvus server never takes a raw key in a "
-            "Function's params: add the key to the credential section of milvus.yaml and pass "
-            "credential='<its name>'"
-        )
-    return params
+    params = reranker.milvus_function_params(checked, credential=credential)
+    return {"reranker": "model", "queries": query_list, **params}
 
 
 def server_side_ranker(
@@ -236,8 +181,7 @@ def server_side_ranker(
     Milvus sends as documents (it must be in ``output_fields``). See ``server_side_params``.
 
     Example:
-        >>> vllm = VLLMReranker(base_url="http://vllm:8000")
-        >>> ranker = server_side_ranker(vllm, [query])  # doctest: +SKIP
+        >>> ranker = server_side_ranker(reranker, [query])  # doctest: +SKIP
         >>> client.search(  # doctest: +SKIP
         ...     "docs", data=[vector], output_fields=["text"], ranker=ranker)
     """

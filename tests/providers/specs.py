@@ -64,7 +64,7 @@ SPECS: dict[str, Spec] = {
     "cohere": Spec(
         "cohere",
         CohereReranker,
-        {"model": "rerank-v3.5"},
+        {"model_name": "rerank-v3.5"},
         "https://api.cohere.com",
         "/v2/rerank",
         "COHERE_API_KEY",
@@ -74,7 +74,7 @@ SPECS: dict[str, Spec] = {
     "voyage": Spec(
         "voyage",
         VoyageReranker,
-        {"model": "rerank-2.5"},
+        {"model_name": "rerank-2.5"},
         "https://api.voyageai.com",
         "/v1/rerank",
         "VOYAGE_API_KEY",
@@ -90,7 +90,7 @@ SPECS: dict[str, Spec] = {
     "jina": Spec(
         "jina",
         JinaReranker,
-        {"model": "jina-reranker-v2-base-multilingual"},
+        {"model_name": "jina-reranker-v2-base-multilingual"},
         "https://api.jina.ai",
         "/v1/rerank",
         "JINA_API_KEY",
@@ -106,7 +106,7 @@ SPECS: dict[str, Spec] = {
     "vllm": Spec(
         "vllm",
         VLLMReranker,
-        {"model": "tiny-ce", "base_url": "http://127.0.0.1:8000"},
+        {"model_name": "tiny-ce", "base_url": "http://127.0.0.1:8000"},
         "http://127.0.0.1:8000",
         "/v1/rerank",
         None,

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from milvus_rerank import AuthenticationError, HTTPReranker, ProviderError
+from milvus_rerank import AuthenticationError, HTTPReranker, ProviderError, RetryPolicy
 from tests.conftest import PYMILVUS_DOCUMENTS
 from tests.providers.specs import SPECS
 
@@ -165,7 +165,7 @@ def test_unknown_model_replays_as_provider_error(provider: str) -> None:
     query, docs = request_of(interaction)
     model = json.loads(interaction["request"]["body"])["model"]
     with pytest.raises(ProviderError, match=model) as info:
-        build(provider, model=model, max_retries=0).rerank(query, docs)
+        build(provider, model_name=model, retry=RetryPolicy(max_retries=0)).rerank(query, docs)
     assert info.value.status_code == 404
 
 

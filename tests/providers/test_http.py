@@ -24,6 +24,7 @@ from milvus_rerank import (
     VLLMReranker,
 )
 from milvus_rerank.providers._http import HTTPReranker, parse_retry_after
+from tests.fakes import FAST_RETRY, fast_retry
 from tests.providers.specs import KEYED, SPECS, Spec
 
 QUERY = "what is milvus"
@@ -56,14 +57,12 @@ def ok_handler(spec: Spec, seen: list[httpx.Request] | None = None) -> Handler:
 
 def make(spec: Spec, handler: Handler, **kwargs: Any) -> HTTPReranker:
     transport = httpx.MockTransport(handler)
-    options = {**spec.kwargs, "api_key": KEY, **kwargs}
-    reranker = spec.cls(
+    options = {**spec.kwargs, "api_key": KEY, "retry": FAST_RETRY, **kwargs}
+    return spec.cls(
         http_client=httpx.Client(transport=transport),
         http_async_client=httpx.AsyncClient(transport=transport),
         **options,
     )
-    reranker.backoff_base = 0.001
-    return reranker
 
 
 @pytest.fixture(params=sorted(SPECS))
@@ -169,11 +168,11 @@ def test_self_hosted_servers_need_base_url() -> None:
     [
         {"timeout": 0},
         {"timeout": -1},
-        {"max_retries": -1},
         {"max_concurrency": 0},
         {"max_batch": 0},
-        {"deadline": float("inf")},
-        {"model": ""},
+        {"model_name": ""},
+        {"retry": 3},
+        {"max_tokens_per_doc": 0},
     ],
 )
 def test_bad_options_are_named(kwargs: dict[str, Any]) -> None:
@@ -397,7 +396,9 @@ async def test_async_retries_too(spec: Spec) -> None:
 def test_retries_stop_at_max_retries(spec: Spec, status: int, error: type[Exception]) -> None:
     calls: list[float] = []
     with pytest.raises(error) as info:
-        make(spec, scripted(spec, [status] * 10, calls=calls), max_retries=2).rerank(QUERY, DOCS)
+        make(
+            spec, scripted(spec, [status] * 10, calls=calls), retry=fast_retry(max_retries=2)
+        ).rerank(QUERY, DOCS)
     assert len(calls) == 3
     assert info.value.status_code == status  # type: ignore[attr-defined]
 
@@ -414,7 +415,7 @@ def test_rate_limit_error_carries_retry_after() -> None:
     spec = SPECS["cohere"]
     handler = scripted(spec, [429] * 3, headers={"retry-after": "0"})
     with pytest.raises(RateLimitError) as info:
-        make(spec, handler, max_retries=1).rerank(QUERY, DOCS)
+        make(spec, handler, retry=fast_retry(max_retries=1)).rerank(QUERY, DOCS)
     assert info.value.retry_after == 0.0
 
 
@@ -424,7 +425,7 @@ def test_retry_after_past_the_deadline_gives_up_at_once() -> None:
     handler = scripted(spec, [429] * 3, headers={"retry-after": "60"}, calls=calls)
     started = time.monotonic()
     with pytest.raises(RateLimitError, match="deadline"):
-        make(spec, handler, deadline=2.0).rerank(QUERY, DOCS)
+        make(spec, handler, retry=fast_retry(deadline=2.0)).rerank(QUERY, DOCS)
     assert time.monotonic() - started < 1.0
     assert len(calls) == 1
 
@@ -437,7 +438,7 @@ def test_connection_errors_are_retried_and_typed(spec: Spec) -> None:
         raise httpx.ConnectError("connection refused", request=request)
 
     with pytest.raises(ProviderUnavailableError, match="could not be reached") as info:
-        make(spec, refuse, max_retries=2).rerank(QUERY, DOCS)
+        make(spec, refuse, retry=fast_retry(max_retries=2)).rerank(QUERY, DOCS)
     assert len(attempts) == 3
     assert info.value.status_code is None
 

@@ -12,7 +12,13 @@ from typing import Any
 
 import pytest
 
-from milvus_rerank import CrossEncoderReranker, ProviderError, RerankResult, VLLMReranker
+from milvus_rerank import (
+    CrossEncoderReranker,
+    ProviderError,
+    RerankResult,
+    RetryPolicy,
+    VLLMReranker,
+)
 from tests.conftest import LIVE_DOCUMENTS, LIVE_QUERY, PYMILVUS_DOCUMENTS
 from tests.providers.specs import SPECS
 from tests.vllm_server import MAX_MODEL_LEN, LiveVLLM
@@ -94,7 +100,9 @@ def test_truncate_prompt_tokens_matches_a_short_max_length(live_vllm: LiveVLLM) 
 
 
 def test_a_wrong_model_name_is_a_typed_error(live_vllm: LiveVLLM) -> None:
-    with VLLMReranker("no-such-model", base_url=live_vllm.url, max_retries=0) as live:
+    with VLLMReranker(
+        "no-such-model", base_url=live_vllm.url, retry=RetryPolicy(max_retries=0)
+    ) as live:
         with pytest.raises(ProviderError, match="no-such-model") as info:
             live.rerank(LIVE_QUERY, LIVE_DOCUMENTS)
     assert info.value.status_code == 404
@@ -198,7 +206,9 @@ def test_record_chunked_rerank(live_vllm: LiveVLLM, local: CrossEncoderReranker)
 @pytest.mark.vcr
 @pytest.mark.default_cassette("rerank_unknown_model.yaml")
 def test_record_unknown_model(live_vllm: LiveVLLM) -> None:
-    with VLLMReranker("no-such-model", base_url=live_vllm.url, max_retries=0) as live:
+    with VLLMReranker(
+        "no-such-model", base_url=live_vllm.url, retry=RetryPolicy(max_retries=0)
+    ) as live:
         with pytest.raises(ProviderError, match="no-such-model") as info:
             live.rerank(LIVE_QUERY, LIVE_DOCUMENTS[:3])
     assert info.value.status_code == 404

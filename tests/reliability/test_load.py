@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import logging
 import threading
 import time
 from collections import Counter
@@ -19,10 +18,10 @@ from milvus_rerank import (
     CrossEncoderReranker,
     ProviderError,
     Reranker,
+    RetryPolicy,
     VLLMReranker,
 )
-from milvus_rerank.serve import BackgroundServer
-from tests.fakes import FaultPlan, fake_score, make_app
+from tests.fakes import FaultPlan, FaultServer, fake_score
 
 QUERIES = 200
 DEADLINE = 8.0
@@ -36,42 +35,44 @@ def _sockets_to(port: int) -> int:
     )
 
 
-async def test_200_concurrent_queries_under_injected_faults() -> None:
+async def test_200_concurrent_queries_under_injected_faults(
+    fault_plan: FaultPlan, fault_server: FaultServer
+) -> None:
     """20% 503, 10% 429 with Retry-After, 5% resets, 5% slow answers, on every request."""
-    logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
-    plan = FaultPlan(
-        weights={"503": 0.20, "429": 0.10, "reset": 0.05, "slow": 0.05},
-        retry_after="0.05",
-        slow_seconds=0.6,
-        latency=0.005,
-        seed=7,
-    )
+    plan = fault_plan
+    plan.weights = {"503": 0.20, "429": 0.10, "reset": 0.05, "slow": 0.05}
+    plan.retry_after = "0.05"
+    plan.slow_seconds = 0.6
+    plan.latency = 0.005
+    plan.reseed(7)
     docs_of = {
         q: [f"query {q} doc {i} " + "milvus " * ((i * 7 + q) % 5) for i in range(24)]
         for q in range(QUERIES)
     }
-    with BackgroundServer(make_app(plan)) as server:
-        tasks_before = len(asyncio.all_tasks())
-        reranker = VLLMReranker(
-            base_url=server.url, max_batch=8, timeout=0.4, deadline=DEADLINE, max_retries=6
-        )
-        reranker.backoff_base = 0.02
+    tasks_before = len(asyncio.all_tasks())
+    sockets_before = _sockets_to(fault_server.port)  # other tests' rerankers may keep some
+    reranker = VLLMReranker(
+        base_url=fault_server.url,
+        max_batch=8,
+        timeout=0.4,
+        retry=RetryPolicy(max_retries=6, backoff_base=0.02, deadline=DEADLINE),
+    )
 
-        async def one(q: int) -> tuple[int, object, float]:
-            started = time.monotonic()
-            try:
-                result: object = await reranker.arerank(f"milvus {q}", docs_of[q])
-            except ProviderError as exc:
-                result = exc
-            return q, result, time.monotonic() - started
-
+    async def one(q: int) -> tuple[int, object, float]:
         started = time.monotonic()
-        outcomes = await asyncio.gather(*(one(q) for q in range(QUERIES)))
-        elapsed = time.monotonic() - started
-        await reranker.aclose()
-        await asyncio.sleep(0.05)
-        assert len(asyncio.all_tasks()) == tasks_before  # no task left behind
-        assert _sockets_to(server.port) == 0  # no connection left open
+        try:
+            result: object = await reranker.arerank(f"milvus {q}", docs_of[q])
+        except ProviderError as exc:
+            result = exc
+        return q, result, time.monotonic() - started
+
+    started = time.monotonic()
+    outcomes = await asyncio.gather(*(one(q) for q in range(QUERIES)))
+    elapsed = time.monotonic() - started
+    await reranker.aclose()
+    await asyncio.sleep(0.05)
+    assert len(asyncio.all_tasks()) == tasks_before  # no task left behind
+    assert _sockets_to(fault_server.port) <= sockets_before  # no connection left open
 
     exact = errors = lost = duplicated = 0
     for q, result, took in outcomes:

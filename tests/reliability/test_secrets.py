@@ -16,10 +16,8 @@ from milvus_rerank import (
     ProviderError,
     ProviderUnavailableError,
 )
-from milvus_rerank.serve import BackgroundServer
-from tests.fakes import FaultPlan, make_app
+from tests.fakes import FaultPlan, FaultServer, api_reranker, fast_retry
 from tests.providers.specs import SPECS
-from tests.reliability.conftest import ROOTS
 
 KEY = "sk-live-7Qz3" + "Xy9Lm2Np8Rt4Vw6" * 2
 API = ["cohere", "voyage", "jina", "vllm", "tei"]
@@ -28,29 +26,30 @@ API = ["cohere", "voyage", "jina", "vllm", "tei"]
 @pytest.mark.parametrize("provider", API)
 @pytest.mark.parametrize("fault", ["ok", "401", "503", "html"])
 def test_key_never_in_repr_logs_errors_or_tracebacks(
-    provider: str, fault: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    provider: str,
+    fault: str,
+    fault_plan: FaultPlan,
+    fault_server: FaultServer,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     caplog.set_level(logging.DEBUG)  # every logger, httpx and httpcore included
     for name in ("httpx", "httpcore", "milvus_rerank", "milvus_rerank.http"):
         logging.getLogger(name).setLevel(logging.DEBUG)
-    plan = FaultPlan(script=[fault] * 4)
+    fault_plan.script = [fault] * 4
     seen: list[str] = []
-    with BackgroundServer(make_app(plan)) as server:
-        spec = SPECS[provider]
-        reranker = spec.cls(
-            **{**spec.kwargs, "api_key": KEY, "base_url": server.url + ROOTS.get(provider, "")},
-            max_retries=1,
-        )
-        reranker.backoff_base = 0.001
-        with reranker:
-            try:
-                reranker.rerank("what is milvus", ["milvus db", "paris"])
-            except ProviderError as exc:
-                seen += [str(exc), repr(exc), "".join(traceback.format_exception(exc))]
-                if fault == "401":
-                    assert isinstance(exc, AuthenticationError)
-            seen += [repr(reranker), str(reranker), repr(reranker.api_key), str(vars(reranker))]
-    assert plan.headers[0]["authorization"] == f"Bearer {KEY}"  # it was sent, to the server only
+    reranker = api_reranker(
+        provider, fault_server.url, api_key=KEY, retry=fast_retry(max_retries=1)
+    )
+    with reranker:
+        try:
+            reranker.rerank("what is milvus", ["milvus db", "paris"])
+        except ProviderError as exc:
+            seen += [str(exc), repr(exc), "".join(traceback.format_exception(exc))]
+            if fault == "401":
+                assert isinstance(exc, AuthenticationError)
+        seen += [repr(reranker), str(reranker), repr(reranker.api_key), str(vars(reranker))]
+    assert fault_plan.headers[0]["authorization"] == f"Bearer {KEY}"  # sent, to the server only
     captured = capsys.readouterr()
     seen += [caplog.text, captured.out, captured.err]
     for text in seen:
@@ -58,7 +57,9 @@ def test_key_never_in_repr_logs_errors_or_tracebacks(
 
 
 def test_unreachable_server_error_has_no_key() -> None:
-    reranker = SPECS["jina"].cls(api_key=KEY, base_url="http://127.0.0.1:9", max_retries=0)
+    reranker = SPECS["jina"].cls(
+        api_key=KEY, base_url="http://127.0.0.1:9", retry=fast_retry(max_retries=0)
+    )
     with pytest.raises(ProviderUnavailableError) as info:
         reranker.rerank("q", ["d"])
     assert KEY not in "".join(traceback.format_exception(info.value))

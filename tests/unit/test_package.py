@@ -22,6 +22,34 @@ def test_all_is_sorted_and_complete() -> None:
     assert set(milvus_rerank.__all__) - {"__version__"} == public
 
 
+def test_exports_are_pinned() -> None:
+    assert milvus_rerank.__all__ == [
+        "AuthenticationError",
+        "BGEReranker",
+        "CohereReranker",
+        "ConfigurationError",
+        "CrossEncoderReranker",
+        "HTTPReranker",
+        "InvalidInputError",
+        "InvalidResponseError",
+        "JinaReranker",
+        "MissingDependencyError",
+        "ProviderError",
+        "ProviderUnavailableError",
+        "RateLimitError",
+        "RerankError",
+        "RerankResult",
+        "Reranker",
+        "RetryPolicy",
+        "Secret",
+        "TEIReranker",
+        "VLLMReranker",
+        "VoyageReranker",
+        "__version__",
+        "create_reranker",
+    ]
+
+
 def test_every_exported_name_resolves() -> None:
     for name in milvus_rerank.__all__:
         assert getattr(milvus_rerank, name) is not None
@@ -30,7 +58,8 @@ def test_every_exported_name_resolves() -> None:
 def test_import_is_light() -> None:
     code = (
         "import sys, milvus_rerank; heavy = [m for m in ('torch', 'transformers', "
-        "'langchain_core', 'llama_index', 'pymilvus', 'httpx', 'numpy') if m in sys.modules]; "
+        "'langchain_core', 'llama_index', 'pymilvus', 'httpx', 'numpy', "
+        "'milvus_rerank.providers') if m in sys.modules]; "
         "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

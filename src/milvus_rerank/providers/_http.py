@@ -5,11 +5,14 @@ results sit in the answer (``_results``). Everything else is here, once:
 
 * ``httpx.Client`` / ``httpx.AsyncClient`` created lazily (one async client per event loop),
   or injected by the caller; closable; the reranker is a (async) context manager.
-* Retries with exponential backoff and jitter on connection errors, timeouts, 408, 409, 429
-  and 5xx, honouring ``Retry-After`` (seconds or HTTP date), all within a total deadline;
-  never on other 4xx.
+* Retries as one ``RetryPolicy`` (``milvus_rerank.retry``) decides: by default with
+  exponential backoff and jitter on connection errors, timeouts, 408, 409, 429 and 5xx,
+  honouring ``Retry-After`` (seconds or HTTP date), all within a total deadline; never on
+  other 4xx. The sync and async paths ask the same policy and differ only in how they sleep.
 * Document lists longer than the provider's per-request limit go out in chunks, concurrently
   up to ``max_concurrency`` requests in flight per reranker, and are merged back by index.
+* What Milvus needs to call the same server itself (``milvus_function_params``): the shared
+  pieces (raw keys stay out of a server's params; Milvus Lite's Cohere v2 provider) are here.
 * Every answer is validated: each index in range, none duplicated, none missing, every score
   a finite number. Anything else raises ``InvalidResponseError`` and no ranking is made.
 """
@@ -22,7 +25,6 @@ import json
 import logging
 import math
 import os
-import random
 import re
 import threading
 import time
@@ -30,12 +32,12 @@ import weakref
 from collections.abc import Awaitable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import httpx
 
 from .._version import __version__
-from ..base import Reranker, describe_value
+from ..base import MilvusTarget, Reranker, describe_value
 from ..errors import (
     AuthenticationError,
     ConfigurationError,
@@ -44,13 +46,13 @@ from ..errors import (
     ProviderUnavailableError,
     RateLimitError,
 )
+from ..retry import FailedAttempt, RetryPolicy
 
 __all__ = ["HTTPReranker", "Secret", "parse_retry_after", "server_root"]
 
 logger = logging.getLogger("milvus_rerank.http")
 
 _T = TypeVar("_T")
-_RETRY_STATUS = frozenset({408, 409, 429})
 _VERSION_SUFFIX = re.compile(r"/v\d+$")
 _VERSION_PREFIX = re.compile(r"^/v\d+/")
 
@@ -95,15 +97,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 @dataclass
-class _Attempt:
-    """What one failed attempt tells the retry loop."""
-
-    error: ProviderError
-    retryable: bool
-    retry_after: float | None = None
-
-
-@dataclass
 class _LoopState:
     """Per-event-loop async client and in-flight bound."""
 
@@ -115,13 +108,13 @@ class HTTPReranker(Reranker):
     """Base of the API rerankers: one request and response mapping per subclass.
 
     Args:
-        model: The provider's model name (``None`` for servers that serve one model).
+        model_name: The provider's model name (``None`` for servers that serve one model).
         api_key: The key, else read from the provider's environment variables.
         base_url: The server root (``https://api.cohere.com``); the provider appends its path.
             A root that already ends in a version segment (``.../v1``) is not doubled.
         timeout: Seconds for one HTTP request (connect, read, write, pool).
-        max_retries: Retries after the first attempt, for retryable failures only.
-        deadline: Seconds for the whole call, retries and backoff included.
+        retry: When and how failed requests are retried, and the deadline of a whole call
+            (``RetryPolicy()`` by default: 3 retries within 120 s).
         max_batch: Documents per request; longer lists go out in chunks.
         max_concurrency: Requests in flight at once per reranker, over all its calls.
         http_client: An ``httpx.Client`` to use (not closed by ``close``).
@@ -142,18 +135,14 @@ class HTTPReranker(Reranker):
     results_key: ClassVar[str | None] = "results"
     score_key: ClassVar[str] = "relevance_score"
 
-    backoff_base: float = 0.5
-    backoff_max: float = 8.0
-
     def __init__(
         self,
-        model: str | None = None,
+        model_name: str | None = None,
         *,
         api_key: str | Secret | None = None,
         base_url: str | None = None,
         timeout: float = 30.0,
-        max_retries: int = 3,
-        deadline: float = 120.0,
+        retry: RetryPolicy | None = None,
         max_batch: int | None = None,
         max_concurrency: int = 32,
         http_client: httpx.Client | None = None,
@@ -161,9 +150,13 @@ class HTTPReranker(Reranker):
         headers: dict[str, str] | None = None,
     ) -> None:
         name = type(self).__name__
-        self.model = model if model is not None else self.default_model
-        if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
-            raise ConfigurationError(f"{name}: model must be a non-empty str, got {model!r}")
+        self.model_name = model_name if model_name is not None else self.default_model
+        if self.model_name is not None and (
+            not isinstance(self.model_name, str) or not self.model_name.strip()
+        ):
+            raise ConfigurationError(
+                f"{name}: model_name must be a non-empty str, got {model_name!r}"
+            )
         root = base_url if base_url is not None else self.default_base_url
         if root is None:
             raise ConfigurationError(
@@ -172,14 +165,15 @@ class HTTPReranker(Reranker):
         self.base_url = _check_base_url(name, root)
         self.url = _join(self.base_url, self._route())
         _check_number(name, "timeout", timeout, positive=True)
-        _check_number(name, "deadline", deadline, positive=True)
-        _check_int(name, "max_retries", max_retries, minimum=0)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigurationError(
+                f"{name}: retry must be a milvus_rerank.RetryPolicy, got {describe_value(retry)}"
+            )
         _check_int(name, "max_concurrency", max_concurrency, minimum=1)
         if max_batch is not None:
             _check_int(name, "max_batch", max_batch, minimum=1)
         self.timeout = float(timeout)
-        self.deadline = float(deadline)
-        self.max_retries = max_retries
+        self.retry = retry if retry is not None else RetryPolicy()
         self.max_batch = max_batch if max_batch is not None else self.default_max_batch
         self.max_concurrency = max_concurrency
         self._api_key = self._resolve_key(api_key)
@@ -234,7 +228,11 @@ class HTTPReranker(Reranker):
         return headers
 
     def _repr_fields(self) -> dict[str, Any]:
-        return {"model": self.model, "base_url": self.base_url, "max_batch": self.max_batch}
+        return {
+            "model_name": self.model_name,
+            "base_url": self.base_url,
+            "max_batch": self.max_batch,
+        }
 
     # -- the provider mapping (subclasses) -------------------------------------------------
 
@@ -253,6 +251,78 @@ class HTTPReranker(Reranker):
         if not isinstance(body, dict) or self.results_key not in body:
             raise ValueError(f"expected a JSON object with {self.results_key!r}")
         return body[self.results_key]
+
+    # -- Milvus server-side rerank (providers that Milvus can call override the hook) ------
+
+    def milvus_function_params(
+        self, target: MilvusTarget, *, credential: str | None = None
+    ) -> dict[str, Any]:
+        """Refuse: Milvus has no provider for this API (providers it can call override this)."""
+        name = type(self).__name__
+        if target == "milvus-lite":
+            raise ConfigurationError(
+                f"Milvus Lite's only server-side rerank provider is 'cohere' (Cohere's v2 API); "
+                f"a {name} does not speak it. Use target='milvus' with a Milvus server, or rerank "
+                "client-side with milvus_rerank.milvus.rerank_hits."
+            )
+        raise ConfigurationError(
+            f"Milvus cannot call a {name} itself: its server-side model rerank has no provider "
+            f"for the {self.provider} API. Rerank client-side with "
+            "milvus_rerank.milvus.rerank_hits instead."
+        )
+
+    def _milvus_lite_cohere_params(self) -> dict[str, Any]:
+        """Milvus Lite's one rerank provider, ``cohere``, aimed at this server's Cohere v2 API.
+
+        Milvus Lite runs in this process, so it is handed the key itself ("EMPTY" for none).
+        """
+        key = self._api_key.get_secret_value() if self._api_key is not None else "EMPTY"
+        return {
+            "provider": "cohere",
+            "model_name": self.model_name or "default",
+            "api_key": key,
+            "base_url": server_root(self.base_url) + "/v2",
+        }
+
+    def _with_milvus_credential(
+        self, params: dict[str, Any], credential: str | None, *, server_knows_key: bool
+    ) -> dict[str, Any]:
+        """Add ``credential`` (a name in the server's ``milvus.yaml``): never a raw key.
+
+        ``server_knows_key``: the Milvus provider finds a key without one (from its
+        ``milvus.yaml`` or environment), so a keyed reranker needs no ``credential``.
+        """
+        if credential is not None:
+            if not isinstance(credential, str) or not credential.strip():
+                raise ConfigurationError(
+                    f"credential must name a credential of milvus.yaml, got {credential!r}"
+                )
+            return {**params, "credential": credential}
+        if self._api_key is not None and not server_knows_key:
+            raise ConfigurationError(
+                f"this {type(self).__name__} sends an API key, but a Milvus server never takes a "
+                "raw key in a Function's params: add the key to the credential section of "
+                "milvus.yaml and pass credential='<its name>'"
+            )
+        return params
+
+    def _public_api_for_milvus(self, milvus_provider: str) -> None:
+        """Refuse a self-hosted ``base_url`` for a Milvus provider that calls the public API.
+
+        Milvus 2.6's ``milvus_provider`` reads its URL from the server's ``milvus.yaml``, not from
+        the Function's params, so passing this reranker's ``base_url`` on is impossible and
+        dropping it would silently swap endpoints.
+        """
+        if self.default_base_url is None or server_root(self.base_url) == server_root(
+            self.default_base_url
+        ):
+            return
+        raise ConfigurationError(
+            f"this {type(self).__name__} calls {self.base_url}, but a Milvus server's "
+            f"{milvus_provider!r} rerank provider calls the URL set in its milvus.yaml, not one "
+            "from the Function's params. Set that URL in milvus.yaml and build the reranker "
+            "without base_url, or rerank client-side with milvus_rerank.milvus.rerank_hits."
+        )
 
     # -- scoring ---------------------------------------------------------------------------
 
@@ -348,53 +418,69 @@ class HTTPReranker(Reranker):
     def _post(self, payload: dict[str, Any]) -> Any:
         client = self._sync_client()
         started = time.monotonic()
-        attempt = 0
+        retries = 0
         with self._inflight:
             while True:
-                remaining = self.deadline - (time.monotonic() - started)
                 try:
                     response = client.post(
                         self.url,
                         json=payload,
                         headers=self._headers(),
-                        timeout=min(self.timeout, max(remaining, 0.001)),
+                        timeout=self._request_timeout(started),
                     )
                     return self._answer(response)
-                except _Retry as retry:
-                    failure = retry.attempt
+                except _Failed as failed:
+                    failure = failed.failure
                 except httpx.HTTPError as exc:
                     failure = self._transport_failure(exc)
-                delay = self._next_delay(failure, attempt, started)
-                time.sleep(delay)
-                attempt += 1
+                time.sleep(self._wait_or_give_up(failure, retries, started))
+                retries += 1
 
     async def _apost(self, payload: dict[str, Any]) -> Any:
         state = self._loop_state()
         client = self._injected_async_client or state.client
         assert client is not None  # noqa: S101 - _loop_state creates one when none is injected
         started = time.monotonic()
-        attempt = 0
+        retries = 0
         async with state.semaphore:
             while True:
-                remaining = self.deadline - (time.monotonic() - started)
                 try:
                     response = await client.post(
                         self.url,
                         json=payload,
                         headers=self._headers(),
-                        timeout=min(self.timeout, max(remaining, 0.001)),
+                        timeout=self._request_timeout(started),
                     )
                     return self._answer(response)
-                except _Retry as retry:
-                    failure = retry.attempt
+                except _Failed as failed:
+                    failure = failed.failure
                 except httpx.HTTPError as exc:
                     failure = self._transport_failure(exc)
-                delay = self._next_delay(failure, attempt, started)
-                await asyncio.sleep(delay)
-                attempt += 1
+                await asyncio.sleep(self._wait_or_give_up(failure, retries, started))
+                retries += 1
+
+    def _request_timeout(self, started: float) -> float:
+        """One request's timeout: ``timeout``, cut to what is left of the call's deadline."""
+        remaining = self.retry.deadline - (time.monotonic() - started)
+        return min(self.timeout, max(remaining, 0.001))
+
+    def _wait_or_give_up(self, failure: FailedAttempt, retries: int, started: float) -> float:
+        """Seconds to sleep before the next attempt, as the policy decides; else raise."""
+        step = self.retry.decide(failure, retries, time.monotonic() - started)
+        if isinstance(step, ProviderError):
+            raise step
+        logger.info(
+            "%s: %s; retry %d of %d in %.2fs",
+            self.provider,
+            failure.error.__name__,
+            retries + 1,
+            self.retry.max_retries,
+            step,
+        )
+        return step
 
     def _answer(self, response: httpx.Response) -> Any:
-        """The parsed JSON of a 2xx answer; raise the typed error, or ``_Retry``, otherwise."""
+        """The parsed JSON of a 2xx answer; raise ``_Failed`` describing any other answer."""
         status = response.status_code
         if 200 <= status < 300:
             try:
@@ -406,23 +492,23 @@ class HTTPReranker(Reranker):
                     f"{_clip(response.text)!r}",
                     response,
                 ) from None
-        message = self._error_text(response)
-        request_id = _request_id(response)
-        context: dict[str, Any] = {
-            "provider": self.provider,
-            "status_code": status,
-            "request_id": request_id,
-        }
+        error: type[ProviderError] = ProviderError
         if status in (401, 403):
-            raise AuthenticationError(message, **context)
-        if status == 429:
-            wait_for = parse_retry_after(response.headers.get("retry-after"))
-            error = RateLimitError(message, retry_after=wait_for, **context)
-            raise _Retry(_Attempt(error, True, wait_for))
-        if status in _RETRY_STATUS or status >= 500:
-            wait_for = parse_retry_after(response.headers.get("retry-after"))
-            raise _Retry(_Attempt(ProviderUnavailableError(message, **context), True, wait_for))
-        raise ProviderError(message, **context)
+            error = AuthenticationError
+        elif status == 429:
+            error = RateLimitError
+        elif status in (408, 409) or status >= 500:
+            error = ProviderUnavailableError
+        raise _Failed(
+            FailedAttempt(
+                error,
+                self._error_text(response),
+                self.provider,
+                status_code=status,
+                request_id=_request_id(response),
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
+            )
+        )
 
     def _error_text(self, response: httpx.Response) -> str:
         detail: Any = None
@@ -451,38 +537,17 @@ class HTTPReranker(Reranker):
             text = text.replace(self._api_key.get_secret_value(), "**********")
         return text
 
-    def _transport_failure(self, exc: httpx.HTTPError) -> _Attempt:
+    def _transport_failure(self, exc: httpx.HTTPError) -> FailedAttempt:
         if isinstance(exc, httpx.DecodingError):
             raise self._invalid(f"the answer could not be decoded: {exc}") from exc
         if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
             raise ConfigurationError(f"{self.provider}: cannot post to {self.url}: {exc}") from exc
         kind = type(exc).__name__
         message = self._scrub(f"{self.provider} could not be reached at {self.url}: {kind}: {exc}")
-        return _Attempt(ProviderUnavailableError(message, provider=self.provider), True)
-
-    def _next_delay(self, failure: _Attempt, attempt: int, started: float) -> float:
-        """Seconds to wait before the next attempt, or raise the failure when out of budget."""
-        error = failure.error
-        if not failure.retryable or attempt >= self.max_retries:
-            raise error
-        if failure.retry_after is not None:
-            delay = failure.retry_after
-        else:
-            delay = min(self.backoff_max, self.backoff_base * 2**attempt)
-            delay *= 0.5 + random.random() / 2  # noqa: S311 - jitter, not cryptography
-        remaining = self.deadline - (time.monotonic() - started)
-        if delay >= remaining:
-            error.args = (f"{error.args[0]} (gave up: the {self.deadline:g}s deadline is near)",)
-            raise error
-        logger.info(
-            "%s: %s; retry %d of %d in %.2fs",
-            self.provider,
-            type(error).__name__,
-            attempt + 1,
-            self.max_retries,
-            delay,
+        transport: Literal["connect", "timeout"] = (
+            "timeout" if isinstance(exc, httpx.TimeoutException) else "connect"
         )
-        return delay
+        return FailedAttempt(ProviderUnavailableError, message, self.provider, transport=transport)
 
     # -- clients -----------------------------------------------------------------------------
 
@@ -528,12 +593,12 @@ class HTTPReranker(Reranker):
             await state.client.aclose()
 
 
-class _Retry(Exception):
-    """Internal: an answer that may be worth another attempt."""
+class _Failed(Exception):
+    """Internal: a non-2xx answer, for the retry policy to judge."""
 
-    def __init__(self, attempt: _Attempt) -> None:
-        super().__init__(attempt.error)
-        self.attempt = attempt
+    def __init__(self, failure: FailedAttempt) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
 
 
 async def _gather_or_cancel(coros: Sequence[Awaitable[_T]]) -> list[_T]:

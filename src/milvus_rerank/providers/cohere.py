@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from ._http import HTTPReranker
+from ..base import MilvusTarget
+from ._http import HTTPReranker, _check_int
 
 __all__ = ["CohereReranker"]
 
@@ -17,10 +18,10 @@ class CohereReranker(HTTPReranker):
     ``milvus-rerank serve``) works with ``base_url`` alone.
 
     Args:
-        model: Cohere model name.
+        model_name: Cohere model name.
         max_tokens_per_doc: Cohere truncates each document to this many tokens (server
             default 4096); None leaves the field out.
-        **kwargs: ``api_key``, ``base_url``, ``timeout``, ``max_retries``, ``deadline``,
+        **kwargs: ``api_key``, ``base_url``, ``timeout``, ``retry``,
             ``max_batch`` (default 1,000, Cohere's recommended maximum), ``max_concurrency``,
             ``http_client``, ``http_async_client``, ``headers``; see ``HTTPReranker``.
     """
@@ -33,14 +34,34 @@ class CohereReranker(HTTPReranker):
     default_max_batch: ClassVar[int | None] = 1000
 
     def __init__(
-        self, model: str | None = None, *, max_tokens_per_doc: int | None = None, **kwargs: Any
+        self, model_name: str | None = None, *, max_tokens_per_doc: int | None = None, **kwargs: Any
     ) -> None:
-        super().__init__(model, **kwargs)
+        if max_tokens_per_doc is not None:
+            _check_int("CohereReranker", "max_tokens_per_doc", max_tokens_per_doc, minimum=1)
+        super().__init__(model_name, **kwargs)
         self.max_tokens_per_doc = max_tokens_per_doc
+
+    def milvus_function_params(
+        self, target: MilvusTarget, *, credential: str | None = None
+    ) -> dict[str, Any]:
+        """Milvus's ``cohere`` provider (public API only), or Milvus Lite's, at this server.
+
+        A Milvus server finds the Cohere key itself (its milvus.yaml or environment) unless
+        ``credential`` names one. A self-hosted ``base_url`` is refused for ``"milvus"``.
+        """
+        if target == "milvus-lite":
+            return self._milvus_lite_cohere_params()
+        self._public_api_for_milvus("cohere")
+        params: dict[str, Any] = {"provider": "cohere", "model_name": self.model_name}
+        if self.max_batch is not None:
+            params["max_client_batch_size"] = self.max_batch
+        if self.max_tokens_per_doc is not None:
+            params["max_tokens_per_doc"] = self.max_tokens_per_doc
+        return self._with_milvus_credential(params, credential, server_knows_key=True)
 
     def _payload(self, query: str, documents: list[str]) -> dict[str, Any]:
         # top_n is left out: Cohere then returns every document, which chunks need.
-        payload: dict[str, Any] = {"model": self.model, "query": query, "documents": documents}
+        payload: dict[str, Any] = {"model": self.model_name, "query": query, "documents": documents}
         if self.max_tokens_per_doc is not None:
             payload["max_tokens_per_doc"] = self.max_tokens_per_doc
         return payload

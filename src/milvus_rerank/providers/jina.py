@@ -17,8 +17,8 @@ class JinaReranker(HTTPReranker):
     sent as false: its server default changed in 2025, and results are mapped by index.
 
     Args:
-        model: Jina model name.
-        **kwargs: ``api_key``, ``base_url``, ``timeout``, ``max_retries``, ``deadline``,
+        model_name: Jina model name.
+        **kwargs: ``api_key``, ``base_url``, ``timeout``, ``retry``,
             ``max_batch`` (default 1,000; Jina documents no limit), ``max_concurrency``,
             ``http_client``, ``http_async_client``, ``headers``; see ``HTTPReranker``.
     """
@@ -32,7 +32,7 @@ class JinaReranker(HTTPReranker):
 
     def _payload(self, query: str, documents: list[str]) -> dict[str, Any]:
         return {
-            "model": self.model,
+            "model": self.model_name,
             "query": query,
             "documents": documents,
             "top_n": len(documents),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
+from ..base import MilvusTarget
 from ..errors import ConfigurationError
-from ._http import HTTPReranker
+from ._http import HTTPReranker, server_root
 
 __all__ = ["TEIReranker"]
 
@@ -22,7 +23,7 @@ class TEIReranker(HTTPReranker):
         truncate: Let TEI truncate pairs past the model's max length (else it errors).
         truncation_direction: ``"Right"`` or ``"Left"``.
         max_client_batch_size: Texts per request; match the server's flag.
-        **kwargs: ``api_key``, ``base_url``, ``timeout``, ``max_retries``, ``deadline``,
+        **kwargs: ``api_key``, ``base_url``, ``timeout``, ``retry``,
             ``max_concurrency``, ``http_client``, ``http_async_client``, ``headers``.
     """
 
@@ -34,7 +35,7 @@ class TEIReranker(HTTPReranker):
 
     def __init__(
         self,
-        model: str | None = None,
+        model_name: str | None = None,
         *,
         raw_scores: bool = False,
         truncate: bool = False,
@@ -48,10 +49,29 @@ class TEIReranker(HTTPReranker):
                 f"got {truncation_direction!r}"
             )
         kwargs.setdefault("max_batch", max_client_batch_size)
-        super().__init__(model, **kwargs)
+        super().__init__(model_name, **kwargs)
         self.raw_scores = raw_scores
         self.truncate = truncate
         self.truncation_direction = truncation_direction
+
+    def milvus_function_params(
+        self, target: MilvusTarget, *, credential: str | None = None
+    ) -> dict[str, Any]:
+        """Milvus's ``tei`` provider at this server's root; Milvus Lite cannot call TEI.
+
+        A keyed server needs ``credential``: raw keys never go to a Milvus server.
+        """
+        if target == "milvus-lite":
+            return super().milvus_function_params(target, credential=credential)
+        params: dict[str, Any] = {
+            "provider": "tei",
+            "endpoint": server_root(self.base_url),
+            "truncate": self.truncate,
+            "truncation_direction": self.truncation_direction,
+        }
+        if self.max_batch is not None:
+            params["max_client_batch_size"] = self.max_batch
+        return self._with_milvus_credential(params, credential, server_knows_key=False)
 
     def _payload(self, query: str, documents: list[str]) -> dict[str, Any]:
         return {

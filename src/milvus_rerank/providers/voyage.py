@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from ..base import MilvusTarget
 from ._http import HTTPReranker
 
 __all__ = ["VoyageReranker"]
@@ -16,9 +17,9 @@ class VoyageReranker(HTTPReranker):
     ``voyageai`` SDK sends: ``top_k`` null (all documents) and ``truncation``.
 
     Args:
-        model: Voyage model name.
+        model_name: Voyage model name.
         truncation: Let Voyage truncate inputs past the model's context (else it errors).
-        **kwargs: ``api_key``, ``base_url``, ``timeout``, ``max_retries``, ``deadline``,
+        **kwargs: ``api_key``, ``base_url``, ``timeout``, ``retry``,
             ``max_batch`` (default 1,000, Voyage's per-request limit), ``max_concurrency``,
             ``http_client``, ``http_async_client``, ``headers``; see ``HTTPReranker``.
     """
@@ -31,15 +32,33 @@ class VoyageReranker(HTTPReranker):
     default_max_batch: ClassVar[int | None] = 1000
     results_key: ClassVar[str | None] = "data"
 
-    def __init__(self, model: str | None = None, *, truncation: bool = True, **kwargs: Any) -> None:
-        super().__init__(model, **kwargs)
+    def __init__(
+        self, model_name: str | None = None, *, truncation: bool = True, **kwargs: Any
+    ) -> None:
+        super().__init__(model_name, **kwargs)
         self.truncation = truncation
+
+    def milvus_function_params(
+        self, target: MilvusTarget, *, credential: str | None = None
+    ) -> dict[str, Any]:
+        """Milvus's ``voyageai`` provider (public API only); Milvus Lite cannot call Voyage."""
+        if target == "milvus-lite":
+            return super().milvus_function_params(target, credential=credential)
+        self._public_api_for_milvus("voyageai")
+        params: dict[str, Any] = {
+            "provider": "voyageai",
+            "model_name": self.model_name,
+            "truncation": self.truncation,
+        }
+        if self.max_batch is not None:
+            params["max_client_batch_size"] = self.max_batch
+        return self._with_milvus_credential(params, credential, server_knows_key=True)
 
     def _payload(self, query: str, documents: list[str]) -> dict[str, Any]:
         return {
             "query": query,
             "documents": documents,
-            "model": self.model,
+            "model": self.model_name,
             "top_k": None,
             "truncation": self.truncation,
         }
