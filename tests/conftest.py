@@ -66,6 +66,37 @@ class ScoreTableReranker(Reranker):
         return [self.table.get(doc, 0.0) for doc in documents]
 
 
+# The unit tier (`make test-fast`) is what remains after deselecting `slow`; this hook marks
+# tests by what they need, so test files never have to remember the tier they belong to.
+#: Folders whose tests all need Milvus Lite, the frameworks' stores, or minutes of load.
+SLOW_DIRS = {"integration", "reliability"}
+#: Marks that already say a test needs Milvus Lite or a live server.
+SLOW_MARKS = {"integration", "milvus_server", "vllm"}
+#: Fixtures that build and run real (tiny) models or start loopback servers.
+SLOW_FIXTURES = {"tiny_models", "loopback", "live_vllm"}
+#: A module that imports one of these starts servers in its tests.
+SLOW_IMPORTS = {"BackgroundServer"}
+
+
+def _is_slow(item: pytest.Item) -> bool:
+    path = Path(str(item.path)).resolve()
+    if SLOW_DIRS & set(path.relative_to(Path(__file__).resolve().parent).parts[:-1]):
+        return True
+    if any(item.get_closest_marker(name) is not None for name in SLOW_MARKS):
+        return True
+    if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    module = getattr(item, "module", None)
+    return any(hasattr(module, name) for name in SLOW_IMPORTS)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test outside the unit tier (see ``SLOW_*`` above)."""
+    for item in items:
+        if _is_slow(item):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny random checkpoints: two BERT cross-encoders and an XLM-R (BGE-shaped) reranker."""

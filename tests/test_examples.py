@@ -1,7 +1,13 @@
-"""Each example runs as the README says (``python examples/<name>.py``) and prints a ranking."""
+"""Each example runs as the README says (``python examples/<name>.py``) and prints a ranking.
+
+The examples are what users copy: they import only the public API (names a public module
+lists in ``__all__``) and never edit ``sys.path``.
+"""
 
 from __future__ import annotations
 
+import ast
+import importlib
 import os
 import subprocess
 import sys
@@ -10,6 +16,40 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+# The command line is an application, not a library surface an example should build on.
+NOT_FOR_EXAMPLES = {"milvus_rerank.cli"}
+
+
+def _package_imports(path: Path) -> list[tuple[str, str]]:
+    """(module, name) for every ``from milvus_rerank... import name`` in ``path``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(a.name, "") for a in node.names if a.name.startswith("milvus_rerank")]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("milvus_rerank"):
+            found += [(node.module or "", alias.name) for alias in node.names]
+    return found
+
+
+def test_examples_are_found() -> None:
+    assert {p.name for p in EXAMPLES} >= {
+        "milvus_client_rerank.py",
+        "langchain_rag.py",
+        "llama_index_query_engine.py",
+    }
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_uses_only_the_public_api(path: Path) -> None:
+    source = path.read_text("utf-8")
+    assert "sys.path" not in source, f"{path.name} edits sys.path"
+    for module, name in _package_imports(path):
+        assert not any(part.startswith("_") for part in module.split(".")), (path.name, module)
+        assert module not in NOT_FOR_EXAMPLES, (path.name, module)
+        if name:
+            public = getattr(importlib.import_module(module), "__all__", None)
+            assert public is not None and name in public, f"{path.name}: {module}.{name} is private"
 
 
 @pytest.mark.integration

