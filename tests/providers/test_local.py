@@ -224,7 +224,7 @@ class _LastTokenFamily(ModelFamily):
     half_dtype = "bfloat16"
 
     def default_max_length(self, tokenizer: Any, config: Any) -> int:
-        return 48
+        return 200
 
     def encode(
         self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
@@ -262,7 +262,7 @@ def test_a_causal_family_plugs_in_without_runner_changes(
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=1,
-        max_position_embeddings=96,
+        max_position_embeddings=256,
         pad_token_id=tokenizer.pad_token_id,
         initializer_range=0.3,
     )
@@ -274,8 +274,9 @@ def test_a_causal_family_plugs_in_without_runner_changes(
     got = reranker.score_pairs([QUERY] * len(DOCS), DOCS)
     loaded = reranker.runner.load()
     assert type(loaded.model).__name__ == "Qwen2ForCausalLM"
-    assert loaded.max_length == 48
+    assert loaded.max_length == 200
     rows = reranker.runner.encode_pairs(QUERY, DOCS)
+    assert len(rows[0]["input_ids"]) > len(rows[1]["input_ids"])
     batch = reranker.runner.collate(rows[:2])
     assert batch["attention_mask"][:, -1].tolist() == [1, 1], "left padding"
     assert batch["attention_mask"][:, 0].tolist() == [1, 0], "the shorter row is padded"
@@ -286,5 +287,5 @@ def test_a_causal_family_plugs_in_without_runner_changes(
             logits = loaded.model(input_ids=torch.tensor([row["input_ids"]])).logits[0, -1]
             expected.append(torch.sigmoid(logits[labels[0]] - logits[labels[1]]).item())
     _close(got, expected)
-    with pytest.raises(ConfigurationError, match="max_length=97"):
-        LocalReranker(str(tmp_path / "lm"), _LastTokenFamily(), max_length=97).load()
+    with pytest.raises(ConfigurationError, match="max_length=257"):
+        LocalReranker(str(tmp_path / "lm"), _LastTokenFamily(), max_length=257).load()
