@@ -39,9 +39,7 @@ def test_cuda_without_cuda(tiny_models: dict[str, Path], device: str) -> None:
         reranker.load()
 
 
-@pytest.mark.skipif(
-    torch.backends.mps.is_available(), reason="this machine has an Apple GPU (MPS)"
-)
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has an Apple GPU (MPS)")
 def test_mps_where_there_is_none(tiny_models: dict[str, Path]) -> None:
     with pytest.raises(ConfigurationError, match="device 'mps' is not available"):
         BGEReranker(str(tiny_models["bge"]), device="mps").load()
