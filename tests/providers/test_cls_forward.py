@@ -31,11 +31,11 @@ def test_same_logits_as_the_full_forward(tiny_models: dict[str, Path], kind: str
     cls = CrossEncoderReranker if kind == "ce" else BGEReranker
     reranker = cls(str(tiny_models[kind]), device="cpu")
     loaded = reranker.runner.load()
-    assert loaded.fast_forward is not None
+    assert loaded.head.forward.fast is not None, "the runner scores through the fast path"
     batch = padded_batch(reranker)
     with torch.inference_mode():
         full = loaded.model(**batch).logits.view(-1)
-        fast = loaded.fast_forward(**batch).view(-1)
+        fast = loaded.head.forward(batch)
     assert fast.shape == full.shape == (len(DOCS),)
     assert torch.allclose(fast, full, atol=1e-5, rtol=1e-6), (fast - full).abs().max()
 
@@ -47,7 +47,7 @@ def test_a_one_layer_model(tmp_path: Path) -> None:
     batch = padded_batch(reranker)
     with torch.inference_mode():
         full = loaded.model(**batch).logits.view(-1)
-        fast = loaded.fast_forward(**batch).view(-1)  # type: ignore[misc]
+        fast = loaded.head.forward(batch)
     assert torch.allclose(fast, full, atol=1e-5, rtol=1e-6), (fast - full).abs().max()
 
 
@@ -56,7 +56,7 @@ def test_switched_off_by_the_environment(
 ) -> None:
     monkeypatch.setenv(DISABLE_ENV, "1")
     reranker = CrossEncoderReranker(str(tiny_models["ce"]), device="cpu")
-    assert reranker.runner.load().fast_forward is None
+    assert reranker.runner.load().head.forward.fast is None
     assert len(reranker.rerank(QUERY, DOCS)) == len(DOCS)
 
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytest.importorskip("torch")
 
 from milvus_rerank import BGEReranker, ConfigurationError, CrossEncoderReranker  # noqa: E402
-from milvus_rerank.providers._local import plan_batches  # noqa: E402
+from milvus_rerank.providers._family import Head, ModelFamily, ModelSource  # noqa: E402
+from milvus_rerank.providers._local import LocalReranker, plan_batches  # noqa: E402
 
 QUERY = "what event in 1956 marked the birth of artificial intelligence"
 DOCS = [
@@ -210,3 +213,79 @@ def test_token_budget_defaults_by_device() -> None:
     assert CrossEncoderReranker("x").runner.token_budget("cpu") == 1024
     assert CrossEncoderReranker("x").runner.token_budget("cuda:0") is None
     assert BGEReranker("x", max_tokens_per_batch=300).runner.token_budget("cuda") == 300
+
+
+class _LastTokenFamily(ModelFamily):
+    """A decoder-only family in the shape of the LLM rerankers: causal LM, left padding, the
+    score from two label tokens' logits at the last position (here ``logit(a) - logit(b)``)."""
+
+    auto_class = "AutoModelForCausalLM"
+    padding_side = "left"
+    half_dtype = "bfloat16"
+
+    def default_max_length(self, tokenizer: Any, config: Any) -> int:
+        return 200
+
+    def encode(
+        self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
+    ) -> list[dict[str, list[int]]]:
+        ids = tokenizer(
+            list(queries), list(documents), truncation="longest_first", max_length=max_length
+        )["input_ids"]
+        return [{"input_ids": row} for row in ids]
+
+    def bind(self, model: Any, tokenizer: Any, source: ModelSource) -> Head:
+        import torch
+
+        labels = tokenizer.convert_tokens_to_ids(["a", "b"])
+        base, lm_head = model.get_decoder(), model.get_output_embeddings()
+
+        def forward(batch: dict[str, Any]) -> Any:
+            hidden = base(**batch).last_hidden_state[:, -1]
+            logits = lm_head(hidden)[:, labels].float()
+            return logits[:, 0] - logits[:, 1]
+
+        return Head(forward, lambda scores: [torch.sigmoid(torch.tensor(s)).item() for s in scores])
+
+
+def test_a_causal_family_plugs_in_without_runner_changes(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["ce"])
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.3,
+    )
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).eval().save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+
+    reranker = LocalReranker(str(tmp_path / "lm"), _LastTokenFamily(), batch_size=3)
+    got = reranker.score_pairs([QUERY] * len(DOCS), DOCS)
+    loaded = reranker.runner.load()
+    assert type(loaded.model).__name__ == "Qwen2ForCausalLM"
+    assert loaded.max_length == 200
+    rows = reranker.runner.encode_pairs(QUERY, DOCS)
+    assert len(rows[0]["input_ids"]) > len(rows[1]["input_ids"])
+    batch = reranker.runner.collate(rows[:2])
+    assert batch["attention_mask"][:, -1].tolist() == [1, 1], "left padding"
+    assert batch["attention_mask"][:, 0].tolist() == [1, 0], "the shorter row is padded"
+    labels = tokenizer.convert_tokens_to_ids(["a", "b"])
+    expected = []
+    with torch.inference_mode():  # one unpadded pair at a time, through the model's own forward
+        for row in rows:
+            logits = loaded.model(input_ids=torch.tensor([row["input_ids"]])).logits[0, -1]
+            expected.append(torch.sigmoid(logits[labels[0]] - logits[labels[1]]).item())
+    _close(got, expected)
+    with pytest.raises(ConfigurationError, match="max_length=257"):
+        LocalReranker(str(tmp_path / "lm"), _LastTokenFamily(), max_length=257).load()

@@ -1,7 +1,9 @@
 """One local-model runner: load once, tokenize pairs, batch by length, forward in inference mode.
 
-The BGE and cross-encoder rerankers differ only in how pairs are truncated (to match their
-reference libraries) and in the score activation; everything else lives here.
+What differs between model families (the Auto class, padding side, how pairs are tokenized and
+truncated, what forward to run, how outputs become scores) comes from their ``ModelFamily``
+(``_family.py``); everything else lives here. Constructor options are declared once, in
+``LocalOptions``, with their defaults in ``LOCAL_DEFAULTS``.
 """
 
 from __future__ import annotations
@@ -10,28 +12,77 @@ import math
 import os
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypedDict
 from urllib.parse import urlsplit
 
-from typing_extensions import Self
+from typing_extensions import Self, Unpack
 
-from ..base import Reranker
-from ..errors import ConfigurationError, MissingDependencyError
-from ._cls_forward import cls_only_forward
+from ..base import Reranker, validate_request
+from ..errors import ConfigurationError, InvalidInputError, MissingDependencyError, RerankError
+from ._family import Head, ModelFamily, ModelSource, Rows
 
 __all__ = [
+    "LOCAL_DEFAULTS",
+    "Dtype",
     "LocalModelRunner",
+    "LocalOptions",
     "LocalReranker",
-    "Truncation",
     "plan_batches",
     "resolve_device",
+    "resolve_dtype",
     "sigmoid",
 ]
 
-Truncation = Literal["longest_first", "only_second"]
+Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+_DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+class LocalOptions(TypedDict, total=False):
+    """Options every local reranker takes (``**options: Unpack[LocalOptions]``).
+
+    Attributes:
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...; None picks CUDA when present.
+        dtype: ``"auto"`` (half precision on CUDA when ``use_fp16``, the family's fp16 or bf16;
+            float32 elsewhere), or ``"float32"``, ``"float16"``, ``"bfloat16"`` on any device.
+        use_fp16: With ``dtype="auto"``, run in half precision on CUDA (ignored on the CPU).
+        batch_size: Upper bound of pairs per forward pass.
+        max_length: Token limit of a pair; None takes the family's default (its reference's).
+        max_tokens_per_batch: Upper bound of padded tokens per forward pass (None: 1,024 on
+            CPUs, where small length-sorted batches run fastest, and no bound on GPUs).
+        trust_remote_code: Allow custom modelling code (and custom activations) from the hub.
+        revision: Hub revision (branch, tag or commit).
+        cache_dir: Hugging Face cache directory.
+        local_files_only: Never contact the hub.
+    """
+
+    device: str | None
+    dtype: Dtype
+    use_fp16: bool
+    batch_size: int
+    max_length: int | None
+    max_tokens_per_batch: int | None
+    trust_remote_code: bool
+    revision: str | None
+    cache_dir: str | None
+    local_files_only: bool
+
+
+#: The default of every ``LocalOptions`` key, in one place.
+LOCAL_DEFAULTS: LocalOptions = {
+    "device": None,
+    "dtype": "auto",
+    "use_fp16": True,
+    "batch_size": 32,
+    "max_length": None,
+    "max_tokens_per_batch": None,
+    "trust_remote_code": False,
+    "revision": None,
+    "cache_dir": None,
+    "local_files_only": False,
+}
 
 _TRUTHY = {"1", "true", "yes", "on"}
 #: Default padded tokens per forward pass on CPUs (see ``LocalModelRunner.token_budget``).
@@ -47,15 +98,85 @@ def _import_torch() -> Any:
     return torch
 
 
+def _check_options(options: dict[str, Any]) -> LocalOptions:
+    """``options`` over ``LOCAL_DEFAULTS``, each checked (``ConfigurationError`` naming it)."""
+    unknown = sorted(set(options) - set(LOCAL_DEFAULTS))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for a local reranker; "
+            f"the options are {', '.join(LOCAL_DEFAULTS)}"
+        )
+    merged: dict[str, Any] = {**LOCAL_DEFAULTS, **options}
+    for name in ("batch_size", "max_length", "max_tokens_per_batch"):
+        value = merged[name]
+        if (value is not None or name == "batch_size") and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
+    for name in ("use_fp16", "trust_remote_code", "local_files_only"):
+        if not isinstance(merged[name], bool):
+            raise ConfigurationError(f"{name} must be True or False, got {merged[name]!r}")
+    for name in ("device", "revision", "cache_dir"):
+        value = merged[name]
+        if isinstance(value, os.PathLike) and name == "cache_dir":
+            merged[name] = value = os.fspath(value)
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            raise ConfigurationError(f"{name} must be a non-empty str or None, got {value!r}")
+    if merged["dtype"] not in _DTYPES:
+        raise ConfigurationError(
+            f"dtype must be one of {', '.join(map(repr, _DTYPES))}, got {merged['dtype']!r}"
+        )
+    checked: LocalOptions = merged  # type: ignore[assignment]
+    return checked
+
+
 def resolve_device(device: str | None) -> str:
-    """The torch device to use: the one asked for, else CUDA when present, else the CPU."""
+    """The torch device to use: the one asked for, else CUDA when present, else the CPU.
+
+    Raises:
+        ConfigurationError: ``device`` is not a device name, or not one this machine has.
+    """
     torch = _import_torch()
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return str(torch.device(device))
+        parsed = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ConfigurationError(f"device {device!r} is not a torch device: {exc}") from None
+    kind = parsed.type
+    if kind == "cpu":
+        return str(parsed)
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigurationError(
+                f"device {device!r} asks for CUDA, which this torch ({torch.__version__}) "
+                "cannot use here (no CUDA build or no GPU visible); use device='cpu' or None"
+            )
+        count = int(torch.cuda.device_count())
+        if parsed.index is not None and parsed.index >= count:
+            raise ConfigurationError(
+                f"device {device!r} does not exist: this machine has {count} CUDA device(s)"
+            )
+        return str(parsed)
+    backend = getattr(torch.backends, kind, None) if kind == "mps" else getattr(torch, kind, None)
+    if kind in ("mps", "xpu"):
+        available = backend is not None and bool(backend.is_available())
+        if not available:
+            raise ConfigurationError(
+                f"device {device!r} is not available on this machine; use device='cpu' or None"
+            )
+        return str(parsed)
+    raise ConfigurationError(
+        f"device {device!r} cannot run a reranker ({kind!r} devices hold no usable weights "
+        "or are not supported); use 'cpu', 'cuda', 'cuda:N', 'mps' or 'xpu'"
+    )
+
+
+def resolve_dtype(dtype: Dtype, use_fp16: bool, device: str, half: str = "float16") -> str:
+    """The weights' dtype: as asked, else ``half`` on CUDA with ``use_fp16``, else float32."""
+    if dtype != "auto":
+        return dtype
+    return half if use_fp16 and device.startswith("cuda") else "float32"
 
 
 def sigmoid(x: float) -> float:
@@ -109,64 +230,41 @@ class _Loaded:
     model: Any
     tokenizer: Any
     device: str
+    dtype: str
     max_length: int
-    input_names: tuple[str, ...]
     pad_id: int
-    pad_left: bool
-    #: The [CLS]-only forward (``_cls_forward``), or None to run the model's own.
-    fast_forward: Callable[..., Any] | None = None
+    #: The family's forward and activation for this model.
+    head: Head
 
 
 class LocalModelRunner:
-    """Scores (query, document) pairs with a Hugging Face sequence-classification model.
+    """Scores (query, document) pairs with a Hugging Face model, the way ``family`` says.
 
-    The model loads once, lazily and thread-safely, on first use. Pairs are tokenized once,
-    sorted by length and cut into batches bounded by ``batch_size`` and
-    ``max_tokens_per_batch``, so little compute goes to padding. Forward passes run under
-    ``torch.inference_mode()``, in fp16 on CUDA when asked; for stock BERT and XLM-R classifiers
-    the last layer runs for ``[CLS]`` only (``_cls_forward``), the one position they read.
+    The model loads once, lazily and thread-safely, on first use. Pairs are tokenized once
+    (by the family), sorted by length and cut into batches bounded by ``batch_size`` and
+    ``max_tokens_per_batch``, so little compute goes to padding. Forward passes (the family's)
+    run under ``torch.inference_mode()``.
     """
 
     def __init__(
-        self,
-        model_name: str,
-        *,
-        truncation: Truncation,
-        device: str | None = None,
-        use_fp16: bool = True,
-        batch_size: int = 32,
-        max_length: int | None = None,
-        query_max_length: int | None = None,
-        max_tokens_per_batch: int | None = None,
-        trust_remote_code: bool = False,
-        revision: str | None = None,
-        cache_dir: str | None = None,
-        local_files_only: bool = False,
+        self, model_name: str, family: ModelFamily, **options: Unpack[LocalOptions]
     ) -> None:
         if not isinstance(model_name, (str, os.PathLike)) or not str(model_name).strip():
             raise ConfigurationError(f"model_name must be a hub name or a path, got {model_name!r}")
-        for name, value in (
-            ("batch_size", batch_size),
-            ("max_length", max_length),
-            ("query_max_length", query_max_length),
-            ("max_tokens_per_batch", max_tokens_per_batch),
-        ):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
-        self.model_name = str(model_name)
-        self.truncation: Truncation = truncation
-        self.requested_device = device
-        self.use_fp16 = use_fp16
-        self.batch_size = batch_size
-        self.requested_max_length = max_length
-        self.query_max_length = query_max_length
-        self.max_tokens_per_batch = max_tokens_per_batch
-        self.trust_remote_code = trust_remote_code
-        self.revision = revision
-        self.cache_dir = cache_dir
-        self.local_files_only = local_files_only
+        settings = _check_options(dict(options))
+        self.model_name = os.fspath(model_name)
+        self.family = family
+        self.options = settings
+        self.requested_device = settings["device"]
+        self.dtype = settings["dtype"]
+        self.use_fp16 = settings["use_fp16"]
+        self.batch_size = settings["batch_size"]
+        self.requested_max_length = settings["max_length"]
+        self.max_tokens_per_batch = settings["max_tokens_per_batch"]
+        self.trust_remote_code = settings["trust_remote_code"]
+        self.revision = settings["revision"]
+        self.cache_dir = settings["cache_dir"]
+        self.local_files_only = settings["local_files_only"]
         self._loaded: _Loaded | None = None
         self._load_lock = threading.Lock()
         # Fast tokenizers keep truncation state on the shared Rust object: one caller at a time.
@@ -180,7 +278,11 @@ class LocalModelRunner:
         return self._loaded is not None
 
     def load(self) -> _Loaded:
-        """Load the tokenizer and model once; later calls return the same objects."""
+        """Load the tokenizer and model once; later calls return the same objects.
+
+        Raises:
+            ConfigurationError: the device, dtype, weights or ``max_length`` cannot work.
+        """
         loaded = self._loaded
         if loaded is None:
             with self._load_lock:
@@ -189,76 +291,81 @@ class LocalModelRunner:
                 loaded = self._loaded
         return loaded
 
-    def _from_pretrained(self, factory: Any, source: str, local_only: bool) -> Any:
-        return factory.from_pretrained(
-            source,
-            trust_remote_code=self.trust_remote_code,
-            revision=self.revision,
-            cache_dir=self.cache_dir,
-            local_files_only=local_only,
-        )
+    def _load_pair(self, source: str, local_only: bool, dtype: str) -> tuple[Any, Any]:
+        import transformers
 
-    def _load_pair(self, source: str, local_only: bool) -> tuple[Any, Any]:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        tokenizer = self._from_pretrained(AutoTokenizer, source, local_only)
-        model = self._from_pretrained(AutoModelForSequenceClassification, source, local_only)
+        common = {
+            "trust_remote_code": self.trust_remote_code,
+            "revision": self.revision,
+            "cache_dir": self.cache_dir,
+            "local_files_only": local_only,
+        }
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
+        factory = getattr(transformers, self.family.auto_class)
+        model = factory.from_pretrained(source, **common, **_dtype_kwargs(transformers, dtype))
         return tokenizer, model
 
     def _load(self) -> _Loaded:
         torch = _import_torch()
         device = resolve_device(self.requested_device)
+        dtype = resolve_dtype(self.dtype, self.use_fp16, device, self.family.half_dtype)
         path = Path(self.model_name).expanduser()
-        if path.is_dir():
+        local_dir = path if path.is_dir() else None
+        if local_dir is not None:
             try:
-                tokenizer, model = self._load_pair(str(path), True)
-            except (OSError, ValueError) as exc:
+                tokenizer, model = self._load_pair(str(local_dir), True, dtype)
+            except RerankError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - OSError, ValueError, SafetensorError...
                 raise ConfigurationError(
-                    f"Cannot load a reranker model from the directory {str(path)!r}: {exc}"
+                    f"Cannot load a reranker model from the directory {str(local_dir)!r}: "
+                    f"{type(exc).__name__}: {exc}"
                 ) from exc
         else:
-            tokenizer, model = self._load_from_hub()
+            tokenizer, model = self._load_from_hub(dtype)
         if not getattr(tokenizer, "is_fast", False):
             raise ConfigurationError(
                 f"model {self.model_name!r} has no fast (Rust) tokenizer; one is required"
             )
-        num_labels = int(getattr(model.config, "num_labels", 1))
-        if num_labels != 1:
-            raise ConfigurationError(
-                f"model {self.model_name!r} has {num_labels} output labels; a reranker needs a "
-                "model with one relevance logit (num_labels=1)"
-            )
-        model.eval()
-        if self.use_fp16 and device.startswith("cuda"):
-            model.half()
-        model.to(device)
+        source = ModelSource(
+            model_name=self.model_name,
+            path=local_dir,
+            revision=self.revision,
+            cache_dir=self.cache_dir,
+            trust_remote_code=self.trust_remote_code,
+        )
+        head = self.family.bind(model, tokenizer, source)
         pad_id = tokenizer.pad_token_id
         if pad_id is None:
             raise ConfigurationError(f"the tokenizer of {self.model_name!r} has no pad token")
-        input_names = tuple(
-            name
-            for name in ("input_ids", "token_type_ids", "attention_mask")
-            if name != "token_type_ids" or name in tokenizer.model_input_names
-        )
-        del torch  # imported above only to fail early and clearly without the extra
-        pad_left = getattr(tokenizer, "padding_side", "right") == "left"
+        max_length = self._resolve_max_length(tokenizer, model.config)
+        model.eval()
+        try:
+            model.to(device)
+        except (RuntimeError, AssertionError) as exc:  # out of memory, driver trouble
+            raise ConfigurationError(
+                f"Cannot move model {self.model_name!r} to device {device!r}: {exc}"
+            ) from exc
         return _Loaded(
             model=model,
             tokenizer=tokenizer,
             device=device,
-            max_length=self._resolve_max_length(tokenizer, model.config),
-            input_names=input_names,
+            dtype=str(getattr(torch, dtype)).removeprefix("torch."),
+            max_length=max_length,
             pad_id=int(pad_id),
-            pad_left=pad_left,
-            # [CLS] must sit at position 0 of every row: right padding only.
-            fast_forward=None if pad_left else cls_only_forward(model),
+            head=head,
         )
 
-    def _load_from_hub(self) -> tuple[Any, Any]:
+    def _load_from_hub(self, dtype: str) -> tuple[Any, Any]:
         try:
-            return self._load_pair(self.model_name, True)
+            return self._load_pair(self.model_name, True, dtype)
         except (OSError, ValueError):
             pass  # not in the local cache: try the hub below, if allowed and reachable
+        except Exception as exc:  # noqa: BLE001 - corrupt cached weights, for one
+            raise ConfigurationError(
+                f"Cannot load reranker model {self.model_name!r} from the Hugging Face cache: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         hint = (
             f"Download it where the hub is reachable (for example `hf download "
             f"{self.model_name} --local-dir ./models/{self.model_name.rsplit('/', 1)[-1]}`) "
@@ -272,102 +379,41 @@ class LocalModelRunner:
                 f"({reason}). {hint}"
             )
         try:
-            return self._load_pair(self.model_name, False)
-        except (OSError, ValueError) as exc:
+            return self._load_pair(self.model_name, False, dtype)
+        except Exception as exc:  # noqa: BLE001 - any failure to fetch or read the weights
             raise ConfigurationError(
-                f"Cannot load reranker model {self.model_name!r} from {_hub_endpoint()}: {exc}. "
-                f"{hint}"
+                f"Cannot load reranker model {self.model_name!r} from {_hub_endpoint()}: "
+                f"{type(exc).__name__}: {exc}. {hint}"
             ) from exc
 
     def _resolve_max_length(self, tokenizer: Any, config: Any) -> int:
-        if self.requested_max_length is not None:
-            return self.requested_max_length
-        if self.truncation == "only_second":
-            return 512  # FlagEmbedding's FlagReranker default
-        # sentence-transformers: the tokenizer's model_max_length, capped at the position table.
-        limit = int(getattr(tokenizer, "model_max_length", 512) or 512)
-        positions = getattr(config, "max_position_embeddings", -1)
-        if positions is not None and positions != -1:
-            limit = min(limit, int(positions))
-        return limit
+        """The asked (or the family's default) pair limit, checked against the model."""
+        limit = self.family.max_positions(config)
+        requested = self.requested_max_length
+        if requested is not None and limit is not None and requested > limit:
+            raise ConfigurationError(
+                f"max_length={requested} is longer than model {self.model_name!r} can encode: "
+                f"its position table holds {limit} tokens"
+            )
+        max_length = requested or self.family.default_max_length(tokenizer, config)
+        if limit is not None:
+            max_length = min(max_length, limit)
+        self.family.check_max_length(tokenizer, max_length)
+        return max_length
 
     # -- tokenization --------------------------------------------------------------------
 
-    def encode_pairs(self, query: str, documents: Sequence[str]) -> list[dict[str, list[int]]]:
+    def encode_pairs(self, query: str, documents: Sequence[str]) -> Rows:
         """Tokenize (query, document) pairs without padding, truncated like the reference."""
         return self.encode_many([query] * len(documents), documents)
 
-    def encode_many(
-        self, queries: Sequence[str], documents: Sequence[str]
-    ) -> list[dict[str, list[int]]]:
+    def encode_many(self, queries: Sequence[str], documents: Sequence[str]) -> Rows:
         """Tokenize pairs whose queries may differ (``queries[i]`` goes with ``documents[i]``)."""
         loaded = self.load()
         with self._tokenizer_lock:
-            if self.truncation == "longest_first":
-                return self._encode_longest_first(loaded, queries, documents)
-            rows: list[dict[str, list[int]]] = [{} for _ in documents]
-            groups: dict[str, list[int]] = {}
-            for i, query in enumerate(queries):
-                groups.setdefault(query, []).append(i)
-            for query, positions in groups.items():
-                encoded = self._encode_only_second(loaded, query, [documents[i] for i in positions])
-                for i, row in zip(positions, encoded, strict=True):
-                    rows[i] = row
-            return rows
-
-    def _encode_longest_first(
-        self, loaded: _Loaded, queries: Sequence[str], documents: Sequence[str]
-    ) -> list[dict[str, list[int]]]:
-        # sentence-transformers' CrossEncoder: tokenizer(pairs, truncation="longest_first").
-        encoded = loaded.tokenizer(
-            list(queries),
-            list(documents),
-            truncation="longest_first",
-            max_length=loaded.max_length,
-            padding=False,
-            return_attention_mask=False,
-            return_token_type_ids="token_type_ids" in loaded.input_names,
-        )
-        names = [name for name in loaded.input_names if name != "attention_mask"]
-        columns = [encoded[name] for name in names]
-        return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
-
-    def _encode_only_second(
-        self, loaded: _Loaded, query: str, documents: Sequence[str]
-    ) -> list[dict[str, list[int]]]:
-        # FlagEmbedding's FlagReranker: the query alone is cut to query_max_length (3/4 of
-        # max_length by default), each passage to max_length, then the pair with special
-        # tokens is cut to max_length by shortening the passage only.
-        backend = loaded.tokenizer.backend_tokenizer
-        backend.no_truncation()
-        backend.no_padding()
-        max_length = loaded.max_length
-        query_max = self.query_max_length or max_length * 3 // 4
-        q = backend.encode(query, add_special_tokens=False)
-        q.truncate(query_max)
-        specials = backend.num_special_tokens_to_add(True)
-        docs = backend.encode_batch(list(documents), add_special_tokens=False)
-        want_types = "token_type_ids" in loaded.input_names
-        rows: list[dict[str, list[int]]] = []
-        for d in docs:
-            d.truncate(max_length)
-            excess = len(q.ids) + len(d.ids) + specials - max_length
-            if 0 < excess < len(d.ids):
-                d.truncate(len(d.ids) - excess)
-            # An empty passage tokenizes like the query alone, as the reference does on
-            # transformers 5 (its tokenizer call drops an empty second text).
-            pair = backend.post_process(q, d if d.ids else None, add_special_tokens=True)
-            row = {"input_ids": pair.ids}
-            if want_types:
-                row["token_type_ids"] = pair.type_ids
-            rows.append(row)
-        return rows
+            return self.family.encode(loaded.tokenizer, queries, documents, loaded.max_length)
 
     # -- inference -----------------------------------------------------------------------
-
-    def logits(self, query: str, documents: Sequence[str]) -> list[float]:
-        """One raw relevance logit per document, in input order, as Python floats (float32 math)."""
-        return self.logits_many([query] * len(documents), documents)
 
     def token_budget(self, device: str) -> int | None:
         """Padded tokens per forward pass: as asked, else 1,024 on CPUs and no bound on GPUs.
@@ -379,8 +425,16 @@ class LocalModelRunner:
             return self.max_tokens_per_batch
         return CPU_TOKEN_BUDGET if device == "cpu" else None
 
-    def logits_many(self, queries: Sequence[str], documents: Sequence[str]) -> list[float]:
-        """Raw logits of pairs whose queries may differ; one forward schedule for them all."""
+    def scores(self, query: str, documents: Sequence[str]) -> list[float]:
+        """The family's scores of (query, document) pairs, in input order."""
+        return self.scores_many([query] * len(documents), documents)
+
+    def scores_many(self, queries: Sequence[str], documents: Sequence[str]) -> list[float]:
+        """Scores of pairs whose queries may differ; one forward schedule for them all."""
+        return self.load().head.activate(self.raw_scores_many(queries, documents))
+
+    def raw_scores_many(self, queries: Sequence[str], documents: Sequence[str]) -> list[float]:
+        """The family's forward outputs (before its activation), as Python floats."""
         torch = _import_torch()
         loaded = self.load()
         features = self.encode_many(queries, documents)
@@ -407,37 +461,59 @@ class LocalModelRunner:
         return self._collate(self.load(), rows)
 
     def _forward(self, loaded: _Loaded, rows: list[dict[str, list[int]]]) -> list[float]:
-        batch = self._collate(loaded, rows)
-        if loaded.fast_forward is not None:
-            logits = loaded.fast_forward(**batch)
-        else:
-            logits = loaded.model(**batch, return_dict=True).logits
-        scores: list[float] = logits.view(-1).float().cpu().tolist()
+        out = loaded.head.forward(self._collate(loaded, rows))
+        scores: list[float] = out.reshape(-1).float().cpu().tolist()
+        if len(scores) != len(rows):
+            raise RuntimeError(
+                f"{type(self.family).__name__} returned {len(scores)} scores for {len(rows)} pairs"
+            )
         return scores
 
     def _collate(self, loaded: _Loaded, rows: Sequence[dict[str, list[int]]]) -> dict[str, Any]:
         torch = _import_torch()
         width = max(len(row["input_ids"]) for row in rows)
+        left = self.family.padding_side == "left"
         batch: dict[str, Any] = {}
-        for name in loaded.input_names:
+        for name in (*rows[0], "attention_mask"):
             fill = loaded.pad_id if name == "input_ids" else 0
             padded = []
             for row in rows:
                 values = [1] * len(row["input_ids"]) if name == "attention_mask" else row[name]
                 pad = [fill] * (width - len(values))
-                padded.append(pad + values if loaded.pad_left else values + pad)
+                padded.append(pad + values if left else values + pad)
             batch[name] = torch.tensor(padded, dtype=torch.long, device=loaded.device)
         return batch
 
 
+def _dtype_kwargs(transformers: Any, dtype: str) -> dict[str, Any]:
+    """``from_pretrained``'s dtype argument (``torch_dtype`` before transformers 4.56).
+
+    Loading straight into the dtype spares a float32 copy of large models.
+    """
+    import torch
+
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": getattr(torch, dtype)}
+
+
 class LocalReranker(Reranker):
-    """A ``Reranker`` over a ``LocalModelRunner``; subclasses set defaults and the activation."""
+    """A ``Reranker`` over a ``LocalModelRunner`` and a ``ModelFamily``.
+
+    A family's module subclasses this with its ``provider``, ``default_model`` and an
+    ``__init__(model_name=default_model, *, <family options>, **options: Unpack[LocalOptions])``
+    that passes its ``ModelFamily`` instance here.
+    """
 
     provider: ClassVar[str] = "local"
+    #: The model loaded when none is named.
+    default_model: ClassVar[str]
 
-    def __init__(self, runner: LocalModelRunner) -> None:
-        self.runner = runner
-        self.model_name = runner.model_name
+    def __init__(
+        self, model_name: str, family: ModelFamily, **options: Unpack[LocalOptions]
+    ) -> None:
+        self.family = family
+        self.runner = LocalModelRunner(model_name, family, **options)
+        self.model_name = self.runner.model_name
 
     @classmethod
     def build_tiny_checkpoint(cls, path: Path) -> Path:
@@ -449,26 +525,43 @@ class LocalReranker(Reranker):
         raise NotImplementedError(f"{cls.__name__} has no tiny stand-in")
 
     def load(self) -> Self:
-        """Load the model now rather than on the first call (e.g. at service start-up)."""
+        """Load the model now rather than on the first call (e.g. at service start-up).
+
+        Raises:
+            ConfigurationError: the model, device, dtype or ``max_length`` cannot work.
+        """
         self.runner.load()
         return self
 
-    def _activate(self, logits: list[float]) -> list[float]:
-        """Turn raw logits into the reranker's scores."""
-        return logits
-
     def _score(self, query: str, documents: list[str]) -> list[float]:
-        return self._activate(self.runner.logits(query, documents))
+        return self.runner.scores(query, documents)
 
     def score_pairs(self, queries: Sequence[str], documents: Sequence[str]) -> list[float]:
-        """Scores of (queries[i], documents[i]) pairs in one batched pass (used by ``serve``)."""
-        return self._activate(self.runner.logits_many(queries, documents))
+        """Scores of (queries[i], documents[i]) pairs in one batched pass (used by ``serve``).
+
+        Raises:
+            InvalidInputError: ``queries`` and ``documents`` differ in length, or hold non-text.
+        """
+        if len(queries) != len(documents):
+            raise InvalidInputError(
+                f"score_pairs needs one query per document, got {len(queries)} queries "
+                f"for {len(documents)} documents"
+            )
+        if not documents:
+            return []
+        for query in queries:
+            validate_request(query, (), None)
+        _, docs, _ = validate_request(queries[0], documents, None)
+        return self.runner.scores_many(list(queries), docs)
 
     def _repr_fields(self) -> dict[str, Any]:
         runner = self.runner
-        return {
+        fields: dict[str, Any] = {
             "model_name": runner.model_name,
             "device": runner.requested_device,
             "batch_size": runner.batch_size,
             "max_length": runner.requested_max_length,
         }
+        if runner.dtype != "auto":
+            fields["dtype"] = runner.dtype
+        return {**fields, **self.family.describe()}

@@ -2,36 +2,137 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ._local import LocalModelRunner, LocalReranker, sigmoid
+from typing_extensions import Unpack
 
-__all__ = ["BGEReranker"]
+from ..errors import ConfigurationError
+from ._family import ModelSource, Rows, SequenceClassifierFamily, identity
+from ._local import LocalOptions, LocalReranker, sigmoid
+
+__all__ = ["BGEFamily", "BGEReranker"]
+
+#: FlagEmbedding's ``FlagReranker`` default pair limit.
+BGE_MAX_LENGTH = 512
+
+
+class BGEFamily(SequenceClassifierFamily):
+    """FlagEmbedding's ``FlagReranker`` tokenization (``only_second``) and sigmoid option.
+
+    The query alone is cut to ``query_max_length`` (3/4 of ``max_length`` by default), each
+    passage to ``max_length``, then the pair with special tokens is cut to ``max_length`` by
+    shortening the passage only.
+    """
+
+    def __init__(self, *, normalize: bool = True, query_max_length: int | None = None) -> None:
+        if not isinstance(normalize, bool):
+            raise ConfigurationError(f"normalize must be True or False, got {normalize!r}")
+        if query_max_length is not None and (
+            isinstance(query_max_length, bool)
+            or not isinstance(query_max_length, int)
+            or query_max_length < 1
+        ):
+            raise ConfigurationError(
+                f"query_max_length must be a positive int, got {query_max_length!r}"
+            )
+        self.normalize = normalize
+        self.query_max_length = query_max_length
+
+    def default_max_length(self, tokenizer: Any, config: Any) -> int:
+        """FlagEmbedding's default, 512."""
+        return BGE_MAX_LENGTH
+
+    def query_limit(self, max_length: int) -> int:
+        """Tokens the query alone may keep."""
+        return self.query_max_length or max_length * 3 // 4
+
+    def check_max_length(self, tokenizer: Any, max_length: int) -> None:
+        """A query at its full budget plus the special tokens must leave room for a passage.
+
+        FlagEmbedding silently exceeds ``max_length`` there (the passage cannot shrink enough);
+        we refuse such a limit at load instead.
+        """
+        specials = int(tokenizer.num_special_tokens_to_add(pair=True))
+        query_limit = self.query_limit(max_length)
+        if query_limit + specials >= max_length:
+            raise ConfigurationError(
+                f"max_length={max_length} leaves no room for a passage: a query may keep "
+                f"query_max_length={query_limit} tokens and a pair adds {specials} special "
+                f"tokens; use max_length > {query_limit + specials} or a smaller "
+                "query_max_length"
+            )
+
+    def encode(
+        self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
+    ) -> Rows:
+        """Pairs grouped by query, each group tokenized like ``FlagReranker.compute_score``."""
+        rows: Rows = [{} for _ in documents]
+        groups: dict[str, list[int]] = {}
+        for i, query in enumerate(queries):
+            groups.setdefault(query, []).append(i)
+        for query, positions in groups.items():
+            encoded = self._encode_group(
+                tokenizer, query, [documents[i] for i in positions], max_length
+            )
+            for i, row in zip(positions, encoded, strict=True):
+                rows[i] = row
+        return rows
+
+    def _encode_group(
+        self, tokenizer: Any, query: str, documents: Sequence[str], max_length: int
+    ) -> Rows:
+        backend = tokenizer.backend_tokenizer
+        backend.no_truncation()
+        backend.no_padding()
+        q = backend.encode(query, add_special_tokens=False)
+        q.truncate(self.query_limit(max_length))
+        specials = backend.num_special_tokens_to_add(True)
+        docs = backend.encode_batch(list(documents), add_special_tokens=False)
+        want_types = "token_type_ids" in tokenizer.model_input_names
+        rows: Rows = []
+        for d in docs:
+            d.truncate(max_length)
+            excess = len(q.ids) + len(d.ids) + specials - max_length
+            if 0 < excess < len(d.ids):
+                d.truncate(len(d.ids) - excess)
+            # An empty passage tokenizes like the query alone, as the reference does on
+            # transformers 5 (its tokenizer call drops an empty second text).
+            pair = backend.post_process(q, d if d.ids else None, add_special_tokens=True)
+            row = {"input_ids": pair.ids}
+            if want_types:
+                row["token_type_ids"] = pair.type_ids
+            rows.append(row)
+        return rows
+
+    def activation(self, model: Any, source: ModelSource) -> Callable[[list[float]], list[float]]:
+        """The sigmoid when ``normalize``, else raw logits."""
+        return _sigmoid_all if self.normalize else identity
+
+    def describe(self) -> dict[str, Any]:
+        """Family options for the repr."""
+        return {"normalize": self.normalize, "query_max_length": self.query_max_length}
+
+
+def _sigmoid_all(logits: list[float]) -> list[float]:
+    return [sigmoid(x) for x in logits]
 
 
 class BGEReranker(LocalReranker):
     """A BGE reranker scored exactly like ``FlagEmbedding.FlagReranker.compute_score``.
 
-    The query is cut to ``query_max_length`` tokens (3/4 of ``max_length`` by default), the
-    pair to ``max_length`` by shortening the passage only, as FlagEmbedding does. Scores are
-    raw logits, or their sigmoid in [0, 1] when ``normalize=True`` (the default here, since a
-    probability-like score is what RAG thresholds expect).
+    Scores are raw logits, or their sigmoid in [0, 1] when ``normalize=True`` (the default
+    here, since a probability-like score is what RAG thresholds expect). ``max_length``
+    defaults to FlagEmbedding's 512.
 
     Args:
         model_name: Hugging Face hub name or local directory.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None picks CUDA when present.
-        use_fp16: Run in half precision on CUDA (ignored on the CPU, as in FlagEmbedding).
         normalize: Apply the sigmoid to the logits.
-        max_length: Token limit of a pair (FlagEmbedding's default, 512).
         query_max_length: Token limit of the query alone (default ``max_length * 3 // 4``).
-        batch_size: Upper bound of pairs per forward pass.
-        max_tokens_per_batch: Upper bound of padded tokens per forward pass (None: 1,024 on
-            CPUs, where small length-sorted batches run fastest, and no bound on GPUs).
-        trust_remote_code: Allow custom modelling code from the hub.
-        revision: Hub revision (branch, tag or commit).
-        cache_dir: Hugging Face cache directory.
-        local_files_only: Never contact the hub.
+        **options: The options of every local reranker (``LocalOptions``): device, dtype,
+            use_fp16, batch_size, max_length, max_tokens_per_batch, trust_remote_code,
+            revision, cache_dir, local_files_only.
     """
 
     provider: ClassVar[str] = "bge"
@@ -41,40 +142,13 @@ class BGEReranker(LocalReranker):
         self,
         model_name: str = default_model,
         *,
-        device: str | None = None,
-        use_fp16: bool = True,
         normalize: bool = True,
-        max_length: int = 512,
         query_max_length: int | None = None,
-        batch_size: int = 32,
-        max_tokens_per_batch: int | None = None,
-        trust_remote_code: bool = False,
-        revision: str | None = None,
-        cache_dir: str | None = None,
-        local_files_only: bool = False,
+        **options: Unpack[LocalOptions],
     ) -> None:
-        super().__init__(
-            LocalModelRunner(
-                model_name,
-                truncation="only_second",
-                device=device,
-                use_fp16=use_fp16,
-                batch_size=batch_size,
-                max_length=max_length,
-                query_max_length=query_max_length,
-                max_tokens_per_batch=max_tokens_per_batch,
-                trust_remote_code=trust_remote_code,
-                revision=revision,
-                cache_dir=cache_dir,
-                local_files_only=local_files_only,
-            )
-        )
+        family = BGEFamily(normalize=normalize, query_max_length=query_max_length)
+        super().__init__(model_name, family, **options)
         self.normalize = normalize
-
-    def _activate(self, logits: list[float]) -> list[float]:
-        if not self.normalize:
-            return logits
-        return [sigmoid(x) for x in logits]
 
     @classmethod
     def build_tiny_checkpoint(cls, path: Path) -> Path:
@@ -82,6 +156,3 @@ class BGEReranker(LocalReranker):
         from ..tiny import build_tiny_bge
 
         return build_tiny_bge(path, initializer_range=0.2)
-
-    def _repr_fields(self) -> dict[str, Any]:
-        return {**super()._repr_fields(), "normalize": self.normalize}

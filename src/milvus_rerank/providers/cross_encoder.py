@@ -5,14 +5,17 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import ConfigurationError
-from ._local import LocalModelRunner, LocalReranker, sigmoid
+from typing_extensions import Unpack
 
-__all__ = ["CrossEncoderReranker"]
+from ..errors import ConfigurationError
+from ._family import ModelSource, Rows, SequenceClassifierFamily, identity
+from ._local import LocalOptions, LocalReranker, sigmoid
+
+__all__ = ["CrossEncoderFamily", "CrossEncoderReranker"]
 
 logger = logging.getLogger(__name__)
 
@@ -20,27 +23,116 @@ _IDENTITY = {"torch.nn.modules.linear.Identity", "torch.nn.Identity"}
 _SIGMOID = {"torch.nn.modules.activation.Sigmoid", "torch.nn.Sigmoid"}
 
 
+class CrossEncoderFamily(SequenceClassifierFamily):
+    """sentence-transformers' ``CrossEncoder``: ``longest_first`` truncation, its activation.
+
+    ``max_length`` defaults to the tokenizer's ``model_max_length`` capped at the position
+    table; the activation is the ``activation_fn`` the checkpoint's config names
+    (``Identity`` for the ms-marco MiniLM family, so raw logits), else the sigmoid for a
+    one-label model, unless ``activation`` overrides it.
+    """
+
+    def __init__(self, *, activation: str | None = None) -> None:
+        if activation not in (None, "identity", "sigmoid"):
+            raise ConfigurationError(
+                f"activation must be 'identity', 'sigmoid' or None, got {activation!r}"
+            )
+        self.requested_activation = activation
+
+    def default_max_length(self, tokenizer: Any, config: Any) -> int:
+        """The tokenizer's ``model_max_length`` capped at the position table (the reference's)."""
+        limit = int(getattr(tokenizer, "model_max_length", 512) or 512)
+        positions = getattr(config, "max_position_embeddings", -1)
+        if positions is not None and positions != -1:
+            limit = min(limit, int(positions))
+        return limit
+
+    def encode(
+        self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
+    ) -> Rows:
+        """``tokenizer(queries, documents, truncation="longest_first")``, unpadded."""
+        want_types = "token_type_ids" in tokenizer.model_input_names
+        encoded = tokenizer(
+            list(queries),
+            list(documents),
+            truncation="longest_first",
+            max_length=max_length,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=want_types,
+        )
+        names = ["input_ids", "token_type_ids"] if want_types else ["input_ids"]
+        columns = [encoded[name] for name in names]
+        return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+
+    def activation(self, model: Any, source: ModelSource) -> Callable[[list[float]], list[float]]:
+        """The activation sentence-transformers would apply to this checkpoint."""
+        if self.requested_activation == "identity":
+            return identity
+        if self.requested_activation == "sigmoid":
+            return _sigmoid_all
+        path = _configured_activation(model.config, source)
+        if path is None or path in _SIGMOID:
+            return _sigmoid_all
+        if path in _IDENTITY:
+            return identity
+        if not (path.startswith("torch.") or source.trust_remote_code):
+            logger.warning(
+                "Activation %r of %s is not trusted; using the sigmoid like sentence-transformers. "
+                "Pass trust_remote_code=True to allow it.",
+                path,
+                source.model_name,
+            )
+            return _sigmoid_all
+        return _torch_activation(path)
+
+    def describe(self) -> dict[str, Any]:
+        """Family options for the repr."""
+        return {"activation": self.requested_activation} if self.requested_activation else {}
+
+
+def _configured_activation(config: Any, source: ModelSource) -> str | None:
+    """The activation path, looked up where sentence-transformers looks, in its order."""
+    st_file = _st_config_file(source)
+    if st_file is not None:
+        value = json.loads(st_file.read_text(encoding="utf-8")).get("activation_fn")
+        if isinstance(value, str):
+            return value
+    st_block = getattr(config, "sentence_transformers", None)
+    if isinstance(st_block, dict) and isinstance(st_block.get("activation_fn"), str):
+        return str(st_block["activation_fn"])
+    legacy = getattr(config, "sbert_ce_default_activation_function", None)
+    return legacy if isinstance(legacy, str) else None
+
+
+def _st_config_file(source: ModelSource) -> Path | None:
+    name = "config_sentence_transformers.json"
+    if source.path is not None:
+        candidate = source.path / name
+        return candidate if candidate.is_file() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers always brings it
+        return None
+    found = try_to_load_from_cache(
+        source.model_name, name, cache_dir=source.cache_dir, revision=source.revision
+    )
+    return Path(found) if isinstance(found, str) else None
+
+
 class CrossEncoderReranker(LocalReranker):
     """A cross-encoder scored exactly like ``sentence_transformers.CrossEncoder.predict``.
 
-    Pairs are truncated ``longest_first`` to the tokenizer's ``model_max_length`` (capped at
-    the model's position table), and the activation is the one sentence-transformers picks
-    for the checkpoint: the ``activation_fn`` its config names (``Identity`` for the
-    ms-marco MiniLM family, so raw logits), else the sigmoid for a one-label model.
+    Pairs are truncated ``longest_first`` to ``max_length`` (default: the tokenizer's
+    ``model_max_length``, capped at the position table), and the activation is the one
+    sentence-transformers picks for the checkpoint (see ``CrossEncoderFamily``).
 
     Args:
         model_name: Hugging Face hub name or local directory.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None picks CUDA when present.
-        batch_size: Upper bound of pairs per forward pass.
-        max_length: Token limit of a pair; None reads it from the tokenizer like the reference.
-        use_fp16: Run in half precision on CUDA (ignored on the CPU).
-        max_tokens_per_batch: Upper bound of padded tokens per forward pass (None: 1,024 on
-            CPUs, where small length-sorted batches run fastest, and no bound on GPUs).
         activation: ``"identity"`` or ``"sigmoid"`` to override what the config says.
-        trust_remote_code: Allow custom modelling code and custom activations from the hub.
-        revision: Hub revision (branch, tag or commit).
-        cache_dir: Hugging Face cache directory.
-        local_files_only: Never contact the hub.
+        **options: The options of every local reranker (``LocalOptions``): device, dtype,
+            use_fp16, batch_size, max_length, max_tokens_per_batch, trust_remote_code (also
+            allows custom activations), revision, cache_dir, local_files_only.
     """
 
     provider: ClassVar[str] = "cross-encoder"
@@ -50,38 +142,10 @@ class CrossEncoderReranker(LocalReranker):
         self,
         model_name: str = default_model,
         *,
-        device: str | None = None,
-        batch_size: int = 32,
-        max_length: int | None = None,
-        use_fp16: bool = True,
-        max_tokens_per_batch: int | None = None,
         activation: str | None = None,
-        trust_remote_code: bool = False,
-        revision: str | None = None,
-        cache_dir: str | None = None,
-        local_files_only: bool = False,
+        **options: Unpack[LocalOptions],
     ) -> None:
-        super().__init__(
-            LocalModelRunner(
-                model_name,
-                truncation="longest_first",
-                device=device,
-                use_fp16=use_fp16,
-                batch_size=batch_size,
-                max_length=max_length,
-                max_tokens_per_batch=max_tokens_per_batch,
-                trust_remote_code=trust_remote_code,
-                revision=revision,
-                cache_dir=cache_dir,
-                local_files_only=local_files_only,
-            )
-        )
-        if activation not in (None, "identity", "sigmoid"):
-            raise ConfigurationError(
-                f"activation must be 'identity', 'sigmoid' or None, got {activation!r}"
-            )
-        self._requested_activation = activation
-        self._activation: Callable[[list[float]], list[float]] | None = None
+        super().__init__(model_name, CrossEncoderFamily(activation=activation), **options)
 
     @classmethod
     def build_tiny_checkpoint(cls, path: Path) -> Path:
@@ -89,67 +153,6 @@ class CrossEncoderReranker(LocalReranker):
         from ..tiny import build_tiny_cross_encoder
 
         return build_tiny_cross_encoder(path, initializer_range=0.2)
-
-    def _activate(self, logits: list[float]) -> list[float]:
-        if self._activation is None:
-            self._activation = self._resolve_activation()
-        return self._activation(logits)
-
-    def _resolve_activation(self) -> Callable[[list[float]], list[float]]:
-        if self._requested_activation == "identity":
-            return _identity
-        if self._requested_activation == "sigmoid":
-            return _sigmoid_all
-        path = self._configured_activation()
-        if path is None or path in _SIGMOID:
-            return _sigmoid_all
-        if path in _IDENTITY:
-            return _identity
-        if not (path.startswith("torch.") or self.runner.trust_remote_code):
-            logger.warning(
-                "Activation %r of %s is not trusted; using the sigmoid like sentence-transformers. "
-                "Pass trust_remote_code=True to allow it.",
-                path,
-                self.model_name,
-            )
-            return _sigmoid_all
-        return _torch_activation(path)
-
-    def _configured_activation(self) -> str | None:
-        """The activation path, looked up where sentence-transformers looks, in its order."""
-        config = self.runner.load().model.config
-        st_file = self._st_config_file()
-        if st_file is not None:
-            value = json.loads(st_file.read_text(encoding="utf-8")).get("activation_fn")
-            if isinstance(value, str):
-                return value
-        st_block = getattr(config, "sentence_transformers", None)
-        if isinstance(st_block, dict) and isinstance(st_block.get("activation_fn"), str):
-            return str(st_block["activation_fn"])
-        legacy = getattr(config, "sbert_ce_default_activation_function", None)
-        return legacy if isinstance(legacy, str) else None
-
-    def _st_config_file(self) -> Path | None:
-        name = "config_sentence_transformers.json"
-        path = Path(self.runner.model_name).expanduser()
-        if path.is_dir():
-            candidate = path / name
-            return candidate if candidate.is_file() else None
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:  # pragma: no cover - transformers always brings it
-            return None
-        found = try_to_load_from_cache(
-            self.runner.model_name,
-            name,
-            cache_dir=self.runner.cache_dir,
-            revision=self.runner.revision,
-        )
-        return Path(found) if isinstance(found, str) else None
-
-
-def _identity(logits: list[float]) -> list[float]:
-    return logits
 
 
 def _sigmoid_all(logits: list[float]) -> list[float]:

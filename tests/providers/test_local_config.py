@@ -1,0 +1,234 @@
+"""Local configuration mistakes are ConfigurationErrors at load, naming the value at fault."""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from milvus_rerank import BGEReranker, ConfigurationError, CrossEncoderReranker  # noqa: E402
+from milvus_rerank.errors import InvalidInputError  # noqa: E402
+from milvus_rerank.providers._local import (  # noqa: E402
+    LOCAL_DEFAULTS,
+    LocalOptions,
+    LocalReranker,
+    resolve_dtype,
+)
+
+QUERY = "what event in 1956 marked the birth of artificial intelligence"
+DOCS = [
+    "the dartmouth conference in 1956 marked the birth of artificial intelligence",
+    "paris is the capital of france",
+    "alan turing proposed a test of machine intelligence " * 8,
+]
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+
+
+# -- devices -----------------------------------------------------------------------------
+
+
+@NO_CUDA
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:3"])
+def test_cuda_without_cuda(tiny_models: dict[str, Path], device: str) -> None:
+    reranker = CrossEncoderReranker(str(tiny_models["ce"]), device=device)
+    with pytest.raises(ConfigurationError, match=f"device '{device}'.*CUDA"):
+        reranker.load()
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has an Apple GPU (MPS)")
+def test_mps_where_there_is_none(tiny_models: dict[str, Path]) -> None:
+    with pytest.raises(ConfigurationError, match="device 'mps' is not available"):
+        BGEReranker(str(tiny_models["bge"]), device="mps").load()
+
+
+@pytest.mark.parametrize("device", ["meta", "hpu"])
+def test_devices_that_cannot_score(tiny_models: dict[str, Path], device: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"device '{device}' cannot run a reranker"):
+        CrossEncoderReranker(str(tiny_models["ce"]), device=device).rerank(QUERY, DOCS)
+
+
+def test_cpu_index_is_accepted(tiny_models: dict[str, Path]) -> None:
+    reranker = CrossEncoderReranker(str(tiny_models["ce"]), device="cpu")
+    assert reranker.load() is reranker
+    assert reranker.runner.load().device == "cpu"
+
+
+# -- weights -------------------------------------------------------------------------------
+
+
+def test_corrupt_weights_name_the_directory(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "corrupt"
+    shutil.copytree(tiny_models["ce"], folder)
+    weights = folder / "model.safetensors"
+    assert weights.is_file()
+    weights.write_bytes(b"\x00garbage, not a safetensors header" * 10)
+    with pytest.raises(ConfigurationError, match=str(folder)) as info:
+        CrossEncoderReranker(str(folder)).load()
+    assert "model.safetensors" in str(info.value) or "Safetensor" in str(info.value)
+
+
+def test_truncated_weights_name_the_directory(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "truncated"
+    shutil.copytree(tiny_models["bge"], folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ConfigurationError, match=str(folder)):
+        BGEReranker(str(folder)).rerank(QUERY, DOCS)
+
+
+# -- max_length ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "limit"), [("ce", 512), ("bge", 512)])
+def test_max_length_beyond_the_position_table(
+    tiny_models: dict[str, Path], kind: str, limit: int
+) -> None:
+    cls = CrossEncoderReranker if kind == "ce" else BGEReranker
+    with pytest.raises(ConfigurationError, match=f"max_length={limit + 1}.*{limit} tokens"):
+        cls(str(tiny_models[kind]), max_length=limit + 1).load()
+    # The largest that fits still scores a document longer than it.
+    at_limit = cls(str(tiny_models[kind]), max_length=limit)
+    assert len(at_limit.rerank(QUERY, ["milvus is a vector database " * 200])) == 1
+    assert at_limit.runner.load().max_length == limit
+
+
+@pytest.mark.parametrize("max_length", [1, 8, 16])
+def test_bge_max_length_with_no_room_for_a_passage(
+    tiny_models: dict[str, Path], max_length: int
+) -> None:
+    reranker = BGEReranker(str(tiny_models["bge"]), max_length=max_length)
+    with pytest.raises(ConfigurationError, match=f"max_length={max_length} leaves no room"):
+        reranker.load()
+
+
+def test_bge_small_max_length_is_honoured(tiny_models: dict[str, Path]) -> None:
+    reranker = BGEReranker(str(tiny_models["bge"]), max_length=17)
+    rows = reranker.runner.encode_pairs(QUERY * 3, DOCS)
+    assert max(len(row["input_ids"]) for row in rows) == 17
+    tight = BGEReranker(str(tiny_models["bge"]), max_length=9, query_max_length=3)
+    rows = tight.runner.encode_pairs(QUERY, DOCS)
+    assert [len(row["input_ids"]) for row in rows] == [9, 9, 9]
+    assert len(tight.rerank(QUERY, DOCS)) == len(DOCS)
+
+
+def test_cross_encoder_max_length_below_its_special_tokens(tiny_models: dict[str, Path]) -> None:
+    with pytest.raises(ConfigurationError, match="max_length=3 leaves no room"):
+        CrossEncoderReranker(str(tiny_models["ce"]), max_length=3).load()
+    rows = CrossEncoderReranker(str(tiny_models["ce"]), max_length=4).runner.encode_pairs(
+        QUERY, DOCS
+    )
+    assert all(len(row["input_ids"]) == 4 for row in rows)
+
+
+# -- dtype and the other options -----------------------------------------------------------
+
+
+def test_dtype_auto_is_float32_on_the_cpu(tiny_models: dict[str, Path]) -> None:
+    loaded = BGEReranker(str(tiny_models["bge"]), device="cpu").runner.load()
+    assert loaded.dtype == "float32"
+    assert next(loaded.model.parameters()).dtype == torch.float32
+
+
+def test_dtype_auto_rule() -> None:
+    assert resolve_dtype("auto", True, "cuda:0") == "float16"
+    assert resolve_dtype("auto", True, "cuda", "bfloat16") == "bfloat16"
+    assert resolve_dtype("auto", False, "cuda") == "float32"
+    assert resolve_dtype("auto", True, "cpu") == "float32"
+    assert resolve_dtype("bfloat16", False, "cpu") == "bfloat16"
+
+
+def test_explicit_bfloat16_loads_in_bfloat16(tiny_models: dict[str, Path]) -> None:
+    path = str(tiny_models["ce"])
+    half = CrossEncoderReranker(path, dtype="bfloat16", device="cpu")
+    assert next(half.runner.load().model.parameters()).dtype == torch.bfloat16
+    full = CrossEncoderReranker(path, device="cpu")
+    ours, ref = half.score_pairs([QUERY] * 3, DOCS), full.score_pairs([QUERY] * 3, DOCS)
+    assert ours != ref, "bfloat16 weights round differently"
+    assert max(abs(a - b) for a, b in zip(ours, ref, strict=True)) < 0.1
+    assert "dtype='bfloat16'" in repr(half)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"dtype": "float64"},
+        {"dtype": "fp16"},
+        {"use_fp16": "yes"},
+        {"trust_remote_code": 1},
+        {"device": ""},
+        {"device": 0},
+        {"revision": ""},
+        {"batch_size": None},
+        {"max_tokens_per_batch": 0},
+    ],
+)
+def test_bad_option_values(kwargs: dict[str, object]) -> None:
+    name = next(iter(kwargs))
+    with pytest.raises(ConfigurationError, match=name):
+        BGEReranker("x", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("cls", [BGEReranker, CrossEncoderReranker])
+def test_unknown_option_is_named(cls: type[LocalReranker]) -> None:
+    with pytest.raises(ConfigurationError, match="'max_len'.*max_length"):
+        cls("x", max_len=12)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"normalize": "no"}, "normalize"),
+        ({"query_max_length": 0}, "query_max_length"),
+    ],
+)
+def test_bad_bge_options(kwargs: dict[str, object], name: str) -> None:
+    with pytest.raises(ConfigurationError, match=name):
+        BGEReranker("x", **kwargs)  # type: ignore[arg-type]
+
+
+def test_options_are_declared_once() -> None:
+    assert set(LOCAL_DEFAULTS) == set(LocalOptions.__annotations__)
+    for cls in (BGEReranker, CrossEncoderReranker):
+        params = inspect.signature(cls.__init__).parameters
+        assert next(iter(params.values())).name == "self"
+        assert list(params)[1] == "model_name"
+        assert params["model_name"].default == cls.default_model
+        assert not set(params) & set(LOCAL_DEFAULTS), "shared options come from LocalOptions"
+        assert params["options"].kind is inspect.Parameter.VAR_KEYWORD
+
+
+def test_defaults_come_from_one_place() -> None:
+    runner = CrossEncoderReranker("x").runner
+    assert runner.options == LOCAL_DEFAULTS
+    assert BGEReranker("x", batch_size=4).runner.options == {**LOCAL_DEFAULTS, "batch_size": 4}
+
+
+# -- score_pairs --------------------------------------------------------------------------
+
+
+def test_score_pairs_is_one_pass_over_mixed_queries(tiny_models: dict[str, Path]) -> None:
+    reranker = BGEReranker(str(tiny_models["bge"]))
+    queries = [QUERY, "paris", QUERY]
+    docs = [DOCS[0], DOCS[1], DOCS[2]]
+    expected = [
+        reranker._score(QUERY, [DOCS[0]])[0],
+        reranker._score("paris", [DOCS[1]])[0],
+        reranker._score(QUERY, [DOCS[2]])[0],
+    ]
+    got = reranker.score_pairs(queries, docs)
+    assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) < 1e-5
+    assert reranker.score_pairs([], []) == []
+
+
+def test_score_pairs_checks_its_input(tiny_models: dict[str, Path]) -> None:
+    reranker = CrossEncoderReranker(str(tiny_models["ce"]))
+    with pytest.raises(InvalidInputError, match="2 queries for 1 documents"):
+        reranker.score_pairs([QUERY, QUERY], [DOCS[0]])
+    with pytest.raises(InvalidInputError, match="documents"):
+        reranker.score_pairs([QUERY], [3])  # type: ignore[list-item]
+    with pytest.raises(InvalidInputError, match="query"):
+        reranker.score_pairs([" "], [DOCS[0]])
