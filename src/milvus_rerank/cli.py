@@ -379,7 +379,7 @@ def make_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--insecure-no-auth",
         action="store_true",
-        help="allow a non-loopback --host without --api-key",
+        help="allow a non-loopback --host without --api-key (default: refuse)",
     )
     serve.add_argument(
         "--max-body-bytes",
