@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import adapters, http, local, serve_load  # noqa: E402
+from benchmarks import adapters, http, local, serve_limits, serve_load  # noqa: E402
 from benchmarks.common import Row, table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +69,8 @@ def main() -> int:
     rows += adapters.run()
     print("serve under load...", file=sys.stderr)
     rows += serve_load.run()
+    print("serve limits...", file=sys.stderr)
+    rows += serve_limits.run()
     text = table(rows)
     print(text)
     info = f"Measured on {machine()}, in {time.perf_counter() - started:.0f} s."

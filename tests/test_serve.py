@@ -185,6 +185,7 @@ def test_serve_command_hands_a_loaded_reranker_and_options(
         return 0
 
     monkeypatch.setattr(milvus_rerank.serve, "run_server", run_server)
+    monkeypatch.delenv("MILVUS_RERANK_API_KEY", raising=False)
     argv = ["serve", "--reranker", "cross-encoder", "--model", str(tiny_models["ce"])]
     assert main([*argv, "--port", "9001", "--max-wait-ms", "7"]) == 0
     assert isinstance(seen.pop("reranker"), CrossEncoderReranker) and seen.pop("scores")
@@ -193,4 +194,13 @@ def test_serve_command_hands_a_loaded_reranker_and_options(
         "port": 9001,
         "max_wait_ms": 7.0,
         "model_name": str(tiny_models["ce"]),
+        "api_key": None,
+        "insecure_no_auth": False,
+        "max_body_bytes": 2_000_000,
+        "max_documents": 1000,
+        "max_document_chars": None,
+        "max_batch_tokens": 8192,
+        "max_pending_pairs": 16_384,
+        "max_concurrent_requests": 512,
+        "body_timeout": 30.0,
     }

@@ -10,6 +10,8 @@ import argparse
 import contextlib
 import json
 import logging
+import math
+import os
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -218,6 +220,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             port=args.port,
             max_wait_ms=args.max_wait_ms,
             model_name=args.model,
+            api_key=args.api_key or os.environ.get("MILVUS_RERANK_API_KEY") or None,
+            insecure_no_auth=args.insecure_no_auth,
+            max_body_bytes=args.max_body_bytes,
+            max_documents=args.max_documents,
+            max_document_chars=args.max_document_chars,
+            max_batch_tokens=args.max_batch_tokens,
+            max_pending_pairs=args.max_pending_pairs,
+            max_concurrent_requests=args.max_concurrent_requests,
+            body_timeout=args.body_timeout,
         )
 
 
@@ -244,6 +255,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
@@ -349,6 +370,59 @@ def make_parser() -> argparse.ArgumentParser:
         type=float,
         default=2.0,
         help="how long a request may wait to share a batch (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--api-key",
+        help="require 'Authorization: Bearer KEY' on rerank routes (default: "
+        "$MILVUS_RERANK_API_KEY, else none; a non-loopback --host needs one)",
+    )
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow a non-loopback --host without --api-key (default: refuse)",
+    )
+    serve.add_argument(
+        "--max-body-bytes",
+        type=_positive_int,
+        default=2_000_000,
+        help="larger request bodies get 413 (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=_positive_float,
+        default=30.0,
+        help="seconds a request body may take to arrive, else 408 (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-documents",
+        type=_positive_int,
+        default=1000,
+        help="more documents in one request get 422 (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-document-chars",
+        type=_positive_int,
+        help="characters of each text kept before tokenization (default: 32 per token of "
+        "the model window)",
+    )
+    serve.add_argument(
+        "--max-batch-tokens",
+        type=_positive_int,
+        default=8192,
+        help="estimated tokens per model call; large requests are cut into such "
+        "micro-batches, interleaved with others (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-pending-pairs",
+        type=_positive_int,
+        default=16_384,
+        help="pairs waiting to be scored before new requests get 429 (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-concurrent-requests",
+        type=_positive_int,
+        default=512,
+        help="requests in flight before new ones get 429 (default: %(default)s)",
     )
     serve.set_defaults(func=_cmd_serve)
 

@@ -7,31 +7,91 @@ Routes (all ``POST``, JSON):
 * ``/v1/rerank`` — vLLM / Jina (``results`` with ``document.text``, ``usage``).
 * ``/rerank`` — a body with ``texts`` gets TEI's bare array; a body with ``documents`` gets
   vLLM's answer. Milvus 2.6's ``tei`` and ``vllm`` providers both post to ``{endpoint}/rerank``.
-* ``GET /health`` — ``{"status": "ok"}``.
+* ``GET /health`` — ``{"status": "ok"}`` (never needs the API key).
+
+Errors come in each route's own shape: Cohere ``{"id", "message"}``, vLLM ``{"error":
+{"message", "type", "param", "code"}}``, TEI ``{"error", "error_type"}``. On ``/rerank``, errors
+found before the body is parsed (size, time, JSON) use vLLM's shape, since the format is not
+known yet.
+
+Limits (``create_app`` keyword / ``serve`` flag, default):
+
+* ``max_body_bytes`` / ``--max-body-bytes`` (2,000,000, TEI's ``--payload-limit``): a larger body
+  is answered 413, from its ``Content-Length`` or as soon as the streamed bytes pass it.
+* ``body_timeout`` / ``--body-timeout`` (30 s): a body still arriving after that is answered 408.
+* ``max_documents`` / ``--max-documents`` (1,000, TEI's ``--max-client-batch-size``; Milvus's own
+  batches fit): more documents in one request are answered 422.
+* ``max_document_chars`` / ``--max-document-chars`` (None: 32 characters per token of the model
+  window, e.g. 16,384 for a 512-token model; 262,144 where the window is unknown): the query
+  and each document are cut to this many characters before tokenization, so a 50 MB document
+  is never tokenized whole. A text that fits the window is far shorter, and scores the same.
+* ``max_batch_pairs`` (256) and ``max_batch_tokens`` / ``--max-batch-tokens`` (8,192 estimated
+  tokens; a pair counts ``ceil(characters / 4) + 3`` tokens, at most the window): one model call
+  holds at most this much. A large request is cut into such micro-batches, served round-robin
+  with the other requests waiting, so a small request is never stuck behind a large one.
+* ``max_pending_pairs`` / ``--max-pending-pairs`` (16,384) and ``max_concurrent_requests`` /
+  ``--max-concurrent-requests`` (512, TEI's ``--max-concurrent-requests``): past either, a
+  request is answered 429 with ``Retry-After: 1``.
+* A client that disconnects has its pending work dropped, quietly (no traceback per abort).
+* JSON nested too deeply for the parser is a 400, never a 500.
+
+Request options: Cohere's ``return_documents`` is honoured, and its ``max_tokens_per_doc`` and
+vLLM's ``truncate_prompt_tokens`` are accepted when they are at least the model window (the
+server always truncates pairs to the window; -1 is vLLM's "the window"); smaller values are
+answered 400 (unsupported). TEI's ``raw_scores=true`` is answered 422 (the reranker's public
+interface gives activated scores only), ``truncation_direction="Left"`` 422, and
+``truncate=false`` answers 413 for a text longer than ``max_document_chars`` (TEI's answer to an
+input past the window; shorter ones are truncated to the window, since the server does not count
+tokens). vLLM's ``usage`` reports ``documents`` and ``characters`` scored; ``total_tokens`` is
+``null``: the reranker does not expose its tokenizer, and the server invents no count.
+
+Authentication: with ``api_key`` (``--api-key``, or ``MILVUS_RERANK_API_KEY``) every rerank
+route needs ``Authorization: Bearer <key>`` (compared in constant time; the key is never
+logged), else 401. ``run_server`` refuses to bind a non-loopback host without a key unless
+``insecure_no_auth=True`` (``--insecure-no-auth``).
 
 Concurrent requests are batched together for the model: a micro-batcher scores the requests
 waiting together in one pass, and while requests do come together it waits up to
-``max_wait_ms`` (or until ``max_batch_pairs`` pairs are waiting) to gather them.
+``max_wait_ms`` to gather them. Each event loop serving the app gets its own queue and worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
+import json
 import sys
 import threading
 import time
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from .base import Reranker, rank, validate_request
-from .errors import InvalidInputError, MissingDependencyError
+from .errors import ConfigurationError, InvalidInputError, MissingDependencyError
 from .results import RerankResult
 
-__all__ = ["BackgroundServer", "Batcher", "create_app", "run_server"]
+__all__ = ["BackgroundServer", "Batcher", "Overloaded", "create_app", "run_server"]
 
 ASGIApp = Callable[..., Any]
+
+#: Defaults of the limits (see the module docstring).
+MAX_BODY_BYTES = 2_000_000
+MAX_DOCUMENTS = 1000
+MAX_BATCH_PAIRS = 256
+MAX_BATCH_TOKENS = 8192
+MAX_PENDING_PAIRS = 16_384
+MAX_CONCURRENT_REQUESTS = 512
+BODY_TIMEOUT = 30.0
+#: Characters kept per token of the model window (a generous multiple of the ~4 an English
+#: token covers), and the window assumed where the reranker does not say.
+CHARS_PER_TOKEN = 32
+UNKNOWN_WINDOW = 8192
+_LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 
 
 class BackgroundServer:
@@ -86,75 +146,181 @@ class BackgroundServer:
 ScorePairs = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 
 
-class Batcher:
-    """Collects concurrent rerank requests and scores their pairs together, one pass per batch.
+class Overloaded(Exception):
+    """The batcher's queue is full: the request should be retried later (429)."""
 
-    A request waits at most ``max_wait`` seconds for company, and a batch holds at most
-    ``max_pairs`` pairs (a single larger request still goes alone). The wait is only paid
-    while requests do come together (the last batch held more than one): a lone client is
-    scored at once, and requests that arrive while the model works form the next batch anyway.
+
+@dataclass(eq=False)
+class _Job:
+    """One request in the queue: its pairs are scored in chunks, possibly over several calls."""
+
+    query: str
+    documents: list[str]
+    future: asyncio.Future[list[float]]
+    scores: list[float] = field(default_factory=list)
+    taken: int = 0  # pairs handed to a model call so far
+    done: int = 0  # pairs scored so far
+
+
+@dataclass(eq=False)
+class _Lane:
+    """One event loop's queue and worker (asyncio objects belong to one loop)."""
+
+    jobs: deque[_Job] = field(default_factory=deque)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    worker: asyncio.Task[None] | None = None
+    last_batch_requests: int = 0
+
+
+class Batcher:
+    """Collects concurrent rerank requests and scores their pairs together, a budget per call.
+
+    One model call holds at most ``max_pairs`` pairs and ``max_tokens`` estimated tokens. A
+    request larger than that is cut into chunks, and the requests waiting are served
+    round-robin, one chunk each per call, so a small request never waits for a large one to
+    finish. A request waits at most ``max_wait`` seconds for company, and only while requests
+    do come together (the last call held more than one): a lone client is scored at once.
     Scoring runs in a worker thread, so the event loop keeps accepting requests meanwhile.
+    At most ``max_pending`` pairs wait unscored (over all loops); past that ``score`` raises
+    ``Overloaded``. A cancelled ``score`` drops its pairs not yet scored. Each event loop gets
+    its own queue and worker, so one batcher can serve several loops.
     """
 
     def __init__(
-        self, score_pairs: ScorePairs, max_wait: float = 0.002, max_pairs: int = 256
+        self,
+        score_pairs: ScorePairs,
+        max_wait: float = 0.002,
+        max_pairs: int = MAX_BATCH_PAIRS,
+        *,
+        max_tokens: int = MAX_BATCH_TOKENS,
+        max_pending: int = MAX_PENDING_PAIRS,
+        window: int | None = None,
     ) -> None:
         self.score_pairs = score_pairs
         self.max_wait = max_wait
         self.max_pairs = max_pairs
+        self.max_tokens = max_tokens
+        self.max_pending = max_pending
+        self.window = window or UNKNOWN_WINDOW
         self.batches = 0
         self.requests = 0
-        self._last_batch_requests = 0
-        self._pending: list[tuple[str, list[str], asyncio.Future[list[float]]]] = []
-        self._workers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lane] = (
             weakref.WeakKeyDictionary()
         )
-        self._wakeup: asyncio.Event | None = None
+
+    @property
+    def pending_pairs(self) -> int:
+        """Pairs queued and not yet handed to the model, over every loop."""
+        return self._pending
+
+    def cost(self, query: str, document: str) -> int:
+        """Estimated tokens of a pair: about 4 characters a token, 3 special tokens, cut to fit."""
+        return min(self.window, -(-(len(query) + len(document)) // 4) + 3)
 
     async def score(self, query: str, documents: list[str]) -> list[float]:
-        """Scores of ``documents`` for ``query``, computed in a shared batch."""
-        loop = asyncio.get_running_loop()
-        if self._wakeup is None or loop not in self._workers:
-            self._wakeup = asyncio.Event()
-            self._workers[loop] = loop.create_task(self._work(self._wakeup))
-        future: asyncio.Future[list[float]] = loop.create_future()
-        self._pending.append((query, documents, future))
-        self._wakeup.set()
-        return await future
+        """Scores of ``documents`` for ``query``, computed in shared batches.
 
-    async def _work(self, wakeup: asyncio.Event) -> None:
+        Raises:
+            Overloaded: more than ``max_pending`` pairs would be waiting.
+        """
+        if not documents:
+            return []
+        loop = asyncio.get_running_loop()
+        lane = self._lanes.get(loop)
+        if lane is None:
+            lane = self._lanes[loop] = _Lane()
+        if lane.worker is None or lane.worker.done():
+            lane.worker = loop.create_task(self._work(lane))
+        with self._lock:
+            if self._pending and self._pending + len(documents) > self.max_pending:
+                raise Overloaded(
+                    f"{self._pending} pairs are already waiting to be scored (at most "
+                    f"{self.max_pending}); retry later"
+                )
+            self._pending += len(documents)
+        job = _Job(query, documents, loop.create_future(), [0.0] * len(documents))
+        lane.jobs.append(job)
+        lane.wakeup.set()
+        try:
+            return await job.future
+        finally:
+            if not job.future.done():  # cancelled (the client left): drop what is not taken
+                job.future.cancel()
+            self._release(len(documents) - job.taken)
+            job.taken = len(documents)
+
+    def _release(self, pairs: int) -> None:
+        with self._lock:
+            self._pending -= pairs
+
+    async def _work(self, lane: _Lane) -> None:
         while True:
-            await wakeup.wait()
-            wakeup.clear()
-            if self.max_wait > 0 and self._last_batch_requests > 1:
+            await lane.wakeup.wait()
+            lane.wakeup.clear()
+            if self.max_wait > 0 and lane.last_batch_requests > 1:
                 await asyncio.sleep(self.max_wait)
-            while self._pending:
-                batch = self._take()
-                queries = [q for q, docs, _ in batch for _ in docs]
-                documents = [d for _, docs, _ in batch for d in docs]
+            while lane.jobs:
+                chunks = self._take(lane)
+                if not chunks:
+                    continue
+                queries = [job.query for job, start, end in chunks for _ in range(start, end)]
+                documents = [d for job, start, end in chunks for d in job.documents[start:end]]
                 try:
                     scores = await asyncio.to_thread(self.score_pairs, queries, documents)
+                    if len(scores) != len(documents):
+                        raise RuntimeError(
+                            f"score_pairs returned {len(scores)} scores for {len(documents)} pairs"
+                        )
                 except Exception as exc:  # noqa: BLE001 - every waiter gets the failure
-                    for _, _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+                    for job, _, _ in chunks:
+                        if not job.future.done():
+                            job.future.set_exception(exc)
+                        if job in lane.jobs:
+                            lane.jobs.remove(job)
                     continue
-                self.batches += 1
-                self.requests += len(batch)
-                self._last_batch_requests = len(batch)
-                start = 0
-                for _, docs, future in batch:
-                    if not future.done():
-                        future.set_result(list(scores[start : start + len(docs)]))
-                    start += len(docs)
+                with self._lock:
+                    self.batches += 1
+                lane.last_batch_requests = len(chunks)
+                offset = 0
+                for job, start, end in chunks:
+                    job.scores[start:end] = [
+                        float(s) for s in scores[offset : offset + end - start]
+                    ]
+                    offset += end - start
+                    job.done += end - start
+                    if job.done == len(job.documents) and not job.future.done():
+                        with self._lock:
+                            self.requests += 1
+                        job.future.set_result(job.scores)
 
-    def _take(self) -> list[tuple[str, list[str], asyncio.Future[list[float]]]]:
-        batch = [self._pending.pop(0)]
-        pairs = len(batch[0][1])
-        while self._pending and pairs + len(self._pending[0][1]) <= self.max_pairs:
-            pairs += len(self._pending[0][1])
-            batch.append(self._pending.pop(0))
-        return batch
+    def _take(self, lane: _Lane) -> list[tuple[_Job, int, int]]:
+        """The next model call: a chunk of each waiting job in turn, within the budgets."""
+        chunks: list[tuple[_Job, int, int]] = []
+        pairs = tokens = 0
+        for _ in range(len(lane.jobs)):
+            job = lane.jobs[0]
+            if job.future.done():  # cancelled, or failed
+                lane.jobs.popleft()
+                continue
+            start = end = job.taken
+            while end < len(job.documents) and pairs < self.max_pairs:
+                cost = self.cost(job.query, job.documents[end])
+                if (chunks or end > start) and tokens + cost > self.max_tokens:
+                    break
+                tokens += cost
+                pairs += 1
+                end += 1
+            if end == start:
+                break  # the budget is spent
+            chunks.append((job, start, end))
+            job.taken = end
+            self._release(end - start)
+            lane.jobs.popleft()
+            if end < len(job.documents):
+                lane.jobs.append(job)  # round-robin: its next chunk after the others' turn
+        return chunks
 
 
 def _texts(documents: object) -> object:
@@ -167,115 +333,347 @@ def _texts(documents: object) -> object:
     return documents
 
 
+def model_window(reranker: Reranker) -> int | None:
+    """The reranker's token window where it says (a local model's ``max_length``), else None."""
+    for owner in (reranker, getattr(reranker, "runner", None)):
+        value = getattr(owner, "max_length", None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    runner = getattr(reranker, "runner", None)
+    try:
+        value = runner.load().max_length  # type: ignore[union-attr]
+    except Exception:  # noqa: BLE001 - not a local runner, or one that cannot say
+        return None
+    return value if isinstance(value, int) and value > 0 else None
+
+
+class _HTTPError(Exception):
+    """An answer other than 200, rendered in the route's own error shape."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+class _Gone(Exception):
+    """The client disconnected: nothing is answered, nothing is logged."""
+
+
+_VLLM_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    408: "RequestTimeoutError",
+    413: "PayloadTooLargeError",
+    422: "UnprocessableEntityError",
+    429: "RateLimitError",
+}
+_TEI_TYPES = {401: "Unauthorized", 429: "Overloaded"}
+
+
+def _error_body(shape: str, status: int, message: str) -> object:
+    if shape == "cohere":
+        return {"id": str(uuid.uuid4()), "message": message}
+    if shape == "tei":
+        return {"error": message, "error_type": _TEI_TYPES.get(status, "Validation")}
+    error_type = _VLLM_TYPES.get(status, "BadRequestError")
+    return {"error": {"message": message, "type": error_type, "param": None, "code": status}}
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _positive(name: str, value: object, kind: type = int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise ConfigurationError(f"{name} must be a positive {kind.__name__}, got {value!r}")
+    if not value > 0:
+        raise ConfigurationError(f"{name} must be a positive {kind.__name__}, got {value!r}")
+
+
 def create_app(
     reranker: Reranker,
     *,
     max_wait_ms: float = 2.0,
-    max_batch_pairs: int = 256,
+    max_batch_pairs: int = MAX_BATCH_PAIRS,
     model_name: str | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    max_documents: int = MAX_DOCUMENTS,
+    max_document_chars: int | None = None,
+    max_batch_tokens: int = MAX_BATCH_TOKENS,
+    max_pending_pairs: int = MAX_PENDING_PAIRS,
+    max_concurrent_requests: int = MAX_CONCURRENT_REQUESTS,
+    body_timeout: float = BODY_TIMEOUT,
+    api_key: str | None = None,
 ) -> Any:
-    """The Starlette app that serves ``reranker`` over the Cohere v2, vLLM/Jina and TEI formats."""
+    """The Starlette app that serves ``reranker`` over the Cohere v2, vLLM/Jina and TEI formats.
+
+    The limits and options are described in the module docstring.
+
+    Raises:
+        ConfigurationError: a limit that is not positive, or an empty ``api_key``.
+    """
     try:
         from starlette.applications import Starlette
-        from starlette.requests import Request
-        from starlette.responses import JSONResponse
+        from starlette.requests import ClientDisconnect, Request
+        from starlette.responses import JSONResponse, Response
         from starlette.routing import Route
     except ImportError as exc:
         raise MissingDependencyError("The rerank server", "serve", "starlette") from exc
 
-    batcher = Batcher(reranker.score_pairs, max_wait_ms / 1000.0, max_batch_pairs)
+    for name, value in (
+        ("max_batch_pairs", max_batch_pairs),
+        ("max_body_bytes", max_body_bytes),
+        ("max_documents", max_documents),
+        ("max_batch_tokens", max_batch_tokens),
+        ("max_pending_pairs", max_pending_pairs),
+        ("max_concurrent_requests", max_concurrent_requests),
+    ):
+        _positive(name, value)
+    _positive("body_timeout", body_timeout, float)
+    if max_document_chars is not None:
+        _positive("max_document_chars", max_document_chars)
+    if api_key is not None and not api_key.strip():
+        raise ConfigurationError("api_key must be a non-empty string (or None for no key)")
+    window = model_window(reranker)
+    max_chars = max_document_chars or CHARS_PER_TOKEN * (window or UNKNOWN_WINDOW)
+    batcher = Batcher(
+        reranker.score_pairs,
+        max_wait_ms / 1000.0,
+        max_batch_pairs,
+        max_tokens=max_batch_tokens,
+        max_pending=max_pending_pairs,
+        window=window,
+    )
     served_name = model_name or getattr(reranker, "model_name", None) or type(reranker).__name__
+    expected_auth = f"Bearer {api_key}".encode() if api_key is not None else None
+    active = 0
 
-    async def ranked(query: object, documents: object, top_n: object) -> list[RerankResult]:
-        q, docs, n = validate_request(query, _texts(documents), top_n)
-        if not docs:
-            return []
-        return rank(docs, await batcher.score(q, docs), n, provider=reranker.provider)
+    def check_auth(request: Request) -> None:
+        if expected_auth is None:
+            return
+        given = request.headers.get("authorization", "").encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(given, expected_auth):
+            raise _HTTPError(401, "missing or wrong API key (Authorization: Bearer <key>)")
 
-    async def body_of(request: Request) -> dict[str, Any]:
+    async def read_body(request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body_bytes:
+            raise _HTTPError(
+                413, f"the request body has {int(length)} bytes; at most {max_body_bytes}"
+            )
+        chunks: list[bytes] = []
+        size = 0
+
+        async def collect() -> None:
+            nonlocal size
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_body_bytes:
+                    raise _HTTPError(
+                        413, f"the request body is over {max_body_bytes} bytes; at most that"
+                    )
+                chunks.append(chunk)
+
         try:
-            body = await request.json()
+            await asyncio.wait_for(collect(), body_timeout)
+        except asyncio.TimeoutError:
+            raise _HTTPError(
+                408, f"the request body did not arrive within {body_timeout:g} s"
+            ) from None
+        except ClientDisconnect:
+            raise _Gone from None
+        return b"".join(chunks)
+
+    def parse(raw: bytes) -> dict[str, Any]:
+        try:
+            body = json.loads(raw)
+        except RecursionError:
+            raise _HTTPError(400, "the request body is JSON nested too deeply") from None
         except ValueError:
-            raise InvalidInputError("the request body is not JSON") from None
+            raise _HTTPError(400, "the request body is not JSON") from None
         if not isinstance(body, dict):
-            raise InvalidInputError("the request body must be a JSON object")
+            raise _HTTPError(400, "the request body must be a JSON object")
         return body
 
-    def vllm_answer(body: dict[str, Any], results: list[RerankResult]) -> dict[str, Any]:
+    async def until_gone(request: Request) -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    async def scores(request: Request, query: str, documents: list[str]) -> list[float]:
+        """The batcher's scores, unless the client leaves first (then its work is dropped)."""
+        cut = [d[:max_chars] for d in documents]
+        work = asyncio.ensure_future(batcher.score(query[:max_chars], cut))
+        gone = asyncio.ensure_future(until_gone(request))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not work.done():
+                work.cancel()
+        if not work.done() or work.cancelled():
+            raise _Gone
+        try:
+            return work.result()
+        except Overloaded as exc:
+            raise _HTTPError(429, str(exc), {"Retry-After": "1"}) from None
+
+    async def ranked(
+        request: Request, shape: str, query: object, documents: object, top_n: object
+    ) -> tuple[list[RerankResult], int, int]:
+        """The ranked results, with the documents scored and their characters kept."""
+        if isinstance(documents, list) and len(documents) > max_documents:
+            raise _HTTPError(
+                422, f"documents holds {len(documents)} items; at most {max_documents} a request"
+            )
+        try:
+            q, docs, n = validate_request(query, _texts(documents), top_n)
+        except InvalidInputError as exc:
+            raise _HTTPError(422 if shape == "tei" else 400, str(exc)) from None
+        if not docs:
+            return [], 0, 0
+        results = rank(docs, await scores(request, q, docs), n, provider=reranker.provider)
+        characters = sum(min(len(d), max_chars) for d in docs)
+        return results, len(docs), characters
+
+    def window_option(name: str, value: object, none_values: tuple[object, ...]) -> None:
+        """Token limits are honoured when they reach the window (the server truncates there)."""
+        if value in none_values and not isinstance(value, bool):
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _HTTPError(400, f"{name} must be a positive int, got {value!r}")
+        if window is None or value < window:
+            raise _HTTPError(
+                400,
+                f"{name}={value} is not supported by this server: it truncates each pair to the "
+                f"model window ({window or 'unknown'} tokens) only",
+            )
+
+    async def cohere_v2(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+        window_option("max_tokens_per_doc", body.get("max_tokens_per_doc"), (None,))
+        with_documents = body.get("return_documents", False)
+        if not isinstance(with_documents, bool):
+            raise _HTTPError(400, f"return_documents must be a bool, got {with_documents!r}")
+        query, documents = body.get("query"), body.get("documents")
+        results, _, _ = await ranked(request, "cohere", query, documents, body.get("top_n"))
+        return {
+            "id": str(uuid.uuid4()),
+            "results": [
+                {
+                    "index": r.index,
+                    "relevance_score": r.score,
+                    **({"document": {"text": r.text}} if with_documents else {}),
+                }
+                for r in results
+            ],
+            "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
+        }
+
+    async def vllm(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+        window_option("truncate_prompt_tokens", body.get("truncate_prompt_tokens"), (None, -1))
+        top_n = body.get("top_n") or None  # vLLM: 0 or absent means all
+        query, documents = body.get("query"), body.get("documents")
+        results, scored, characters = await ranked(request, "vllm", query, documents, top_n)
         return {
             "id": f"rerank-{uuid.uuid4().hex}",
             "model": body.get("model") or served_name,
-            "usage": {"total_tokens": 0},
+            "usage": {
+                "total_tokens": None,
+                "documents": scored,
+                "characters": characters,
+            },
             "results": [
                 {"index": r.index, "document": {"text": r.text}, "relevance_score": r.score}
                 for r in results
             ],
         }
 
-    async def cohere_v2(request: Request) -> JSONResponse:
-        try:
-            body = await body_of(request)
-            results = await ranked(body.get("query"), body.get("documents"), body.get("top_n"))
-        except InvalidInputError as exc:
-            return JSONResponse({"id": uuid.uuid4().hex, "message": str(exc)}, status_code=400)
-        return JSONResponse(
-            {
-                "id": str(uuid.uuid4()),
-                "results": [{"index": r.index, "relevance_score": r.score} for r in results],
-                "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
-            }
-        )
-
-    def vllm_error(exc: Exception) -> JSONResponse:
-        error = {"message": str(exc), "type": "BadRequestError", "param": None, "code": 400}
-        return JSONResponse({"error": error}, status_code=400)
-
-    async def vllm_rerank(body: dict[str, Any]) -> JSONResponse:
-        try:
-            top_n = body.get("top_n") or None  # vLLM: 0 or absent means all
-            results = await ranked(body.get("query"), body.get("documents"), top_n)
-        except InvalidInputError as exc:
-            return vllm_error(exc)
-        return JSONResponse(vllm_answer(body, results))
-
-    async def openai_v1(request: Request) -> JSONResponse:
-        try:
-            body = await body_of(request)
-        except InvalidInputError as exc:
-            return vllm_error(exc)
-        return await vllm_rerank(body)
-
-    async def root_rerank(request: Request) -> JSONResponse:
-        try:
-            body = await body_of(request)
-        except InvalidInputError as exc:
-            return vllm_error(exc)
-        if "texts" not in body:
-            return await vllm_rerank(body)
-        try:  # TEI: a bare array; the scores of every text, best first
-            results = await ranked(body.get("query"), body.get("texts"), None)
-        except InvalidInputError as exc:
-            return JSONResponse({"error": str(exc), "error_type": "Validation"}, status_code=422)
+    async def tei(request: Request, body: dict[str, Any]) -> list[dict[str, Any]]:
+        if body.get("raw_scores", False) is not False:
+            raise _HTTPError(
+                422,
+                "raw_scores=true is not supported by this server (it returns the "
+                "reranker's scores only)",
+            )
+        direction = body.get("truncation_direction", "Right")
+        if direction not in ("Right", "right", None):
+            raise _HTTPError(
+                422, f"truncation_direction={direction!r} is not supported: only 'Right'"
+            )
+        truncate = body.get("truncate", False)
+        if not isinstance(truncate, bool) and truncate is not None:
+            raise _HTTPError(422, f"truncate must be a bool, got {truncate!r}")
+        texts = body.get("texts")
+        if not truncate and isinstance(texts, list):
+            for i, text in enumerate(texts):
+                if isinstance(text, str) and len(text) > max_chars:
+                    raise _HTTPError(
+                        413,
+                        f"texts[{i}] has {len(text)} characters, more than the {max_chars} this "
+                        "server tokenizes; pass truncate=true to truncate it",
+                    )
+        results, _, _ = await ranked(request, "tei", body.get("query"), texts, None)
         with_text = bool(body.get("return_text"))
-        return JSONResponse(
-            [
-                {"index": r.index, "score": r.score, **({"text": r.text} if with_text else {})}
-                for r in results
-            ]
-        )
+        return [
+            {"index": r.index, "score": r.score, **({"text": r.text} if with_text else {})}
+            for r in results
+        ]
+
+    Handler = Callable[[Request, dict[str, Any]], Any]
+
+    def endpoint(shape: str, answer: Handler | None) -> Callable[[Request], Any]:
+        async def handle(request: Request) -> Response:
+            nonlocal active
+            current = shape
+            try:
+                check_auth(request)
+                if active >= max_concurrent_requests:
+                    raise _HTTPError(
+                        429,
+                        f"{active} requests are being served (at most {max_concurrent_requests})"
+                        "; retry later",
+                        {"Retry-After": "1"},
+                    )
+                active += 1
+                try:
+                    body = parse(await read_body(request))
+                    if answer is not None:
+                        return JSONResponse(await answer(request, body))
+                    if "texts" in body:  # /rerank: TEI's format, else vLLM's
+                        current = "tei"
+                        return JSONResponse(await tei(request, body))
+                    return JSONResponse(await vllm(request, body))
+                finally:
+                    active -= 1
+            except _HTTPError as exc:
+                return JSONResponse(
+                    _error_body(current, exc.status, str(exc)),
+                    status_code=exc.status,
+                    headers=exc.headers,
+                )
+            except _Gone:
+                return Response(status_code=499)  # nobody reads it: the client left
+
+        return handle
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "model": served_name})
 
     app = Starlette(
         routes=[
-            Route("/v2/rerank", cohere_v2, methods=["POST"]),
-            Route("/v1/rerank", openai_v1, methods=["POST"]),
-            Route("/rerank", root_rerank, methods=["POST"]),
+            Route("/v2/rerank", endpoint("cohere", cohere_v2), methods=["POST"]),
+            Route("/v1/rerank", endpoint("vllm", vllm), methods=["POST"]),
+            Route("/rerank", endpoint("vllm", None), methods=["POST"]),
             Route("/health", health, methods=["GET"]),
         ]
     )
     app.state.batcher = batcher
+    app.state.max_document_chars = max_chars
     return app
 
 
@@ -284,26 +682,38 @@ def run_server(
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
-    max_wait_ms: float = 2.0,
-    model_name: str | None = None,
+    api_key: str | None = None,
+    insecure_no_auth: bool = False,
+    **options: Any,
 ) -> int:
     """``milvus-rerank serve``: serve ``reranker`` (already loaded) until interrupted.
 
     Args:
         reranker: The reranker to serve; requests are batched through its ``score_pairs``.
-        host: Bind address.
+        host: Bind address; a non-loopback one needs ``api_key`` or ``insecure_no_auth``.
         port: TCP port.
-        max_wait_ms: How long a request may wait for others to share its batch.
-        model_name: The model name answers report (default: the reranker's own).
+        api_key: The bearer key every rerank request must carry (None: no key).
+        insecure_no_auth: Allow a non-loopback host without a key.
+        **options: ``create_app``'s keywords (``max_wait_ms``, ``model_name``, the limits).
+
+    Raises:
+        ConfigurationError: a non-loopback host without a key or ``insecure_no_auth``, or a
+            bad limit.
     """
     try:
         import uvicorn
     except ImportError as exc:
         raise MissingDependencyError("The rerank server", "serve", "uvicorn") from exc
-    app = create_app(reranker, max_wait_ms=max_wait_ms, model_name=model_name)
+    if not _is_loopback(host) and api_key is None and not insecure_no_auth:
+        raise ConfigurationError(
+            f"host {host!r} is reachable beyond this machine: set an API key (--api-key or "
+            "MILVUS_RERANK_API_KEY) or pass --insecure-no-auth to serve it without one"
+        )
+    app = create_app(reranker, api_key=api_key, **options)
+    auth = "Bearer key required" if api_key is not None else "no API key"
     print(
         f"milvus-rerank serve: {reranker!r} on http://{host}:{port} "
-        "(POST /v2/rerank, /v1/rerank, /rerank; GET /health)",
+        f"(POST /v2/rerank, /v1/rerank, /rerank; GET /health; {auth})",
         file=sys.stderr,
     )
     uvicorn.run(app, host=host, port=port, log_level="warning")
