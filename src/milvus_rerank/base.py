@@ -197,6 +197,15 @@ class Reranker(ABC):
         """
         return self
 
+    def input_window(self) -> int | None:
+        """Tokens of one (query, document) pair the model reads; None where it is not known here.
+
+        Local rerankers answer with their ``max_length`` (loading the model if needed); API
+        rerankers leave truncation to the provider and answer None. ``serve`` sizes its
+        per-document character cap from this.
+        """
+        return None
+
     def close(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
         """Release held resources (HTTP connections); the reranker stays usable."""
 

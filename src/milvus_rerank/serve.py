@@ -72,7 +72,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .base import Reranker, rank, validate_request
-from .errors import ConfigurationError, InvalidInputError, MissingDependencyError
+from .errors import ConfigurationError, InvalidInputError, MissingDependencyError, RerankError
 from .results import RerankResult
 
 __all__ = ["BackgroundServer", "Batcher", "Overloaded", "create_app", "run_server"]
@@ -334,17 +334,12 @@ def _texts(documents: object) -> object:
 
 
 def model_window(reranker: Reranker) -> int | None:
-    """The reranker's token window where it says (a local model's ``max_length``), else None."""
-    for owner in (reranker, getattr(reranker, "runner", None)):
-        value = getattr(owner, "max_length", None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    runner = getattr(reranker, "runner", None)
+    """The reranker's token window (``Reranker.input_window``), or None where it cannot say."""
     try:
-        value = runner.load().max_length  # type: ignore[union-attr]
-    except Exception:  # noqa: BLE001 - not a local runner, or one that cannot say
+        value = reranker.input_window()
+    except RerankError:
         return None
-    return value if isinstance(value, int) and value > 0 else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 class _HTTPError(Exception):

@@ -533,6 +533,10 @@ class LocalReranker(Reranker):
         self.runner.load()
         return self
 
+    def input_window(self) -> int:
+        """The pair token limit in force (``max_length``, or the family's default); loads."""
+        return self.runner.load().max_length
+
     def _score(self, query: str, documents: list[str]) -> list[float]:
         return self.runner.scores(query, documents)
 
