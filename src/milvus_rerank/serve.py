@@ -219,8 +219,13 @@ class Batcher:
         """Estimated tokens of a pair: about 4 characters a token, 3 special tokens, cut to fit."""
         return min(self.window, -(-(len(query) + len(document)) // 4) + 3)
 
-    async def score(self, query: str, documents: list[str]) -> list[float]:
+    async def score(
+        self, query: str, documents: list[str], *, abandoned: asyncio.Future[Any] | None = None
+    ) -> list[float]:
         """Scores of ``documents`` for ``query``, computed in shared batches.
+
+        ``abandoned`` (e.g. a watcher of the client's disconnect) drops the pairs not yet taken
+        the moment it completes, before the worker can form another batch with them.
 
         Raises:
             Overloaded: more than ``max_pending`` pairs would be waiting.
@@ -241,6 +246,8 @@ class Batcher:
                 )
             self._pending += len(documents)
         job = _Job(query, documents, loop.create_future(), [0.0] * len(documents))
+        if abandoned is not None:
+            abandoned.add_done_callback(lambda _: job.future.cancel())
         lane.jobs.append(job)
         lane.wakeup.set()
         try:
@@ -503,8 +510,8 @@ def create_app(
     async def scores(request: Request, query: str, documents: list[str]) -> list[float]:
         """The batcher's scores, unless the client leaves first (then its work is dropped)."""
         cut = [d[:max_chars] for d in documents]
-        work = asyncio.ensure_future(batcher.score(query[:max_chars], cut))
         gone = asyncio.ensure_future(until_gone(request))
+        work = asyncio.ensure_future(batcher.score(query[:max_chars], cut, abandoned=gone))
         try:
             await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
