@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,6 +70,12 @@ def test_demo_prints_bm25_and_reranked_tables(
     ranked = out.split("Reranked by")[1].splitlines()[2:6]
     assert [line.split()[0] for line in ranked] == ["1", "2", "3", "4"]
     assert left_behind(fresh_tmpdir) == []  # the stand-in and the Milvus Lite file are gone
+    # The embedded Milvus Lite server is stopped too: nothing re-creates the folder afterwards.
+    from milvus_lite.server_manager import server_manager_instance
+
+    assert not [p for p in server_manager_instance._servers if p.startswith(str(fresh_tmpdir))]
+    time.sleep(1.0)
+    assert left_behind(fresh_tmpdir) == []
 
 
 def test_rerank_jsonl(
@@ -190,3 +197,20 @@ def test_bad_numbers_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> Non
         main(["demo", "--top-k", "0"])
     assert exited.value.code == 2
     assert "--top-k: must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["rerank", "q", "docs.jsonl", "--reranker", "nope"],
+        ["rerank", "q", "docs.jsonl", "--top-n", "-3"],
+        [],
+        ["eval"],
+    ],
+)
+def test_usage_errors_are_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "error:" in err and "Traceback" not in err

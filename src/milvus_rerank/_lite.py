@@ -6,6 +6,7 @@ One place for what both commands need from an embedded Milvus, so they cannot dr
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +44,18 @@ def lite_client(feature: str, db: str | Path | None = None) -> Iterator[tuple[An
             yield client, path
         finally:
             client.close()
+            if db is None:
+                _stop_server(path)
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stop_server(path: Path) -> None:
+    """Stop the embedded server behind ``path``: ``close()`` leaves it running, still writing."""
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:  # pragma: no cover - a pymilvus without Milvus Lite never gets here
+        return
+    server_manager_instance.release_server(str(path))
 
 
 def build_bm25_collection(client: Any, rows: list[dict[str, Any]], name: str) -> None:

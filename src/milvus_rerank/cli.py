@@ -16,7 +16,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from ._version import __version__
 from .base import Reranker
@@ -308,10 +308,18 @@ def _add_reranker_options(parser: argparse.ArgumentParser, default: str) -> None
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (``--help`` still shows the full usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``milvus-rerank <command>: error: ...`` on one line and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``milvus-rerank`` command."""
     epilog = _providers_epilog()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="milvus-rerank",
         description="Rerank retrieval results, locally or through an API.",
         epilog=epilog,
@@ -321,16 +329,19 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log what happens (default: warnings only)"
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(
+        made: argparse.ArgumentParser = sub.add_parser(
             name,
             help=help_text,
             description=help_text,
             epilog=epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
+        return made
 
     demo = command("demo", "search Milvus Lite with BM25, then rerank the hits")
     _add_reranker_options(demo, "bge")
