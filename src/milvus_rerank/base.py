@@ -218,7 +218,8 @@ class Reranker(ABC):
 
     # A reranker is a handle on a loaded model, an HTTP client or an API key, like a database
     # connection: pickling one would ship weights or a key (or fail halfway on a lock), so it
-    # refuses at once; copies share the one handle.
+    # refuses at once; copies are the reranker itself, so what holds one (an adapter) can be
+    # deep-copied, and no two objects ever own, and close, one HTTP client.
     def __getstate__(self) -> Any:
         raise TypeError(
             f"a {type(self).__name__} cannot be pickled: a reranker holds a loaded model, an "
@@ -226,10 +227,8 @@ class Reranker(ABC):
         )
 
     def __copy__(self) -> Self:
-        """A shallow copy: new attributes, the same model, client and key."""
-        clone = type(self).__new__(type(self))
-        clone.__dict__.update(self.__dict__)
-        return clone
+        """The reranker itself: a reranker is a shared handle, never copied."""
+        return self
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Self:
         """The reranker itself: deep copies of what holds one (an adapter) share it."""

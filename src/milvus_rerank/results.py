@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,11 +55,21 @@ def copy_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
     """
     if all(type(value) in _SCALARS for value in metadata.values()):
         return dict(metadata)
-    plain = dict(metadata)
     try:
-        return copy.deepcopy(plain)
+        return _copied_dict(metadata, copy.deepcopy)
     except Exception:  # noqa: BLE001 - any value deepcopy refuses is shared, as documented
-        return _copy_parts(plain, {})  # type: ignore[no-any-return]
+        return _copied_dict(metadata, _copy_parts)
+
+
+def _copied_dict(
+    metadata: Mapping[str, Any], copy_value: Callable[[Any, dict[int, Any]], Any]
+) -> dict[str, Any]:
+    """A new dict of copied values; a value that refers back to ``metadata`` gets the new dict."""
+    out: dict[str, Any] = {}
+    memo: dict[int, Any] = {id(metadata): out}  # a fresh memo: no half-built copy is reused
+    for key, value in metadata.items():
+        out[key] = copy_value(value, memo)
+    return out
 
 
 def _copy_parts(value: Any, memo: dict[int, Any]) -> Any:
