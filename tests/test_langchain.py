@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import copy
+import math
+import pickle
+import threading
+from typing import Any
 
 import pytest
 
@@ -12,7 +16,7 @@ from langchain_core.documents import Document  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 import milvus_rerank.langchain  # noqa: E402
-from milvus_rerank import CohereReranker  # noqa: E402
+from milvus_rerank import CohereReranker, ConfigurationError  # noqa: E402
 from milvus_rerank.langchain import RerankCompressor, RerankCrossEncoder  # noqa: E402
 from tests.conftest import ScoreTableReranker  # noqa: E402
 
@@ -65,11 +69,98 @@ def test_empty_input_and_documents_without_id() -> None:
     assert out[0].id is None and out[0].metadata == {"relevance_score": 0.9}
 
 
-def test_misspelt_or_bad_options_are_errors() -> None:
+def test_misspelt_options_are_errors() -> None:
     with pytest.raises(ValidationError, match="topn"):
         RerankCompressor(reranker=ScoreTableReranker(), topn=3)  # type: ignore[call-arg]
-    with pytest.raises(ValidationError, match="top_n"):
-        RerankCompressor(reranker=ScoreTableReranker(), top_n=0)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "fragment"),
+    [
+        ("top_n", 0, "top_n must be a positive int or None, got int 0"),
+        ("top_n", True, "top_n must be a positive int or None, got bool True"),
+        ("top_n", 2.5, "got float 2.5"),
+        ("top_n", "3", "got str '3'"),
+        (
+            "score_threshold",
+            math.nan,
+            "score_threshold must be a finite number or None, got float nan",
+        ),
+        ("score_threshold", -math.inf, "got float -inf"),
+        ("score_threshold", True, "got bool True"),
+        ("score_threshold", "0.5", "got str '0.5'"),
+    ],
+)
+def test_bad_options_are_configuration_errors_naming_the_value(
+    option: str, value: object, fragment: str
+) -> None:
+    with pytest.raises(ConfigurationError, match="RerankCompressor") as info:
+        RerankCompressor(reranker=ScoreTableReranker(TABLE), **{option: value})
+    assert fragment in str(info.value)
+    compressor = RerankCompressor(reranker=ScoreTableReranker(TABLE))
+    with pytest.raises(ConfigurationError, match="RerankCompressor"):
+        setattr(compressor, option, value)  # checked on assignment too
+    assert compressor.top_n == 3 and compressor.score_threshold is None
+
+
+def test_integral_options_are_normalized() -> None:
+    compressor = RerankCompressor(reranker=ScoreTableReranker(TABLE), top_n=2, score_threshold=0)
+    assert type(compressor.score_threshold) is float
+    out = compressor.compress_documents(docs(), "q")
+    assert [d.page_content for d in out] == ["beta", "gamma"]
+
+
+def test_uncopyable_metadata_is_passed_through_by_reference() -> None:
+    lock = threading.Lock()
+    pending = (i for i in range(3))
+    source = Document(
+        page_content="beta", metadata={"lock": lock, "pending": pending, "tags": ["a"]}
+    )
+    out = RerankCompressor(reranker=ScoreTableReranker(TABLE)).compress_documents([source], "q")
+    metadata = out[0].metadata
+    assert metadata["lock"] is lock and metadata["pending"] is pending
+    assert metadata["tags"] == ["a"] and metadata["tags"] is not source.metadata["tags"]
+    metadata["tags"].append("b")
+    assert source.metadata["tags"] == ["a"] and set(source.metadata) == {"lock", "pending", "tags"}
+
+
+class PicklableTable(ScoreTableReranker):
+    """A reranker that opts back into pickling: it holds nothing but its table."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def test_pickling_fails_at_once_naming_the_reranker() -> None:
+    compressor = RerankCompressor(reranker=ScoreTableReranker(TABLE))
+    with pytest.raises(TypeError, match="RerankCompressor cannot be pickled") as info:
+        pickle.dumps(compressor)
+    assert "a ScoreTableReranker cannot be pickled" in str(info.value)
+    with pytest.raises(TypeError, match="ScoreTableReranker cannot be pickled"):
+        pickle.dumps(RerankCrossEncoder(ScoreTableReranker(TABLE)))
+    secret = RerankCompressor(reranker=CohereReranker(api_key="sk-secret-value-123"))
+    with pytest.raises(TypeError, match="CohereReranker cannot be pickled") as info:
+        pickle.dumps(secret)
+    assert "sk-secret-value-123" not in str(info.value)
+
+
+def test_a_picklable_reranker_round_trips_whole() -> None:
+    compressor = RerankCompressor(reranker=PicklableTable(TABLE), top_n=2)
+    again = pickle.loads(pickle.dumps(compressor))  # noqa: S301 - bytes made just above
+    assert isinstance(again.reranker, PicklableTable) and again.top_n == 2
+    assert [d.page_content for d in again.compress_documents(docs(), "q")] == ["beta", "gamma"]
+
+
+def test_deepcopy_shares_the_reranker_and_works() -> None:
+    reranker = ScoreTableReranker(TABLE)
+    compressor = RerankCompressor(reranker=reranker, top_n=2)
+    clone = copy.deepcopy(compressor)
+    assert clone is not compressor and clone.reranker is reranker
+    assert [d.page_content for d in clone.compress_documents(docs(), "q")] == ["beta", "gamma"]
+    updated = compressor.model_copy(update={"top_n": 1}, deep=True)
+    assert updated.reranker is reranker and compressor.top_n == 2
+    encoder = copy.deepcopy(RerankCrossEncoder(reranker))
+    assert encoder.reranker is reranker and encoder.score([("q", "beta")]) == [0.9]
 
 
 def test_works_in_a_document_compressor_pipeline() -> None:

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import logging
+import math
+import pickle
+import threading
+from typing import Any
+
 import pytest
 
 pytest.importorskip("llama_index.core")
@@ -10,10 +17,16 @@ from llama_index.core.callbacks import CallbackManager, CBEventType  # noqa: E40
 from llama_index.core.callbacks.base_handler import BaseCallbackHandler  # noqa: E402
 from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler  # noqa: E402
-from llama_index.core.schema import ImageNode, NodeWithScore, QueryBundle, TextNode  # noqa: E402
+from llama_index.core.schema import (  # noqa: E402
+    ImageNode,
+    MetadataMode,
+    NodeWithScore,
+    QueryBundle,
+    TextNode,
+)
 
 import milvus_rerank.llama_index  # noqa: E402
-from milvus_rerank import InvalidInputError, VoyageReranker  # noqa: E402
+from milvus_rerank import ConfigurationError, InvalidInputError, VoyageReranker  # noqa: E402
 from milvus_rerank.llama_index import RerankPostprocessor  # noqa: E402
 from tests.conftest import ScoreTableReranker  # noqa: E402
 
@@ -136,3 +149,107 @@ def test_no_provider_named_shortcuts() -> None:
     # One way to wrap a provider: RerankPostprocessor(reranker=VoyageReranker(...)).
     assert milvus_rerank.llama_index.__all__ == ["RerankPostprocessor"]
     assert not hasattr(milvus_rerank.llama_index, "VoyageRerank")
+
+
+def test_retrieval_score_stays_out_of_llm_and_embed_text() -> None:
+    source = TextNode(
+        text="beta",
+        metadata={"title": "Beta", "file": "b.txt"},
+        excluded_llm_metadata_keys=["file"],
+        excluded_embed_metadata_keys=["title"],
+        embedding=[0.5, 0.25],
+    )
+    post = RerankPostprocessor(reranker=ScoreTableReranker(TABLE))
+    out = post.postprocess_nodes([NodeWithScore(node=source, score=0.4)], query_str="q")
+    node = out[0].node
+    for mode in (MetadataMode.LLM, MetadataMode.EMBED):
+        assert node.get_content(metadata_mode=mode) == source.get_content(metadata_mode=mode)
+    assert "retrieval_score: 0.4" in node.get_content(metadata_mode=MetadataMode.ALL)
+    # the caller's node keeps its own lists and embedding
+    assert source.excluded_llm_metadata_keys == ["file"]
+    assert source.excluded_embed_metadata_keys == ["title"]
+    node.embedding.append(1.0)  # type: ignore[union-attr]
+    assert source.embedding == [0.5, 0.25]
+
+
+def test_chained_postprocessors_keep_one_exclusion_and_the_text() -> None:
+    first = RerankPostprocessor(reranker=ScoreTableReranker(TABLE), top_n=3)
+    second = RerankPostprocessor(reranker=ScoreTableReranker(TABLE), top_n=2)
+    inputs = nodes()
+    out = second.postprocess_nodes(first.postprocess_nodes(inputs, query_str="q"), query_str="q")
+    assert [n.node.get_content(metadata_mode=MetadataMode.LLM) for n in out] == ["beta", "gamma"]
+    assert out[0].node.excluded_llm_metadata_keys.count("retrieval_score") == 1
+    assert out[0].node.metadata["retrieval_score"] == 0.9  # the first rerank's score
+    assert all(n.node.excluded_llm_metadata_keys == [] for n in inputs)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "fragment"),
+    [
+        ("top_n", 0, "top_n must be a positive int or None, got int 0"),
+        ("top_n", True, "top_n must be a positive int or None, got bool True"),
+        ("top_n", "3", "got str '3'"),
+        ("score_threshold", math.nan, "finite number or None, got float nan"),
+        ("score_threshold", math.inf, "got float inf"),
+        ("score_threshold", False, "got bool False"),
+        ("score_threshold", "0.5", "got str '0.5'"),
+    ],
+)
+def test_bad_options_are_configuration_errors_naming_the_value(
+    option: str, value: object, fragment: str
+) -> None:
+    with pytest.raises(ConfigurationError, match="RerankPostprocessor") as info:
+        RerankPostprocessor(reranker=ScoreTableReranker(TABLE), **{option: value})
+    assert fragment in str(info.value)
+    post = RerankPostprocessor(reranker=ScoreTableReranker(TABLE))
+    with pytest.raises(ConfigurationError, match="RerankPostprocessor"):
+        setattr(post, option, value)  # checked on assignment too
+    assert post.top_n == 3 and post.score_threshold is None
+
+
+def test_uncopyable_metadata_is_passed_through_by_reference() -> None:
+    lock = threading.Lock()
+    source = TextNode(text="beta", metadata={"lock": lock, "nested": {"tags": ["a"]}})
+    post = RerankPostprocessor(reranker=ScoreTableReranker(TABLE))
+    out = post.postprocess_nodes([NodeWithScore(node=source, score=0.4)], query_str="q")
+    metadata = out[0].node.metadata
+    assert metadata["lock"] is lock
+    metadata["nested"]["tags"].append("b")
+    assert source.metadata["nested"] == {"tags": ["a"]}
+    assert set(source.metadata) == {"lock", "nested"}
+
+
+class PicklableTable(ScoreTableReranker):
+    """A reranker that opts back into pickling: it holds nothing but its table."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def test_pickling_fails_at_once_instead_of_dropping_the_reranker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    post = RerankPostprocessor(reranker=VoyageReranker(api_key="sk-secret-value-123"))
+    with caplog.at_level(logging.WARNING), pytest.raises(TypeError) as info:
+        pickle.dumps(post)
+    message = str(info.value)
+    assert "RerankPostprocessor cannot be pickled" in message and "VoyageReranker" in message
+    assert "sk-secret-value-123" not in message
+    assert "Removing unpickleable" not in caplog.text
+
+
+def test_a_picklable_reranker_round_trips_whole() -> None:
+    post = RerankPostprocessor(reranker=PicklableTable(TABLE), top_n=2)
+    again = pickle.loads(pickle.dumps(post))  # noqa: S301 - bytes made just above
+    assert isinstance(again.reranker, PicklableTable) and again.top_n == 2
+    out = again.postprocess_nodes(nodes(), query_str="q")
+    assert [n.node.get_content() for n in out] == ["beta", "gamma"]
+
+
+def test_deepcopy_shares_the_reranker_and_works() -> None:
+    reranker = ScoreTableReranker(TABLE)
+    post = RerankPostprocessor(reranker=reranker, top_n=2)
+    clone = copy.deepcopy(post)
+    assert clone is not post and clone.reranker is reranker
+    out = clone.postprocess_nodes(nodes(), query_str="q")
+    assert [n.node.get_content() for n in out] == ["beta", "gamma"]

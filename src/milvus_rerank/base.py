@@ -225,6 +225,24 @@ class Reranker(ABC):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
+    # A reranker is a handle on a loaded model, an HTTP client or an API key, like a database
+    # connection: pickling one would ship weights or a key (or fail halfway on a lock), so it
+    # refuses at once; copies are the reranker itself, so what holds one (an adapter) can be
+    # deep-copied, and no two objects ever own, and close, one HTTP client.
+    def __getstate__(self) -> Any:
+        raise TypeError(
+            f"a {type(self).__name__} cannot be pickled: a reranker holds a loaded model, an "
+            "HTTP client or an API key. Build one in each process from its settings instead."
+        )
+
+    def __copy__(self) -> Self:
+        """The reranker itself: a reranker is a shared handle, never copied."""
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
+        """The reranker itself: deep copies of what holds one (an adapter) share it."""
+        return self
+
     def _repr_fields(self) -> dict[str, Any]:
         """Public, non-secret settings shown by ``repr``."""
         return {}

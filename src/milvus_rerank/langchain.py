@@ -7,18 +7,26 @@ only move data between LangChain's types and ``Reranker.rerank``: no ranking log
 
 from __future__ import annotations
 
+import pickle
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 from .base import Reranker
-from .errors import MissingDependencyError
-from .results import RerankResult, copy_metadata, scoring_at_least
+from .errors import ConfigurationError, MissingDependencyError
+from .results import (
+    RerankResult,
+    checked_threshold,
+    checked_top_n,
+    copy_metadata,
+    scoring_at_least,
+)
 
 try:
     from langchain_core.callbacks import Callbacks
     from langchain_core.cross_encoders import BaseCrossEncoder
     from langchain_core.documents import BaseDocumentCompressor, Document
-    from pydantic import ConfigDict, Field
+    from pydantic import ConfigDict, field_validator
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("milvus_rerank.langchain", "langchain", "langchain-core") from exc
 
@@ -33,6 +41,15 @@ class RerankCompressor(BaseDocumentCompressor):
 
     Returns new documents, best first, with ``page_content``, ``id`` and a copy of the
     metadata, plus the rerank score under ``score_key``; the input documents are untouched.
+    Nested metadata is deep-copied; a value that cannot be copied at all (a lock, a generator)
+    is passed through by reference rather than failing the retrieval (``copy_metadata``).
+
+    Options are checked when set, at construction or assignment: a ``top_n`` that is not a
+    positive int (``True`` included) or a ``score_threshold`` that is not a finite number (NaN
+    would drop every document) raises ``ConfigurationError`` naming the value.
+
+    Pickling fails at once with the reranker's ``TypeError`` (rerankers hold models, clients
+    and keys); ``copy.deepcopy`` works and shares the reranker.
 
     Example:
         >>> compressor = RerankCompressor(reranker=BGEReranker(), top_n=3)  # doctest: +SKIP
@@ -40,16 +57,39 @@ class RerankCompressor(BaseDocumentCompressor):
         ...     base_compressor=compressor, base_retriever=vector_store.as_retriever())
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True, extra="forbid", validate_assignment=True
+    )
 
     reranker: Reranker
     """The reranker that scores (query, document) pairs."""
-    top_n: int | None = Field(default=3, ge=1)
+    top_n: int | None = 3
     """How many documents to keep (None keeps all)."""
     score_threshold: float | None = None
     """Drop documents scoring below this, after ``top_n``."""
     score_key: str = "relevance_score"
     """The metadata key of the rerank score."""
+
+    def __getstate__(self) -> dict[Any, Any]:
+        """Pickle state, refusing at once, with a message, when the reranker cannot be pickled."""
+        try:
+            pickle.dumps(self.reranker)
+        except Exception as exc:
+            raise TypeError(
+                f"RerankCompressor cannot be pickled because its reranker cannot: {exc}"
+            ) from exc
+        return super().__getstate__()
+
+    @field_validator("top_n", mode="before")
+    @classmethod
+    def _check_top_n(cls, value: object) -> int | None:
+        return checked_top_n(value, what="RerankCompressor top_n", error=ConfigurationError)
+
+    @field_validator("score_threshold", mode="before")
+    @classmethod
+    def _check_threshold(cls, value: object) -> float | None:
+        what = "RerankCompressor score_threshold"
+        return checked_threshold(value, what=what, error=ConfigurationError)
 
     def compress_documents(
         self,

@@ -7,16 +7,28 @@ instrumentation events and callback event, and never mutates the nodes it is giv
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from .base import Reranker
-from .errors import MissingDependencyError
-from .results import RerankResult, copy_metadata, scoring_at_least
+from .errors import ConfigurationError, MissingDependencyError
+from .results import (
+    RerankResult,
+    checked_threshold,
+    checked_top_n,
+    copy_metadata,
+    scoring_at_least,
+)
 
 try:
-    from llama_index.core.bridge.pydantic import ConfigDict, Field, field_serializer
+    from llama_index.core.bridge.pydantic import (
+        ConfigDict,
+        Field,
+        field_serializer,
+        field_validator,
+    )
     from llama_index.core.callbacks import CBEventType, EventPayload
     from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
     from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
@@ -33,22 +45,67 @@ __all__ = [
 
 dispatcher = get_dispatcher(__name__)
 
+#: The metadata key the retrieval score moves to; kept out of the LLM and embedding text.
+RETRIEVAL_SCORE_KEY = "retrieval_score"
+
 
 class RerankPostprocessor(BaseNodePostprocessor):
     """Rerank retrieved nodes with any ``Reranker``; keep the best ``top_n``.
 
     Returned nodes are new ``NodeWithScore``s, best first, whose ``score`` is the rerank score;
-    the retrieval score moves to the new node's metadata under ``retrieval_score``. Text is read
-    like LlamaIndex's own rerankers: ``node.get_content(metadata_mode=MetadataMode.EMBED)``.
+    the retrieval score moves to the new node's metadata under ``retrieval_score``, a key
+    excluded from the LLM and embedding text, so ``get_content(MetadataMode.LLM)`` and
+    ``(MetadataMode.EMBED)`` read as the input node's did. Text is read like LlamaIndex's own
+    rerankers: ``node.get_content(metadata_mode=MetadataMode.EMBED)``.
+
+    The new node's metadata, its excluded-key lists and its embedding are copies; nested
+    metadata is deep-copied, and a value that cannot be copied at all (a lock, a generator) is
+    passed through by reference rather than failing the query (``results.copy_metadata``).
+    Text and relationships are shared read-only with the input, as LlamaIndex itself does.
+
+    Options are checked when set, at construction or assignment: a ``top_n`` that is not a
+    positive int (``True`` included) or a ``score_threshold`` that is not a finite number (NaN
+    would drop every node) raises ``ConfigurationError`` naming the value.
+
+    Pickling fails at once with a ``TypeError`` when the reranker cannot be pickled (none of
+    this package's can: they hold models, clients and keys), where LlamaIndex would otherwise
+    drop the reranker and unpickle a postprocessor that fails later; ``copy.deepcopy`` works
+    and shares the reranker.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, validate_assignment=True)
 
     reranker: Reranker = Field(description="The reranker that scores (query, node) pairs.")
-    top_n: int | None = Field(default=3, ge=1, description="Nodes to keep (None keeps all).")
+    top_n: int | None = Field(default=3, description="Nodes to keep (None keeps all).")
     score_threshold: float | None = Field(
         default=None, description="Drop nodes scoring below this, after top_n."
     )
+
+    @field_validator("top_n", mode="before")
+    @classmethod
+    def _check_top_n(cls, value: object) -> int | None:
+        return checked_top_n(value, what="RerankPostprocessor top_n", error=ConfigurationError)
+
+    @field_validator("score_threshold", mode="before")
+    @classmethod
+    def _check_threshold(cls, value: object) -> float | None:
+        what = "RerankPostprocessor score_threshold"
+        return checked_threshold(value, what=what, error=ConfigurationError)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle state, refusing at once when the reranker cannot be pickled.
+
+        LlamaIndex's ``BaseComponent`` drops unpicklable fields with a warning, which would
+        unpickle into a postprocessor without a reranker that fails only when first used.
+        """
+        try:
+            pickle.dumps(self.reranker)
+        except Exception as exc:
+            raise TypeError(
+                f"RerankPostprocessor cannot be pickled because its reranker cannot: {exc}"
+            ) from exc
+        state: dict[str, Any] = super().__getstate__()
+        return state
 
     @field_serializer("reranker")
     def _serialize_reranker(self, reranker: Reranker) -> str:
@@ -116,13 +173,29 @@ class RerankPostprocessor(BaseNodePostprocessor):
         out = []
         for result in scoring_at_least(results, self.score_threshold):
             source = nodes[result.index]
-            # A shallow copy with metadata of its own: text, embedding and relationships are
-            # shared read-only, as in the input; deep-copying them costs more than the rerank.
-            metadata = copy_metadata(source.node.metadata)
-            metadata["retrieval_score"] = source.score
-            node = source.node.model_copy(update={"metadata": metadata})
-            out.append(NodeWithScore(node=node, score=result.score))
+            out.append(NodeWithScore(node=_scored_copy(source), score=result.score))
         return out
+
+
+def _scored_copy(source: NodeWithScore) -> Any:
+    """A copy of ``source.node`` whose metadata holds the retrieval score, hidden from prompts.
+
+    A shallow copy with metadata, excluded-key lists and embedding of its own: text and
+    relationships are shared read-only, as in the input; deep-copying them costs more than
+    the rerank.
+    """
+    node = source.node
+    metadata = copy_metadata(node.metadata)
+    metadata[RETRIEVAL_SCORE_KEY] = source.score
+    update: dict[str, Any] = {"metadata": metadata}
+    for field in ("excluded_llm_metadata_keys", "excluded_embed_metadata_keys"):
+        keys = list(getattr(node, field))
+        if RETRIEVAL_SCORE_KEY not in keys:
+            keys.append(RETRIEVAL_SCORE_KEY)
+        update[field] = keys
+    if node.embedding is not None:
+        update["embedding"] = list(node.embedding)
+    return node.model_copy(update=update)
 
 
 def _texts(nodes: list[NodeWithScore]) -> list[str]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from .base import MilvusTarget, Reranker, describe_value
 from .errors import ConfigurationError, InvalidInputError, MissingDependencyError
+from .results import checked_top_n, copy_metadata
 
 __all__ = ["arerank_hits", "rerank_hits", "server_side_params", "server_side_ranker"]
 
@@ -47,14 +48,27 @@ def _hit_text(hit: object, text_field: str, query_index: int, position: int) -> 
 
 
 def _prepare(
-    queries: str | Sequence[str], results: Sequence[Sequence[Any]], text_field: str
-) -> tuple[list[str], list[list[Any]], list[list[str]]]:
+    queries: str | Sequence[str],
+    results: Sequence[Sequence[Any]],
+    text_field: str,
+    top_n: object,
+    score_field: str,
+) -> tuple[list[str], list[list[Any]], list[list[str]], int | None]:
+    """Check a ``rerank_hits`` call up front; return the queries, hit lists, texts and top_n."""
+    top_n = checked_top_n(top_n, what="top_n", error=InvalidInputError)
+    for name, value in (("text_field", text_field), ("score_field", score_field)):
+        if not isinstance(value, str) or not value:
+            raise InvalidInputError(f"{name} must be a field name, got {describe_value(value)}")
     if isinstance(queries, str):
         queries = [queries]
     if isinstance(results, (str, bytes, Mapping)) or not isinstance(results, Sequence):
         raise InvalidInputError(
             f"results must be what MilvusClient.search returns (one hit list per query), "
             f"got {describe_value(results)}"
+        )
+    if isinstance(queries, Mapping) or not isinstance(queries, Sequence):
+        raise InvalidInputError(
+            f"queries must be a str or a list of str, got {describe_value(queries)}"
         )
     if len(queries) != len(results):
         raise InvalidInputError(
@@ -71,15 +85,14 @@ def _prepare(
         hit_list = list(hits)
         hit_lists.append(hit_list)
         texts.append([_hit_text(hit, text_field, q, i) for i, hit in enumerate(hit_list)])
-    return list(queries), hit_lists, texts
+    return list(queries), hit_lists, texts, top_n
 
 
 def _reordered(hits: list[Any], ranked: Sequence[Any], score_field: str) -> list[dict[str, Any]]:
+    """New hits in ``ranked`` order, sharing nothing mutable with ``hits`` (see copy_metadata)."""
     out = []
     for result in ranked:
-        hit = dict(hits[result.index])
-        if isinstance(hit.get("entity"), Mapping):
-            hit["entity"] = dict(hit["entity"])
+        hit = copy_metadata(hits[result.index])
         hit[score_field] = result.score
         out.append(hit)
     return out
@@ -98,22 +111,26 @@ def rerank_hits(
 
     Each hit comes back as a new dict, best first, with Milvus's ``id``, ``distance`` and
     ``entity`` kept and the rerank score added under ``score_field``. The text is read from
-    ``hit["entity"][text_field]`` (include it in ``output_fields``). The input is not mutated.
+    ``hit["entity"][text_field]`` (include it in ``output_fields``). The input is not mutated,
+    and the returned hits share nothing mutable with it: nested entity values (lists, dicts)
+    are deep-copied; only a value that cannot be copied at all (a lock, a generator) is
+    passed through by reference (see ``results.copy_metadata``). No queries give ``[]``.
     Several queries are reranked concurrently (up to 8 threads; ``arerank_hits`` for asyncio).
 
     Raises:
-        InvalidInputError: a hit without a string ``text_field`` (named by its id), or a
-            different number of queries and hit lists.
+        InvalidInputError: a hit without a string ``text_field`` (named by its id), a
+            different number of queries and hit lists, or a ``top_n`` that is not a positive
+            int (bools included), all before any reranking.
     """
-    queries, hit_lists, texts = _prepare(queries, results, text_field)
+    queries, hit_lists, texts, top_n = _prepare(queries, results, text_field, top_n, score_field)
 
     def one(i: int) -> list[dict[str, Any]]:
         return _reordered(
             hit_lists[i], reranker.rerank(queries[i], texts[i], top_n=top_n), score_field
         )
 
-    if len(queries) == 1:
-        return [one(0)]
+    if len(queries) <= 1:
+        return [one(i) for i in range(len(queries))]
     with ThreadPoolExecutor(max_workers=min(_MAX_PARALLEL_QUERIES, len(queries))) as pool:
         return list(pool.map(one, range(len(queries))))
 
@@ -128,7 +145,7 @@ async def arerank_hits(
     score_field: str = "rerank_score",
 ) -> list[list[dict[str, Any]]]:
     """Async ``rerank_hits``: the queries' reranks run concurrently."""
-    queries, hit_lists, texts = _prepare(queries, results, text_field)
+    queries, hit_lists, texts, top_n = _prepare(queries, results, text_field, top_n, score_field)
     ranked = await asyncio.gather(
         *(reranker.arerank(q, t, top_n=top_n) for q, t in zip(queries, texts, strict=True))
     )

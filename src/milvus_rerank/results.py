@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+import math
+import numbers
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RerankResult", "copy_metadata", "scoring_at_least"]
+__all__ = [
+    "RerankResult",
+    "checked_threshold",
+    "checked_top_n",
+    "copy_metadata",
+    "scoring_at_least",
+]
 
 _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
 
@@ -35,14 +43,99 @@ class RerankResult:
 
 
 def copy_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """An independent copy of a metadata dict for a returned document.
+    """An independent copy of a metadata dict (or a Milvus hit) for a returned document.
 
     Flat metadata of scalars (the usual case for vector-store hits) gets a plain dict copy;
     anything nested is deep-copied, so editing the result never reaches the caller's input.
+
+    A value that cannot be deep-copied at all (a lock, a generator, an open file or client)
+    is passed through by reference while the dicts, lists, tuples and sets around it are still
+    copied: a RAG pipeline should not fail over metadata the reranker never reads, and such a
+    value has no copy to give. Only those values are shared with the input.
     """
     if all(type(value) in _SCALARS for value in metadata.values()):
         return dict(metadata)
-    return copy.deepcopy(dict(metadata))
+    try:
+        return _copied_dict(metadata, copy.deepcopy)
+    except Exception:  # noqa: BLE001 - any value deepcopy refuses is shared, as documented
+        return _copied_dict(metadata, _copy_parts)
+
+
+def _copied_dict(
+    metadata: Mapping[str, Any], copy_value: Callable[[Any, dict[int, Any]], Any]
+) -> dict[str, Any]:
+    """A new dict of copied values; a value that refers back to ``metadata`` gets the new dict."""
+    out: dict[str, Any] = {}
+    memo: dict[int, Any] = {id(metadata): out}  # a fresh memo: no half-built copy is reused
+    for key, value in metadata.items():
+        out[key] = copy_value(value, memo)
+    return out
+
+
+def _copy_parts(value: Any, memo: dict[int, Any]) -> Any:
+    """Deep-copy ``value`` through builtin containers, sharing what cannot be deep-copied."""
+    if type(value) in _SCALARS:
+        return value
+    if id(value) in memo:
+        return memo[id(value)]
+    kind = type(value)
+    out: Any
+    if kind is dict:
+        out = memo[id(value)] = {}
+        out.update((key, _copy_parts(item, memo)) for key, item in value.items())
+        return out
+    if kind is list:
+        out = memo[id(value)] = []
+        out.extend(_copy_parts(item, memo) for item in value)
+        return out
+    if kind in (tuple, set, frozenset):
+        return kind(_copy_parts(item, memo) for item in value)
+    try:
+        out = copy.deepcopy(value)  # a fresh memo: a failed attempt leaves no half-built copy
+    except Exception:  # noqa: BLE001 - a lock, a generator...: shared by reference
+        out = value
+    memo[id(value)] = out
+    return out
+
+
+def checked_top_n(value: object, *, what: str, error: type[Exception]) -> int | None:
+    """``value`` as a ``top_n``: a positive int or None (bools are not ints here).
+
+    Raises:
+        error: naming ``what`` and the value.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise error(f"{what} must be a positive int or None, got {_describe(value)}")
+    return int(value)
+
+
+def checked_threshold(value: object, *, what: str, error: type[Exception]) -> float | None:
+    """``value`` as a score threshold: a finite real number or None.
+
+    A NaN threshold would drop every document (no score reaches NaN), and a bool or a
+    string is a mistake, so they are rejected rather than silently returning nothing.
+
+    Raises:
+        error: naming ``what`` and the value.
+    """
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(float(value))
+    ):
+        raise error(f"{what} must be a finite number or None, got {_describe(value)}")
+    return float(value)
+
+
+def _describe(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(value).__name__} {text}"
 
 
 def scoring_at_least(
