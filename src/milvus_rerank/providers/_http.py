@@ -33,9 +33,11 @@ import logging
 import math
 import os
 import re
+import ssl
 import threading
 import time
 import urllib.parse
+import weakref
 from collections.abc import AsyncGenerator, Awaitable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -279,6 +281,31 @@ async def _close_with_loop(
         await client.aclose()
 
 
+def _close_states(
+    states: dict[asyncio.AbstractEventLoop, _LoopState], lock: threading.Lock
+) -> None:
+    """Schedule closing every client in ``states`` on its own loop (loops that still run)."""
+    with lock:
+        pending = list(states.items())
+        states.clear()
+    for loop, state in pending:
+        if loop.is_closed():
+            continue
+        try:
+            loop.call_soon_threadsafe(_spawn_close, loop, state.guard)
+        except RuntimeError:  # closed meanwhile
+            continue
+
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _spawn_close(loop: asyncio.AbstractEventLoop, guard: AsyncGenerator[None, None]) -> None:
+    task = loop.create_task(guard.aclose())
+    _closing.add(task)  # a task only weakly held by its loop could vanish half-way
+    task.add_done_callback(_closing.discard)
+
+
 class HTTPReranker(Reranker):
     """Base of the API rerankers: one request and response mapping per subclass.
 
@@ -368,6 +395,9 @@ class HTTPReranker(Reranker):
         self._injected_async_client = http_async_client
         self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._loops_lock = threading.Lock()
+        # A reranker dropped without close(): its clients' idle sockets would live on in
+        # their loops (the private one never ends), so closing them is scheduled there.
+        weakref.finalize(self, _close_states, self._loops, self._loops_lock)
         self._slots = _Slots(max_concurrency)
         self._closes = 0  # bumped by close/aclose: a call that sees it change was closed on
 
@@ -930,7 +960,9 @@ class HTTPReranker(Reranker):
     def _new_async_client(self) -> httpx.AsyncClient:
         _check_proxy_env(type(self).__name__)
         try:
-            return httpx.AsyncClient(limits=self._limits(), follow_redirects=False)
+            return httpx.AsyncClient(
+                limits=self._limits(), follow_redirects=False, verify=_ssl_context()
+            )
         except (ImportError, ValueError) as exc:  # pragma: no cover - _check_proxy_env first
             raise ConfigurationError(
                 f"{type(self).__name__}: the proxy settings in the environment cannot be used "
@@ -988,6 +1020,21 @@ class HTTPReranker(Reranker):
         state = self._pop_state(asyncio.get_running_loop())
         if state is not None:
             await state.guard.aclose()
+
+
+_ssl_lock = threading.Lock()
+_ssl: list[ssl.SSLContext] = []
+
+
+def _ssl_context() -> ssl.SSLContext:
+    """One verifying SSL context for every client made here.
+
+    Building one reads the CA bundle (about 50 ms), which per ``asyncio.run`` would dominate.
+    """
+    with _ssl_lock:
+        if not _ssl:
+            _ssl.append(httpx.create_ssl_context())
+        return _ssl[0]
 
 
 class _BodyReader:
@@ -1147,9 +1194,10 @@ def _check_base_url(owner: str, url: object) -> str:
             "as api_key=... or in headers={...}, which are never logged or shown"
         )
     if parts is not None and ("?" in url or "#" in url):
+        # Not echoed either: a query may hold a token (``?api_key=...``).
         raise ConfigurationError(
-            f"{owner}: base_url must be a server root without a query or fragment, got "
-            f"{url!r}; the provider appends its own path"
+            f"{owner}: base_url must be a server root without a query (?...) or fragment "
+            "(#...); the provider appends its own path, and keys go in api_key=... or headers"
         )
     try:
         parsed = httpx.URL(url) if "://" in url else None
