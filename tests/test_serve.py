@@ -76,7 +76,7 @@ def test_tei_format_on_root(server: BackgroundServer, local: CrossEncoderReranke
     [
         (lambda url: CohereReranker(base_url=url), "/v2"),
         (lambda url: VLLMReranker(base_url=url), ""),
-        (lambda url: JinaReranker(base_url=url, api_key="unused"), "/v1"),
+        (lambda url: JinaReranker(base_url=url, api_key="unused-key"), "/v1"),
         (lambda url: TEIReranker(base_url=url, max_client_batch_size=3), ""),
     ],
 )

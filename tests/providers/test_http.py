@@ -148,7 +148,7 @@ def test_vllm_without_model_or_key_sends_neither() -> None:
 def test_base_url_is_a_root_and_versions_are_not_doubled(
     name: str, base_url: str, url: str
 ) -> None:
-    assert SPECS[name].cls(base_url=base_url, api_key="k").url == url
+    assert SPECS[name].cls(base_url=base_url, api_key="test-key").url == url
 
 
 @pytest.mark.parametrize("base_url", ["", "localhost:8000", "ftp://x", "http://"])
@@ -177,7 +177,7 @@ def test_self_hosted_servers_need_base_url() -> None:
 )
 def test_bad_options_are_named(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError, match=next(iter(kwargs))):
-        SPECS["cohere"].cls(api_key="k", **kwargs)
+        SPECS["cohere"].cls(api_key="test-key", **kwargs)
 
 
 # -- keys ---------------------------------------------------------------------------------------
@@ -552,20 +552,20 @@ def test_a_failing_chunk_fails_the_call(spec: Spec) -> None:
         make(spec, handler, max_batch=2, max_concurrency=1).rerank(QUERY, DOCS)
 
 
-def test_owned_clients_close_and_come_back() -> None:
+async def test_owned_clients_close_and_come_back() -> None:
     spec = SPECS["vllm"]
     reranker = spec.cls(**spec.kwargs)
-    client = reranker._sync_client()
-    reranker.close()
+    client = (await reranker._aloop_state()).client
+    await reranker.aclose()
     assert client.is_closed
-    assert reranker._sync_client() is not client
-    reranker.close()
+    assert (await reranker._aloop_state()).client is not client
+    await reranker.aclose()
 
 
 async def test_async_context_manager_closes_its_client() -> None:
     spec = SPECS["vllm"]
     async with spec.cls(**spec.kwargs) as reranker:
-        state = reranker._loop_state()
+        state = await reranker._aloop_state()
     assert state.client is not None and state.client.is_closed
 
 

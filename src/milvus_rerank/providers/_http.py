@@ -3,33 +3,42 @@
 Provider modules only say where to post (``path``), what to send (``_payload``) and where the
 results sit in the answer (``_results``). Everything else is here, once:
 
-* ``httpx.Client`` / ``httpx.AsyncClient`` created lazily (one async client per event loop),
-  or injected by the caller; closable; the reranker is a (async) context manager.
+* Every request runs on an ``httpx.AsyncClient``: one per event loop for ``arerank`` (closed
+  when its loop shuts down), and one on a private background loop for ``rerank``, so both
+  paths share one code path, one deadline and one fail-fast chunking. An injected
+  ``httpx.Client`` is used as given on the sync path instead.
 * Retries as one ``RetryPolicy`` (``milvus_rerank.retry``) decides: by default with
   exponential backoff and jitter on connection errors, timeouts, 408, 409, 429 and 5xx,
-  honouring ``Retry-After`` (seconds or HTTP date), all within a total deadline; never on
-  other 4xx. The sync and async paths ask the same policy and differ only in how they sleep.
-* Document lists longer than the provider's per-request limit go out in chunks, concurrently
-  up to ``max_concurrency`` requests in flight per reranker, and are merged back by index.
-* What Milvus needs to call the same server itself (``milvus_function_params``): the shared
-  pieces (raw keys stay out of a server's params; Milvus Lite's Cohere v2 provider) are here.
-* Every answer is validated: each index in range, none duplicated, none missing, every score
-  a finite number. Anything else raises ``InvalidResponseError`` and no ranking is made.
+  honouring ``Retry-After`` (seconds or HTTP date); never on other 4xx. The policy's
+  ``deadline`` bounds a whole call, whatever the server does (slow headers, a trickled body).
+* Document lists longer than the provider's per-request limit go out in chunks, at most
+  ``max_concurrency`` requests in flight per reranker over all its threads and event loops,
+  merged back by index; the first failing chunk ends the call at once.
+* Every answer is read streamed up to ``max_response_bytes`` (decoded) and validated: each
+  index in range, none duplicated, none missing, every score a finite number. Anything else
+  raises ``InvalidResponseError`` and no ranking is made.
+* Secrets: the key (and any secret-looking extra header) is checked at construction, sent
+  only in its header, and scrubbed from every message built from server text, which is then
+  clipped; ``base_url`` may not carry credentials, a query or a fragment.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import email.utils
+import importlib.util
 import json
 import logging
 import math
 import os
 import re
+import ssl
 import threading
 import time
+import urllib.parse
 import weakref
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
@@ -48,13 +57,37 @@ from ..errors import (
 )
 from ..retry import FailedAttempt, RetryPolicy
 
-__all__ = ["HTTPReranker", "Secret", "parse_retry_after", "server_root"]
+__all__ = [
+    "DEFAULT_MAX_RESPONSE_BYTES",
+    "MIN_KEY_LENGTH",
+    "HTTPReranker",
+    "Secret",
+    "parse_retry_after",
+    "server_root",
+]
 
 logger = logging.getLogger("milvus_rerank.http")
 
 _T = TypeVar("_T")
 _VERSION_SUFFIX = re.compile(r"/v\d+$")
 _VERSION_PREFIX = re.compile(r"^/v\d+/")
+
+#: The largest answer read, after decompression (a gzip bomb stops here).
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 2**20
+#: Error bodies are read only this far: enough to say what went wrong.
+_ERROR_BODY_BYTES = 64 * 2**10
+#: Keys shorter than this are refused: no real key is, and scrubbing a short one from
+#: messages would garble them (scrubbing "a" replaces every "a").
+MIN_KEY_LENGTH = 8
+#: Any text that came from a server is clipped to this many characters, after scrubbing.
+_SERVER_TEXT_LIMIT = 300
+_REDACTED = "**********"
+#: Extra headers whose values are treated (stored, scrubbed) as secrets.
+_SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|passw|session|credential", re.I)
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+#: The proxy variables httpx reads, and the proxy schemes it speaks.
+_PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy")
+_PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 
 
 class Secret:
@@ -88,7 +121,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return None
         seconds = when.timestamp() - (time.time() if now is None else now)
     if not math.isfinite(seconds):
@@ -96,12 +129,181 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, seconds)
 
 
+# -- one bound on requests in flight, shared by threads and event loops ---------------------
+
+
+class _Slots:
+    """A counting semaphore that threads and any number of event loops share.
+
+    ``asyncio.Semaphore`` belongs to one loop; this one hands a freed slot to the oldest
+    waiter, a thread (woken by an event) or a task on any loop (woken through its loop).
+    """
+
+    def __init__(self, size: int) -> None:
+        self._lock = threading.Lock()
+        self._free = size
+        self._waiters: collections.deque[_ThreadWaiter | _TaskWaiter] = collections.deque()
+
+    def acquire(self, timeout: float) -> bool:
+        """Take a slot, blocking this thread at most ``timeout`` seconds."""
+        with self._lock:
+            if self._free > 0 and not self._waiters:
+                self._free -= 1
+                return True
+            waiter = _ThreadWaiter()
+            self._waiters.append(waiter)
+        if waiter.event.wait(max(timeout, 0.0)):
+            return True
+        with self._lock:
+            if waiter.event.is_set():  # granted just as the wait ran out
+                return True
+            waiter.abandoned = True
+            self._waiters.remove(waiter)
+        return False
+
+    async def acquire_async(self) -> None:
+        """Take a slot without blocking the event loop (cancel the task to stop waiting)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._free > 0 and not self._waiters:
+                self._free -= 1
+                return
+            waiter = _TaskWaiter(self, loop, loop.create_future())
+            self._waiters.append(waiter)
+        try:
+            await waiter.future
+        except BaseException:
+            with self._lock:
+                try:
+                    self._waiters.remove(waiter)
+                    queued = True
+                except ValueError:
+                    queued = False
+            if not queued and waiter.future.done() and not waiter.future.cancelled():
+                self.release()  # the slot arrived as the task was cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the oldest waiter still waiting, else to the pool."""
+        with self._lock:
+            while self._waiters:
+                if self._waiters.popleft().grant():
+                    return
+            self._free += 1
+
+
+class _ThreadWaiter:
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.abandoned = False
+
+    def grant(self) -> bool:
+        if self.abandoned:
+            return False
+        self.event.set()
+        return True
+
+
+class _TaskWaiter:
+    def __init__(
+        self, slots: _Slots, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]
+    ) -> None:
+        self.slots, self.loop, self.future = slots, loop, future
+
+    def grant(self) -> bool:
+        try:
+            self.loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # its loop is closed
+            return False
+        return True
+
+    def _deliver(self) -> None:
+        if self.future.done():  # cancelled meanwhile: the slot goes to the next waiter
+            self.slots.release()
+        else:
+            self.future.set_result(None)
+
+
+# -- the private loop that runs the sync path -----------------------------------------------
+
+
+class _BackgroundLoop:
+    """One daemon thread running an event loop, for every reranker's sync calls."""
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+    _pid: int = 0
+
+    @classmethod
+    def get(cls) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._loop is None or cls._pid != os.getpid() or cls._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="milvus-rerank-http", daemon=True
+                )
+                thread.start()
+                cls._loop, cls._pid = loop, os.getpid()
+            return cls._loop
+
+    @classmethod
+    def current(cls) -> asyncio.AbstractEventLoop | None:
+        """The loop if it already runs in this process, else None."""
+        with cls._lock:
+            return cls._loop if cls._loop is not None and cls._pid == os.getpid() else None
+
+
 @dataclass
 class _LoopState:
-    """Per-event-loop async client and in-flight bound."""
+    """The async client of one event loop; ``guard`` closes it when the loop shuts down."""
 
-    client: httpx.AsyncClient | None
-    semaphore: asyncio.Semaphore
+    client: httpx.AsyncClient
+    guard: AsyncGenerator[None, None]
+
+
+async def _close_with_loop(
+    states: dict[asyncio.AbstractEventLoop, _LoopState],
+    lock: threading.Lock,
+    loop: asyncio.AbstractEventLoop,
+    client: httpx.AsyncClient,
+) -> AsyncGenerator[None, None]:
+    """Forget ``loop``'s state and close its client when the loop shuts down.
+
+    Suspended once per loop; ``loop.shutdown_asyncgens()`` (which ``asyncio.run`` calls) or
+    ``aclose`` finishes it.
+    """
+    try:
+        yield
+    finally:
+        with lock:
+            if states.get(loop) is not None and states[loop].client is client:
+                del states[loop]
+        await client.aclose()
+
+
+def _close_states(
+    states: dict[asyncio.AbstractEventLoop, _LoopState], lock: threading.Lock
+) -> None:
+    """Schedule closing every client in ``states`` on its own loop (loops that still run)."""
+    with lock:
+        pending = list(states.items())
+        states.clear()
+    for loop, state in pending:
+        if loop.is_closed():
+            continue
+        try:
+            loop.call_soon_threadsafe(_spawn_close, loop, state.guard)
+        except RuntimeError:  # closed meanwhile
+            continue
+
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _spawn_close(loop: asyncio.AbstractEventLoop, guard: AsyncGenerator[None, None]) -> None:
+    task = loop.create_task(guard.aclose())
+    _closing.add(task)  # a task only weakly held by its loop could vanish half-way
+    task.add_done_callback(_closing.discard)
 
 
 class HTTPReranker(Reranker):
@@ -109,17 +311,25 @@ class HTTPReranker(Reranker):
 
     Args:
         model_name: The provider's model name (``None`` for servers that serve one model).
-        api_key: The key, else read from the provider's environment variables.
+        api_key: The key, else read from the provider's environment variables. Printable
+            ASCII without whitespace, at least ``MIN_KEY_LENGTH`` (8) characters.
         base_url: The server root (``https://api.cohere.com``); the provider appends its path.
-            A root that already ends in a version segment (``.../v1``) is not doubled.
+            A root that already ends in a version segment (``.../v1``) is not doubled. No
+            credentials (``user:pass@``), query or fragment: keys go in ``api_key`` or
+            ``headers``.
         timeout: Seconds for one HTTP request (connect, read, write, pool).
         retry: When and how failed requests are retried, and the deadline of a whole call
             (``RetryPolicy()`` by default: 3 retries within 120 s).
         max_batch: Documents per request; longer lists go out in chunks.
-        max_concurrency: Requests in flight at once per reranker, over all its calls.
-        http_client: An ``httpx.Client`` to use (not closed by ``close``).
+        max_concurrency: Requests in flight at once per reranker, over all its calls,
+            threads and event loops.
+        max_response_bytes: The largest answer accepted, decoded (32 MiB by default).
+        http_client: An ``httpx.Client`` for the sync path (not closed by ``close``). The
+            deadline is then checked between reads, so a server that trickles headers is
+            bounded only by this client's own timeouts.
         http_async_client: An ``httpx.AsyncClient`` to use (not closed by ``aclose``).
-        headers: Extra request headers.
+        headers: Extra request headers (values of auth-, key- or token-like names are kept
+            and scrubbed as secrets).
     """
 
     #: Where the request goes, appended to ``base_url``.
@@ -145,6 +355,7 @@ class HTTPReranker(Reranker):
         retry: RetryPolicy | None = None,
         max_batch: int | None = None,
         max_concurrency: int = 32,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         http_client: httpx.Client | None = None,
         http_async_client: httpx.AsyncClient | None = None,
         headers: dict[str, str] | None = None,
@@ -170,22 +381,25 @@ class HTTPReranker(Reranker):
                 f"{name}: retry must be a milvus_rerank.RetryPolicy, got {describe_value(retry)}"
             )
         _check_int(name, "max_concurrency", max_concurrency, minimum=1)
+        _check_int(name, "max_response_bytes", max_response_bytes, minimum=1024)
         if max_batch is not None:
             _check_int(name, "max_batch", max_batch, minimum=1)
         self.timeout = float(timeout)
         self.retry = retry if retry is not None else RetryPolicy()
         self.max_batch = max_batch if max_batch is not None else self.default_max_batch
         self.max_concurrency = max_concurrency
+        self.max_response_bytes = max_response_bytes
         self._api_key = self._resolve_key(api_key)
-        self._extra_headers = dict(headers or {})
+        self._extra_headers = _check_headers(name, headers)
         self._client = http_client
-        self._owns_client = http_client is None
         self._injected_async_client = http_async_client
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._client_lock = threading.Lock()
-        self._inflight = threading.BoundedSemaphore(max_concurrency)
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        self._loops_lock = threading.Lock()
+        # A reranker dropped without close(): its clients' idle sockets would live on in
+        # their loops (the private one never ends), so closing them is scheduled there.
+        weakref.finalize(self, _close_states, self._loops, self._loops_lock)
+        self._slots = _Slots(max_concurrency)
+        self._closes = 0  # bumped by close/aclose: a call that sees it change was closed on
 
     # -- configuration -------------------------------------------------------------------
 
@@ -194,21 +408,22 @@ class HTTPReranker(Reranker):
         return self.default_base_url is not None and self.base_url == self.default_base_url
 
     def _resolve_key(self, api_key: str | Secret | None) -> Secret | None:
+        owner = type(self).__name__
         if isinstance(api_key, Secret):
             api_key = api_key.get_secret_value()
         if api_key is not None and not isinstance(api_key, str):
             raise ConfigurationError(
-                f"{type(self).__name__}: api_key must be a str, got {type(api_key).__name__}"
+                f"{owner}: api_key must be a str, got {type(api_key).__name__}"
             )
-        if not api_key:
-            api_key = next((os.environ[v] for v in self.env_vars if os.environ.get(v)), None)
         if api_key:
-            return Secret(api_key.strip())
+            return Secret(_check_key(owner, api_key, "api_key"))
+        for var in self.env_vars:
+            value = os.environ.get(var)
+            if value:
+                return Secret(_check_key(owner, value, f"the environment variable {var}"))
         if self._key_required():
             names = " or ".join(self.env_vars)
-            raise ConfigurationError(
-                f"{type(self).__name__} needs an API key: pass api_key=... or set {names}"
-            )
+            raise ConfigurationError(f"{owner} needs an API key: pass api_key=... or set {names}")
         return None
 
     @property
@@ -221,7 +436,10 @@ class HTTPReranker(Reranker):
             "Accept": "application/json",
             "Content-Type": "application/json",
             "User-Agent": f"milvus-rerank/{__version__}",
-            **self._extra_headers,
+            **{
+                k: v.get_secret_value() if isinstance(v, Secret) else v
+                for k, v in self._extra_headers.items()
+            },
         }
         if self._api_key is not None:
             headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
@@ -333,34 +551,73 @@ class HTTPReranker(Reranker):
         ]
 
     def _score(self, query: str, documents: list[str]) -> list[float]:
-        chunks = self._chunks(documents)
-        scores = [math.nan] * len(documents)
-        if len(chunks) == 1:
-            self._merge(scores, 0, len(documents), self._post(self._payload(query, documents)))
-            return scores
-        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(chunks))) as pool:
-            futures = {
-                pool.submit(self._post, self._payload(query, chunk)): (start, len(chunk))
-                for start, chunk in chunks
-            }
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for future in pending:
-                future.cancel()
-            for future in done:
-                if future.exception() is not None:
-                    raise future.exception()  # type: ignore[misc]
-            for future, (start, count) in futures.items():
-                self._merge(scores, start, count, future.result())
-        return scores
+        if self._client is not None:
+            return self._score_with_sync_client(self._client, query, documents)
+        future = asyncio.run_coroutine_threadsafe(
+            self._score_async(query, documents, private=True), _BackgroundLoop.get()
+        )
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # e.g. KeyboardInterrupt: stop the requests too
+            raise
 
     async def _ascore(self, query: str, documents: list[str]) -> list[float]:
+        return await self._score_async(query, documents, private=False)
+
+    async def _score_async(self, query: str, documents: list[str], *, private: bool) -> list[float]:
+        closes = self._closes
+        deadline = time.monotonic() + self.retry.deadline
+        client = (
+            self._injected_async_client
+            if self._injected_async_client is not None and not private
+            else (await self._aloop_state()).client
+        )
         chunks = self._chunks(documents)
         scores = [math.nan] * len(documents)
         bodies = await _gather_or_cancel(
-            [self._apost(self._payload(query, chunk)) for _, chunk in chunks]
+            [
+                self._apost(client, self._payload(query, chunk), deadline, closes)
+                for _, chunk in chunks
+            ]
         )
         for (start, chunk), body in zip(chunks, bodies, strict=True):
             self._merge(scores, start, len(chunk), body)
+        return scores
+
+    def _score_with_sync_client(
+        self, client: httpx.Client, query: str, documents: list[str]
+    ) -> list[float]:
+        closes = self._closes
+        deadline = time.monotonic() + self.retry.deadline
+        chunks = self._chunks(documents)
+        scores = [math.nan] * len(documents)
+        abort = threading.Event()
+        if len(chunks) == 1:
+            body = self._post(client, self._payload(query, documents), deadline, closes, abort)
+            self._merge(scores, 0, len(documents), body)
+            return scores
+        # No ``with``: leaving it would wait for every slow chunk after one already failed.
+        pool = ThreadPoolExecutor(
+            max_workers=min(self.max_concurrency, len(chunks)), thread_name_prefix="rerank"
+        )
+        try:
+            futures = {
+                pool.submit(
+                    self._post, client, self._payload(query, chunk), deadline, closes, abort
+                ): (start, len(chunk))
+                for start, chunk in chunks
+            }
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for future in done:
+                error = future.exception()
+                if error is not None:
+                    raise error
+            for future, (start, count) in futures.items():
+                self._merge(scores, start, count, future.result())
+        finally:
+            abort.set()  # the chunks still running stop at their next read and close
+            pool.shutdown(wait=False, cancel_futures=True)
         return scores
 
     def _merge(self, scores: list[float], start: int, count: int, body: Any) -> None:
@@ -373,30 +630,38 @@ class HTTPReranker(Reranker):
             items = self._results(body)
         except ValueError as exc:
             raise self._invalid(
-                f"unexpected answer shape: {exc}; got {describe_value(body)}"
+                f"unexpected answer shape: {exc}; got {self._describe(body)}"
             ) from None
         if not isinstance(items, list):
-            raise self._invalid(f"results must be a list, got {describe_value(items)}")
+            raise self._invalid(f"results must be a list, got {self._describe(items)}")
         seen: set[int] = set()
         for item in items:
             if not isinstance(item, dict):
-                raise self._invalid(f"a result must be an object, got {describe_value(item)}")
+                raise self._invalid(f"a result must be an object, got {self._describe(item)}")
             index, score = item.get("index"), item.get(self.score_key)
             if isinstance(index, bool) or not isinstance(index, int):
-                raise self._invalid(f"result index must be an int, got {describe_value(index)}")
+                raise self._invalid(f"result index must be an int, got {self._describe(index)}")
             if not 0 <= index < count:
-                raise self._invalid(f"result index {index} is out of range for {count} documents")
+                raise self._invalid(
+                    f"result index {self._describe(index)} is out of range for {count} documents"
+                )
             if index in seen:
                 raise self._invalid(f"result index {index} appears twice")
             if isinstance(score, bool) or not isinstance(score, (int, float)):
                 raise self._invalid(
                     f"{self.score_key} of index {index} must be a number, "
-                    f"got {describe_value(score)}"
+                    f"got {self._describe(score)}"
                 )
-            if not math.isfinite(score):
-                raise self._invalid(f"{self.score_key} of index {index} is not finite: {score!r}")
+            try:
+                value = float(score)
+            except OverflowError:  # an int past float's range (a 400-digit score)
+                value = math.inf
+            if not math.isfinite(value):
+                raise self._invalid(
+                    f"{self.score_key} of index {index} is not finite: {self._describe(score)}"
+                )
             seen.add(index)
-            yield index, float(score)
+            yield index, value
         if len(seen) != count:
             missing = sorted(set(range(count)) - seen)
             raise self._invalid(
@@ -407,62 +672,178 @@ class HTTPReranker(Reranker):
         self, message: str, response: httpx.Response | None = None
     ) -> InvalidResponseError:
         return InvalidResponseError(
-            f"{self.provider} returned an invalid rerank answer: {message}",
+            self._safe(f"{self.provider} returned an invalid rerank answer: {message}", 1000),
             provider=self.provider,
             status_code=None if response is None else response.status_code,
-            request_id=None if response is None else _request_id(response),
+            request_id=None if response is None else self._request_id(response),
         )
+
+    # -- server text: scrubbed, then clipped ----------------------------------------------
+
+    def _secrets(self) -> Iterator[str]:
+        values = [self._api_key] if self._api_key is not None else []
+        values += [v for v in self._extra_headers.values() if isinstance(v, Secret)]
+        for secret in values:
+            raw = secret.get_secret_value()
+            if len(raw) >= MIN_KEY_LENGTH:
+                # As sent, and as a repr, JSON or URL-encoding would spell it.
+                yield from {
+                    raw,
+                    repr(raw)[1:-1],
+                    json.dumps(raw)[1:-1],
+                    urllib.parse.quote(raw, safe=""),
+                }
+
+    def _scrub(self, text: str) -> str:
+        """Remove every secret from text that may hold server text, in case it echoes one."""
+        for secret in sorted(self._secrets(), key=len, reverse=True):
+            text = text.replace(secret, _REDACTED)
+        return text
+
+    def _safe(self, text: str, limit: int = _SERVER_TEXT_LIMIT) -> str:
+        """Server text fit for a message: scrubbed first, then one line clipped to ``limit``."""
+        return _clip(self._scrub(text), limit)
+
+    def _describe(self, value: object) -> str:
+        """``describe_value`` for a value from an answer: its repr scrubbed before clipping."""
+        return f"{type(value).__name__} {self._safe(repr(value), 60)}"
+
+    def _request_id(self, response: httpx.Response) -> str | None:
+        for header in ("x-request-id", "request-id", "x-trace-id"):
+            if response.headers.get(header):
+                return self._safe(response.headers[header], 100)
+        return None
 
     # -- one request, with retries ---------------------------------------------------------
 
-    def _post(self, payload: dict[str, Any]) -> Any:
-        client = self._sync_client()
-        started = time.monotonic()
-        retries = 0
-        with self._inflight:
+    async def _apost(
+        self, client: httpx.AsyncClient, payload: dict[str, Any], deadline: float, closes: int
+    ) -> Any:
+        started = deadline - self.retry.deadline
+        try:
+            await asyncio.wait_for(self._slots.acquire_async(), self._remaining(deadline))
+        except asyncio.TimeoutError:
+            raise self._deadline_failure(deadline, "waiting for a free request slot").build(
+                f"max_concurrency={self.max_concurrency}"
+            ) from None
+        try:
+            retries = 0
             while True:
                 try:
-                    response = client.post(
-                        self.url,
-                        json=payload,
-                        headers=self._headers(),
-                        timeout=self._request_timeout(started),
+                    return await asyncio.wait_for(
+                        self._attempt(client, payload, deadline), self._remaining(deadline)
                     )
-                    return self._answer(response)
                 except _Failed as failed:
                     failure = failed.failure
-                except httpx.HTTPError as exc:
-                    failure = self._transport_failure(exc)
-                time.sleep(self._wait_or_give_up(failure, retries, started))
-                retries += 1
-
-    async def _apost(self, payload: dict[str, Any]) -> Any:
-        state = self._loop_state()
-        client = self._injected_async_client or state.client
-        assert client is not None  # noqa: S101 - _loop_state creates one when none is injected
-        started = time.monotonic()
-        retries = 0
-        async with state.semaphore:
-            while True:
-                try:
-                    response = await client.post(
-                        self.url,
-                        json=payload,
-                        headers=self._headers(),
-                        timeout=self._request_timeout(started),
-                    )
-                    return self._answer(response)
-                except _Failed as failed:
-                    failure = failed.failure
-                except httpx.HTTPError as exc:
-                    failure = self._transport_failure(exc)
+                except asyncio.TimeoutError:
+                    failure = self._deadline_failure(deadline, "answering")
+                except (httpx.HTTPError, RuntimeError) as exc:
+                    failure = self._transport_failure(exc, client, closes)
                 await asyncio.sleep(self._wait_or_give_up(failure, retries, started))
+                self._check_open(client, closes)
                 retries += 1
+        finally:
+            self._slots.release()
 
-    def _request_timeout(self, started: float) -> float:
+    async def _attempt(
+        self, client: httpx.AsyncClient, payload: dict[str, Any], deadline: float
+    ) -> Any:
+        request = client.build_request(
+            "POST",
+            self.url,
+            json=payload,
+            headers=self._headers(),
+            timeout=self._request_timeout(deadline),
+        )
+        response = await client.send(request, stream=True, follow_redirects=False)
+        try:
+            reader = _BodyReader(self, response)
+            async for chunk in response.aiter_bytes():
+                if reader.add(chunk):
+                    break
+        finally:
+            await response.aclose()
+        return self._answer(response, reader.content())
+
+    def _post(
+        self,
+        client: httpx.Client,
+        payload: dict[str, Any],
+        deadline: float,
+        closes: int,
+        abort: threading.Event,
+    ) -> Any:
+        """The sync path over an injected ``httpx.Client``: the deadline checked per read."""
+        started = deadline - self.retry.deadline
+        if not self._slots.acquire(self._remaining(deadline)):
+            raise self._deadline_failure(deadline, "waiting for a free request slot").build(
+                f"max_concurrency={self.max_concurrency}"
+            )
+        try:
+            retries = 0
+            while True:
+                try:
+                    return self._attempt_sync(client, payload, deadline, abort)
+                except _Failed as failed:
+                    failure = failed.failure
+                except (httpx.HTTPError, RuntimeError) as exc:
+                    failure = self._transport_failure(exc, client, closes)
+                if abort.wait(self._wait_or_give_up(failure, retries, started)):
+                    raise ProviderUnavailableError(
+                        f"{self.provider}: abandoned, another chunk of the call failed",
+                        provider=self.provider,
+                    )
+                self._check_open(client, closes)
+                retries += 1
+        finally:
+            self._slots.release()
+
+    def _attempt_sync(
+        self,
+        client: httpx.Client,
+        payload: dict[str, Any],
+        deadline: float,
+        abort: threading.Event,
+    ) -> Any:
+        request = client.build_request(
+            "POST",
+            self.url,
+            json=payload,
+            headers=self._headers(),
+            timeout=self._request_timeout(deadline),
+        )
+        response = client.send(request, stream=True, follow_redirects=False)
+        try:
+            reader = _BodyReader(self, response)
+            for chunk in response.iter_bytes():
+                if abort.is_set():
+                    raise ProviderUnavailableError(
+                        f"{self.provider}: abandoned, another chunk of the call failed",
+                        provider=self.provider,
+                    )
+                if time.monotonic() >= deadline:
+                    raise _Failed(self._deadline_failure(deadline, "sending its answer"))
+                if reader.add(chunk):
+                    break
+        finally:
+            response.close()
+        return self._answer(response, reader.content())
+
+    def _remaining(self, deadline: float) -> float:
+        return max(deadline - time.monotonic(), 0.0)
+
+    def _request_timeout(self, deadline: float) -> float:
         """One request's timeout: ``timeout``, cut to what is left of the call's deadline."""
-        remaining = self.retry.deadline - (time.monotonic() - started)
-        return min(self.timeout, max(remaining, 0.001))
+        return min(self.timeout, max(self._remaining(deadline), 0.001))
+
+    def _deadline_failure(self, deadline: float, doing: str) -> FailedAttempt:
+        return FailedAttempt(
+            ProviderUnavailableError,
+            f"{self.provider} at {self.url} ran out of the {self.retry.deadline:g}s deadline "
+            f"{doing}",
+            self.provider,
+            transport="timeout",
+        )
 
     def _wait_or_give_up(self, failure: FailedAttempt, retries: int, started: float) -> float:
         """Seconds to sleep before the next attempt, as the policy decides; else raise."""
@@ -479,17 +860,17 @@ class HTTPReranker(Reranker):
         )
         return step
 
-    def _answer(self, response: httpx.Response) -> Any:
+    def _answer(self, response: httpx.Response, content: bytes) -> Any:
         """The parsed JSON of a 2xx answer; raise ``_Failed`` describing any other answer."""
         status = response.status_code
         if 200 <= status < 300:
             try:
-                return json.loads(response.content)
-            except (ValueError, UnicodeDecodeError):
-                kind = response.headers.get("content-type", "no content type")
+                return json.loads(content)
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                kind = self._safe(response.headers.get("content-type", "no content type"), 80)
                 raise self._invalid(
                     f"HTTP {status} with a body that is not JSON ({kind}): "
-                    f"{_clip(response.text)!r}",
+                    f"{self._safe(_text(response, content))!r}",
                     response,
                 ) from None
         error: type[ProviderError] = ProviderError
@@ -502,19 +883,20 @@ class HTTPReranker(Reranker):
         raise _Failed(
             FailedAttempt(
                 error,
-                self._error_text(response),
+                self._error_text(response, content),
                 self.provider,
                 status_code=status,
-                request_id=_request_id(response),
+                request_id=self._request_id(response),
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
         )
 
-    def _error_text(self, response: httpx.Response) -> str:
+    def _error_text(self, response: httpx.Response, content: bytes) -> str:
         detail: Any = None
+        text = _text(response, content)
         try:
-            body = response.json()
-        except (ValueError, UnicodeDecodeError):
+            body = json.loads(text)
+        except (ValueError, RecursionError):
             body = None
         if isinstance(body, dict):
             for key in ("message", "detail", "error"):
@@ -524,26 +906,45 @@ class HTTPReranker(Reranker):
             if isinstance(detail, dict):
                 detail = detail.get("message", detail)
         if detail is None:
-            detail = _clip(response.text) or response.reason_phrase
-        text = f"{self.provider} rerank failed with HTTP {response.status_code}: {detail}"
-        request_id = _request_id(response)
+            detail = text.strip() or response.reason_phrase
+        message = f"{self.provider} rerank failed with HTTP {response.status_code}: "
+        message += self._safe(detail if isinstance(detail, str) else repr(detail))
+        request_id = self._request_id(response)
         if request_id:
-            text += f" (request id {request_id})"
-        return self._scrub(text)
+            message += f" (request id {request_id})"
+        return message
 
-    def _scrub(self, text: str) -> str:
-        """Remove the key from text that came from the server, in case it echoes it."""
-        if self._api_key is not None and self._api_key.get_secret_value():
-            text = text.replace(self._api_key.get_secret_value(), "**********")
-        return text
+    def _check_open(self, client: httpx.AsyncClient | httpx.Client, closes: int) -> None:
+        """Raise a typed error when the reranker (or its client) was closed during the call."""
+        if self._closes != closes:
+            raise ProviderUnavailableError(
+                f"{self.provider}: the reranker was closed during the call",
+                provider=self.provider,
+            )
+        if client.is_closed:
+            raise ProviderUnavailableError(
+                f"{self.provider}: the HTTP client was closed during the call",
+                provider=self.provider,
+            )
 
-    def _transport_failure(self, exc: httpx.HTTPError) -> FailedAttempt:
+    def _transport_failure(
+        self, exc: Exception, client: httpx.AsyncClient | httpx.Client, closes: int
+    ) -> FailedAttempt:
+        self._check_open(client, closes)
+        if isinstance(exc, RuntimeError):
+            raise exc  # not a transport error, nor a closed client: a bug, shown as it is
         if isinstance(exc, httpx.DecodingError):
-            raise self._invalid(f"the answer could not be decoded: {exc}") from exc
+            raise self._invalid(
+                f"the answer could not be decoded: {self._safe(str(exc))}"
+            ) from None
         if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
-            raise ConfigurationError(f"{self.provider}: cannot post to {self.url}: {exc}") from exc
+            raise ConfigurationError(
+                f"{self.provider}: cannot post to {self.url}: {self._safe(str(exc))}"
+            ) from None
         kind = type(exc).__name__
-        message = self._scrub(f"{self.provider} could not be reached at {self.url}: {kind}: {exc}")
+        message = (
+            f"{self.provider} could not be reached at {self.url}: {kind}: {self._safe(str(exc))}"
+        )
         transport: Literal["connect", "timeout"] = (
             "timeout" if isinstance(exc, httpx.TimeoutException) else "connect"
         )
@@ -551,46 +952,125 @@ class HTTPReranker(Reranker):
 
     # -- clients -----------------------------------------------------------------------------
 
-    def _sync_client(self) -> httpx.Client:
-        if self._client is None:
-            with self._client_lock:
-                if self._client is None:
-                    self._client = httpx.Client(limits=self._limits())
-        return self._client
-
     def _limits(self) -> httpx.Limits:
         return httpx.Limits(
             max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
         )
 
-    def _loop_state(self) -> _LoopState:
+    def _new_async_client(self) -> httpx.AsyncClient:
+        _check_proxy_env(type(self).__name__)
+        try:
+            return httpx.AsyncClient(
+                limits=self._limits(), follow_redirects=False, verify=_ssl_context()
+            )
+        except (ImportError, ValueError) as exc:  # pragma: no cover - _check_proxy_env first
+            raise ConfigurationError(
+                f"{type(self).__name__}: the proxy settings in the environment cannot be used "
+                f"({type(exc).__name__}); check {', '.join(_PROXY_VARS[:3])}"
+            ) from None
+
+    async def _aloop_state(self) -> _LoopState:
+        """This loop's client, created on first use and closed when the loop shuts down."""
         loop = asyncio.get_running_loop()
-        state = self._loops.get(loop)
-        if state is None:
-            client = None
-            if self._injected_async_client is None:
-                client = httpx.AsyncClient(limits=self._limits())
-            state = _LoopState(client=client, semaphore=asyncio.Semaphore(self.max_concurrency))
-            self._loops[loop] = state
-        return state
+        with self._loops_lock:
+            for old in [lp for lp in self._loops if lp.is_closed()]:
+                del self._loops[old]  # closed without shutdown_asyncgens: let GC close it
+            state = self._loops.get(loop)
+        if state is not None:
+            return state
+        client = self._new_async_client()
+        guard = _close_with_loop(self._loops, self._loops_lock, loop, client)
+        await guard.__anext__()  # now tracked by the loop, finalised at its shutdown
+        with self._loops_lock:
+            if loop in self._loops:  # another task of this loop won the race
+                other = self._loops[loop]
+            else:
+                self._loops[loop] = state = _LoopState(client, guard)
+                return state
+        await guard.aclose()
+        return other
+
+    def _pop_state(self, loop: asyncio.AbstractEventLoop | None) -> _LoopState | None:
+        if loop is None:
+            return None
+        with self._loops_lock:
+            return self._loops.pop(loop, None)
 
     def close(self) -> None:
-        """Close the sync client this reranker created; it is re-created on next use."""
-        with self._client_lock:
-            if self._client is not None and self._owns_client:
-                self._client.close()
-                self._client = None
+        """Close the client of the sync path, if this reranker made it; made again on next use.
+
+        A call running meanwhile ends with its answer or ``ProviderUnavailableError``.
+        """
+        self._closes += 1
+        loop = _BackgroundLoop.current()
+        state = self._pop_state(loop)
+        if state is not None and loop is not None:
+            future = asyncio.run_coroutine_threadsafe(state.guard.aclose(), loop)
+            future.result(timeout=10)
 
     async def aclose(self) -> None:
-        """Close the clients this reranker created (sync, and async on this loop)."""
-        self.close()
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # pragma: no cover - aclose is always awaited inside a loop
-            return
-        state = self._loops.pop(loop, None)
-        if state is not None and state.client is not None:
-            await state.client.aclose()
+        """Close the clients this reranker made: the sync path's and this event loop's."""
+        self._closes += 1
+        background = _BackgroundLoop.current()
+        state = self._pop_state(background)
+        if state is not None and background is not None:
+            await asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(state.guard.aclose(), background)
+            )
+        state = self._pop_state(asyncio.get_running_loop())
+        if state is not None:
+            await state.guard.aclose()
+
+
+_ssl_lock = threading.Lock()
+_ssl: list[ssl.SSLContext] = []
+
+
+def _ssl_context() -> ssl.SSLContext:
+    """One verifying SSL context for every client made here.
+
+    Building one reads the CA bundle (about 50 ms), which per ``asyncio.run`` would dominate.
+    """
+    with _ssl_lock:
+        if not _ssl:
+            _ssl.append(httpx.create_ssl_context())
+        return _ssl[0]
+
+
+class _BodyReader:
+    """Collects a streamed, decoded body up to the reranker's limit (errors: the first 64 KiB)."""
+
+    def __init__(self, owner: HTTPReranker, response: httpx.Response) -> None:
+        self.owner = owner
+        self.response = response
+        self.is_error = not 200 <= response.status_code < 300
+        self.limit = _ERROR_BODY_BYTES if self.is_error else owner.max_response_bytes
+        self.parts: list[bytes] = []
+        self.size = 0
+        declared = response.headers.get("content-length", "")
+        if not self.is_error and declared.isdigit() and int(declared) > self.limit:
+            raise self._too_big(f"it declares {int(declared):,} bytes")
+
+    def add(self, chunk: bytes) -> bool:
+        """Keep ``chunk``; True when an error body has enough (stop reading)."""
+        self.size += len(chunk)
+        if self.size > self.limit:
+            if self.is_error:
+                self.parts.append(chunk[: len(chunk) - (self.size - self.limit)])
+                return True
+            raise self._too_big(f"more than {self.limit:,} bytes decoded")
+        self.parts.append(chunk)
+        return False
+
+    def content(self) -> bytes:
+        return b"".join(self.parts)
+
+    def _too_big(self, why: str) -> InvalidResponseError:
+        return self.owner._invalid(
+            f"the answer is larger than max_response_bytes={self.owner.max_response_bytes:,} "
+            f"({why})",
+            self.response,
+        )
 
 
 class _Failed(Exception):
@@ -623,23 +1103,106 @@ async def _gather_or_cancel(coros: Sequence[Awaitable[_T]]) -> list[_T]:
     return [task.result() for task in tasks]
 
 
-def _request_id(response: httpx.Response) -> str | None:
-    for header in ("x-request-id", "request-id", "x-trace-id"):
-        if response.headers.get(header):
-            return response.headers[header]
-    return None
+def _text(response: httpx.Response, content: bytes) -> str:
+    try:
+        return content.decode(response.encoding or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return content.decode("utf-8", errors="replace")
 
 
-def _clip(text: str, limit: int = 200) -> str:
+def _clip(text: str, limit: int = _SERVER_TEXT_LIMIT) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _check_base_url(owner: str, url: str) -> str:
+def _check_key(owner: str, value: str, source: str) -> str:
+    """A usable key from ``source`` (``api_key`` or an environment variable), stripped.
+
+    The message names where the key came from and what is wrong, never the key.
+    """
+    key = value.strip()
+    problem = None
+    if not key:
+        problem = "is blank"
+    elif any(not 0x21 <= ord(ch) <= 0x7E for ch in key):
+        problem = (
+            "contains whitespace, a control character or a non-ASCII character, which cannot "
+            "go in an HTTP header (a key pasted with a line break?)"
+        )
+    elif len(key) < MIN_KEY_LENGTH:
+        problem = f"is shorter than {MIN_KEY_LENGTH} characters, too short to be a real key"
+    if problem is not None:
+        raise ConfigurationError(f"{owner}: the API key from {source} {problem}")
+    return key
+
+
+def _check_headers(owner: str, headers: object) -> dict[str, str | Secret]:
+    """Extra headers as sent; values of secret-looking names kept as ``Secret``."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, dict):
+        raise ConfigurationError(
+            f"{owner}: headers must be a dict of str to str, got {type(headers).__name__}"
+        )
+    checked: dict[str, str | Secret] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME.match(name):
+            raise ConfigurationError(f"{owner}: {describe_value(name)} is not a header name")
+        if not isinstance(value, str) or any(
+            not (0x20 <= ord(ch) <= 0x7E or ch == "\t") for ch in value
+        ):
+            raise ConfigurationError(
+                f"{owner}: the value of header {name!r} must be a str of printable ASCII "
+                "without line breaks"
+            )
+        checked[name] = Secret(value) if _SECRET_HEADER.search(name) else value
+    return checked
+
+
+def _check_proxy_env(owner: str) -> None:
+    """Refuse a proxy variable httpx cannot use, naming the variable and never its value."""
+    for var in _PROXY_VARS:
+        value = os.environ.get(var, "").strip()
+        if not value:
+            continue
+        scheme = value.split("://", 1)[0].lower() if "://" in value else "http"
+        if scheme not in _PROXY_SCHEMES:
+            shown = repr(scheme) if re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme) else "an unknown"
+            raise ConfigurationError(
+                f"{owner}: the environment variable {var} names a proxy with scheme {shown}; "
+                f"httpx speaks {', '.join(_PROXY_SCHEMES)}. Fix or unset {var}."
+            )
+        if scheme.startswith("socks") and importlib.util.find_spec("socksio") is None:
+            raise ConfigurationError(
+                f"{owner}: the environment variable {var} names a SOCKS proxy, which needs "
+                "the optional package 'socksio': pip install \"httpx[socks]\" (or unset it)"
+            )
+
+
+def _check_base_url(owner: str, url: object) -> str:
     if not isinstance(url, str) or not url.strip():
         raise ConfigurationError(f"{owner}: base_url must be an http(s) URL, got {url!r}")
     url = url.strip().rstrip("/")
-    parsed = httpx.URL(url) if "://" in url else None
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is not None and "@" in parts.netloc:
+        # Said before anything echoes the URL: it holds a password.
+        raise ConfigurationError(
+            f"{owner}: base_url must not carry credentials (user:password@host); pass the key "
+            "as api_key=... or in headers={...}, which are never logged or shown"
+        )
+    if parts is not None and ("?" in url or "#" in url):
+        # Not echoed either: a query may hold a token (``?api_key=...``).
+        raise ConfigurationError(
+            f"{owner}: base_url must be a server root without a query (?...) or fragment "
+            "(#...); the provider appends its own path, and keys go in api_key=... or headers"
+        )
+    try:
+        parsed = httpx.URL(url) if "://" in url else None
+    except httpx.InvalidURL:
+        parsed = None
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
         raise ConfigurationError(f"{owner}: base_url must be an http(s) URL, got {url!r}")
     return url
