@@ -26,7 +26,7 @@ import pytest
 
 from milvus_rerank import HTTPReranker, RetryPolicy
 from milvus_rerank.serve import BackgroundServer
-from tests.providers.specs import SPECS
+from tests.providers.specs import SPECS, answer_items, request_documents, request_query, score_key
 
 #: Retries as the default policy does, with waits of milliseconds.
 FAST_RETRY = RetryPolicy(backoff_base=0.001, backoff_max=0.01)
@@ -90,6 +90,12 @@ class FaultPlan:
 
 def _shape(path: str, body: dict[str, Any], order: list[tuple[int, float]]) -> Any:
     """The answer in the format the path and body call for."""
+    own = {SPECS[name].path: name for name in ("mixedbread", "dashscope")}
+    own["/v1/ranking"] = "nvidia"  # a self-hosted NIM's route
+    if path in own:
+        return SPECS[own[path]].answer(order)
+    if isinstance(body.get("documents", [None])[0], dict):  # Pinecone
+        return SPECS["pinecone"].answer(order)
     if "texts" in body:  # TEI
         return [{"index": i, "score": s} for i, s in order]
     if path.endswith("/v2/rerank") and "model" in body and "top_k" not in body:
@@ -113,8 +119,8 @@ def _shape(path: str, body: dict[str, Any], order: list[tuple[int, float]]) -> A
 
 
 def _corrupt(fault: Fault, answer: Any) -> Any:
-    items = answer if isinstance(answer, list) else answer.get("results", answer.get("data"))
-    key = "score" if isinstance(answer, list) else "relevance_score"
+    items = answer_items(answer)
+    key = score_key(items[0])
     if fault == "out_of_range":
         items[0]["index"] = len(items) + 5
     elif fault == "duplicate" and len(items) > 1:
@@ -211,9 +217,10 @@ def make_app(
             await pause(plan.latency, receive)
         if fault == "slow":
             await pause(plan.slow_seconds, receive)
-        docs = body.get("texts", body.get("documents", []))
+        docs = request_documents(body)
+        query = request_query(body)
         order = sorted(
-            ((i, score(body.get("query", ""), d)) for i, d in enumerate(docs)),
+            ((i, score(query, d)) for i, d in enumerate(docs)),
             key=lambda p: -p[1],
         )
         if fault.isdigit():

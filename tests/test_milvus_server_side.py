@@ -15,8 +15,13 @@ from milvus_rerank import (  # noqa: E402
     CohereReranker,
     ConfigurationError,
     CrossEncoderReranker,
+    DashScopeReranker,
     InvalidInputError,
     JinaReranker,
+    MixedbreadReranker,
+    NVIDIAReranker,
+    PineconeReranker,
+    SiliconFlowReranker,
     TEIReranker,
     VLLMReranker,
     VoyageReranker,
@@ -74,6 +79,94 @@ def test_milvus_server_params(reranker: object, params: dict[str, object]) -> No
     assert built == {"reranker": "model", "queries": Q, **params}
     assert KEY not in str(built) and "api_key" not in built  # never a raw key for a server
     assert "maxBatch" not in built
+
+
+@pytest.mark.parametrize(
+    ("reranker", "params"),
+    [
+        (
+            SiliconFlowReranker(
+                "BAAI/bge-reranker-v2-m3", api_key=KEY, max_chunks_per_doc=8, overlap_tokens=40
+            ),
+            {
+                "provider": "siliconflow",
+                "model_name": "BAAI/bge-reranker-v2-m3",
+                "max_chunks_per_doc": 8,
+                "overlap_tokens": 40,
+            },
+        ),
+        (
+            SiliconFlowReranker(api_key=KEY, max_batch=64),
+            {
+                "provider": "siliconflow",
+                "model_name": "BAAI/bge-reranker-v2-m3",
+                "max_client_batch_size": 64,
+            },
+        ),
+        (
+            DashScopeReranker("qwen3-rerank", api_key=KEY),
+            {"provider": "ali", "model_name": "qwen3-rerank", "max_client_batch_size": 500},
+        ),
+    ],
+)
+def test_siliconflow_and_dashscope_params(reranker: object, params: dict[str, object]) -> None:
+    built = server_side_params(reranker, Q)  # type: ignore[arg-type]
+    assert built == {"reranker": "model", "queries": Q, **params}
+    assert KEY not in str(built) and "api_key" not in built
+
+
+@pytest.mark.parametrize("cls", [SiliconFlowReranker, DashScopeReranker])
+def test_siliconflow_and_dashscope_keys_go_by_credential_name(cls: type) -> None:
+    params = server_side_params(cls(api_key=KEY), Q, credential="prod_key")
+    assert params["credential"] == "prod_key" and KEY not in str(params)
+
+
+@pytest.mark.parametrize(
+    "reranker",
+    [
+        SiliconFlowReranker(api_key=KEY, base_url="https://api.siliconflow.com"),
+        SiliconFlowReranker(base_url="http://127.0.0.1:9997"),
+        DashScopeReranker(api_key=KEY, base_url="https://dashscope-intl.aliyuncs.com"),
+    ],
+)
+def test_siliconflow_and_dashscope_elsewhere_are_never_swapped_for_the_public_api(
+    reranker: object,
+) -> None:
+    with pytest.raises(ConfigurationError, match="milvus.yaml") as info:
+        server_side_params(reranker, Q)  # type: ignore[arg-type]
+    assert reranker.base_url in str(info.value)  # type: ignore[attr-defined]
+    assert KEY not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "reranker",
+    [
+        MixedbreadReranker(api_key=KEY),
+        NVIDIAReranker(api_key=KEY),
+        NVIDIAReranker(base_url="http://nim:8000"),
+        PineconeReranker(api_key=KEY),
+    ],
+)
+def test_apis_milvus_cannot_call_point_to_rerank_hits(reranker: object) -> None:
+    name = type(reranker).__name__
+    with pytest.raises(ConfigurationError, match=f"cannot call a {name}") as info:
+        server_side_params(reranker, Q)  # type: ignore[arg-type]
+    assert "rerank_hits" in str(info.value) and KEY not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "reranker",
+    [
+        MixedbreadReranker(api_key=KEY),
+        NVIDIAReranker(api_key=KEY),
+        PineconeReranker(api_key=KEY),
+        SiliconFlowReranker(api_key=KEY),
+        DashScopeReranker(api_key=KEY),
+    ],
+)
+def test_milvus_lite_refuses_the_new_apis(reranker: object) -> None:
+    with pytest.raises(ConfigurationError, match="only server-side rerank provider is 'cohere'"):
+        server_side_params(reranker, Q, target="milvus-lite")  # type: ignore[arg-type]
 
 
 def test_credential_names_a_server_side_secret() -> None:
@@ -149,7 +242,8 @@ def test_milvus_module_names_no_provider() -> None:
     import milvus_rerank.milvus
 
     source = Path(milvus_rerank.milvus.__file__).read_text(encoding="utf-8").lower()
-    named = [p for p in ("cohere", "vllm", "tei", "voyage", "jina") if p in source]
+    providers = ("cohere", "vllm", "tei", "voyage", "jina", "siliconflow", "dashscope")
+    named = [p for p in (*providers, "pinecone", "nvidia", "mixedbread") if p in source]
     assert named == []
     assert "type: ignore" not in source and "httpreranker" not in source
 

@@ -30,7 +30,12 @@ if TYPE_CHECKING:
     from .providers.bge import BGEReranker
     from .providers.cohere import CohereReranker
     from .providers.cross_encoder import CrossEncoderReranker
+    from .providers.dashscope import DashScopeReranker
     from .providers.jina import JinaReranker
+    from .providers.mixedbread import MixedbreadReranker
+    from .providers.nvidia import NVIDIAReranker
+    from .providers.pinecone import PineconeReranker
+    from .providers.siliconflow import SiliconFlowReranker
     from .providers.tei import TEIReranker
     from .providers.vllm import VLLMReranker
     from .providers.voyage import VoyageReranker
@@ -41,9 +46,14 @@ _LAZY = {
     "BGEReranker": "milvus_rerank.providers.bge",
     "CohereReranker": "milvus_rerank.providers.cohere",
     "CrossEncoderReranker": "milvus_rerank.providers.cross_encoder",
+    "DashScopeReranker": "milvus_rerank.providers.dashscope",
     "HTTPReranker": "milvus_rerank.providers._http",
     "JinaReranker": "milvus_rerank.providers.jina",
+    "MixedbreadReranker": "milvus_rerank.providers.mixedbread",
+    "NVIDIAReranker": "milvus_rerank.providers.nvidia",
+    "PineconeReranker": "milvus_rerank.providers.pinecone",
     "Secret": "milvus_rerank.providers._http",
+    "SiliconFlowReranker": "milvus_rerank.providers.siliconflow",
     "TEIReranker": "milvus_rerank.providers.tei",
     "VLLMReranker": "milvus_rerank.providers.vllm",
     "VoyageReranker": "milvus_rerank.providers.voyage",
@@ -56,11 +66,15 @@ __all__ = [
     "CohereReranker",
     "ConfigurationError",
     "CrossEncoderReranker",
+    "DashScopeReranker",
     "HTTPReranker",
     "InvalidInputError",
     "InvalidResponseError",
     "JinaReranker",
     "MissingDependencyError",
+    "MixedbreadReranker",
+    "NVIDIAReranker",
+    "PineconeReranker",
     "ProviderError",
     "ProviderUnavailableError",
     "RateLimitError",
@@ -69,6 +83,7 @@ __all__ = [
     "Reranker",
     "RetryPolicy",
     "Secret",
+    "SiliconFlowReranker",
     "TEIReranker",
     "VLLMReranker",
     "VoyageReranker",

@@ -129,8 +129,24 @@ class Reranker(ABC):
     def __call__(
         self, query: str, documents: Sequence[str], top_k: int | None = 5
     ) -> list[RerankResult]:
-        """pymilvus-model's call shape: ``rf(query, documents, top_k=5)``."""
-        return self.rerank(query, documents, top_n=top_k)
+        """pymilvus-model's call shape, ``rf(query, documents, top_k=5)``, with its ``top_k``.
+
+        ``top_k`` is applied exactly as pymilvus-model's rerank functions do
+        (``if top_k: ranked = ranked[:top_k]``): 0 or None keep every document, a count above
+        the number of documents keeps them all, and a negative ``-k`` drops the ``k`` worst
+        (Python slicing). Use ``rerank(top_n=...)`` for the strict form that refuses those.
+        Scores are plain floats where pymilvus-model's local models return numpy floats.
+
+        Raises:
+            InvalidInputError: bad ``query`` or ``documents`` (as ``rerank``), or a
+                ``top_k`` that is neither an int nor None.
+        """
+        if top_k is not None and (
+            isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral)
+        ):
+            raise InvalidInputError(f"top_k must be an int or None, got {describe_value(top_k)}")
+        ranked = self.rerank(query, documents)
+        return ranked[: int(top_k)] if top_k else ranked
 
     def score_pairs(self, queries: Sequence[str], documents: Sequence[str]) -> list[float]:
         """Scores of ``(queries[i], documents[i])`` pairs, in order, without ranking them.

@@ -12,8 +12,13 @@ from typing import Any
 
 from milvus_rerank import (
     CohereReranker,
+    DashScopeReranker,
     HTTPReranker,
     JinaReranker,
+    MixedbreadReranker,
+    NVIDIAReranker,
+    PineconeReranker,
+    SiliconFlowReranker,
     TEIReranker,
     VLLMReranker,
     VoyageReranker,
@@ -30,6 +35,55 @@ class Spec:
     env: str | None
     request: Callable[[str, list[str]], dict[str, Any]]
     answer: Callable[[list[tuple[int, float]]], Any]
+    #: The header that carries the key, and its value for a key (``{key}``).
+    auth_header: str = "authorization"
+    auth_value: str = "Bearer {key}"
+
+    def auth(self, key: str) -> str:
+        """The documented value of ``auth_header`` for ``key``."""
+        return self.auth_value.format(key=key)
+
+
+def request_query(body: dict[str, Any]) -> str:
+    """The query text of any provider's request body."""
+    query = body.get("query")
+    if isinstance(query, dict):  # NVIDIA
+        return str(query["text"])
+    if query is None and isinstance(body.get("input"), dict):  # DashScope
+        return str(body["input"]["query"])
+    return str(query or "")
+
+
+def request_documents(body: dict[str, Any]) -> list[str]:
+    """The document texts of any provider's request body, in order."""
+    if "texts" in body:  # TEI
+        return list(body["texts"])
+    if "passages" in body:  # NVIDIA
+        return [p["text"] for p in body["passages"]]
+    if isinstance(body.get("input"), dict):  # DashScope
+        return list(body["input"]["documents"])
+    if isinstance(body.get("input"), list):  # Mixedbread
+        return list(body["input"])
+    return [d["text"] if isinstance(d, dict) else d for d in body.get("documents", [])]
+
+
+def answer_items(answer: Any) -> Any:
+    """The per-document results inside any provider's answer."""
+    if isinstance(answer, list):
+        return answer
+    for key in ("results", "data", "rankings"):
+        if key in answer:
+            return answer[key]
+    return (answer.get("output") or {}).get("results")
+
+
+#: Where each provider's answer puts a result's score.
+SCORE_KEYS = ("relevance_score", "score", "logit")
+
+
+def score_key(item: dict[str, Any]) -> str:
+    """The score field of one result."""
+    return next(key for key in SCORE_KEYS if key in item)
 
 
 def _cohere_answer(order: list[tuple[int, float]]) -> Any:
@@ -57,6 +111,45 @@ def _results_answer(order: list[tuple[int, float]]) -> Any:
         "model": "m",
         "usage": {"total_tokens": 42},
         "results": [{"index": i, "relevance_score": s} for i, s in order],
+    }
+
+
+def _mixedbread_answer(order: list[tuple[int, float]]) -> Any:
+    return {
+        "object": "list",
+        "model": "mixedbread-ai/mxbai-rerank-large-v2",
+        "data": [{"index": i, "score": s, "object": "rank_result"} for i, s in order],
+        "usage": {"prompt_tokens": 42, "total_tokens": 42},
+        "top_k": len(order),
+        "return_input": False,
+    }
+
+
+def _nvidia_answer(order: list[tuple[int, float]]) -> Any:
+    return {"rankings": [{"index": i, "logit": s} for i, s in order]}
+
+
+def _pinecone_answer(order: list[tuple[int, float]]) -> Any:
+    return {
+        "model": "bge-reranker-v2-m3",
+        "data": [{"index": i, "score": s} for i, s in order],
+        "usage": {"rerank_units": 1},
+    }
+
+
+def _siliconflow_answer(order: list[tuple[int, float]]) -> Any:
+    return {
+        "id": "0193a8f1c2d34e5f",
+        "results": [{"index": i, "relevance_score": s} for i, s in order],
+        "tokens": {"input_tokens": 42, "output_tokens": 0},
+    }
+
+
+def _dashscope_answer(order: list[tuple[int, float]]) -> Any:
+    return {
+        "output": {"results": [{"index": i, "relevance_score": s} for i, s in order]},
+        "usage": {"total_tokens": 42},
+        "request_id": "4b3c2a1d-0e9f-4a8b-b7c6-d5e4f3a2b1c0",
     }
 
 
@@ -130,6 +223,97 @@ SPECS: dict[str, Spec] = {
         },
         lambda order: [{"index": i, "score": s} for i, s in order],
     ),
+    "mixedbread": Spec(
+        "mixedbread",
+        MixedbreadReranker,
+        {"model_name": "mixedbread-ai/mxbai-rerank-large-v2"},
+        "https://api.mixedbread.com",
+        "/v1/reranking",
+        "MXBAI_API_KEY",
+        lambda q, d: {
+            "model": "mixedbread-ai/mxbai-rerank-large-v2",
+            "query": q,
+            "input": d,
+            "return_input": False,
+        },
+        _mixedbread_answer,
+    ),
+    "nvidia": Spec(
+        "nvidia",
+        NVIDIAReranker,
+        {"model_name": "nvidia/llama-3.2-nv-rerankqa-1b-v2"},
+        "https://ai.api.nvidia.com",
+        "/v1/retrieval/nvidia/llama-3_2-nv-rerankqa-1b-v2/reranking",
+        "NVIDIA_API_KEY",
+        lambda q, d: {
+            "model": "nvidia/llama-3.2-nv-rerankqa-1b-v2",
+            "query": {"text": q},
+            "passages": [{"text": x} for x in d],
+            "truncate": "END",
+        },
+        _nvidia_answer,
+    ),
+    "pinecone": Spec(
+        "pinecone",
+        PineconeReranker,
+        {"model_name": "bge-reranker-v2-m3"},
+        "https://api.pinecone.io",
+        "/rerank",
+        "PINECONE_API_KEY",
+        lambda q, d: {
+            "model": "bge-reranker-v2-m3",
+            "query": q,
+            "documents": [{"text": x} for x in d],
+            "return_documents": False,
+            "parameters": {"truncate": "END"},
+        },
+        _pinecone_answer,
+        auth_header="api-key",
+        auth_value="{key}",
+    ),
+    "siliconflow": Spec(
+        "siliconflow",
+        SiliconFlowReranker,
+        {"model_name": "BAAI/bge-reranker-v2-m3"},
+        "https://api.siliconflow.cn",
+        "/v1/rerank",
+        "SILICONFLOW_API_KEY",
+        lambda q, d: {
+            "model": "BAAI/bge-reranker-v2-m3",
+            "query": q,
+            "documents": d,
+            "return_documents": False,
+        },
+        _siliconflow_answer,
+    ),
+    "dashscope": Spec(
+        "dashscope",
+        DashScopeReranker,
+        {"model_name": "gte-rerank-v2"},
+        "https://dashscope.aliyuncs.com",
+        "/api/v1/services/rerank/text-rerank/text-rerank",
+        "DASHSCOPE_API_KEY",
+        lambda q, d: {
+            "model": "gte-rerank-v2",
+            "input": {"query": q, "documents": d},
+            "parameters": {"return_documents": False},
+        },
+        _dashscope_answer,
+    ),
 }
+
+#: Every variable a provider reads its key from (tests clear them for a clean slate).
+KEY_VARS = (
+    "COHERE_API_KEY",
+    "CO_API_KEY",
+    "VOYAGE_API_KEY",
+    "JINA_API_KEY",
+    "JINAAI_API_KEY",
+    "MXBAI_API_KEY",
+    "NVIDIA_API_KEY",
+    "PINECONE_API_KEY",
+    "SILICONFLOW_API_KEY",
+    "DASHSCOPE_API_KEY",
+)
 
 KEYED = [name for name, spec in SPECS.items() if spec.env is not None]

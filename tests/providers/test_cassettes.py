@@ -24,7 +24,13 @@ import yaml
 
 from milvus_rerank import AuthenticationError, HTTPReranker, ProviderError, RetryPolicy
 from tests.conftest import PYMILVUS_DOCUMENTS
-from tests.providers.specs import SPECS
+from tests.providers.specs import (
+    SPECS,
+    answer_items,
+    request_documents,
+    request_query,
+    score_key,
+)
 
 CASSETTES = Path(__file__).resolve().parents[2] / "cassettes"
 QUERY = "What event in 1956 marked the official birth of artificial intelligence as a discipline?"
@@ -36,7 +42,7 @@ def recorded(provider: str, name: str = "rerank.yaml") -> list[dict[str, Any]]:
 
 def request_of(interaction: dict[str, Any]) -> tuple[str, list[str]]:
     body = json.loads(interaction["request"]["body"])
-    return body["query"], body.get("texts", body.get("documents"))
+    return request_query(body), request_documents(body)
 
 
 def played(cassette: Any) -> list[dict[str, Any]]:
@@ -59,10 +65,7 @@ def expected_ranking(
         chunk = request_of(interaction)[1]
         offset = next(i for i in range(len(documents)) if documents[i : i + len(chunk)] == chunk)
         answer = json.loads(interaction["response"]["body"]["string"])
-        items = answer if isinstance(answer, list) else answer.get("results", answer.get("data"))
-        pairs += [
-            (offset + it["index"], it.get("relevance_score", it.get("score"))) for it in items
-        ]
+        pairs += [(offset + it["index"], it[score_key(it)]) for it in answer_items(answer)]
     return sorted(pairs, key=lambda p: (-p[1], p[0]))
 
 

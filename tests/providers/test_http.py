@@ -25,7 +25,15 @@ from milvus_rerank import (
 )
 from milvus_rerank.providers._http import HTTPReranker, parse_retry_after
 from tests.fakes import FAST_RETRY, fast_retry
-from tests.providers.specs import KEYED, SPECS, Spec
+from tests.providers.specs import (
+    KEY_VARS,
+    KEYED,
+    SPECS,
+    Spec,
+    answer_items,
+    request_documents,
+    score_key,
+)
 
 QUERY = "what is milvus"
 DOCS = ["paris is in france", "milvus is a vector database", "what is a database", "milvus"]
@@ -48,8 +56,7 @@ def ok_handler(spec: Spec, seen: list[httpx.Request] | None = None) -> Handler:
     def handle(request: httpx.Request) -> httpx.Response:
         if seen is not None:
             seen.append(request)
-        body = json.loads(request.content)
-        docs = body.get("texts", body.get("documents"))
+        docs = request_documents(json.loads(request.content))
         return httpx.Response(200, json=spec.answer(answer_order(docs)))
 
     return handle
@@ -81,7 +88,7 @@ def test_request_matches_the_documented_format(spec: Spec) -> None:
     assert str(request.url) == spec.host + spec.path
     assert json.loads(request.content) == spec.request(QUERY, DOCS)
     assert request.headers["content-type"] == "application/json"
-    assert request.headers["authorization"] == f"Bearer {KEY}"
+    assert request.headers[spec.auth_header] == spec.auth(KEY)
 
 
 async def test_async_request_is_the_same(spec: Spec) -> None:
@@ -185,7 +192,7 @@ def test_bad_options_are_named(kwargs: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("name", KEYED)
 def test_missing_key_is_one_clear_error(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("COHERE_API_KEY", "CO_API_KEY", "VOYAGE_API_KEY", "JINA_API_KEY", "JINAAI_API_KEY"):
+    for var in KEY_VARS:
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(ConfigurationError, match=SPECS[name].env or "") as info:
         SPECS[name].cls()
@@ -201,10 +208,15 @@ def test_missing_key_is_one_clear_error(name: str, monkeypatch: pytest.MonkeyPat
         ("jina", "JINA_API_KEY"),
         ("jina", "JINAAI_API_KEY"),
         ("vllm", "VLLM_API_KEY"),
+        ("mixedbread", "MXBAI_API_KEY"),
+        ("nvidia", "NVIDIA_API_KEY"),
+        ("pinecone", "PINECONE_API_KEY"),
+        ("siliconflow", "SILICONFLOW_API_KEY"),
+        ("dashscope", "DASHSCOPE_API_KEY"),
     ],
 )
 def test_key_from_environment(name: str, var: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    for other in ("COHERE_API_KEY", "CO_API_KEY", "JINA_API_KEY", "JINAAI_API_KEY"):
+    for other in KEY_VARS:
         monkeypatch.delenv(other, raising=False)
     monkeypatch.setenv(var, KEY)
     seen: list[httpx.Request] = []
@@ -214,7 +226,7 @@ def test_key_from_environment(name: str, var: str, monkeypatch: pytest.MonkeyPat
         http_client=httpx.Client(transport=httpx.MockTransport(ok_handler(spec, seen))),
     )
     reranker.rerank(QUERY, DOCS)
-    assert seen[0].headers["authorization"] == f"Bearer {KEY}"
+    assert seen[0].headers[spec.auth_header] == spec.auth(KEY)
 
 
 def test_cohere_compatible_server_needs_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -255,9 +267,8 @@ def test_key_never_shows(spec: Spec, caplog: pytest.LogCaptureFixture) -> None:
 
 def lying(spec: Spec, corrupt: Callable[[list[dict[str, Any]]], Any]) -> Handler:
     def handle(request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content)
-        answer = spec.answer(answer_order(body.get("texts", body.get("documents"))))
-        items = answer if isinstance(answer, list) else answer.get("results", answer.get("data"))
+        answer = spec.answer(answer_order(request_documents(json.loads(request.content))))
+        items = answer_items(answer)
         replaced = corrupt(items)
         if replaced is not None:
             answer = replaced
@@ -270,8 +281,7 @@ def lying(spec: Spec, corrupt: Callable[[list[dict[str, Any]]], Any]) -> Handler
 
 def _set(key: str, value: Any, position: int = 0) -> Callable[[list[dict[str, Any]]], None]:
     def corrupt(items: list[dict[str, Any]]) -> None:
-        score_key = "score" if "score" in items[0] else "relevance_score"
-        items[position][score_key if key == "score" else key] = value
+        items[position][score_key(items[0]) if key == "score" else key] = value
 
     return corrupt
 
@@ -485,10 +495,7 @@ def test_long_lists_are_chunked_and_merged_by_index(spec: Spec) -> None:
     docs = [f"doc {i} milvus" if i % 7 == 0 else f"doc {i}" for i in range(23)]
     seen: list[httpx.Request] = []
     results = make(spec, ok_handler(spec, seen), max_batch=5).rerank(QUERY, docs, top_n=6)
-    sizes = sorted(
-        len(json.loads(r.content).get("texts", json.loads(r.content).get("documents", [])))
-        for r in seen
-    )
+    sizes = sorted(len(request_documents(json.loads(r.content))) for r in seen)
     assert sizes == [3, 5, 5, 5, 5]
     expected = sorted(range(len(docs)), key=lambda i: (-scores_for(docs)[i], i))[:6]
     assert [r.index for r in results] == expected

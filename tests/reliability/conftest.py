@@ -9,10 +9,11 @@ import pytest
 
 from milvus_rerank import BGEReranker, CrossEncoderReranker, Reranker
 from tests.fakes import FaultServer, api_reranker, fault_plan, fault_server
+from tests.providers.specs import SPECS
 
 __all__ = ["KINDS", "fault_plan", "fault_server", "make_reranker"]
 
-KINDS = ["cross-encoder", "bge", "cohere", "voyage", "jina", "vllm", "tei"]
+KINDS = ["cross-encoder", "bge", *sorted(SPECS)]
 
 
 @pytest.fixture(scope="session")

@@ -53,6 +53,44 @@ def test_call_matches_pymilvus_model_shape() -> None:
     assert [r.text for r in reranker(query="q", documents=docs, top_k=1)] == ["d7"]
 
 
+DOCS8 = [f"d{i}" for i in range(8)]
+BEST_FIRST = [7, 6, 5, 4, 3, 2, 1, 0]
+
+
+@pytest.mark.parametrize(
+    ("top_k", "expected"),
+    [
+        (0, BEST_FIRST),  # pymilvus-model: `if top_k:` is false, so every document
+        (None, BEST_FIRST),
+        (8, BEST_FIRST),
+        (100, BEST_FIRST),  # above the count: all of them
+        (-1, BEST_FIRST[:-1]),  # negative: Python slicing drops the |k| worst
+        (-3, BEST_FIRST[:-3]),
+        (-8, []),
+        (-20, []),
+    ],
+)
+def test_call_treats_top_k_like_pymilvus_model(top_k: int | None, expected: list[int]) -> None:
+    reranker = ListReranker([float(i) for i in range(8)])
+    results = reranker("q", DOCS8, top_k=top_k)
+    assert [r.index for r in results] == expected
+    # the same slice pymilvus-model's BGERerankFunction / CrossEncoderRerankFunction take
+    order = sorted(range(8), key=lambda i: reranker.scores[i], reverse=True)
+    assert [r.index for r in results] == (order[:top_k] if top_k else order)
+    assert all(type(r.score) is float for r in results)
+
+
+@pytest.mark.parametrize("top_k", [1.5, "3", True])
+def test_call_refuses_a_top_k_that_is_not_an_int(top_k: object) -> None:
+    with pytest.raises(InvalidInputError, match="top_k must be an int or None"):
+        ListReranker([1.0])("q", ["a"], top_k=top_k)  # type: ignore[arg-type]
+
+
+def test_call_still_checks_its_input() -> None:
+    with pytest.raises(InvalidInputError, match="documents\\[0\\]"):
+        ListReranker([1.0])("q", [None], top_k=0)  # type: ignore[list-item]
+
+
 def test_empty_documents_never_reach_the_backend() -> None:
     reranker = ScoreTableReranker()
     assert reranker.rerank("q", []) == []

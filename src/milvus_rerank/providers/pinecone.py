@@ -1,0 +1,86 @@
+"""Pinecone Inference's rerank API (``POST https://api.pinecone.io/rerank``)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from ..errors import ConfigurationError
+from ._http import HTTPReranker
+
+__all__ = ["PineconeReranker"]
+
+#: Documents per request for each hosted model (Pinecone's model guide); others get 100.
+MAX_DOCUMENTS = {"bge-reranker-v2-m3": 100, "pinecone-rerank-v0": 100, "cohere-rerank-3.5": 200}
+
+
+class PineconeReranker(HTTPReranker):
+    """Pinecone-hosted rerankers (``bge-reranker-v2-m3``, ``cohere-rerank-3.5``...).
+
+    The key comes from ``api_key``, else ``PINECONE_API_KEY``, and is sent in Pinecone's
+    ``Api-Key`` header (not ``Authorization``), with the ``X-Pinecone-API-Version`` the
+    request follows. Scores are ``data[].score``, normalized from 0 to 1.
+
+    Args:
+        model_name: Pinecone model name.
+        truncate: ``"END"`` cuts pairs past the model's context; ``"NONE"`` makes Pinecone
+            refuse them; None leaves ``parameters`` out (``cohere-rerank-3.5`` takes none).
+        api_version: The ``X-Pinecone-API-Version`` header.
+        **kwargs: ``api_key``, ``base_url``, ``timeout``, ``retry``,
+            ``max_batch`` (default: the model's documented limit, 100 for unknown models),
+            ``max_concurrency``, ``http_client``, ``http_async_client``, ``headers``.
+    """
+
+    provider: ClassVar[str] = "pinecone"
+    path: ClassVar[str] = "/rerank"
+    default_base_url: ClassVar[str | None] = "https://api.pinecone.io"
+    env_vars: ClassVar[tuple[str, ...]] = ("PINECONE_API_KEY",)
+    default_model: ClassVar[str | None] = "bge-reranker-v2-m3"
+    default_max_batch: ClassVar[int | None] = 100
+    results_key: ClassVar[str | None] = "data"
+    score_key: ClassVar[str] = "score"
+    #: The API version this client's requests and parsing follow.
+    api_version_default: ClassVar[str] = "2026-07"
+
+    def __init__(
+        self,
+        model_name: str | None = None,
+        *,
+        truncate: Literal["END", "NONE"] | None = "END",
+        api_version: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if truncate not in ("END", "NONE", None):
+            raise ConfigurationError(
+                f"PineconeReranker: truncate must be 'END', 'NONE' or None, got {truncate!r}"
+            )
+        version = self.api_version_default if api_version is None else api_version
+        if not isinstance(version, str) or not version.strip():
+            raise ConfigurationError(
+                f"PineconeReranker: api_version must be a non-empty str, got {api_version!r}"
+            )
+        model = model_name if model_name is not None else self.default_model
+        if isinstance(model, str):
+            kwargs.setdefault("max_batch", MAX_DOCUMENTS.get(model, self.default_max_batch))
+        super().__init__(model_name, **kwargs)
+        self.truncate = truncate
+        self.api_version = version
+
+    def _headers(self) -> dict[str, str]:
+        headers = super()._headers()
+        headers.pop("Authorization", None)
+        headers.setdefault("X-Pinecone-API-Version", self.api_version)
+        if self._api_key is not None:
+            headers["Api-Key"] = self._api_key.get_secret_value()
+        return headers
+
+    def _payload(self, query: str, documents: list[str]) -> dict[str, Any]:
+        # top_n is left out: Pinecone then returns every document, which chunks need.
+        payload: dict[str, Any] = {
+            "model": self.model_name,
+            "query": query,
+            "documents": [{"text": doc} for doc in documents],
+            "return_documents": False,
+        }
+        if self.truncate is not None:
+            payload["parameters"] = {"truncate": self.truncate}
+        return payload
