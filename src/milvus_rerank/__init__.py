@@ -28,9 +28,12 @@ from .retry import RetryPolicy
 if TYPE_CHECKING:
     from .providers._http import HTTPReranker, Secret
     from .providers.bge import BGEReranker
+    from .providers.bge_llm import BGELLMReranker
     from .providers.cohere import CohereReranker
     from .providers.cross_encoder import CrossEncoderReranker
     from .providers.jina import JinaReranker
+    from .providers.mxbai import MxbaiV2Reranker
+    from .providers.qwen3 import Qwen3Reranker
     from .providers.tei import TEIReranker
     from .providers.vllm import VLLMReranker
     from .providers.voyage import VoyageReranker
@@ -38,11 +41,14 @@ if TYPE_CHECKING:
 
 
 _LAZY = {
+    "BGELLMReranker": "milvus_rerank.providers.bge_llm",
     "BGEReranker": "milvus_rerank.providers.bge",
     "CohereReranker": "milvus_rerank.providers.cohere",
     "CrossEncoderReranker": "milvus_rerank.providers.cross_encoder",
     "HTTPReranker": "milvus_rerank.providers._http",
     "JinaReranker": "milvus_rerank.providers.jina",
+    "MxbaiV2Reranker": "milvus_rerank.providers.mxbai",
+    "Qwen3Reranker": "milvus_rerank.providers.qwen3",
     "Secret": "milvus_rerank.providers._http",
     "TEIReranker": "milvus_rerank.providers.tei",
     "VLLMReranker": "milvus_rerank.providers.vllm",
@@ -52,6 +58,7 @@ _LAZY = {
 
 __all__ = [
     "AuthenticationError",
+    "BGELLMReranker",
     "BGEReranker",
     "CohereReranker",
     "ConfigurationError",
@@ -61,8 +68,10 @@ __all__ = [
     "InvalidResponseError",
     "JinaReranker",
     "MissingDependencyError",
+    "MxbaiV2Reranker",
     "ProviderError",
     "ProviderUnavailableError",
+    "Qwen3Reranker",
     "RateLimitError",
     "RerankError",
     "RerankResult",

@@ -25,6 +25,7 @@ def test_all_is_sorted_and_complete() -> None:
 def test_exports_are_pinned() -> None:
     assert milvus_rerank.__all__ == [
         "AuthenticationError",
+        "BGELLMReranker",
         "BGEReranker",
         "CohereReranker",
         "ConfigurationError",
@@ -34,8 +35,10 @@ def test_exports_are_pinned() -> None:
         "InvalidResponseError",
         "JinaReranker",
         "MissingDependencyError",
+        "MxbaiV2Reranker",
         "ProviderError",
         "ProviderUnavailableError",
+        "Qwen3Reranker",
         "RateLimitError",
         "RerankError",
         "RerankResult",
