@@ -28,13 +28,16 @@ from .retry import RetryPolicy
 if TYPE_CHECKING:
     from .providers._http import HTTPReranker, Secret
     from .providers.bge import BGEReranker
+    from .providers.bge_llm import BGELLMReranker
     from .providers.cohere import CohereReranker
     from .providers.cross_encoder import CrossEncoderReranker
     from .providers.dashscope import DashScopeReranker
     from .providers.jina import JinaReranker
     from .providers.mixedbread import MixedbreadReranker
+    from .providers.mxbai import MxbaiV2Reranker
     from .providers.nvidia import NVIDIAReranker
     from .providers.pinecone import PineconeReranker
+    from .providers.qwen3 import Qwen3Reranker
     from .providers.siliconflow import SiliconFlowReranker
     from .providers.tei import TEIReranker
     from .providers.vllm import VLLMReranker
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
 
 
 _LAZY = {
+    "BGELLMReranker": "milvus_rerank.providers.bge_llm",
     "BGEReranker": "milvus_rerank.providers.bge",
     "CohereReranker": "milvus_rerank.providers.cohere",
     "CrossEncoderReranker": "milvus_rerank.providers.cross_encoder",
@@ -50,8 +54,10 @@ _LAZY = {
     "HTTPReranker": "milvus_rerank.providers._http",
     "JinaReranker": "milvus_rerank.providers.jina",
     "MixedbreadReranker": "milvus_rerank.providers.mixedbread",
+    "MxbaiV2Reranker": "milvus_rerank.providers.mxbai",
     "NVIDIAReranker": "milvus_rerank.providers.nvidia",
     "PineconeReranker": "milvus_rerank.providers.pinecone",
+    "Qwen3Reranker": "milvus_rerank.providers.qwen3",
     "Secret": "milvus_rerank.providers._http",
     "SiliconFlowReranker": "milvus_rerank.providers.siliconflow",
     "TEIReranker": "milvus_rerank.providers.tei",
@@ -62,6 +68,7 @@ _LAZY = {
 
 __all__ = [
     "AuthenticationError",
+    "BGELLMReranker",
     "BGEReranker",
     "CohereReranker",
     "ConfigurationError",
@@ -73,10 +80,12 @@ __all__ = [
     "JinaReranker",
     "MissingDependencyError",
     "MixedbreadReranker",
+    "MxbaiV2Reranker",
     "NVIDIAReranker",
     "PineconeReranker",
     "ProviderError",
     "ProviderUnavailableError",
+    "Qwen3Reranker",
     "RateLimitError",
     "RerankError",
     "RerankResult",

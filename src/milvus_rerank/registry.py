@@ -70,6 +70,27 @@ PROVIDERS: dict[str, ProviderSpec] = dict(
             "sentence-transformers cross-encoder",
         ),
         _spec(
+            "qwen3",
+            "milvus_rerank.providers.qwen3:Qwen3Reranker",
+            "local",
+            "Qwen/Qwen3-Reranker-0.6B",
+            "Qwen3-Reranker LLM, scored like its model card",
+        ),
+        _spec(
+            "bge-llm",
+            "milvus_rerank.providers.bge_llm:BGELLMReranker",
+            "local",
+            "BAAI/bge-reranker-v2-gemma",
+            "BGE LLM reranker (Gemma), scored like FlagLLMReranker",
+        ),
+        _spec(
+            "mxbai-v2",
+            "milvus_rerank.providers.mxbai:MxbaiV2Reranker",
+            "local",
+            "mixedbread-ai/mxbai-rerank-base-v2",
+            "mxbai-rerank-v2 LLM reranker, scored like mxbai-rerank",
+        ),
+        _spec(
             "cohere",
             "milvus_rerank.providers.cohere:CohereReranker",
             "api",

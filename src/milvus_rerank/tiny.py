@@ -18,7 +18,16 @@ from typing import Any
 
 from .providers._local import _import_torch
 
-__all__ = ["build_tiny_bge", "build_tiny_cross_encoder", "default_vocabulary", "word_vector"]
+__all__ = [
+    "QWEN3_RERANKER_CHAT_TEMPLATE",
+    "build_tiny_bge",
+    "build_tiny_cross_encoder",
+    "build_tiny_gemma_reranker",
+    "build_tiny_mxbai_v2_reranker",
+    "build_tiny_qwen3_reranker",
+    "default_vocabulary",
+    "word_vector",
+]
 
 _WORDS = """
 the of and to in a is that for it as was with be by on not he this are or his from at which
@@ -179,6 +188,275 @@ def build_tiny_bge(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+# -- causal LLM rerankers (Qwen3-Reranker, bge-reranker-v2-gemma, mxbai-rerank-v2) -------------
+
+#: Words of the three LLM-reranker templates, so each is one token in the tiny vocabularies.
+_LLM_WORDS = """
+judge whether meets requirements based provided note only yes instruct given web retrieve
+relevant passages passage prediction either contains determine providing system user
+assistant think qwen created alibaba cloud helpful expert who evaluates documents match
+queries carefully analyze semantic relationship between them then provide your binary
+judgment relevance relevant instruction population museums known well lives live
+""".split()
+_QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>"]
+_QWEN_PLAIN_ADDED = ["<think>", "</think>"]  # added, not special, in the real Qwen3 vocabulary
+_GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+
+#: A chat template rendering the Qwen3-Reranker model-card text for a ("query", "document")
+#: message pair, with an optional "system" message as the instruction: what
+#: sentence-transformers 6 sends for a pair (``CrossEncoder.predict(pairs, prompt=...)``). The
+#: suffix is an expression because Jinja drops one trailing newline of a template's source.
+QWEN3_RERANKER_CHAT_TEMPLATE = (
+    "{%- set ns = namespace(instruction='Given a web search query, retrieve relevant passages "
+    "that answer the query', query='', document='') -%}"
+    "{%- for m in messages -%}"
+    "{%- set c = m['content'] if m['content'] is string else m['content'][0]['text'] -%}"
+    "{%- if m['role'] == 'system' -%}{%- set ns.instruction = c -%}"
+    "{%- elif m['role'] == 'query' -%}{%- set ns.query = c -%}"
+    "{%- elif m['role'] == 'document' -%}{%- set ns.document = c -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
+    'and the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n'
+    "<|im_start|>user\n<Instruct>: {{ ns.instruction }}\n<Query>: {{ ns.query }}\n"
+    "<Document>: {{ ns.document }}"
+    "{{ '<|im_end|>\\n<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' }}"
+)
+
+
+def _llm_words(texts: Iterable[str] | None) -> list[str]:
+    """Every word in lower, Capitalized and UPPER form ("Judge", "Query", "Yes" stay whole)."""
+    words = set(_WORDS) | set(_LLM_WORDS)
+    for text in texts or ():
+        words.update(re.findall(r"[A-Za-z0-9]+", text))
+    return sorted({form for w in words for form in (w.lower(), w.capitalize(), w.upper())})
+
+
+def _bpe_corpus(words: list[str]) -> list[str]:
+    """Each word alone and after a space, several times, so the BPE learns it as one token."""
+    lines: list[str] = []
+    for w in words:
+        lines += [w, " " + w, w + "\n", " " + w + ":"] * 4
+    lines += ["0", "1", "\n", "\n\n", ": ", "<", ">"] * 20
+    return lines
+
+
+def _trained(tok: Any, texts: Iterable[str] | None, alphabet: list[str]) -> tuple[Any, Any]:
+    import json
+
+    from tokenizers import trainers
+
+    trainer = trainers.BpeTrainer(
+        vocab_size=20000, min_frequency=2, initial_alphabet=alphabet, show_progress=False
+    )
+    tok.train_from_iterator(_bpe_corpus(_llm_words(texts)), trainer=trainer)
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    ordered = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])]
+    return ordered, merges
+
+
+def _qwen_tokenizer(texts: Iterable[str] | None, max_len: int) -> Any:
+    """A byte-level BPE with Qwen2's pre-tokenizer, as a transformers ``Qwen2Tokenizer``."""
+    from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    ordered, merges = _trained(tok, texts, pre_tokenizers.ByteLevel.alphabet())
+    vocab = {"<|endoftext|>": 0}
+    for t in ordered:
+        vocab.setdefault(t, len(vocab))
+    qwen: Any = Qwen2Tokenizer(vocab=vocab, merges=merges)  # unk/eos/pad <|endoftext|>, no bos
+    qwen.add_tokens([AddedToken(t, special=True, normalized=False) for t in _QWEN_SPECIALS])
+    qwen.add_tokens([AddedToken(t, special=False, normalized=False) for t in _QWEN_PLAIN_ADDED])
+    qwen.model_max_length = max_len
+    missing = [t for t in ("yes", "no", "0", "1") if t not in qwen.get_vocab()]
+    if missing:  # pragma: no cover - the corpus always holds them
+        raise RuntimeError(f"tiny Qwen vocabulary lacks {missing}")
+    return qwen
+
+
+def _gemma_tokenizer(texts: Iterable[str] | None, max_len: int) -> Any:
+    """A Gemma BPE: spaces become '\u2581', byte fallback ``<0xNN>``, as a ``GemmaTokenizer``."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import GemmaTokenizer
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    # Train per '\u2581'-word so no merge spans two words; Gemma itself has no pre-tokenizer.
+    tok.pre_tokenizer = pre_tokenizers.Split("\u2581", behavior="merged_with_next")
+    alphabet = list(string.ascii_letters + string.digits + string.punctuation) + ["\u2581", "\n"]
+    ordered, merges = _trained(tok, texts, alphabet)
+    vocab: dict[str, int] = {t: i for i, t in enumerate(_GEMMA_SPECIALS)}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for t in ordered:
+        vocab.setdefault(t, len(vocab))
+    gemma: Any = GemmaTokenizer(vocab=vocab, merges=merges)
+    gemma.model_max_length = max_len
+    return gemma
+
+
+def _save_causal(model: Any, tokenizer: Any, out: Path) -> Path:
+    model.eval().save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_tiny_qwen3_reranker(
+    path: str | Path,
+    *,
+    texts: Iterable[str] | None = None,
+    chat_template: str | None = None,
+    num_layers: int = 2,
+    hidden_size: int = 64,
+    vocab_size: int | None = None,
+    max_position_embeddings: int = 1024,
+    initializer_range: float = 0.02,
+    seed: int = 0,
+) -> Path:
+    """Save a Qwen3ForCausalLM (the Qwen3-Reranker architecture) with a ``Qwen2Tokenizer``.
+
+    Args:
+        path: Directory to write (created if missing).
+        texts: Extra texts whose words join the vocabulary.
+        chat_template: A chat template to save (``QWEN3_RERANKER_CHAT_TEMPLATE`` makes
+            sentence-transformers render the model-card text); None saves none.
+        num_layers: Decoder layers.
+        hidden_size: Hidden size (heads of 32 dimensions, one key/value head).
+        vocab_size: Rows of the embedding and LM head (151,936 for the real vocabulary's
+            shape); None: the tiny tokenizer's size.
+        max_position_embeddings: Longest input the model accepts.
+        initializer_range: Std of the random weights; larger spreads the scores apart.
+        seed: Torch seed, so the same call builds the same weights.
+    """
+    torch = _import_torch()
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _qwen_tokenizer(texts, max_position_embeddings)
+    if chat_template is not None:
+        tok.chat_template = chat_template
+    config = Qwen3Config(
+        vocab_size=max(vocab_size or 0, len(tok)),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=hidden_size // 32,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,  # as Qwen3-Reranker-0.6B
+        bos_token_id=None,
+        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tok.pad_token_id,
+        initializer_range=initializer_range,
+    )
+    torch.manual_seed(seed)
+    return _save_causal(Qwen3ForCausalLM(config), tok, out)
+
+
+def build_tiny_gemma_reranker(
+    path: str | Path,
+    *,
+    texts: Iterable[str] | None = None,
+    num_layers: int = 2,
+    hidden_size: int = 64,
+    vocab_size: int | None = None,
+    max_position_embeddings: int = 1024,
+    initializer_range: float = 0.02,
+    seed: int = 0,
+) -> Path:
+    """Save a GemmaForCausalLM (the bge-reranker-v2-gemma architecture) with a ``GemmaTokenizer``.
+
+    Args:
+        path: Directory to write (created if missing).
+        texts: Extra texts whose words join the vocabulary.
+        num_layers: Decoder layers.
+        hidden_size: Hidden size (heads of 32 dimensions, one key/value head).
+        vocab_size: Rows of the embedding and LM head (256,000 for the real shape); None: the
+            tiny tokenizer's size.
+        max_position_embeddings: Longest input the model accepts.
+        initializer_range: Std of the random weights; larger spreads the scores apart.
+        seed: Torch seed, so the same call builds the same weights.
+    """
+    torch = _import_torch()
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _gemma_tokenizer(texts, max_position_embeddings)
+    config = GemmaConfig(
+        vocab_size=max(vocab_size or 0, len(tok)),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=hidden_size // 32,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=max_position_embeddings,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        initializer_range=initializer_range,
+    )
+    torch.manual_seed(seed)
+    return _save_causal(GemmaForCausalLM(config), tok, out)
+
+
+def build_tiny_mxbai_v2_reranker(
+    path: str | Path,
+    *,
+    texts: Iterable[str] | None = None,
+    num_layers: int = 2,
+    hidden_size: int = 64,
+    max_position_embeddings: int = 1024,
+    initializer_range: float = 0.02,
+    seed: int = 0,
+) -> Path:
+    """Save a Qwen2ForCausalLM (the mxbai-rerank-*-v2 architecture) with a ``Qwen2Tokenizer``.
+
+    Args:
+        path: Directory to write (created if missing).
+        texts: Extra texts whose words join the vocabulary.
+        num_layers: Decoder layers.
+        hidden_size: Hidden size (heads of 32 dimensions, one key/value head).
+        max_position_embeddings: Longest input the model accepts.
+        initializer_range: Std of the random weights; larger spreads the scores apart.
+        seed: Torch seed, so the same call builds the same weights.
+    """
+    torch = _import_torch()
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _qwen_tokenizer(texts, max_position_embeddings)
+    config = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=hidden_size // 32,
+        num_key_value_heads=1,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,  # as Qwen2.5-0.5B (mxbai-rerank-base-v2)
+        bos_token_id=None,
+        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tok.pad_token_id,
+        initializer_range=initializer_range,
+    )
+    torch.manual_seed(seed)
+    return _save_causal(Qwen2ForCausalLM(config), tok, out)
 
 
 def word_vector(text: str, dim: int = 64) -> list[float]:

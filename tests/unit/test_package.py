@@ -25,6 +25,7 @@ def test_all_is_sorted_and_complete() -> None:
 def test_exports_are_pinned() -> None:
     assert milvus_rerank.__all__ == [
         "AuthenticationError",
+        "BGELLMReranker",
         "BGEReranker",
         "CohereReranker",
         "ConfigurationError",
@@ -36,10 +37,12 @@ def test_exports_are_pinned() -> None:
         "JinaReranker",
         "MissingDependencyError",
         "MixedbreadReranker",
+        "MxbaiV2Reranker",
         "NVIDIAReranker",
         "PineconeReranker",
         "ProviderError",
         "ProviderUnavailableError",
+        "Qwen3Reranker",
         "RateLimitError",
         "RerankError",
         "RerankResult",

@@ -407,11 +407,18 @@ class LocalModelRunner:
         """Tokenize (query, document) pairs without padding, truncated like the reference."""
         return self.encode_many([query] * len(documents), documents)
 
-    def encode_many(self, queries: Sequence[str], documents: Sequence[str]) -> Rows:
-        """Tokenize pairs whose queries may differ (``queries[i]`` goes with ``documents[i]``)."""
+    def encode_many(
+        self, queries: Sequence[str], documents: Sequence[str], family: ModelFamily | None = None
+    ) -> Rows:
+        """Tokenize pairs whose queries may differ (``queries[i]`` goes with ``documents[i]``).
+
+        ``family`` (default: the runner's) lets a view encode its own way over the same model,
+        e.g. an LLM reranker with another instruction.
+        """
         loaded = self.load()
+        encoder = family or self.family
         with self._tokenizer_lock:
-            return self.family.encode(loaded.tokenizer, queries, documents, loaded.max_length)
+            return encoder.encode(loaded.tokenizer, queries, documents, loaded.max_length)
 
     # -- inference -----------------------------------------------------------------------
 
@@ -429,15 +436,19 @@ class LocalModelRunner:
         """The family's scores of (query, document) pairs, in input order."""
         return self.scores_many([query] * len(documents), documents)
 
-    def scores_many(self, queries: Sequence[str], documents: Sequence[str]) -> list[float]:
+    def scores_many(
+        self, queries: Sequence[str], documents: Sequence[str], family: ModelFamily | None = None
+    ) -> list[float]:
         """Scores of pairs whose queries may differ; one forward schedule for them all."""
-        return self.load().head.activate(self.raw_scores_many(queries, documents))
+        return self.load().head.activate(self.raw_scores_many(queries, documents, family))
 
-    def raw_scores_many(self, queries: Sequence[str], documents: Sequence[str]) -> list[float]:
+    def raw_scores_many(
+        self, queries: Sequence[str], documents: Sequence[str], family: ModelFamily | None = None
+    ) -> list[float]:
         """The family's forward outputs (before its activation), as Python floats."""
         torch = _import_torch()
         loaded = self.load()
-        features = self.encode_many(queries, documents)
+        features = self.encode_many(queries, documents, family)
         scores: list[float] = [0.0] * len(features)
         with torch.inference_mode():
             for batch in self.schedule(features):

@@ -1,0 +1,164 @@
+"""BAAI's LLM reranker (``BAAI/bge-reranker-v2-gemma``), scored like FlagEmbedding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from typing_extensions import Unpack
+
+from ..errors import ConfigurationError
+from ._causal import CausalFamily, InstructionView, label_logits
+from ._family import Head, ModelSource, Rows, identity
+from ._local import LocalOptions, LocalReranker, sigmoid
+
+__all__ = ["BGE_LLM_DEFAULT_PROMPT", "BGELLMFamily", "BGELLMReranker"]
+
+#: FlagLLMReranker's prompt when none is given.
+BGE_LLM_DEFAULT_PROMPT = (
+    "Given a query A and a passage B, determine whether the passage contains an answer to the "
+    "query by providing a prediction of either 'Yes' or 'No'."
+)
+#: FlagLLMReranker's ``max_length``.
+BGE_LLM_MAX_LENGTH = 512
+
+
+class BGELLMFamily(CausalFamily):
+    r"""``FlagLLMReranker.compute_score``: ``[bos] A: q \n B: p \n prompt``, the "Yes" logit.
+
+    The query (with ``"A: "``) is cut to ``query_max_length`` (3/4 of ``max_length`` by
+    default) and the passage (with ``"B: "``) to ``max_length``; then ``"\n" + passage`` is cut
+    from its end so the pair fits ``max_length + len("\n") + len(prompt)`` (left alone when
+    it cannot absorb the excess), and ``"\n" + prompt`` is appended. So inputs can exceed
+    ``max_length``, exactly as in FlagEmbedding. The instruction is the prompt.
+    """
+
+    def __init__(
+        self,
+        instruction: str | None = None,
+        *,
+        normalize: bool = False,
+        query_max_length: int | None = None,
+    ) -> None:
+        super().__init__(instruction)
+        if not isinstance(normalize, bool):
+            raise ConfigurationError(f"normalize must be True or False, got {normalize!r}")
+        if query_max_length is not None and (
+            isinstance(query_max_length, bool)
+            or not isinstance(query_max_length, int)
+            or query_max_length < 1
+        ):
+            raise ConfigurationError(
+                f"query_max_length must be a positive int, got {query_max_length!r}"
+            )
+        self.normalize = normalize
+        self.query_max_length = query_max_length
+
+    def default_max_length(self, tokenizer: Any, config: Any) -> int:
+        """FlagLLMReranker's default, 512."""
+        return BGE_LLM_MAX_LENGTH
+
+    def check_max_length(self, tokenizer: Any, max_length: int) -> None:
+        """Any positive limit works (the prompt is appended after truncation)."""
+
+    def encode(
+        self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
+    ) -> Rows:
+        """Token ids exactly as ``FlagLLMReranker.compute_score_single_gpu`` builds them."""
+        prompt = BGE_LLM_DEFAULT_PROMPT if self.instruction is None else self.instruction
+        query_limit = self.query_max_length or max_length * 3 // 4
+        unique = list(dict.fromkeys(queries))
+        q_ids = dict(
+            zip(unique, _cut(tokenizer, ["A: " + q for q in unique], query_limit), strict=True)
+        )
+        p_ids = _cut(tokenizer, ["B: " + d for d in documents], max_length)
+        sep, prompt_ids = self.ids(tokenizer, "\n"), self.ids(tokenizer, prompt)
+        budget = max_length + len(sep) + len(prompt_ids)
+        bos = tokenizer.bos_token_id
+        head = [bos] if bos is not None and bos != tokenizer.pad_token_id else []
+        from_left = getattr(tokenizer, "truncation_side", "right") == "left"
+        rows: Rows = []
+        for query, passage in zip(queries, p_ids, strict=True):
+            first, second = head + q_ids[query], sep + passage
+            extra = len(first) + len(second) - budget
+            if 0 < extra < len(second):
+                second = second[extra:] if from_left else second[:-extra]
+            rows.append({"input_ids": first + second + sep + prompt_ids})
+        return rows
+
+    def bind(self, model: Any, tokenizer: Any, source: ModelSource) -> Head:
+        """Head: the logit of the first token of ``"Yes"``; the sigmoid when ``normalize``."""
+        yes = tokenizer("Yes", add_special_tokens=False)["input_ids"]
+        if not yes:
+            raise ConfigurationError(f"the tokenizer of {source.model_name!r} cannot encode 'Yes'")
+        logits_of = label_logits(model, [int(yes[0])])
+
+        def forward(batch: dict[str, Any]) -> Any:
+            return logits_of(batch)[:, 0]
+
+        return Head(forward, _sigmoid_all if self.normalize else identity)
+
+    def describe(self) -> dict[str, Any]:
+        """Family options for the repr."""
+        fields = {"normalize": self.normalize, "query_max_length": self.query_max_length}
+        return {**fields, **super().describe()}
+
+
+def _cut(tokenizer: Any, texts: list[str], limit: int) -> list[list[int]]:
+    encoded = tokenizer(texts, add_special_tokens=False, max_length=limit, truncation=True)
+    return [list(ids) for ids in encoded["input_ids"]]
+
+
+def _sigmoid_all(logits: list[float]) -> list[float]:
+    return [sigmoid(x) for x in logits]
+
+
+class BGELLMReranker(LocalReranker):
+    """bge-reranker-v2-gemma scored exactly like ``FlagEmbedding.FlagLLMReranker.compute_score``.
+
+    Scores are the raw "Yes" logit, or its sigmoid in [0, 1] with ``normalize=True`` (both as
+    FlagEmbedding; raw is its default and ours). Only the last position's hidden state meets
+    the LM head, and only its "Yes" row: FlagEmbedding computes all 256,000 logits everywhere.
+
+    Args:
+        model_name: Hugging Face hub name or local directory.
+        instruction: The prompt after the pair (default: FlagEmbedding's).
+        normalize: Apply the sigmoid to the logit.
+        query_max_length: Token limit of ``"A: " + query`` (default ``max_length * 3 // 4``).
+        **options: The options of every local reranker (``LocalOptions``); ``max_length``
+            defaults to FlagEmbedding's 512.
+    """
+
+    provider: ClassVar[str] = "bge-llm"
+    default_model: ClassVar[str] = "BAAI/bge-reranker-v2-gemma"
+    family: BGELLMFamily
+
+    def __init__(
+        self,
+        model_name: str = default_model,
+        *,
+        instruction: str | None = None,
+        normalize: bool = False,
+        query_max_length: int | None = None,
+        **options: Unpack[LocalOptions],
+    ) -> None:
+        family = BGELLMFamily(instruction, normalize=normalize, query_max_length=query_max_length)
+        super().__init__(model_name, family, **options)
+        self.normalize = normalize
+
+    @property
+    def instruction(self) -> str | None:
+        """The prompt set at construction (None: FlagEmbedding's default)."""
+        return self.family.instruction
+
+    def with_instruction(self, instruction: str | None) -> InstructionView:
+        """A reranker using another prompt over this one's model, loaded once for both."""
+        return InstructionView(self, self.family.with_instruction(instruction))
+
+    @classmethod
+    def build_tiny_checkpoint(cls, path: Path) -> Path:
+        """A tiny random checkpoint of this architecture (see ``LocalReranker``)."""
+        from ..tiny import build_tiny_gemma_reranker
+
+        return build_tiny_gemma_reranker(path, initializer_range=0.2)

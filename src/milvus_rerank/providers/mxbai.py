@@ -1,0 +1,189 @@
+"""mixedbread's v2 rerankers (``mixedbread-ai/mxbai-rerank-base-v2``/large), like mxbai-rerank."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from typing_extensions import Unpack
+
+from ..errors import ConfigurationError
+from ._causal import CausalFamily, InstructionView, label_logits
+from ._family import Head, ModelSource, Rows, identity
+from ._local import LocalOptions, LocalReranker
+
+__all__ = ["MxbaiV2Family", "MxbaiV2Reranker", "estimated_max_for"]
+
+MXBAI_PREFIX = (
+    "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+    "<|im_end|>\n<|im_start|>user\n"
+)
+MXBAI_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
+MXBAI_TASK = (
+    "You are a search relevance expert who evaluates how well documents match search queries. "
+    "For each query-document pair, carefully analyze the semantic relationship between them, "
+    "then provide your binary relevance judgment (0 for not relevant, 1 for relevant).\n"
+    "Relevance:"
+)
+#: mxbai-rerank's ``max_length``.
+MXBAI_MAX_LENGTH = 8192
+
+
+def estimated_max_for(model_name: str) -> float:
+    """mxbai-rerank's logit scale for ``normalize``: 9 for the base model, else 12 (large)."""
+    return 9.0 if model_name == "mixedbread-ai/mxbai-rerank-base-v2" else 12.0
+
+
+class MxbaiV2Family(CausalFamily):
+    """``MxbaiRerankV2``'s prompt and lengths; the score is ``logit("1") - logit("0")``.
+
+    ``max_length`` is capped so the fixed prompt fits the position table; the query part is
+    cut to 3/4 of it, the document to what is left, then the document side again so the pair
+    fits ``max_length`` (the package's ``only_second`` rule).
+    """
+
+    def __init__(
+        self,
+        instruction: str | None = None,
+        *,
+        normalize: bool = False,
+        estimated_max: float | None = None,
+    ) -> None:
+        super().__init__(instruction)
+        if not isinstance(normalize, bool):
+            raise ConfigurationError(f"normalize must be True or False, got {normalize!r}")
+        if estimated_max is not None and (
+            isinstance(estimated_max, bool)
+            or not isinstance(estimated_max, (int, float))
+            or not math.isfinite(estimated_max)
+        ):
+            raise ConfigurationError(
+                f"estimated_max must be a finite number or None, got {estimated_max!r}"
+            )
+        self.normalize = normalize
+        self.estimated_max = estimated_max
+        # The position table, read at bind; a dict so copies (instruction views) share it.
+        self._model: dict[str, int] = {}
+
+    def default_max_length(self, tokenizer: Any, config: Any) -> int:
+        """mxbai-rerank's 8192 (capped to fit the position table in ``encode``)."""
+        return MXBAI_MAX_LENGTH
+
+    def max_positions(self, config: Any) -> int | None:
+        """No runner-side cap: ``encode`` caps like the package does."""
+        return None
+
+    def check_max_length(self, tokenizer: Any, max_length: int) -> None:
+        """Any positive limit works (the package's rules apply)."""
+
+    def encode(
+        self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
+    ) -> Rows:
+        """Token ids exactly as ``MxbaiRerankV2.prepare_inputs`` builds them."""
+        prefix, suffix = self.ids(tokenizer, MXBAI_PREFIX), self.ids(tokenizer, MXBAI_SUFFIX)
+        task, sep = self.ids(tokenizer, MXBAI_TASK), self.ids(tokenizer, "\n")
+        fixed = len(prefix) + len(task) + len(suffix) + len(sep)
+        positions = self._model.get("positions")
+        if positions is not None and max_length + fixed > positions:
+            max_length = positions - fixed
+        instruction = f"instruction: {self.instruction}\n" if self.instruction else ""
+        unique = list(dict.fromkeys(queries))
+        encoded = tokenizer(
+            [f"{instruction}query: {q}" for q in unique],
+            add_special_tokens=False,
+            max_length=max_length * 3 // 4,
+            truncation=True,
+        )["input_ids"]
+        q_ids = dict(zip(unique, map(list, encoded), strict=True))
+        docs = tokenizer([f"document: {d}" for d in documents], add_special_tokens=False)
+        rows: Rows = []
+        for query, doc in zip(queries, docs["input_ids"], strict=True):
+            q = q_ids[query]
+            doc_limit = max_length if positions is None else positions - len(q) - fixed
+            second = sep + list(doc[: max(0, min(doc_limit, max_length))])
+            extra = len(q) + len(second) - max_length
+            if 0 < extra < len(second):
+                second = second[:-extra]
+            rows.append({"input_ids": prefix + q + second + sep + task + suffix})
+        return rows
+
+    def bind(self, model: Any, tokenizer: Any, source: ModelSource) -> Head:
+        """Head: ``logit("1") - logit("0")``; mxbai's shifted sigmoid when ``normalize``."""
+        self._model["positions"] = int(model.config.max_position_embeddings)
+        labels = [int(tokenizer(t, add_special_tokens=False)["input_ids"][0]) for t in "10"]
+        logits_of = label_logits(model, labels)
+
+        def forward(batch: dict[str, Any]) -> Any:
+            logits = logits_of(batch)
+            return logits[:, 0] - logits[:, 1]
+
+        return Head(forward, self._activation(source.model_name))
+
+    def _activation(self, model_name: str) -> Callable[[list[float]], list[float]]:
+        if not self.normalize:
+            return identity
+        shift = (self.estimated_max or estimated_max_for(model_name)) / 2
+
+        def normalize(scores: list[float]) -> list[float]:
+            return [1.0 / (1.0 + math.exp(-min(max(s - shift, -700.0), 700.0))) for s in scores]
+
+        return normalize
+
+    def describe(self) -> dict[str, Any]:
+        """Family options for the repr."""
+        fields: dict[str, Any] = {"normalize": self.normalize}
+        if self.estimated_max is not None:
+            fields["estimated_max"] = self.estimated_max
+        return {**fields, **super().describe()}
+
+
+class MxbaiV2Reranker(LocalReranker):
+    """mxbai-rerank-v2 scored exactly like the ``mxbai-rerank`` package's ``MxbaiRerankV2``.
+
+    Scores are ``logit("1") - logit("0")``, or with ``normalize=True`` the package's
+    probability ``sigmoid(score - estimated_max / 2)`` (``estimated_max`` 9 for the base
+    model's hub name, 12 otherwise, as the package; pass it for a local copy of the base).
+
+    Args:
+        model_name: Hugging Face hub name or local directory.
+        instruction: An optional ``instruction:`` line before the query.
+        normalize: Return the package's probability instead of the logit difference.
+        estimated_max: Logit scale for ``normalize`` (None: by model name).
+        **options: The options of every local reranker (``LocalOptions``); ``max_length``
+            defaults to the package's 8192.
+    """
+
+    provider: ClassVar[str] = "mxbai-v2"
+    default_model: ClassVar[str] = "mixedbread-ai/mxbai-rerank-base-v2"
+    family: MxbaiV2Family
+
+    def __init__(
+        self,
+        model_name: str = default_model,
+        *,
+        instruction: str | None = None,
+        normalize: bool = False,
+        estimated_max: float | None = None,
+        **options: Unpack[LocalOptions],
+    ) -> None:
+        family = MxbaiV2Family(instruction, normalize=normalize, estimated_max=estimated_max)
+        super().__init__(model_name, family, **options)
+        self.normalize = normalize
+
+    @property
+    def instruction(self) -> str | None:
+        """The instruction set at construction (None: no instruction line)."""
+        return self.family.instruction
+
+    def with_instruction(self, instruction: str | None) -> InstructionView:
+        """A reranker using another instruction over this one's model, loaded once for both."""
+        return InstructionView(self, self.family.with_instruction(instruction))
+
+    @classmethod
+    def build_tiny_checkpoint(cls, path: Path) -> Path:
+        """A tiny random checkpoint of this architecture (see ``LocalReranker``)."""
+        from ..tiny import build_tiny_mxbai_v2_reranker
+
+        return build_tiny_mxbai_v2_reranker(path, initializer_range=0.2)

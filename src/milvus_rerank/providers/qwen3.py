@@ -1,0 +1,142 @@
+"""Qwen3-Reranker (``Qwen/Qwen3-Reranker-0.6B``/4B/8B), scored like its model card."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from typing_extensions import Unpack
+
+from ..errors import ConfigurationError
+from ._causal import CausalFamily, InstructionView, label_logits
+from ._family import Head, ModelSource, Rows
+from ._local import LocalOptions, LocalReranker
+
+__all__ = ["QWEN3_DEFAULT_INSTRUCTION", "Qwen3Family", "Qwen3Reranker"]
+
+QWEN3_PREFIX = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
+    'and the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n'
+    "<|im_start|>user\n"
+)
+QWEN3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+#: The model card's instruction when none is given.
+QWEN3_DEFAULT_INSTRUCTION = (
+    "Given a web search query, retrieve relevant passages that answer the query"
+)
+#: The model card's ``max_length``.
+QWEN3_MAX_LENGTH = 8192
+
+
+class Qwen3Family(CausalFamily):
+    r"""The model card's prompt and P(yes) = softmax over the ``no``/``yes`` logits.
+
+    Each pair is ``prefix + body + suffix`` with the body
+    ``<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}`` cut (from the
+    right) to ``max_length`` less the prefix and suffix, so the chat frame always survives.
+    """
+
+    def default_max_length(self, tokenizer: Any, config: Any) -> int:
+        """The model card's 8192 (capped at the position table by the runner)."""
+        return QWEN3_MAX_LENGTH
+
+    def body_limit(self, tokenizer: Any, max_length: int) -> int:
+        """Tokens left for the body once the prefix and suffix are in."""
+        frame = self.ids(tokenizer, QWEN3_PREFIX) + self.ids(tokenizer, QWEN3_SUFFIX)
+        return max_length - len(frame)
+
+    def check_max_length(self, tokenizer: Any, max_length: int) -> None:
+        """The body must keep at least one token."""
+        if self.body_limit(tokenizer, max_length) < 1:
+            raise ConfigurationError(
+                f"max_length={max_length} leaves no room for a query and a document: the "
+                f"Qwen3-Reranker prompt alone takes {max_length - self.body_limit(tokenizer, 0)} "
+                "tokens"
+            )
+
+    def encode(
+        self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
+    ) -> Rows:
+        """``prefix + tokenizer(body, truncation, max_length - frame) + suffix``, per pair."""
+        instruction = QWEN3_DEFAULT_INSTRUCTION if self.instruction is None else self.instruction
+        bodies = [
+            f"<Instruct>: {instruction}\n<Query>: {q}\n<Document>: {d}"
+            for q, d in zip(queries, documents, strict=True)
+        ]
+        encoded = tokenizer(
+            bodies,
+            padding=False,
+            truncation="longest_first",
+            return_attention_mask=False,
+            max_length=self.body_limit(tokenizer, max_length),
+        )["input_ids"]
+        prefix, suffix = self.ids(tokenizer, QWEN3_PREFIX), self.ids(tokenizer, QWEN3_SUFFIX)
+        return [{"input_ids": prefix + list(body) + suffix} for body in encoded]
+
+    def bind(self, model: Any, tokenizer: Any, source: ModelSource) -> Head:
+        """Head: sigmoid(logit(yes) - logit(no)) at the last position (the softmax's P(yes))."""
+        labels = [_single_token(tokenizer, t, source) for t in ("no", "yes")]
+        logits_of = label_logits(model, labels)
+
+        def forward(batch: dict[str, Any]) -> Any:
+            import torch
+
+            return torch.log_softmax(logits_of(batch), dim=-1)[:, 1].exp()
+
+        return Head(forward)
+
+
+def _single_token(tokenizer: Any, token: str, source: ModelSource) -> int:
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise ConfigurationError(
+            f"model {source.model_name!r} has no {token!r} token; it is not a Qwen3-Reranker"
+        )
+    return int(token_id)
+
+
+class Qwen3Reranker(LocalReranker):
+    """Qwen3-Reranker scored exactly like its model card: P(yes) in [0, 1].
+
+    Args:
+        model_name: Hugging Face hub name or local directory.
+        instruction: What relevance means for this task (default: the model card's web-search
+            instruction). ``with_instruction`` scores with another one on the same model.
+        **options: The options of every local reranker (``LocalOptions``): device, dtype
+            (bf16 on CUDA by default), use_fp16, batch_size, max_length (default 8192),
+            max_tokens_per_batch, trust_remote_code, revision, cache_dir, local_files_only.
+
+    Example:
+        >>> reranker = Qwen3Reranker(instruction="Find code that answers the question")
+        >>> legal = reranker.with_instruction("Find the statute the question is about")
+    """
+
+    provider: ClassVar[str] = "qwen3"
+    default_model: ClassVar[str] = "Qwen/Qwen3-Reranker-0.6B"
+    family: Qwen3Family
+
+    def __init__(
+        self,
+        model_name: str = default_model,
+        *,
+        instruction: str | None = None,
+        **options: Unpack[LocalOptions],
+    ) -> None:
+        super().__init__(model_name, Qwen3Family(instruction), **options)
+
+    @property
+    def instruction(self) -> str | None:
+        """The instruction set at construction (None: the model card's default)."""
+        return self.family.instruction
+
+    def with_instruction(self, instruction: str | None) -> InstructionView:
+        """A reranker using ``instruction`` over this one's model, loaded once for both."""
+        return InstructionView(self, self.family.with_instruction(instruction))
+
+    @classmethod
+    def build_tiny_checkpoint(cls, path: Path) -> Path:
+        """A tiny random checkpoint of this architecture (see ``LocalReranker``)."""
+        from ..tiny import build_tiny_qwen3_reranker
+
+        return build_tiny_qwen3_reranker(path, initializer_range=0.2)
