@@ -179,14 +179,27 @@ class Reranker(ABC):
     ) -> dict[str, Any]:
         """This reranker's part of a Milvus model-rerank Function's ``params``.
 
-        Providers that a Milvus server (``target="milvus"``) or Milvus Lite can call override
-        this with their Milvus provider name and settings (``provider``, ``endpoint``,
-        ``model_name``...); ``milvus.server_side_params`` adds the queries. ``credential``
-        names a key in the server's ``milvus.yaml``: raw keys never go to a Milvus server.
+        ``target`` is ``"milvus"`` (a Milvus 2.6+ server) or ``"milvus-lite"``. Providers that
+        Milvus can call supply their Milvus provider name and settings (``provider``,
+        ``endpoint``, ``model_name``...) through the ``_milvus_params`` hook;
+        ``milvus.server_side_params`` adds the queries. ``credential`` names a key in the
+        server's ``milvus.yaml``: raw keys never go to a Milvus server.
 
         Raises:
-            ConfigurationError: Milvus cannot call this reranker (the default).
+            ConfigurationError: an unknown target, or Milvus cannot call this reranker.
         """
+        if target not in ("milvus", "milvus-lite"):
+            raise ConfigurationError(f"target must be 'milvus' or 'milvus-lite', got {target!r}")
+        if credential is not None and (not isinstance(credential, str) or not credential.strip()):
+            raise ConfigurationError(
+                f"credential must be the name of a credential in milvus.yaml, got {credential!r}"
+            )
+        return self._milvus_params(target, credential=credential)
+
+    def _milvus_params(
+        self, target: MilvusTarget, *, credential: str | None = None
+    ) -> dict[str, Any]:
+        """The provider's Milvus params for a checked ``target``; by default it cannot be called."""
         raise ConfigurationError(
             f"Milvus cannot call a {type(self).__name__} itself: its server-side model rerank "
             "calls HTTP services only. Run `milvus-rerank serve` for a local model and point a "

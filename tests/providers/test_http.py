@@ -608,3 +608,29 @@ def test_vllm_routes(route: str) -> None:
 def test_vllm_options_are_checked(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigurationError, match=match):
         VLLMReranker(base_url="http://vllm:8000", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("option", "hint"),
+    [
+        ("model", "model_name="),
+        ("max_retries", "RetryPolicy"),
+        ("deadline", "RetryPolicy"),
+        ("foo", ""),
+    ],
+)
+def test_unknown_options_are_typed_and_hide_values(option: str, hint: str) -> None:
+    from milvus_rerank import CohereReranker, ConfigurationError
+
+    with pytest.raises(ConfigurationError) as info:
+        CohereReranker(api_key="k" * 20, **{option: "sk-should-not-appear"})
+    assert repr(option) in str(info.value) and hint in str(info.value)
+    assert "sk-should-not-appear" not in str(info.value)
+
+
+@pytest.mark.parametrize("target", ["bogus", "milvus_lite", "MILVUS", 3])
+def test_milvus_function_params_checks_the_target(target: object) -> None:
+    from milvus_rerank import CohereReranker, ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="target must be"):
+        CohereReranker(api_key="k" * 20).milvus_function_params(target)  # type: ignore[arg-type]

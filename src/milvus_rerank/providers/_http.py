@@ -359,7 +359,10 @@ class HTTPReranker(Reranker):
         http_client: httpx.Client | None = None,
         http_async_client: httpx.AsyncClient | None = None,
         headers: dict[str, str] | None = None,
+        **unknown: Any,
     ) -> None:
+        if unknown:
+            raise ConfigurationError(_unknown_options(type(self).__name__, unknown))
         name = type(self).__name__
         self.model_name = model_name if model_name is not None else self.default_model
         if self.model_name is not None and (
@@ -472,7 +475,7 @@ class HTTPReranker(Reranker):
 
     # -- Milvus server-side rerank (providers that Milvus can call override the hook) ------
 
-    def milvus_function_params(
+    def _milvus_params(
         self, target: MilvusTarget, *, credential: str | None = None
     ) -> dict[str, Any]:
         """Refuse: Milvus has no provider for this API (providers it can call override this)."""
@@ -1229,3 +1232,20 @@ def _check_number(owner: str, name: str, value: object, *, positive: bool) -> No
 def _check_int(owner: str, name: str, value: object, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigurationError(f"{owner}: {name} must be an int >= {minimum}, got {value!r}")
+
+
+#: Arguments of earlier releases, and where they went.
+_RENAMED = {
+    "model": "model_name=...",
+    "max_retries": "retry=RetryPolicy(max_retries=...)",
+    "deadline": "retry=RetryPolicy(deadline=...)",
+}
+
+
+def _unknown_options(owner: str, unknown: dict[str, Any]) -> str:
+    """A message naming the options ``owner`` does not take (never their values)."""
+    parts = []
+    for name in sorted(unknown):
+        hint = _RENAMED.get(name)
+        parts.append(f"{name!r}" + (f" (use {hint})" if hint else ""))
+    return f"{owner} got unknown option(s) {', '.join(parts)}"

@@ -41,7 +41,7 @@ class CohereReranker(HTTPReranker):
         super().__init__(model_name, **kwargs)
         self.max_tokens_per_doc = max_tokens_per_doc
 
-    def milvus_function_params(
+    def _milvus_params(
         self, target: MilvusTarget, *, credential: str | None = None
     ) -> dict[str, Any]:
         """Milvus's ``cohere`` provider (public API only), or Milvus Lite's, at this server.

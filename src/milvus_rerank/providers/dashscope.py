@@ -32,12 +32,12 @@ class DashScopeReranker(HTTPReranker):
     default_model: ClassVar[str | None] = "gte-rerank-v2"
     default_max_batch: ClassVar[int | None] = 500
 
-    def milvus_function_params(
+    def _milvus_params(
         self, target: MilvusTarget, *, credential: str | None = None
     ) -> dict[str, Any]:
         """Milvus's ``ali`` provider (public API only); Milvus Lite cannot call DashScope."""
         if target == "milvus-lite":
-            return super().milvus_function_params(target, credential=credential)
+            return super()._milvus_params(target, credential=credential)
         self._public_api_for_milvus("ali")
         params: dict[str, Any] = {"provider": "ali", "model_name": self.model_name}
         if self.max_batch is not None:

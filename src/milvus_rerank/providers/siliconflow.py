@@ -54,12 +54,12 @@ class SiliconFlowReranker(HTTPReranker):
         self.max_chunks_per_doc = max_chunks_per_doc
         self.overlap_tokens = overlap_tokens
 
-    def milvus_function_params(
+    def _milvus_params(
         self, target: MilvusTarget, *, credential: str | None = None
     ) -> dict[str, Any]:
         """Milvus's ``siliconflow`` provider (public API only); Milvus Lite cannot call it."""
         if target == "milvus-lite":
-            return super().milvus_function_params(target, credential=credential)
+            return super()._milvus_params(target, credential=credential)
         self._public_api_for_milvus("siliconflow")
         params: dict[str, Any] = {"provider": "siliconflow", "model_name": self.model_name}
         if self.max_batch is not None:

@@ -54,7 +54,7 @@ class TEIReranker(HTTPReranker):
         self.truncate = truncate
         self.truncation_direction = truncation_direction
 
-    def milvus_function_params(
+    def _milvus_params(
         self, target: MilvusTarget, *, credential: str | None = None
     ) -> dict[str, Any]:
         """Milvus's ``tei`` provider at this server's root; Milvus Lite cannot call TEI.
@@ -62,7 +62,7 @@ class TEIReranker(HTTPReranker):
         A keyed server needs ``credential``: raw keys never go to a Milvus server.
         """
         if target == "milvus-lite":
-            return super().milvus_function_params(target, credential=credential)
+            return super()._milvus_params(target, credential=credential)
         params: dict[str, Any] = {
             "provider": "tei",
             "endpoint": server_root(self.base_url),

@@ -57,7 +57,7 @@ class VLLMReranker(HTTPReranker):
     def _route(self) -> str:
         return self.route
 
-    def milvus_function_params(
+    def _milvus_params(
         self, target: MilvusTarget, *, credential: str | None = None
     ) -> dict[str, Any]:
         """Milvus's ``vllm`` provider at this server's root; for Milvus Lite, its ``/v2`` API.

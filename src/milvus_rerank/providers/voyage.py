@@ -38,12 +38,12 @@ class VoyageReranker(HTTPReranker):
         super().__init__(model_name, **kwargs)
         self.truncation = truncation
 
-    def milvus_function_params(
+    def _milvus_params(
         self, target: MilvusTarget, *, credential: str | None = None
     ) -> dict[str, Any]:
         """Milvus's ``voyageai`` provider (public API only); Milvus Lite cannot call Voyage."""
         if target == "milvus-lite":
-            return super().milvus_function_params(target, credential=credential)
+            return super()._milvus_params(target, credential=credential)
         self._public_api_for_milvus("voyageai")
         params: dict[str, Any] = {
             "provider": "voyageai",
