@@ -194,6 +194,11 @@ class Reranker(ABC):
             raise ConfigurationError(
                 f"credential must be the name of a credential in milvus.yaml, got {credential!r}"
             )
+        if target == "milvus-lite" and credential is not None:
+            raise ConfigurationError(
+                "Milvus Lite has no milvus.yaml credentials: it runs in this process and takes the "
+                f"reranker's own key in the Function's params; drop credential={credential!r}"
+            )
         return self._milvus_params(target, credential=credential)
 
     def _milvus_params(

@@ -634,3 +634,10 @@ def test_milvus_function_params_checks_the_target(target: object) -> None:
 
     with pytest.raises(ConfigurationError, match="target must be"):
         CohereReranker(api_key="k" * 20).milvus_function_params(target)  # type: ignore[arg-type]
+
+
+def test_milvus_lite_takes_no_credential_name() -> None:
+    from milvus_rerank import CohereReranker, ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="Milvus Lite has no milvus.yaml"):
+        CohereReranker(api_key="k" * 20).milvus_function_params("milvus-lite", credential="c")
