@@ -214,3 +214,10 @@ def test_usage_errors_are_one_line(argv: list[str], capsys: pytest.CaptureFixtur
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "error:" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-5", "1e9"])
+def test_serve_wait_is_bounded(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--max-wait-ms", value])
+    assert exit_info.value.code == 2 and "--max-wait-ms" in capsys.readouterr().err

@@ -268,6 +268,17 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _wait_ms(text: str) -> float:
+    """A batching wait in milliseconds: 0 to 1,000 (longer only stalls every request)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and 0 <= value <= 1000):
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1000 ms, got {text}")
+    return value
+
+
 def _port(text: str) -> int:
     value = _positive_int(text)
     if value > 65535:
@@ -378,7 +389,7 @@ def make_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, default=8000, help="TCP port (default: %(default)s)")
     serve.add_argument(
         "--max-wait-ms",
-        type=float,
+        type=_wait_ms,
         default=2.0,
         help="how long a request may wait to share a batch (default: %(default)s)",
     )
