@@ -21,7 +21,7 @@ class CohereReranker(HTTPReranker):
         model_name: Cohere model name.
         max_tokens_per_doc: Cohere truncates each document to this many tokens (server
             default 4096); None leaves the field out.
-        **kwargs: ``api_key``, ``base_url``, ``timeout``, ``retry``,
+        **kwargs: ``api_key``, ``base_url``, ``timeout``, ``retry``, ``max_response_bytes``,
             ``max_batch`` (default 1,000, Cohere's recommended maximum), ``max_concurrency``,
             ``http_client``, ``http_async_client``, ``headers``; see ``HTTPReranker``.
     """

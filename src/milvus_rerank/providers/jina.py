@@ -18,7 +18,7 @@ class JinaReranker(HTTPReranker):
 
     Args:
         model_name: Jina model name.
-        **kwargs: ``api_key``, ``base_url``, ``timeout``, ``retry``,
+        **kwargs: ``api_key``, ``base_url``, ``timeout``, ``retry``, ``max_response_bytes``,
             ``max_batch`` (default 1,000; Jina documents no limit), ``max_concurrency``,
             ``http_client``, ``http_async_client``, ``headers``; see ``HTTPReranker``.
     """

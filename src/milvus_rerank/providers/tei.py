@@ -23,7 +23,7 @@ class TEIReranker(HTTPReranker):
         truncate: Let TEI truncate pairs past the model's max length (else it errors).
         truncation_direction: ``"Right"`` or ``"Left"``.
         max_client_batch_size: Texts per request; match the server's flag.
-        **kwargs: ``api_key``, ``base_url``, ``timeout``, ``retry``,
+        **kwargs: ``api_key``, ``base_url``, ``timeout``, ``retry``, ``max_response_bytes``,
             ``max_concurrency``, ``http_client``, ``http_async_client``, ``headers``.
     """
 

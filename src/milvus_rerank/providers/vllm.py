@@ -27,7 +27,7 @@ class VLLMReranker(HTTPReranker):
         truncate_prompt_tokens: Ask vLLM to truncate each pair to this many tokens.
         route: The server's rerank route: ``/v1/rerank`` (default), ``/rerank`` or
             ``/v2/rerank`` (vLLM answers the same on all three).
-        **kwargs: ``api_key``, ``base_url``, ``timeout``, ``retry``,
+        **kwargs: ``api_key``, ``base_url``, ``timeout``, ``retry``, ``max_response_bytes``,
             ``max_batch`` (default: no chunking), ``max_concurrency``, ``http_client``,
             ``http_async_client``, ``headers``; see ``HTTPReranker``.
     """

@@ -19,7 +19,7 @@ class VoyageReranker(HTTPReranker):
     Args:
         model_name: Voyage model name.
         truncation: Let Voyage truncate inputs past the model's context (else it errors).
-        **kwargs: ``api_key``, ``base_url``, ``timeout``, ``retry``,
+        **kwargs: ``api_key``, ``base_url``, ``timeout``, ``retry``, ``max_response_bytes``,
             ``max_batch`` (default 1,000, Voyage's per-request limit), ``max_concurrency``,
             ``http_client``, ``http_async_client``, ``headers``; see ``HTTPReranker``.
     """
