@@ -24,7 +24,7 @@ from milvus_rerank import (  # noqa: E402
     Qwen3Reranker,
     create_reranker,
 )
-from milvus_rerank.providers._causal import label_logits  # noqa: E402
+from milvus_rerank.providers._causal import LastLayerAtLastPosition, label_logits  # noqa: E402
 from milvus_rerank.providers._local import LocalModelRunner, resolve_dtype  # noqa: E402
 from milvus_rerank.providers.qwen3 import Qwen3Family  # noqa: E402
 from milvus_rerank.registry import provider_spec  # noqa: E402
@@ -253,6 +253,30 @@ def test_the_last_position_label_head_equals_the_full_forward(llm_dirs: dict[str
     assert fast.shape == (len(DOCS), 2)
     assert torch.allclose(fast, full, atol=1e-5)
     assert torch.allclose(head, torch.softmax(full, dim=-1)[:, 1], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("cls", "folder"),
+    [(Qwen3Reranker, "qwen3"), (BGELLMReranker, "gemma"), (MxbaiV2Reranker, "mxbai")],
+)
+def test_the_last_layer_runs_at_the_last_position_only(
+    llm_dirs: dict[str, Path], cls: type[Any], folder: str
+) -> None:
+    import torch
+
+    runner = cls(str(llm_dirs[folder]), device="cpu").runner
+    model = runner.load().model
+    fast = LastLayerAtLastPosition.for_model(model)
+    assert fast is not None, "Qwen2, Qwen3 and Gemma layers take the fast path"
+    batch = runner.collate(runner.encode_pairs(QUERY, DOCS))
+    mask = batch["attention_mask"]
+    inputs = {**batch, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+    with torch.inference_mode():
+        want = model.base_model(**inputs).last_hidden_state[:, -1]
+        got = fast(inputs)
+        again = model.base_model(**inputs).last_hidden_state[:, -1]  # the hook is idle now
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.equal(again, want)
 
 
 def test_with_instruction_shares_the_loaded_model(

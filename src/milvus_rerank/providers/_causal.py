@@ -9,6 +9,7 @@ position's hidden state and multiplies it by the label tokens' rows of the LM he
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -18,7 +19,13 @@ from ..base import Reranker, validate_request
 from ..errors import ConfigurationError, InvalidInputError
 from ._family import HalfDtype, ModelFamily
 
-__all__ = ["CausalFamily", "InstructionView", "check_instruction", "label_logits"]
+__all__ = [
+    "CausalFamily",
+    "InstructionView",
+    "LastLayerAtLastPosition",
+    "check_instruction",
+    "label_logits",
+]
 
 
 def check_instruction(instruction: object, what: str = "instruction") -> str | None:
@@ -49,13 +56,20 @@ def label_logits(model: Any, token_ids: Sequence[int]) -> Callable[[dict[str, An
         raise ConfigurationError(f"label token ids {bad} are outside the LM head ({vocab} rows)")
     index = torch.tensor(list(token_ids), dtype=torch.long)
     softcap = getattr(model.config, "final_logit_softcapping", None)
+    last_only = LastLayerAtLastPosition.for_model(model)
 
     def forward(batch: dict[str, Any]) -> Any:
         mask = batch["attention_mask"]
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        hidden = base(
-            input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions
-        ).last_hidden_state[:, -1]
+        inputs = {
+            "input_ids": batch["input_ids"],
+            "attention_mask": mask,
+            "position_ids": positions,
+        }
+        if last_only is not None:
+            hidden = last_only(inputs)
+        else:
+            hidden = base(**inputs).last_hidden_state[:, -1]
         rows = index.to(head.weight.device)
         bias = None if getattr(head, "bias", None) is None else head.bias[rows]
         logits = torch.nn.functional.linear(hidden, head.weight[rows], bias).float()
@@ -154,3 +168,99 @@ class InstructionView(Reranker):
         fields: dict[str, Any] = self.base._repr_fields()
         fields["instruction"] = self.family.instruction
         return fields
+
+
+class _LastLayerInputs(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by the last layer's pre-hook to stop the decoder with that layer's inputs."""
+
+    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        super().__init__("last layer reached")
+        self.args, self.kwargs = args, kwargs
+
+
+class LastLayerAtLastPosition:
+    """The decoder's hidden state at the last position, its last layer run for that row only.
+
+    Only the last position is ever read, so the last layer needs its query, attention output
+    and MLP at that position alone (keys and values still cover every position): one layer's
+    worth of work saved on all other tokens. Supported where the layer is a plain pre-norm
+    block (Qwen2, Qwen3, Gemma); elsewhere ``for_model`` returns None and the full decoder runs.
+    """
+
+    _TYPES = {"qwen2", "qwen3", "gemma"}
+
+    def __init__(self, model: Any) -> None:
+        import importlib
+
+        self.base = model.base_model
+        self.layer = self.base.layers[-1]
+        self.attn = self.layer.self_attn
+        module = importlib.import_module(type(self.attn).__module__)
+        self.rotate = module.apply_rotary_pos_emb
+        self.state = threading.local()
+        self.layer.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    @classmethod
+    def for_model(cls, model: Any) -> LastLayerAtLastPosition | None:
+        """The fast path for ``model``, or None where its layers are not known to fit it."""
+        config = model.config
+        if getattr(config, "model_type", None) not in cls._TYPES:
+            return None
+        if getattr(config, "use_sliding_window", False) or getattr(
+            config, "_attn_implementation", "sdpa"
+        ) not in ("sdpa", "eager"):
+            return None
+        base = model.base_model
+        layers = getattr(base, "layers", None)
+        if not layers or getattr(base, "norm", None) is None:
+            return None
+        attn = getattr(layers[-1], "self_attn", None)
+        needed = ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling")
+        if attn is None or not all(hasattr(attn, name) for name in needed):
+            return None
+        return cls(model)
+
+    def _hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if getattr(self.state, "capture", False):
+            raise _LastLayerInputs(args, kwargs)
+
+    def __call__(self, inputs: dict[str, Any]) -> Any:
+        """``base(**inputs).last_hidden_state[:, -1]``, computed with less work."""
+        import torch
+
+        self.state.capture = True
+        try:
+            self.base(**inputs)
+        except _LastLayerInputs as stop:
+            args, kwargs = stop.args, stop.kwargs
+        else:  # pragma: no cover - the hook always fires
+            raise RuntimeError("the decoder never reached its last layer")
+        finally:
+            self.state.capture = False
+        hidden = args[0] if args else kwargs["hidden_states"]
+        cos, sin = kwargs["position_embeddings"]
+        mask = kwargs.get("attention_mask")
+        layer, attn = self.layer, self.attn
+        rows, width, _ = hidden.shape
+        x = layer.input_layernorm(hidden)
+        shape = (rows, -1, attn.head_dim)
+        q = attn.q_proj(x[:, -1:]).view(rows, 1, *shape[1:])
+        k = attn.k_proj(x).view(rows, width, *shape[1:])
+        v = attn.v_proj(x).view(rows, width, *shape[1:])
+        if getattr(attn, "q_norm", None) is not None:
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q, _ = self.rotate(q, q, cos[:, -1:], sin[:, -1:])
+        k, _ = self.rotate(k, k, cos, sin)
+        groups = q.shape[1] // k.shape[1]
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        if mask is not None:
+            mask = mask[:, :, -1:, :]
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=attn.scaling
+        )
+        out = attn.o_proj(out.transpose(1, 2).reshape(rows, 1, -1))
+        last = hidden[:, -1:] + out
+        last = last + layer.mlp(layer.post_attention_layernorm(last))
+        return self.base.norm(last)[:, 0]
