@@ -18,9 +18,11 @@ from typing_extensions import Self
 from ..base import Reranker, validate_request
 from ..errors import ConfigurationError, InvalidInputError
 from ._family import HalfDtype, ModelFamily
+from ._local import LocalReranker
 
 __all__ = [
     "CausalFamily",
+    "CausalReranker",
     "InstructionView",
     "LastLayerAtLastPosition",
     "check_instruction",
@@ -113,6 +115,21 @@ class CausalFamily(ModelFamily):
     def describe(self) -> dict[str, Any]:
         """Family options for the repr."""
         return {"instruction": self.instruction} if self.instruction is not None else {}
+
+
+class CausalReranker(LocalReranker):
+    """A local LLM reranker: its family carries the instruction, and views swap it cheaply."""
+
+    family: CausalFamily
+
+    @property
+    def instruction(self) -> str | None:
+        """The instruction set at construction (None: the reference's default, if any)."""
+        return self.family.instruction
+
+    def with_instruction(self, instruction: str | None) -> InstructionView:
+        """A reranker using ``instruction`` over this one's model, loaded once for both."""
+        return InstructionView(self, self.family.with_instruction(instruction))
 
 
 class InstructionView(Reranker):

@@ -34,6 +34,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "sigmoid",
+    "sigmoid_all",
 ]
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
@@ -185,6 +186,11 @@ def sigmoid(x: float) -> float:
         return 1.0 / (1.0 + math.exp(-x))
     z = math.exp(x)
     return z / (1.0 + z)
+
+
+def sigmoid_all(logits: list[float]) -> list[float]:
+    """``sigmoid`` of each logit (the probability form of one-logit rerankers)."""
+    return [sigmoid(x) for x in logits]
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None) -> list[slice]:

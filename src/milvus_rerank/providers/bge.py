@@ -10,7 +10,7 @@ from typing_extensions import Unpack
 
 from ..errors import ConfigurationError
 from ._family import ModelSource, Rows, SequenceClassifierFamily, identity
-from ._local import LocalOptions, LocalReranker, sigmoid
+from ._local import LocalOptions, LocalReranker, sigmoid_all
 
 __all__ = ["BGEFamily", "BGEReranker"]
 
@@ -108,15 +108,11 @@ class BGEFamily(SequenceClassifierFamily):
 
     def activation(self, model: Any, source: ModelSource) -> Callable[[list[float]], list[float]]:
         """The sigmoid when ``normalize``, else raw logits."""
-        return _sigmoid_all if self.normalize else identity
+        return sigmoid_all if self.normalize else identity
 
     def describe(self) -> dict[str, Any]:
         """Family options for the repr."""
         return {"normalize": self.normalize, "query_max_length": self.query_max_length}
-
-
-def _sigmoid_all(logits: list[float]) -> list[float]:
-    return [sigmoid(x) for x in logits]
 
 
 class BGEReranker(LocalReranker):

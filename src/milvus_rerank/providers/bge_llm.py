@@ -9,9 +9,9 @@ from typing import Any, ClassVar
 from typing_extensions import Unpack
 
 from ..errors import ConfigurationError
-from ._causal import CausalFamily, InstructionView, label_logits
+from ._causal import CausalFamily, CausalReranker, label_logits
 from ._family import Head, ModelSource, Rows, identity
-from ._local import LocalOptions, LocalReranker, sigmoid
+from ._local import LocalOptions, sigmoid_all
 
 __all__ = ["BGE_LLM_DEFAULT_PROMPT", "BGELLMFamily", "BGELLMReranker"]
 
@@ -97,7 +97,7 @@ class BGELLMFamily(CausalFamily):
         def forward(batch: dict[str, Any]) -> Any:
             return logits_of(batch)[:, 0]
 
-        return Head(forward, _sigmoid_all if self.normalize else identity)
+        return Head(forward, sigmoid_all if self.normalize else identity)
 
     def describe(self) -> dict[str, Any]:
         """Family options for the repr."""
@@ -110,11 +110,7 @@ def _cut(tokenizer: Any, texts: list[str], limit: int) -> list[list[int]]:
     return [list(ids) for ids in encoded["input_ids"]]
 
 
-def _sigmoid_all(logits: list[float]) -> list[float]:
-    return [sigmoid(x) for x in logits]
-
-
-class BGELLMReranker(LocalReranker):
+class BGELLMReranker(CausalReranker):
     """bge-reranker-v2-gemma scored exactly like ``FlagEmbedding.FlagLLMReranker.compute_score``.
 
     Scores are the raw "Yes" logit, or its sigmoid in [0, 1] with ``normalize=True`` (both as
@@ -146,15 +142,6 @@ class BGELLMReranker(LocalReranker):
         family = BGELLMFamily(instruction, normalize=normalize, query_max_length=query_max_length)
         super().__init__(model_name, family, **options)
         self.normalize = normalize
-
-    @property
-    def instruction(self) -> str | None:
-        """The prompt set at construction (None: FlagEmbedding's default)."""
-        return self.family.instruction
-
-    def with_instruction(self, instruction: str | None) -> InstructionView:
-        """A reranker using another prompt over this one's model, loaded once for both."""
-        return InstructionView(self, self.family.with_instruction(instruction))
 
     @classmethod
     def build_tiny_checkpoint(cls, path: Path) -> Path:

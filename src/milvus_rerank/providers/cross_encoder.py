@@ -13,7 +13,7 @@ from typing_extensions import Unpack
 
 from ..errors import ConfigurationError
 from ._family import ModelSource, Rows, SequenceClassifierFamily, identity
-from ._local import LocalOptions, LocalReranker, sigmoid
+from ._local import LocalOptions, LocalReranker, sigmoid_all
 
 __all__ = ["CrossEncoderFamily", "CrossEncoderReranker"]
 
@@ -70,10 +70,10 @@ class CrossEncoderFamily(SequenceClassifierFamily):
         if self.requested_activation == "identity":
             return identity
         if self.requested_activation == "sigmoid":
-            return _sigmoid_all
+            return sigmoid_all
         path = _configured_activation(model.config, source)
         if path is None or path in _SIGMOID:
-            return _sigmoid_all
+            return sigmoid_all
         if path in _IDENTITY:
             return identity
         if not (path.startswith("torch.") or source.trust_remote_code):
@@ -83,7 +83,7 @@ class CrossEncoderFamily(SequenceClassifierFamily):
                 path,
                 source.model_name,
             )
-            return _sigmoid_all
+            return sigmoid_all
         return _torch_activation(path)
 
     def describe(self) -> dict[str, Any]:
@@ -153,10 +153,6 @@ class CrossEncoderReranker(LocalReranker):
         from ..tiny import build_tiny_cross_encoder
 
         return build_tiny_cross_encoder(path, initializer_range=0.2)
-
-
-def _sigmoid_all(logits: list[float]) -> list[float]:
-    return [sigmoid(x) for x in logits]
 
 
 def _torch_activation(path: str) -> Callable[[list[float]], list[float]]:

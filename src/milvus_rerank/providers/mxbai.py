@@ -10,9 +10,9 @@ from typing import Any, ClassVar
 from typing_extensions import Unpack
 
 from ..errors import ConfigurationError
-from ._causal import CausalFamily, InstructionView, label_logits
+from ._causal import CausalFamily, CausalReranker, label_logits
 from ._family import Head, ModelSource, Rows, identity
-from ._local import LocalOptions, LocalReranker
+from ._local import LocalOptions, sigmoid_all
 
 __all__ = ["MxbaiV2Family", "MxbaiV2Reranker", "estimated_max_for"]
 
@@ -127,7 +127,7 @@ class MxbaiV2Family(CausalFamily):
         shift = (self.estimated_max or estimated_max_for(model_name)) / 2
 
         def normalize(scores: list[float]) -> list[float]:
-            return [1.0 / (1.0 + math.exp(-min(max(s - shift, -700.0), 700.0))) for s in scores]
+            return sigmoid_all([s - shift for s in scores])
 
         return normalize
 
@@ -139,7 +139,7 @@ class MxbaiV2Family(CausalFamily):
         return {**fields, **super().describe()}
 
 
-class MxbaiV2Reranker(LocalReranker):
+class MxbaiV2Reranker(CausalReranker):
     """mxbai-rerank-v2 scored exactly like the ``mxbai-rerank`` package's ``MxbaiRerankV2``.
 
     Scores are ``logit("1") - logit("0")``, or with ``normalize=True`` the package's
@@ -171,15 +171,6 @@ class MxbaiV2Reranker(LocalReranker):
         family = MxbaiV2Family(instruction, normalize=normalize, estimated_max=estimated_max)
         super().__init__(model_name, family, **options)
         self.normalize = normalize
-
-    @property
-    def instruction(self) -> str | None:
-        """The instruction set at construction (None: no instruction line)."""
-        return self.family.instruction
-
-    def with_instruction(self, instruction: str | None) -> InstructionView:
-        """A reranker using another instruction over this one's model, loaded once for both."""
-        return InstructionView(self, self.family.with_instruction(instruction))
 
     @classmethod
     def build_tiny_checkpoint(cls, path: Path) -> Path:

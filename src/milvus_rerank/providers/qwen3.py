@@ -9,9 +9,9 @@ from typing import Any, ClassVar
 from typing_extensions import Unpack
 
 from ..errors import ConfigurationError
-from ._causal import CausalFamily, InstructionView, label_logits
+from ._causal import CausalFamily, CausalReranker, label_logits
 from ._family import Head, ModelSource, Rows
-from ._local import LocalOptions, LocalReranker
+from ._local import LocalOptions
 
 __all__ = ["QWEN3_DEFAULT_INSTRUCTION", "Qwen3Family", "Qwen3Reranker"]
 
@@ -96,7 +96,7 @@ def _single_token(tokenizer: Any, token: str, source: ModelSource) -> int:
     return int(token_id)
 
 
-class Qwen3Reranker(LocalReranker):
+class Qwen3Reranker(CausalReranker):
     """Qwen3-Reranker scored exactly like its model card: P(yes) in [0, 1].
 
     Args:
@@ -124,15 +124,6 @@ class Qwen3Reranker(LocalReranker):
         **options: Unpack[LocalOptions],
     ) -> None:
         super().__init__(model_name, Qwen3Family(instruction), **options)
-
-    @property
-    def instruction(self) -> str | None:
-        """The instruction set at construction (None: the model card's default)."""
-        return self.family.instruction
-
-    def with_instruction(self, instruction: str | None) -> InstructionView:
-        """A reranker using ``instruction`` over this one's model, loaded once for both."""
-        return InstructionView(self, self.family.with_instruction(instruction))
 
     @classmethod
     def build_tiny_checkpoint(cls, path: Path) -> Path:
