@@ -306,8 +306,36 @@ def _gemma_tokenizer(texts: Iterable[str] | None, max_len: int) -> Any:
     return gemma
 
 
-def _save_causal(model: Any, tokenizer: Any, out: Path) -> Path:
-    model.eval().save_pretrained(out)
+def _save_causal(
+    model_class: Any,
+    config_class: Any,
+    tokenizer: Any,
+    out: Path,
+    *,
+    num_layers: int,
+    hidden_size: int,
+    vocab_size: int | None,
+    max_position_embeddings: int,
+    initializer_range: float,
+    seed: int,
+    **architecture: Any,
+) -> Path:
+    """Build and save a tiny decoder with heads of 32 dimensions and one key/value head."""
+    torch = _import_torch()
+    config = config_class(
+        vocab_size=max(vocab_size or 0, len(tokenizer)),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=hidden_size // 32,
+        num_key_value_heads=1,
+        max_position_embeddings=max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=initializer_range,
+        **architecture,
+    )
+    torch.manual_seed(seed)
+    model_class(config).eval().save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 
@@ -339,7 +367,6 @@ def build_tiny_qwen3_reranker(
         initializer_range: Std of the random weights; larger spreads the scores apart.
         seed: Torch seed, so the same call builds the same weights.
     """
-    torch = _import_torch()
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     out = Path(path)
@@ -347,23 +374,22 @@ def build_tiny_qwen3_reranker(
     tok = _qwen_tokenizer(texts, max_position_embeddings)
     if chat_template is not None:
         tok.chat_template = chat_template
-    config = Qwen3Config(
-        vocab_size=max(vocab_size or 0, len(tok)),
+    return _save_causal(
+        Qwen3ForCausalLM,
+        Qwen3Config,
+        tok,
+        out,
+        num_layers=num_layers,
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_layers,
-        num_attention_heads=hidden_size // 32,
-        num_key_value_heads=1,
-        head_dim=32,
+        vocab_size=vocab_size,
         max_position_embeddings=max_position_embeddings,
+        initializer_range=initializer_range,
+        seed=seed,
+        head_dim=32,
         tie_word_embeddings=True,  # as Qwen3-Reranker-0.6B
         bos_token_id=None,
         eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tok.pad_token_id,
-        initializer_range=initializer_range,
     )
-    torch.manual_seed(seed)
-    return _save_causal(Qwen3ForCausalLM(config), tok, out)
 
 
 def build_tiny_gemma_reranker(
@@ -390,28 +416,26 @@ def build_tiny_gemma_reranker(
         initializer_range: Std of the random weights; larger spreads the scores apart.
         seed: Torch seed, so the same call builds the same weights.
     """
-    torch = _import_torch()
     from transformers import GemmaConfig, GemmaForCausalLM
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     tok = _gemma_tokenizer(texts, max_position_embeddings)
-    config = GemmaConfig(
-        vocab_size=max(vocab_size or 0, len(tok)),
+    return _save_causal(
+        GemmaForCausalLM,
+        GemmaConfig,
+        tok,
+        out,
+        num_layers=num_layers,
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_layers,
-        num_attention_heads=hidden_size // 32,
-        num_key_value_heads=1,
-        head_dim=32,
+        vocab_size=vocab_size,
         max_position_embeddings=max_position_embeddings,
-        pad_token_id=tok.pad_token_id,
+        initializer_range=initializer_range,
+        seed=seed,
+        head_dim=32,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
-        initializer_range=initializer_range,
     )
-    torch.manual_seed(seed)
-    return _save_causal(GemmaForCausalLM(config), tok, out)
 
 
 def build_tiny_mxbai_v2_reranker(
@@ -435,28 +459,26 @@ def build_tiny_mxbai_v2_reranker(
         initializer_range: Std of the random weights; larger spreads the scores apart.
         seed: Torch seed, so the same call builds the same weights.
     """
-    torch = _import_torch()
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     tok = _qwen_tokenizer(texts, max_position_embeddings)
-    config = Qwen2Config(
-        vocab_size=len(tok),
+    return _save_causal(
+        Qwen2ForCausalLM,
+        Qwen2Config,
+        tok,
+        out,
+        num_layers=num_layers,
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_layers,
-        num_attention_heads=hidden_size // 32,
-        num_key_value_heads=1,
+        vocab_size=None,
         max_position_embeddings=max_position_embeddings,
+        initializer_range=initializer_range,
+        seed=seed,
         tie_word_embeddings=True,  # as Qwen2.5-0.5B (mxbai-rerank-base-v2)
         bos_token_id=None,
         eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tok.pad_token_id,
-        initializer_range=initializer_range,
     )
-    torch.manual_seed(seed)
-    return _save_causal(Qwen2ForCausalLM(config), tok, out)
 
 
 def word_vector(text: str, dim: int = 64) -> list[float]:
