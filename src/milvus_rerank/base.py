@@ -14,7 +14,7 @@ from typing_extensions import Self
 from .errors import ConfigurationError, InvalidInputError, InvalidResponseError
 from .results import RerankResult
 
-__all__ = ["MilvusTarget", "Reranker", "describe_value"]
+__all__ = ["MilvusTarget", "Reranker", "describe_value", "validate_pairs"]
 
 #: Who runs a server-side rerank Function: a Milvus 2.6+ server, or embedded Milvus Lite.
 MilvusTarget = Literal["milvus", "milvus-lite"]
@@ -89,6 +89,21 @@ def rank(
     return [RerankResult(index=i, score=values[i], text=documents[i]) for i in order]
 
 
+def validate_pairs(queries: Sequence[str], documents: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Check ``score_pairs`` input: one query per document, every one valid text; copies both."""
+    if len(queries) != len(documents):
+        raise InvalidInputError(
+            f"score_pairs needs one query per document, got {len(queries)} queries "
+            f"for {len(documents)} documents"
+        )
+    if not documents:
+        return [], []
+    for query in queries:
+        validate_request(query, (), None)
+    _, docs, _ = validate_request(queries[0], documents, None)
+    return list(queries), docs
+
+
 class Reranker(ABC):
     """Reorders documents by their relevance to a query.
 
@@ -158,11 +173,7 @@ class Reranker(ABC):
         Raises:
             InvalidInputError: ``queries`` and ``documents`` differ in length, or hold non-text.
         """
-        if len(queries) != len(documents):
-            raise InvalidInputError(
-                f"score_pairs needs one query per document, got {len(queries)} queries "
-                f"for {len(documents)} documents"
-            )
+        queries, documents = validate_pairs(queries, documents)
         groups: dict[str, list[int]] = {}
         for i, query in enumerate(queries):
             groups.setdefault(query, []).append(i)

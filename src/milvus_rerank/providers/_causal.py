@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Literal
 
 from typing_extensions import Self
 
-from ..base import Reranker, validate_request
-from ..errors import ConfigurationError, InvalidInputError
+from ..base import Reranker, validate_pairs
+from ..errors import ConfigurationError
 from ._family import HalfDtype, ModelFamily
 from ._local import LocalReranker
 
@@ -168,17 +168,10 @@ class InstructionView(Reranker):
 
     def score_pairs(self, queries: Sequence[str], documents: Sequence[str]) -> list[float]:
         """Scores of (queries[i], documents[i]) pairs in one batched pass."""
-        if len(queries) != len(documents):
-            raise InvalidInputError(
-                f"score_pairs needs one query per document, got {len(queries)} queries "
-                f"for {len(documents)} documents"
-            )
-        if not documents:
+        pair_queries, docs = validate_pairs(queries, documents)
+        if not docs:
             return []
-        for query in queries:
-            validate_request(query, (), None)
-        _, docs, _ = validate_request(queries[0], documents, None)
-        scores: list[float] = self.runner.scores_many(list(queries), docs, self.family)
+        scores: list[float] = self.runner.scores_many(pair_queries, docs, self.family)
         return scores
 
     def _repr_fields(self) -> dict[str, Any]:

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 from typing_extensions import Self, Unpack
 
-from ..base import Reranker, validate_request
-from ..errors import ConfigurationError, InvalidInputError, MissingDependencyError, RerankError
+from ..base import Reranker, validate_pairs
+from ..errors import ConfigurationError, MissingDependencyError, RerankError
 from ._family import Head, ModelFamily, ModelSource, Rows
 
 __all__ = [
@@ -563,17 +563,8 @@ class LocalReranker(Reranker):
         Raises:
             InvalidInputError: ``queries`` and ``documents`` differ in length, or hold non-text.
         """
-        if len(queries) != len(documents):
-            raise InvalidInputError(
-                f"score_pairs needs one query per document, got {len(queries)} queries "
-                f"for {len(documents)} documents"
-            )
-        if not documents:
-            return []
-        for query in queries:
-            validate_request(query, (), None)
-        _, docs, _ = validate_request(queries[0], documents, None)
-        return self.runner.scores_many(list(queries), docs)
+        pair_queries, docs = validate_pairs(queries, documents)
+        return self.runner.scores_many(pair_queries, docs) if docs else []
 
     def _repr_fields(self) -> dict[str, Any]:
         runner = self.runner
