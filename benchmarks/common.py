@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -72,3 +77,42 @@ def table(rows: list[Row]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def bare_loop(reranker: Any, query: str, docs: list[str]) -> Callable[[], None]:
+    """``model(**batch)`` over the same pre-tokenized, length-sorted batches ours runs."""
+    import torch
+
+    runner = reranker.runner
+    loaded = runner.load()
+    features = runner.encode_pairs(query, docs)
+    batches = [runner.collate([features[i] for i in rows]) for rows in runner.schedule(features)]
+
+    def run() -> None:
+        with torch.inference_mode():
+            for batch in batches:
+                loaded.model(**batch)
+
+    return run
+
+
+def peak_rss_mib(script: str) -> float:
+    """Peak RSS (MiB) of a fresh Python process that runs ``script`` from the repository root."""
+    code = f"""
+import json, os, resource, logging
+logging.disable(logging.WARNING)
+os.environ["HF_HUB_OFFLINE"] = "1"
+{script}
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec.
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+print(json.dumps(int(hwm[0].split()[1]) / 1024 if hwm else
+                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    return float(json.loads(out.stdout.strip().splitlines()[-1]))

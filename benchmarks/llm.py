@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import random
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from benchmarks.common import Row, interleaved  # noqa: E402
+from benchmarks.common import Row, bare_loop, interleaved, peak_rss_mib  # noqa: E402
 
 QUERY = "what event in 1956 marked the birth of artificial intelligence as a discipline"
 BATCH = 8
@@ -67,29 +63,9 @@ def build_checkpoints(root: Path) -> dict[str, Path]:
     }
 
 
-def bare_loop(reranker: Any, docs: list[str]) -> Any:
-    """``model(**batch)`` over the same pre-tokenized, length-sorted batches ours runs."""
-    import torch
-
-    runner = reranker.runner
-    loaded = runner.load()
-    features = runner.encode_pairs(QUERY, docs)
-    batches = [runner.collate([features[i] for i in rows]) for rows in runner.schedule(features)]
-
-    def run() -> None:
-        with torch.inference_mode():
-            for batch in batches:
-                loaded.model(**batch)
-
-    return run
-
-
 def _peak_rss(library: str, path: Path, count: int) -> float:
     """Peak RSS (MiB) of a fresh process that loads ``library``'s reranker and scores once."""
-    code = f"""
-import json, os, resource, logging
-logging.disable(logging.WARNING)
-os.environ["HF_HUB_OFFLINE"] = "1"
+    return peak_rss_mib(f"""
 from benchmarks.llm import documents, QUERY, BATCH
 docs = documents({count})
 pairs = [(QUERY, d) for d in docs]
@@ -106,18 +82,7 @@ elif library == "st":
 else:
     from FlagEmbedding import FlagLLMReranker
     FlagLLMReranker(path, use_fp16=False, devices="cpu").compute_score(pairs, batch_size=BATCH)
-hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]
-print(json.dumps(int(hwm[0].split()[1]) / 1024 if hwm else
-                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
-"""
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    return float(json.loads(out.stdout.strip().splitlines()[-1]))
+""")
 
 
 def run() -> list[Row]:
@@ -141,7 +106,7 @@ def run() -> list[Row]:
             {
                 "ours": lambda: qwen3.rerank(QUERY, docs),
                 "st": lambda: st.predict(pairs, batch_size=BATCH, show_progress_bar=False),
-                "bare": bare_loop(qwen3, docs),
+                "bare": bare_loop(qwen3, QUERY, docs),
             },
             repeats=3,
         )

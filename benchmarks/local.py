@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import random
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,7 +19,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from benchmarks.common import Row, interleaved  # noqa: E402
+from benchmarks.common import Row, bare_loop, interleaved, peak_rss_mib  # noqa: E402
 
 QUERY = "what event in 1956 marked the birth of artificial intelligence as a discipline"
 BATCH = 32
@@ -53,23 +50,6 @@ def build_checkpoints(root: Path) -> dict[str, Path]:
     }
 
 
-def bare_loop(reranker: Any, docs: list[str]) -> Any:
-    """A forward-only loop over the same pre-tokenized, length-sorted batches ours runs."""
-    import torch
-
-    runner = reranker.runner
-    loaded = runner.load()
-    features = runner.encode_pairs(QUERY, docs)
-    batches = [runner.collate([features[i] for i in rows]) for rows in runner.schedule(features)]
-
-    def run() -> None:
-        with torch.inference_mode():
-            for batch in batches:
-                loaded.model(**batch)
-
-    return run
-
-
 def padded_tokens(reranker: Any, docs: list[str]) -> tuple[int, int, int]:
     """Real tokens, then padded tokens of our schedule and of sentence-transformers' (batches of
     ``BATCH`` after sorting by text length), for the same pairs: where the time goes."""
@@ -87,10 +67,7 @@ def padded_tokens(reranker: Any, docs: list[str]) -> tuple[int, int, int]:
 
 def _peak_rss(kind: str, library: str, path: Path, count: int) -> float:
     """Peak RSS (MiB) of a fresh process that loads ``library``'s reranker and scores once."""
-    code = f"""
-import json, os, resource, random, logging
-logging.disable(logging.WARNING)
-os.environ["HF_HUB_OFFLINE"] = "1"
+    return peak_rss_mib(f"""
 from benchmarks.local import documents, QUERY, BATCH
 docs = documents({count})
 if {library!r} == "ours":
@@ -104,19 +81,7 @@ else:
     from FlagEmbedding import FlagReranker
     FlagReranker({str(path)!r}, use_fp16=False, devices="cpu").compute_score(
         [(QUERY, d) for d in docs], batch_size=BATCH)
-# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec.
-hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]
-print(json.dumps(int(hwm[0].split()[1]) / 1024 if hwm else
-                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
-"""
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    return float(json.loads(out.stdout.strip().splitlines()[-1]))
+""")
 
 
 def run(counts: tuple[int, ...] = (8, 16, 32, 64, 128)) -> tuple[list[Row], dict[str, Any]]:
@@ -146,7 +111,7 @@ def run(counts: tuple[int, ...] = (8, 16, 32, 64, 128)) -> tuple[list[Row], dict
         {
             "ours": lambda: ours_ce.rerank(QUERY, docs),
             "st": lambda: st.predict(pairs, batch_size=BATCH, **quiet),
-            "bare": bare_loop(ours_ce, docs),
+            "bare": bare_loop(ours_ce, QUERY, docs),
         },
         repeats=3,
     )
@@ -154,7 +119,7 @@ def run(counts: tuple[int, ...] = (8, 16, 32, 64, 128)) -> tuple[list[Row], dict
         {
             "ours": lambda: ours_bge.rerank(QUERY, docs),
             "flag": lambda: flag_score(pairs),
-            "bare": bare_loop(ours_bge, docs),
+            "bare": bare_loop(ours_bge, QUERY, docs),
         },
         repeats=3,
     )
