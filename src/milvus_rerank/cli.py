@@ -14,7 +14,7 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -258,25 +258,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def _number(text: str, ok: Callable[[float], bool], requirement: str) -> float:
+    """A finite number that passes ``ok``, else argparse's error saying ``requirement``."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    if not (math.isfinite(value) and ok(value)):
+        raise argparse.ArgumentTypeError(f"{requirement}, got {text}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    return _number(text, lambda v: v > 0, "must be a positive number")
 
 
 def _wait_ms(text: str) -> float:
     """A batching wait in milliseconds: 0 to 1,000 (longer only stalls every request)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and 0 <= value <= 1000):
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1000 ms, got {text}")
-    return value
+    return _number(text, lambda v: 0 <= v <= 1000, "must be between 0 and 1000 ms")
 
 
 def _port(text: str) -> int:
