@@ -641,3 +641,26 @@ def test_milvus_lite_takes_no_credential_name() -> None:
 
     with pytest.raises(ConfigurationError, match="Milvus Lite has no milvus.yaml"):
         CohereReranker(api_key="k" * 20).milvus_function_params("milvus-lite", credential="c")
+
+
+def test_a_chunk_answer_error_names_the_chunk_and_global_positions() -> None:
+    import httpx
+
+    from milvus_rerank import CohereReranker, InvalidResponseError
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        docs = json.loads(request.content)["documents"]
+        # Every chunk drops its last document.
+        results = [{"index": i, "relevance_score": 0.5} for i in range(len(docs) - 1)]
+        return httpx.Response(200, json={"id": "x", "results": results})
+
+    reranker = CohereReranker(
+        api_key="k" * 20,
+        max_batch=4,
+        http_client=httpx.Client(transport=httpx.MockTransport(handler)),
+    )
+    with pytest.raises(InvalidResponseError) as info:
+        reranker.rerank("q", [f"d{i}" for i in range(8)])
+    message = str(info.value)
+    assert "(the chunk of documents[" in message
+    assert "missing documents[3]" in message or "missing documents[7]" in message

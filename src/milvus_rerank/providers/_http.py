@@ -625,33 +625,44 @@ class HTTPReranker(Reranker):
 
     def _merge(self, scores: list[float], start: int, count: int, body: Any) -> None:
         """Validate one chunk's answer and write its scores at their global positions."""
-        for index, score in self._validated(body, count):
+        for index, score in self._validated(body, count, start, len(scores)):
             scores[start + index] = score
 
-    def _validated(self, body: Any, count: int) -> Iterator[tuple[int, float]]:
+    def _validated(
+        self, body: Any, count: int, start: int = 0, total: int | None = None
+    ) -> Iterator[tuple[int, float]]:
+        """The (index, score) pairs of one answer over ``count`` documents, each checked.
+
+        When the answer covers a chunk (``documents[start:start + count]`` of ``total``), every
+        message names that chunk, and missing documents by their position in the whole list.
+        """
+        chunked = total is not None and total != count
+        where = f" (the chunk of documents[{start}:{start + count}])" if chunked else ""
+
+        def invalid(message: str) -> InvalidResponseError:
+            return self._invalid(message + where)
+
         try:
             items = self._results(body)
         except ValueError as exc:
-            raise self._invalid(
-                f"unexpected answer shape: {exc}; got {self._describe(body)}"
-            ) from None
+            raise invalid(f"unexpected answer shape: {exc}; got {self._describe(body)}") from None
         if not isinstance(items, list):
-            raise self._invalid(f"results must be a list, got {self._describe(items)}")
+            raise invalid(f"results must be a list, got {self._describe(items)}")
         seen: set[int] = set()
         for item in items:
             if not isinstance(item, dict):
-                raise self._invalid(f"a result must be an object, got {self._describe(item)}")
+                raise invalid(f"a result must be an object, got {self._describe(item)}")
             index, score = item.get("index"), item.get(self.score_key)
             if isinstance(index, bool) or not isinstance(index, int):
-                raise self._invalid(f"result index must be an int, got {self._describe(index)}")
+                raise invalid(f"result index must be an int, got {self._describe(index)}")
             if not 0 <= index < count:
-                raise self._invalid(
+                raise invalid(
                     f"result index {self._describe(index)} is out of range for {count} documents"
                 )
             if index in seen:
-                raise self._invalid(f"result index {index} appears twice")
+                raise invalid(f"result index {index} appears twice")
             if isinstance(score, bool) or not isinstance(score, (int, float)):
-                raise self._invalid(
+                raise invalid(
                     f"{self.score_key} of index {index} must be a number, "
                     f"got {self._describe(score)}"
                 )
@@ -660,15 +671,15 @@ class HTTPReranker(Reranker):
             except OverflowError:  # an int past float's range (a 400-digit score)
                 value = math.inf
             if not math.isfinite(value):
-                raise self._invalid(
+                raise invalid(
                     f"{self.score_key} of index {index} is not finite: {self._describe(score)}"
                 )
             seen.add(index)
             yield index, value
         if len(seen) != count:
-            missing = sorted(set(range(count)) - seen)
-            raise self._invalid(
-                f"answer scored {len(seen)} of {count} documents; missing indices {missing[:10]}"
+            missing = sorted(start + i for i in set(range(count)) - seen)
+            raise invalid(
+                f"answer scored {len(seen)} of {count} documents; missing documents{missing[:10]}"
             )
 
     def _invalid(
