@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .base import Reranker
+from .base import Reranker, RerankResponse
 from .errors import (
     AuthenticationError,
     ConfigurationError,
@@ -22,7 +22,7 @@ from .errors import (
     RateLimitError,
     RerankError,
 )
-from .results import RerankResult
+from .results import RerankResult, Usage
 from .retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -88,12 +88,14 @@ __all__ = [
     "Qwen3Reranker",
     "RateLimitError",
     "RerankError",
+    "RerankResponse",
     "RerankResult",
     "Reranker",
     "RetryPolicy",
     "Secret",
     "SiliconFlowReranker",
     "TEIReranker",
+    "Usage",
     "VLLMReranker",
     "VoyageReranker",
     "__version__",

@@ -7,14 +7,15 @@ import math
 import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from typing_extensions import Self
 
 from .errors import ConfigurationError, InvalidInputError, InvalidResponseError
-from .results import RerankResult
+from .results import RerankResult, Usage
 
-__all__ = ["MilvusTarget", "Reranker", "describe_value", "validate_pairs"]
+__all__ = ["MilvusTarget", "RerankResponse", "Reranker", "describe_value", "validate_pairs"]
 
 #: Who runs a server-side rerank Function: a Milvus 2.6+ server, or embedded Milvus Lite.
 MilvusTarget = Literal["milvus", "milvus-lite"]
@@ -104,6 +105,32 @@ def validate_pairs(queries: Sequence[str], documents: Sequence[str]) -> tuple[li
     return list(queries), docs
 
 
+@dataclass(frozen=True, slots=True)
+class RerankResponse:
+    """One call's results with what it consumed and who answered (``Reranker.rerank_response``).
+
+    Attributes:
+        results: What ``rerank`` returns for the same call.
+        usage: What the call consumed (``Usage``).
+        reranker: The reranker that answered: the reranker itself, or for a
+            ``FallbackReranker`` the member that answered.
+        reranked: False only when a fail-open ``FallbackReranker`` returned the first-stage
+            order because every reranker failed.
+        failures: The errors of rerankers tried before the one that answered (fallbacks).
+    """
+
+    results: list[RerankResult]
+    usage: Usage
+    reranker: Reranker
+    reranked: bool = True
+    failures: tuple[Exception, ...] = field(default=())
+
+    @property
+    def answered_by(self) -> str:
+        """The answering reranker's label (``Reranker.label``), e.g. ``"cohere:rerank-v3.5"``."""
+        return self.reranker.label
+
+
 class Reranker(ABC):
     """Reorders documents by their relevance to a query.
 
@@ -118,6 +145,14 @@ class Reranker(ABC):
     #: None where a server decides.
     model_name: str | None = None
 
+    @property
+    def label(self) -> str:
+        """Which reranker this is, for logs and adapters' metadata: ``provider:model_name``.
+
+        The provider alone where no model is named (a server that picks its own).
+        """
+        return f"{self.provider}:{self.model_name}" if self.model_name else self.provider
+
     def rerank(
         self, query: str, documents: Sequence[str], top_n: int | None = None
     ) -> list[RerankResult]:
@@ -127,19 +162,37 @@ class Reranker(ABC):
             InvalidInputError: an empty or non-string query, a non-string document, a bad top_n.
             ProviderError: the backend failed (API providers only).
         """
-        query, docs, top_n = validate_request(query, documents, top_n)
-        if not docs:
-            return []
-        return rank(docs, self._score(query, docs), top_n, provider=self.provider)
+        return self.rerank_response(query, documents, top_n).results
 
     async def arerank(
         self, query: str, documents: Sequence[str], top_n: int | None = None
     ) -> list[RerankResult]:
         """Async ``rerank``: native for HTTP backends, a worker thread for local models."""
+        return (await self.arerank_response(query, documents, top_n)).results
+
+    def rerank_response(
+        self, query: str, documents: Sequence[str], top_n: int | None = None
+    ) -> RerankResponse:
+        """``rerank``'s results with the call's ``Usage`` and the reranker that answered.
+
+        Raises:
+            InvalidInputError, ProviderError: as ``rerank``.
+        """
         query, docs, top_n = validate_request(query, documents, top_n)
         if not docs:
-            return []
-        return rank(docs, await self._ascore(query, docs), top_n, provider=self.provider)
+            return RerankResponse([], Usage(), self)
+        scores, usage = self._score_usage(query, docs)
+        return RerankResponse(rank(docs, scores, top_n, provider=self.provider), usage, self)
+
+    async def arerank_response(
+        self, query: str, documents: Sequence[str], top_n: int | None = None
+    ) -> RerankResponse:
+        """Async ``rerank_response``."""
+        query, docs, top_n = validate_request(query, documents, top_n)
+        if not docs:
+            return RerankResponse([], Usage(), self)
+        scores, usage = await self._ascore_usage(query, docs)
+        return RerankResponse(rank(docs, scores, top_n, provider=self.provider), usage, self)
 
     def __call__(
         self, query: str, documents: Sequence[str], top_k: int | None = 5
@@ -230,6 +283,19 @@ class Reranker(ABC):
     async def _ascore(self, query: str, documents: list[str]) -> Sequence[float]:
         """Async scoring hook; by default runs ``_score`` in a worker thread."""
         return await asyncio.to_thread(self._score, query, documents)
+
+    def _score_usage(self, query: str, documents: list[str]) -> tuple[Sequence[float], Usage]:
+        """Scores and the call's ``Usage``; backends that measure usage override this.
+
+        By default ``_score`` with an empty ``Usage`` (nothing reported).
+        """
+        return self._score(query, documents), Usage()
+
+    async def _ascore_usage(
+        self, query: str, documents: list[str]
+    ) -> tuple[Sequence[float], Usage]:
+        """Async ``_score_usage``; by default ``_ascore`` with an empty ``Usage``."""
+        return await self._ascore(query, documents), Usage()
 
     def load(self) -> Self:
         """Load now what the reranker would load on first use (a local model's weights).

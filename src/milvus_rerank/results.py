@@ -1,4 +1,4 @@
-"""The value a reranker returns for each kept document."""
+"""The values a reranker returns: each kept document, and what one call consumed."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 __all__ = [
     "RerankResult",
+    "Usage",
     "checked_threshold",
     "checked_top_n",
     "copy_metadata",
@@ -40,6 +41,51 @@ class RerankResult:
     def to_dict(self) -> dict[str, object]:
         """The result as a JSON-ready dict."""
         return {"index": self.index, "score": self.score, "text": self.text}
+
+
+def _add(a: int | None, b: int | None) -> int | None:
+    return a if b is None else b if a is None else a + b
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What one rerank call consumed, summed over its HTTP chunks or forward batches.
+
+    A field is None where the backend does not report it (TEI reports nothing, Cohere bills
+    search units rather than tokens), never a guessed 0.
+
+    Attributes:
+        tokens: Tokens scored: counted by local models (windows included), as reported by
+            providers that report them (``total_tokens`` and the like).
+        search_units: Cohere's billed search units (``meta.billed_units.search_units``).
+        rerank_units: Pinecone's rerank units (``usage.rerank_units``).
+        requests: HTTP requests that answered (chunks; retries not counted); 0 for local models.
+    """
+
+    tokens: int | None = None
+    search_units: int | None = None
+    rerank_units: int | None = None
+    requests: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        if not isinstance(other, Usage):
+            return NotImplemented
+        return Usage(
+            tokens=_add(self.tokens, other.tokens),
+            search_units=_add(self.search_units, other.search_units),
+            rerank_units=_add(self.rerank_units, other.rerank_units),
+            requests=self.requests + other.requests,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        """The reported fields only (None left out), JSON-ready, for logs and callback metadata."""
+        values = {
+            "tokens": self.tokens,
+            "search_units": self.search_units,
+            "rerank_units": self.rerank_units,
+            "requests": self.requests,
+        }
+        return {key: value for key, value in values.items() if value is not None}
 
 
 def copy_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:

@@ -125,6 +125,22 @@ async def test_arerank_runs_in_a_thread_and_agrees(tiny_models: dict[str, Path])
     assert await reranker.arerank(QUERY, DOCS) == reranker.rerank(QUERY, DOCS)
 
 
+@pytest.mark.parametrize("kind", ["bge", "ce"])
+async def test_usage_counts_the_tokens_each_pair_read(
+    tiny_models: dict[str, Path], kind: str
+) -> None:
+    cls = BGEReranker if kind == "bge" else CrossEncoderReranker
+    reranker = cls(str(tiny_models[kind]), max_length=24)
+    rows = reranker.runner.encode_pairs(QUERY, DOCS)
+    expected = sum(len(row["input_ids"]) for row in rows)
+    assert all(len(row["input_ids"]) <= 24 for row in rows)  # truncated pairs count as read
+    response = reranker.rerank_response(QUERY, DOCS, top_n=2)
+    assert response.usage.tokens == expected and response.usage.requests == 0
+    assert response.results == reranker.rerank(QUERY, DOCS, top_n=2)
+    assert (await reranker.arerank_response(QUERY, DOCS)).usage.tokens == expected
+    assert reranker.rerank_response(QUERY, DOCS[:1]).usage.tokens == len(rows[0]["input_ids"])
+
+
 def test_model_loads_once_lazily_and_thread_safely(tiny_models: dict[str, Path]) -> None:
     reranker = CrossEncoderReranker(str(tiny_models["ce"]))
     assert not reranker.runner.loaded

@@ -15,7 +15,6 @@ from typing import Any, ClassVar, Literal
 
 from typing_extensions import Self
 
-from ..base import Reranker, validate_pairs
 from ..errors import ConfigurationError
 from ._family import HalfDtype, ModelFamily
 from ._local import LocalReranker
@@ -132,14 +131,16 @@ class CausalReranker(LocalReranker):
         return InstructionView(self, self.family.with_instruction(instruction))
 
 
-class InstructionView(Reranker):
+class InstructionView(LocalReranker):
     """A reranker scoring with another instruction over the same loaded model (no reload).
 
     Made by ``with_instruction`` on an LLM reranker; shares its runner (weights, tokenizer,
-    locks) and differs only in how pairs are written out.
+    locks) and differs only in how pairs are written out (its ``family``).
     """
 
-    def __init__(self, base: Any, family: CausalFamily) -> None:
+    family: CausalFamily
+
+    def __init__(self, base: Any, family: CausalFamily) -> None:  # no LocalReranker.__init__
         self.base = base
         self.runner = base.runner
         self.family = family
@@ -154,25 +155,6 @@ class InstructionView(Reranker):
     def with_instruction(self, instruction: str | None) -> InstructionView:
         """Another view over the same model."""
         return InstructionView(self.base, self.family.with_instruction(instruction))
-
-    def load(self) -> Self:
-        """Load the shared model now."""
-        self.runner.load()
-        return self
-
-    def _score(self, query: str, documents: list[str]) -> list[float]:
-        scores: list[float] = self.runner.scores_many(
-            [query] * len(documents), documents, self.family
-        )
-        return scores
-
-    def score_pairs(self, queries: Sequence[str], documents: Sequence[str]) -> list[float]:
-        """Scores of (queries[i], documents[i]) pairs in one batched pass."""
-        pair_queries, docs = validate_pairs(queries, documents)
-        if not docs:
-            return []
-        scores: list[float] = self.runner.scores_many(pair_queries, docs, self.family)
-        return scores
 
     def _repr_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = self.base._repr_fields()

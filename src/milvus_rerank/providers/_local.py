@@ -8,6 +8,7 @@ truncated, what forward to run, how outputs become scores) comes from their ``Mo
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import socket
@@ -22,6 +23,7 @@ from typing_extensions import Self, Unpack
 
 from ..base import Reranker, validate_pairs
 from ..errors import ConfigurationError, MissingDependencyError, RerankError
+from ..results import Usage
 from ._family import Head, ModelFamily, ModelSource, Rows
 
 __all__ = [
@@ -446,12 +448,22 @@ class LocalModelRunner:
         self, queries: Sequence[str], documents: Sequence[str], family: ModelFamily | None = None
     ) -> list[float]:
         """Scores of pairs whose queries may differ; one forward schedule for them all."""
-        return self.load().head.activate(self.raw_scores_many(queries, documents, family))
+        return self.scores_and_tokens(queries, documents, family)[0]
 
-    def raw_scores_many(
+    def scores_and_tokens(
         self, queries: Sequence[str], documents: Sequence[str], family: ModelFamily | None = None
-    ) -> list[float]:
-        """The family's forward outputs (before its activation), as Python floats."""
+    ) -> tuple[list[float], list[int]]:
+        """Scores of pairs, and the tokens the model read for each pair (its encoded length).
+
+        The token counts are what ``Usage.tokens`` sums: real tokens, padding not counted.
+        """
+        raw, tokens = self.raw_scores_and_tokens(queries, documents, family)
+        return self.load().head.activate(raw), tokens
+
+    def raw_scores_and_tokens(
+        self, queries: Sequence[str], documents: Sequence[str], family: ModelFamily | None = None
+    ) -> tuple[list[float], list[int]]:
+        """The family's forward outputs (before its activation), and each pair's token count."""
         torch = _import_torch()
         loaded = self.load()
         features = self.encode_many(queries, documents, family)
@@ -461,7 +473,7 @@ class LocalModelRunner:
                 out = self._forward(loaded, [features[i] for i in batch])
                 for i, value in zip(batch, out, strict=True):
                     scores[i] = value
-        return scores
+        return scores, [len(row["input_ids"]) for row in features]
 
     def schedule(self, features: Sequence[dict[str, list[int]]]) -> list[list[int]]:
         """Row indices of each forward pass over encoded pairs, longest first.
@@ -555,7 +567,16 @@ class LocalReranker(Reranker):
         return self.runner.load().max_length
 
     def _score(self, query: str, documents: list[str]) -> list[float]:
-        return self.runner.scores(query, documents)
+        return self.runner.scores_many([query] * len(documents), documents, self.family)
+
+    def _score_usage(self, query: str, documents: list[str]) -> tuple[list[float], Usage]:
+        scores, tokens = self.runner.scores_and_tokens(
+            [query] * len(documents), documents, self.family
+        )
+        return scores, Usage(tokens=sum(tokens))
+
+    async def _ascore_usage(self, query: str, documents: list[str]) -> tuple[list[float], Usage]:
+        return await asyncio.to_thread(self._score_usage, query, documents)
 
     def score_pairs(self, queries: Sequence[str], documents: Sequence[str]) -> list[float]:
         """Scores of (queries[i], documents[i]) pairs in one batched pass (used by ``serve``).
@@ -564,7 +585,7 @@ class LocalReranker(Reranker):
             InvalidInputError: ``queries`` and ``documents`` differ in length, or hold non-text.
         """
         pair_queries, docs = validate_pairs(queries, documents)
-        return self.runner.scores_many(pair_queries, docs) if docs else []
+        return self.runner.scores_many(pair_queries, docs, self.family) if docs else []
 
     def _repr_fields(self) -> dict[str, Any]:
         runner = self.runner
