@@ -453,27 +453,51 @@ class LocalModelRunner:
     def scores_and_tokens(
         self, queries: Sequence[str], documents: Sequence[str], family: ModelFamily | None = None
     ) -> tuple[list[float], list[int]]:
-        """Scores of pairs, and the tokens the model read for each pair (its encoded length).
+        """Scores of pairs, and the tokens the model read for each pair.
 
         The token counts are what ``Usage.tokens`` sums: real tokens, padding not counted.
+        One ``prepare``, one ``forward`` over all rows, one ``finish``.
         """
-        raw, tokens = self.raw_scores_and_tokens(queries, documents, family)
-        return self.load().head.activate(raw), tokens
+        prepared = self.prepare(queries, documents, family)
+        return self.finish(prepared, self.forward(prepared.rows))
 
-    def raw_scores_and_tokens(
+    def prepare(
         self, queries: Sequence[str], documents: Sequence[str], family: ModelFamily | None = None
-    ) -> tuple[list[float], list[int]]:
-        """The family's forward outputs (before its activation), and each pair's token count."""
+    ) -> Prepared:
+        """Encode pairs into the rows the model reads, each row tagged with its pair.
+
+        Today one row per pair (truncated like the reference); a pair may own several rows
+        (a long document's passages), which ``finish`` folds back into one score.
+        """
+        rows = self.encode_many(queries, documents, family)
+        return Prepared(rows=rows, owners=list(range(len(rows))), pairs=len(rows))
+
+    def forward(self, rows: Sequence[dict[str, list[int]]]) -> list[float]:
+        """Raw outputs (before the family's activation) of encoded rows, in row order.
+
+        Rows are sorted by length and cut into ``schedule``'s batches: any set of rows, from
+        any number of calls, can go through one ``forward`` and score as they would alone.
+        """
         torch = _import_torch()
         loaded = self.load()
-        features = self.encode_many(queries, documents, family)
-        scores: list[float] = [0.0] * len(features)
+        raw: list[float] = [0.0] * len(rows)
         with torch.inference_mode():
-            for batch in self.schedule(features):
-                out = self._forward(loaded, [features[i] for i in batch])
+            for batch in self.schedule(rows):
+                out = self._forward(loaded, [rows[i] for i in batch])
                 for i, value in zip(batch, out, strict=True):
-                    scores[i] = value
-        return scores, [len(row["input_ids"]) for row in features]
+                    raw[i] = value
+        return raw
+
+    def finish(self, prepared: Prepared, raw: Sequence[float]) -> tuple[list[float], list[int]]:
+        """Per-pair scores (the best of a pair's rows, then the activation) and token counts."""
+        if len(raw) != len(prepared.rows):
+            raise RuntimeError(f"{len(raw)} outputs for {len(prepared.rows)} rows")
+        best: list[float] = [-math.inf] * prepared.pairs
+        tokens = [0] * prepared.pairs
+        for row, owner, value in zip(prepared.rows, prepared.owners, raw, strict=True):
+            best[owner] = max(best[owner], value)
+            tokens[owner] += len(row["input_ids"])
+        return self.load().head.activate(best), tokens
 
     def schedule(self, features: Sequence[dict[str, list[int]]]) -> list[list[int]]:
         """Row indices of each forward pass over encoded pairs, longest first.
@@ -512,6 +536,15 @@ class LocalModelRunner:
                 padded.append(pad + values if left else values + pad)
             batch[name] = torch.tensor(padded, dtype=torch.long, device=loaded.device)
         return batch
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Encoded rows of some pairs: ``rows[i]`` belongs to pair ``owners[i]`` (of ``pairs``)."""
+
+    rows: Rows
+    owners: list[int]
+    pairs: int
 
 
 def _dtype_kwargs(transformers: Any, dtype: str) -> dict[str, Any]:
