@@ -51,7 +51,8 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def make(key: str, path: Path, **options: Any) -> LocalReranker:
-    reranker: LocalReranker = reranker_class(key)(str(path), **options)
+    cls: Any = reranker_class(key)
+    reranker: LocalReranker = cls(str(path), **options)
     return reranker
 
 
