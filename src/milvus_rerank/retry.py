@@ -119,14 +119,30 @@ class RetryPolicy:
         ):
             _bad("retry_statuses", statuses, "a set of HTTP status codes")
         for status in statuses:
-            if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status < 600:
-                _bad("retry_statuses", status, "HTTP status codes from 100 to 599")
+            if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status < 600:
+                # 1xx-3xx answers are not failures: nothing would ever retry on them.
+                _bad("retry_statuses", status, "HTTP error status codes, from 400 to 599")
         object.__setattr__(self, "retry_statuses", frozenset(statuses))
         for flag in ("retry_connection_errors", "retry_timeouts", "honour_retry_after"):
             if not isinstance(getattr(self, flag), bool):
                 _bad(flag, getattr(self, flag), "a bool")
         _check_seconds("max_retry_after", self.max_retry_after, allow_zero=True)
         _check_seconds("deadline", self.deadline, allow_zero=False)
+
+    def __repr__(self) -> str:
+        fields = {
+            "max_retries": self.max_retries,
+            "backoff_base": self.backoff_base,
+            "backoff_max": self.backoff_max,
+            "jitter": self.jitter,
+            "retry_statuses": _StatusRanges(self.retry_statuses),
+            "retry_connection_errors": self.retry_connection_errors,
+            "retry_timeouts": self.retry_timeouts,
+            "honour_retry_after": self.honour_retry_after,
+            "max_retry_after": self.max_retry_after,
+            "deadline": self.deadline,
+        }
+        return f"RetryPolicy({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
 
     def retries(self, failure: FailedAttempt) -> bool:
         """Whether this kind of failure is worth another attempt at all."""
@@ -165,6 +181,25 @@ class RetryPolicy:
         if delay >= self.deadline - elapsed:
             return failure.build(f"gave up: the {self.deadline:g}s deadline is near")
         return delay
+
+
+class _StatusRanges:
+    """Statuses shown compactly in ``repr``: ``{408, 409, 429, 500-599}`` (100 codes otherwise)."""
+
+    def __init__(self, statuses: frozenset[int]) -> None:
+        self.statuses = sorted(statuses)
+
+    def __repr__(self) -> str:
+        parts: list[str] = []
+        run: list[int] = []
+        for status in [*self.statuses, -1]:
+            if run and status == run[-1] + 1:
+                run.append(status)
+                continue
+            if run:
+                parts += [f"{run[0]}-{run[-1]}"] if len(run) > 2 else [str(s) for s in run]
+            run = [status]
+        return "{" + ", ".join(parts) + "}"
 
 
 def _is_number(value: object) -> TypeGuard[float]:

@@ -44,7 +44,7 @@ def test_it_is_frozen() -> None:
         ({"backoff_base": -0.1}, "backoff_base"),
         ({"backoff_base": 2.0, "backoff_max": 1.0}, "backoff_max"),
         ({"jitter": 1.5}, "jitter"),
-        ({"retry_statuses": {200, 700}}, "retry_statuses"),
+        ({"retry_statuses": {503, 700}}, "retry_statuses"),
         ({"retry_statuses": "503"}, "retry_statuses"),
         ({"retry_timeouts": "yes"}, "retry_timeouts"),
         ({"max_retry_after": float("nan")}, "max_retry_after"),
@@ -96,3 +96,17 @@ def test_a_wait_past_the_deadline_gives_up_with_the_final_message() -> None:
     assert isinstance(error, RateLimitError)
     assert str(error) == "HTTP 429 (gave up: the 10s deadline is near)"
     assert error.retry_after == 30.0 and error.status_code == 429
+
+
+@pytest.mark.parametrize("status", [100, 200, 204, 301, 399])
+def test_statuses_that_are_not_failures_are_refused(status: int) -> None:
+    with pytest.raises(ConfigurationError, match=f"from 400 to 599, got {status}"):
+        RetryPolicy(retry_statuses=[status])
+
+
+def test_repr_shows_status_ranges_compactly() -> None:
+    text = repr(RetryPolicy())
+    assert "retry_statuses={408, 409, 429, 500-599}" in text
+    assert len(text) < 260
+    assert "retry_statuses={}" in repr(RetryPolicy(retry_statuses=()))
+    assert "{429, 500, 501, 503}" in repr(RetryPolicy(retry_statuses=[503, 429, 500, 501]))
