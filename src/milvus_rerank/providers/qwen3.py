@@ -132,8 +132,10 @@ class Qwen3Reranker(CausalReranker):
         vLLM serves a Qwen3-Reranker as a classifier of ``yes`` against ``no`` (see
         ``docs/llm_rerankers.md``) and scores the concatenated query and document as sent, so
         the client writes the prompt: ``prefix + "<Instruct>: ...\n<Query>: {query}\n"`` and
-        ``"<Document>: {document}" + suffix``, the split of vLLM's own Qwen3 example. vLLM
-        never truncates the body alone: pairs over its ``--max-model-len`` fail instead.
+        ``"<Document>: {document}" + suffix``, the split of vLLM's own Qwen3 example. Unlike
+        this reranker, vLLM cannot cut the body alone: a pair over its ``--max-model-len``
+        fails (400), and ``truncate_prompt_tokens`` keeps the prompt's first tokens, cutting
+        the closing turn the score is read after.
 
         Args:
             instruction: What relevance means (default: the model card's web-search one).

@@ -36,8 +36,8 @@ class VLLMReranker(HTTPReranker):
         query_template: Sent in place of each query: a ``str.format`` string whose one field
             is ``{query}`` (literal braces doubled). None sends the query as it is.
         document_template: Likewise for each document, with the one field ``{document}``.
-            vLLM's ``truncate_prompt_tokens`` may then cut the template's text too (a Qwen3
-            prompt's closing turn): keep pairs within the server's ``--max-model-len``.
+            vLLM's ``truncate_prompt_tokens`` then cuts the whole prompt from the end, the
+            template's closing text first: keep pairs within the server's ``--max-model-len``.
         **kwargs: ``api_key``, ``base_url``, ``timeout``, ``retry``, ``max_response_bytes``,
             ``max_batch`` (default: no chunking), ``max_concurrency``, ``http_client``,
             ``http_async_client``, ``headers``; see ``HTTPReranker``.
