@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from typing_extensions import Unpack
 
 from ..errors import ConfigurationError
-from ._causal import CausalFamily, CausalReranker, label_logits
+from ._causal import CausalFamily, CausalReranker, check_instruction, label_logits
 from ._family import Head, ModelSource, Rows
 from ._local import LocalOptions
 
@@ -124,6 +124,37 @@ class Qwen3Reranker(CausalReranker):
         **options: Unpack[LocalOptions],
     ) -> None:
         super().__init__(model_name, Qwen3Family(instruction), **options)
+
+    @staticmethod
+    def vllm_templates(instruction: str | None = None) -> dict[str, str]:
+        r"""``VLLMReranker`` options that send this model card's prompt to a vLLM server.
+
+        vLLM serves a Qwen3-Reranker as a classifier of ``yes`` against ``no`` (see
+        ``docs/llm_rerankers.md``) and scores the concatenated query and document as sent, so
+        the client writes the prompt: ``prefix + "<Instruct>: ...\n<Query>: {query}\n"`` and
+        ``"<Document>: {document}" + suffix``, the split of vLLM's own Qwen3 example. Unlike
+        this reranker, vLLM cannot cut the body alone: a pair over its ``--max-model-len``
+        fails (400), and ``truncate_prompt_tokens`` keeps the prompt's first tokens, cutting
+        the closing turn the score is read after.
+
+        Args:
+            instruction: What relevance means (default: the model card's web-search one).
+
+        Example:
+            >>> VLLMReranker(base_url="http://localhost:8000", **Qwen3Reranker.vllm_templates())
+        """
+        instruction = check_instruction(instruction)
+        if instruction is None:
+            instruction = QWEN3_DEFAULT_INSTRUCTION
+
+        def literal(text: str) -> str:
+            return text.replace("{", "{{").replace("}", "}}")
+
+        return {
+            "query_template": literal(f"{QWEN3_PREFIX}<Instruct>: {instruction}\n<Query>: ")
+            + "{query}\n",
+            "document_template": "<Document>: {document}" + literal(QWEN3_SUFFIX),
+        }
 
     @classmethod
     def build_tiny_checkpoint(cls, path: Path) -> Path:
