@@ -287,6 +287,51 @@ def test_repr_shows_options_that_are_not_the_defaults() -> None:
     )
 
 
+def test_the_command_line_passes_the_options_to_local_rerankers_only(
+    family_dirs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from milvus_rerank.cli import main, open_reranker
+
+    path = str(family_dirs["ce"])
+    with open_reranker(
+        "cross-encoder",
+        model_name=path,
+        long_documents="max_passage",
+        passage_overlap=8,
+        max_passages=3,
+    ) as (reranker, tiny):
+        runner = reranker.runner  # type: ignore[attr-defined]
+        assert not tiny and (runner.long_documents, runner.passage_overlap) == ("max_passage", 8)
+        assert runner.max_passages == 3
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("\n".join(json.dumps({"text": d}) for d in [*SHORT, LONG]) + "\n")
+    argv = ["rerank", "--reranker", "cross-encoder", "--model", path, QUERY, str(docs)]
+    assert main([*argv, "--long-documents", "max_passage"]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    from milvus_rerank import CrossEncoderReranker
+
+    expected = CrossEncoderReranker(path, long_documents="max_passage").rerank(
+        QUERY, [*SHORT, LONG]
+    )
+    assert [p["index"] for p in printed] == [r.index for r in expected]
+    api = ["rerank", "--reranker", "cohere", "--long-documents", "max_passage", "q", str(docs)]
+    assert main(api) == 2
+    err = capsys.readouterr().err
+    assert "long_documents 'max_passage' is for local rerankers" in err
+
+
+def test_serve_lets_max_passages_windows_through(family_dirs: dict[str, Path]) -> None:
+    pytest.importorskip("starlette")
+    from milvus_rerank.serve import CHARS_PER_TOKEN, create_app
+
+    plain = make(family_dirs, "bge")
+    assert create_app(plain).state.max_document_chars == CHARS_PER_TOKEN * 40
+    passages = make(family_dirs, "bge", long_documents="max_passage", max_passages=4)
+    assert create_app(passages).state.max_document_chars == CHARS_PER_TOKEN * 40 * 4
+
+
 def test_langchain_compressor_over_a_max_passage_reranker(family_dirs: dict[str, Path]) -> None:
     pytest.importorskip("langchain_core")
     from langchain_core.documents import Document
