@@ -153,7 +153,8 @@ class BGEReranker(LocalReranker):
         query_max_length: Token limit of the query alone (default ``max_length * 3 // 4``).
         **options: The options of every local reranker (``LocalOptions``): device, dtype,
             use_fp16, batch_size, max_length, max_tokens_per_batch, trust_remote_code,
-            revision, cache_dir, local_files_only.
+            revision, cache_dir, local_files_only, long_documents ("max_passage": a long
+            document scores as its best window), passage_overlap, max_passages.
     """
 
     provider: ClassVar[str] = "bge"

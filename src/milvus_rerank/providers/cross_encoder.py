@@ -161,7 +161,9 @@ class CrossEncoderReranker(LocalReranker):
         activation: ``"identity"`` or ``"sigmoid"`` to override what the config says.
         **options: The options of every local reranker (``LocalOptions``): device, dtype,
             use_fp16, batch_size, max_length, max_tokens_per_batch, trust_remote_code (also
-            allows custom activations), revision, cache_dir, local_files_only.
+            allows custom activations), revision, cache_dir, local_files_only, long_documents
+            ("max_passage": a long document scores as its best window), passage_overlap,
+            max_passages.
     """
 
     provider: ClassVar[str] = "cross-encoder"

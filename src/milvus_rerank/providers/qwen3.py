@@ -134,7 +134,9 @@ class Qwen3Reranker(CausalReranker):
             instruction). ``with_instruction`` scores with another one on the same model.
         **options: The options of every local reranker (``LocalOptions``): device, dtype
             (bf16 on CUDA by default), use_fp16, batch_size, max_length (default 8192),
-            max_tokens_per_batch, trust_remote_code, revision, cache_dir, local_files_only.
+            max_tokens_per_batch, trust_remote_code, revision, cache_dir, local_files_only,
+            long_documents ("max_passage": a long document scores as its best window, the
+            prompt around every window), passage_overlap, max_passages.
 
     Example:
         >>> reranker = Qwen3Reranker(instruction="Find code that answers the question")
