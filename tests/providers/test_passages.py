@@ -143,6 +143,9 @@ def test_documents_that_fit_score_exactly_as_truncated(
     passages = make(family_dirs, key, long_documents="max_passage")
     prepared = passages.runner.prepare([QUERY] * len(SHORT), SHORT)
     assert prepared.owners == list(range(len(SHORT)))
+    loaded = passages.runner.load()
+    located = passages.family.locate(loaded.tokenizer, [QUERY] * 4, SHORT, loaded.max_length)
+    assert [item.document for item in located] == [()] * 4, "nothing cut, nothing located"
     assert prepared.rows == truncate.runner.encode_pairs(QUERY, SHORT)
     assert passages._score(QUERY, SHORT) == truncate._score(QUERY, SHORT)  # bit for bit
     usage = passages.rerank_response(QUERY, SHORT).usage
@@ -177,6 +180,25 @@ def test_a_long_document_is_read_in_windows_of_its_own_tokens(
         assert window["input_ids"][item.stop :] == windows[0]["input_ids"][item.stop :]
     usage = passages.rerank_response(QUERY, docs).usage
     assert usage.tokens == sum(len(row["input_ids"]) for row in prepared.rows)
+
+
+@pytest.mark.parametrize("key", FAMILIES)
+def test_a_family_locates_exactly_the_documents_truncation_cut(
+    family_dirs: dict[str, Path], key: str
+) -> None:
+    reranker = make(family_dirs, key, long_documents="max_passage")
+    loaded, family = reranker.runner.load(), reranker.family
+    words = LONG.split()
+    docs = [" ".join(words[:n]) for n in range(1, len(words) + 1, 2)]
+    queries = [QUERY] * len(docs)
+    located = family.locate(loaded.tokenizer, queries, docs, loaded.max_length)
+    roomy = family.encode(loaded.tokenizer, queries, docs, 500)  # every prefix fits in 500
+    assert [item.row for item in located] == family.encode(
+        loaded.tokenizer, queries, docs, loaded.max_length
+    )
+    cut = [item.row != whole for item, whole in zip(located, roomy, strict=True)]
+    assert [bool(item.document) for item in located] == cut
+    assert 0 < cut.index(True) and all(cut[cut.index(True) :]), "short ones fit, long ones not"
 
 
 @pytest.mark.parametrize("key", FAMILIES)

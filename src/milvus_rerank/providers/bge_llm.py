@@ -91,7 +91,8 @@ class BGELLMFamily(CausalFamily):
         for i, ids, offsets in zip(cut, again["input_ids"], again["offset_mapping"], strict=True):
             row, (before, kept, _) = encoded[i]
             at, end = text_tokens(offsets, len("B: "))
-            located[i] = Located(row, ids[at:end], before + at, before + kept)
+            if kept < end:  # a passage exactly at max_length may have lost nothing
+                located[i] = Located(row, ids[at:end], before + at, before + kept)
         return located
 
     def _encode(

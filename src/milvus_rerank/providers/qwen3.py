@@ -82,8 +82,9 @@ class Qwen3Family(CausalFamily):
         rows = self.encode(tokenizer, queries, documents, max_length)
         limit = self.body_limit(tokenizer, max_length)
         frame = len(self.ids(tokenizer, QWEN3_PREFIX))
+        suffix = len(self.ids(tokenizer, QWEN3_SUFFIX))
         located = [Located(row) for row in rows]
-        cut = [i for i, row in enumerate(rows) if len(row["input_ids"]) - frame >= limit]
+        cut = [i for i, row in enumerate(rows) if len(row["input_ids"]) - frame - suffix >= limit]
         if not cut:
             return located
         bodies = self._bodies([queries[i] for i in cut], [documents[i] for i in cut])
@@ -93,7 +94,8 @@ class Qwen3Family(CausalFamily):
         ):
             at, end = text_tokens(offsets, len(body) - len(documents[i]))
             kept = min(limit, end) - at
-            located[i] = Located(rows[i], ids[at:end], frame + at, frame + at + kept)
+            if kept < end - at:  # a body exactly at its limit may have lost nothing
+                located[i] = Located(rows[i], ids[at:end], frame + at, frame + at + kept)
         return located
 
     def _bodies(self, queries: Sequence[str], documents: Sequence[str]) -> list[str]:
