@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import importlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,29 @@ def test_example_runs(script: str, lines: int) -> None:
         if line.strip()[:1].isdigit() or "rerank_score=" in line
     ]
     assert len(scored) >= lines, result.stdout
+
+
+def readme_snippets(section: str) -> list[str]:
+    """The python code blocks of the README section headed ``## <section>``."""
+    text = (ROOT / "README.md").read_text("utf-8")
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", body, flags=re.S)
+
+
+@pytest.mark.parametrize("section", ["Fallbacks", pytest.param("Usage", marks=pytest.mark.slow)])
+def test_readme_snippets_run_and_print_what_they_say(section: str) -> None:
+    snippets = readme_snippets(section)
+    assert snippets
+    for code in snippets:
+        said = re.findall(r"^print\(.*\)\s+# (.*)$", code, flags=re.M)
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            cwd=ROOT,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.splitlines() == said and said

@@ -12,12 +12,24 @@ import pytest
 
 pytest.importorskip("langchain_core")
 
+from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
 from langchain_core.documents import Document  # noqa: E402
+from langchain_core.retrievers import BaseRetriever  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 import milvus_rerank.langchain  # noqa: E402
-from milvus_rerank import CohereReranker, ConfigurationError  # noqa: E402
-from milvus_rerank.langchain import RerankCompressor, RerankCrossEncoder  # noqa: E402
+from milvus_rerank import (  # noqa: E402
+    CohereReranker,
+    ConfigurationError,
+    FallbackReranker,
+    ProviderUnavailableError,
+    Usage,
+)
+from milvus_rerank.langchain import (  # noqa: E402
+    RERANK_EVENT,
+    RerankCompressor,
+    RerankCrossEncoder,
+)
 from tests.conftest import ScoreTableReranker  # noqa: E402
 
 TABLE = {"alpha": 0.2, "beta": 0.9, "gamma": 0.5, "delta": 0.1}
@@ -66,7 +78,8 @@ def test_empty_input_and_documents_without_id() -> None:
     compressor = RerankCompressor(reranker=ScoreTableReranker(TABLE))
     assert compressor.compress_documents([], "q") == []
     out = compressor.compress_documents([Document(page_content="beta")], "q")
-    assert out[0].id is None and out[0].metadata == {"relevance_score": 0.9}
+    assert out[0].id is None
+    assert out[0].metadata == {"relevance_score": 0.9, "reranked_by": "table", "reranked": True}
 
 
 def test_misspelt_options_are_errors() -> None:
@@ -188,3 +201,118 @@ def test_one_way_to_wrap_a_provider() -> None:
     # No provider-named shortcuts (CohereRerank, BGERerank...) beside the generic adapter.
     assert sorted(milvus_rerank.langchain.__all__) == ["RerankCompressor", "RerankCrossEncoder"]
     assert not hasattr(milvus_rerank.langchain, "CohereRerank")
+
+
+# -- who answered, fail-open and usage -------------------------------------------------------
+
+
+class Failing(ScoreTableReranker):
+    """Always unavailable, like a provider that kept answering 503."""
+
+    provider = "failing"
+
+    def _score(self, query: str, documents: list[str]) -> list[float]:
+        self.calls += 1
+        raise ProviderUnavailableError("503 from upstream", provider="failing", status_code=503)
+
+
+class Counting(ScoreTableReranker):
+    """A table reranker that reports one token per character it read (as local models count)."""
+
+    provider = "counting"
+
+    def _score_usage(self, query: str, documents: list[str]) -> tuple[list[float], Usage]:
+        tokens = sum(len(query) + len(d) for d in documents)
+        return [self.table.get(d, 0.0) for d in documents], Usage(tokens=tokens)
+
+    async def _ascore_usage(self, query: str, documents: list[str]) -> tuple[list[float], Usage]:
+        return self._score_usage(query, documents)
+
+
+class Recorder(BaseCallbackHandler):
+    """Keeps every custom event, and the run id of each retriever that started."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any, Any]] = []
+        self.retriever_runs: list[Any] = []
+
+    def on_retriever_start(self, serialized: Any, query: str, *, run_id: Any, **kw: Any) -> None:
+        self.retriever_runs.append(run_id)
+
+    def on_custom_event(self, name: str, data: Any, *, run_id: Any, **kw: Any) -> None:
+        self.events.append((name, data, run_id))
+
+
+class Fixed(BaseRetriever):
+    def _get_relevant_documents(self, query: str, *, run_manager: Any) -> list[Document]:
+        return docs()
+
+
+def test_a_fallback_answer_is_named_in_each_document() -> None:
+    chain = FallbackReranker([Failing(TABLE), ScoreTableReranker(TABLE)])
+    out = RerankCompressor(reranker=chain, top_n=2).compress_documents(docs(), "q")
+    assert [d.page_content for d in out] == ["beta", "gamma"]
+    assert [d.metadata["relevance_score"] for d in out] == [0.9, 0.5]
+    assert {d.metadata["reranked_by"] for d in out} == {"table"}
+    assert all(d.metadata["reranked"] is True for d in out)
+
+
+async def test_fail_open_keeps_the_input_order_without_scores() -> None:
+    chain = FallbackReranker([Failing(TABLE)], fail_open=True)
+    compressor = RerankCompressor(reranker=chain, top_n=3, score_threshold=0.5)
+    for out in (
+        compressor.compress_documents(docs(), "q"),
+        await compressor.acompress_documents(docs(), "q"),
+    ):
+        assert [d.page_content for d in out] == ["alpha", "beta", "gamma"]  # no threshold
+        assert all(d.metadata["relevance_score"] is None for d in out)
+        assert all(d.metadata["reranked"] is False for d in out)
+        assert out[0].metadata["reranked_by"] == "fallback(failing)"
+        assert out[0].metadata["pk"] == 0
+
+
+def test_usage_and_who_answered_reach_the_callbacks_of_the_retriever_run() -> None:
+    from langchain_classic.retrievers import ContextualCompressionRetriever
+
+    chain = FallbackReranker([Failing(TABLE), Counting(TABLE)])
+    retriever = ContextualCompressionRetriever(
+        base_compressor=RerankCompressor(reranker=chain, top_n=2), base_retriever=Fixed()
+    )
+    recorder = Recorder()
+    out = retriever.invoke("q", config={"callbacks": [recorder]})
+    assert [d.page_content for d in out] == ["beta", "gamma"]
+    ((name, data, run_id),) = recorder.events
+    assert name == RERANK_EVENT == "milvus_rerank.rerank"
+    assert data == {
+        "answered_by": "counting",
+        "reranked": True,
+        "usage": {"tokens": sum(1 + len(t) for t in TABLE), "requests": 0},
+        "failures": ["ProviderUnavailableError"],
+    }
+    assert run_id == recorder.retriever_runs[0]  # attached to the retriever's run
+
+
+async def test_async_callbacks_and_astream_events_see_it_too() -> None:
+    from langchain_classic.retrievers import ContextualCompressionRetriever
+
+    retriever = ContextualCompressionRetriever(
+        base_compressor=RerankCompressor(reranker=Counting(TABLE), top_n=1),
+        base_retriever=Fixed(),
+    )
+    recorder = Recorder()
+    out = await retriever.ainvoke("q", config={"callbacks": [recorder]})
+    assert [d.page_content for d in out] == ["beta"]
+    assert [(n, d["answered_by"]) for n, d, _ in recorder.events] == [(RERANK_EVENT, "counting")]
+    events = [e async for e in retriever.astream_events("q", version="v2")]
+    custom = [e for e in events if e["event"] == "on_custom_event"]
+    assert [(e["name"], e["data"]["usage"]["tokens"]) for e in custom] == [
+        (RERANK_EVENT, sum(1 + len(t) for t in TABLE))
+    ]
+
+
+def test_no_callbacks_no_event() -> None:
+    compressor = RerankCompressor(reranker=Counting(TABLE))
+    assert len(compressor.compress_documents(docs(), "q", callbacks=None)) == 3
+    recorder = Recorder()
+    compressor.compress_documents(docs(), "q", callbacks=[recorder])
+    assert [name for name, _, _ in recorder.events] == [RERANK_EVENT]  # a plain handler list

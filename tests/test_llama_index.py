@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
-from llama_index.core.callbacks import CallbackManager, CBEventType  # noqa: E402
+from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload  # noqa: E402
 from llama_index.core.callbacks.base_handler import BaseCallbackHandler  # noqa: E402
 from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler  # noqa: E402
@@ -26,7 +26,14 @@ from llama_index.core.schema import (  # noqa: E402
 )
 
 import milvus_rerank.llama_index  # noqa: E402
-from milvus_rerank import ConfigurationError, InvalidInputError, VoyageReranker  # noqa: E402
+from milvus_rerank import (  # noqa: E402
+    ConfigurationError,
+    FallbackReranker,
+    InvalidInputError,
+    ProviderUnavailableError,
+    Usage,
+    VoyageReranker,
+)
 from milvus_rerank.llama_index import RerankPostprocessor  # noqa: E402
 from tests.conftest import ScoreTableReranker  # noqa: E402
 
@@ -253,3 +260,126 @@ def test_deepcopy_shares_the_reranker_and_works() -> None:
     assert clone is not post and clone.reranker is reranker
     out = clone.postprocess_nodes(nodes(), query_str="q")
     assert [n.node.get_content() for n in out] == ["beta", "gamma"]
+
+
+# -- who answered, fail-open and usage -------------------------------------------------------
+
+
+class Failing(ScoreTableReranker):
+    """Always unavailable, like a provider that kept answering 503."""
+
+    provider = "failing"
+
+    def _score(self, query: str, documents: list[str]) -> list[float]:
+        self.calls += 1
+        raise ProviderUnavailableError("503 from upstream", provider="failing", status_code=503)
+
+
+class Counting(ScoreTableReranker):
+    """A table reranker that reports one token per character it read."""
+
+    provider = "counting"
+
+    def _score_usage(self, query: str, documents: list[str]) -> tuple[list[float], Usage]:
+        tokens = sum(len(query) + len(d) for d in documents)
+        return [self.table.get(d, 0.0) for d in documents], Usage(tokens=tokens)
+
+    async def _ascore_usage(self, query: str, documents: list[str]) -> tuple[list[float], Usage]:
+        return self._score_usage(query, documents)
+
+
+TOKENS = sum(1 + len(t) for t in TABLE)
+
+
+class Kept(BaseEventHandler):
+    events: list[Any] = []
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "Kept"
+
+    def handle(self, event: Any, **kwargs: Any) -> None:
+        self.events.append(event)
+
+
+@pytest.fixture
+def kept() -> Kept:
+    handler = Kept(events=[])
+    dispatcher = get_dispatcher("milvus_rerank.llama_index")
+    dispatcher.add_event_handler(handler)
+    yield handler
+    dispatcher.event_handlers.remove(handler)
+
+
+def test_a_fallback_answer_is_named_in_each_node_and_hidden_from_prompts() -> None:
+    source = TextNode(
+        text="beta", metadata={"title": "Beta"}, excluded_embed_metadata_keys=["title"]
+    )
+    chain = FallbackReranker([Failing(TABLE), ScoreTableReranker(TABLE)])
+    post = RerankPostprocessor(reranker=chain, top_n=2)
+    inputs = [*nodes()[:1], NodeWithScore(node=source, score=0.4)]
+    out = post.postprocess_nodes(inputs, query_str="q")
+    assert [(n.node.get_content(), n.score) for n in out] == [("beta", 0.9), ("alpha", 0.2)]
+    node = out[0].node
+    assert node.metadata["reranked_by"] == "table" and node.metadata["reranked"] is True
+    for mode in (MetadataMode.LLM, MetadataMode.EMBED):
+        assert node.get_content(metadata_mode=mode) == source.get_content(metadata_mode=mode)
+    assert "reranked_by: table" in node.get_content(metadata_mode=MetadataMode.ALL)
+
+
+async def test_fail_open_keeps_the_input_order_and_retrieval_scores() -> None:
+    chain = FallbackReranker([Failing(TABLE)], fail_open=True)
+    post = RerankPostprocessor(reranker=chain, top_n=3, score_threshold=0.5)
+    for out in (
+        post.postprocess_nodes(nodes(), query_str="q"),
+        await post.apostprocess_nodes(nodes(), query_bundle=QueryBundle("q")),
+    ):
+        assert [n.node.get_content() for n in out] == ["alpha", "beta", "gamma"]
+        assert [n.score for n in out] == pytest.approx([0.0, 0.1, 0.2])  # first-stage scores
+        assert all(n.node.metadata["reranked"] is False for n in out)
+        assert out[0].node.metadata["reranked_by"] == "fallback(failing)"
+
+
+async def test_end_events_carry_usage_and_who_answered(kept: Kept) -> None:
+    chain = FallbackReranker([Failing(TABLE), Counting(TABLE)])
+    post = RerankPostprocessor(reranker=chain, top_n=2)
+    post.postprocess_nodes(nodes(), query_str="q")
+    await post.apostprocess_nodes(nodes(), query_bundle=QueryBundle("q"))
+    post.postprocess_nodes([], query_str="q")
+    ends = [e for e in kept.events if type(e).__name__ == "ReRankEndEvent"]
+    expected = {
+        "answered_by": "counting",
+        "reranked": True,
+        "usage": {"tokens": TOKENS, "requests": 0},
+        "failures": ["ProviderUnavailableError"],
+    }
+    assert [e.tags for e in ends] == [expected, expected, {}]  # nothing to say without nodes
+
+
+def test_the_callback_end_payload_carries_them_too() -> None:
+    ends: list[dict[str, Any]] = []
+
+    class Handler(BaseCallbackHandler):
+        def on_event_start(self, event_type, payload=None, event_id="", parent_id="", **kw):  # type: ignore[no-untyped-def]
+            return event_id
+
+        def on_event_end(self, event_type, payload=None, event_id="", **kw):  # type: ignore[no-untyped-def]
+            ends.append(payload)
+
+        def start_trace(self, trace_id=None):  # type: ignore[no-untyped-def]
+            pass
+
+        def end_trace(self, trace_id=None, trace_map=None):  # type: ignore[no-untyped-def]
+            pass
+
+    post = RerankPostprocessor(reranker=Counting(TABLE), top_n=1)
+    post.callback_manager = CallbackManager([Handler([], [])])
+    out = post.postprocess_nodes(nodes(), query_str="q")
+    ((payload),) = ends
+    assert payload[EventPayload.NODES] == out
+    assert payload[EventPayload.ADDITIONAL_KWARGS] == {
+        "answered_by": "counting",
+        "reranked": True,
+        "usage": {"tokens": TOKENS, "requests": 0},
+        "failures": [],
+    }

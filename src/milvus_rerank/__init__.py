@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 from .base import Reranker, RerankResponse
 from .errors import (
+    AllRerankersFailedError,
     AuthenticationError,
     ConfigurationError,
     InvalidInputError,
@@ -22,6 +23,7 @@ from .errors import (
     RateLimitError,
     RerankError,
 )
+from .fallback import FallbackReranker
 from .results import RerankResult, Usage
 from .retry import RetryPolicy
 
@@ -67,6 +69,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "AllRerankersFailedError",
     "AuthenticationError",
     "BGELLMReranker",
     "BGEReranker",
@@ -74,6 +77,7 @@ __all__ = [
     "ConfigurationError",
     "CrossEncoderReranker",
     "DashScopeReranker",
+    "FallbackReranker",
     "HTTPReranker",
     "InvalidInputError",
     "InvalidResponseError",

@@ -115,8 +115,9 @@ class RerankResponse:
         reranker: The reranker that answered: the reranker itself, or for a
             ``FallbackReranker`` the member that answered.
         reranked: False only when a fail-open ``FallbackReranker`` returned the first-stage
-            order because every reranker failed.
-        failures: The errors of rerankers tried before the one that answered (fallbacks).
+            order because every reranker failed; every score is then NaN (there is none).
+        failures: The errors of rerankers tried before the one that answered (fallbacks), in
+            the order they happened.
     """
 
     results: list[RerankResult]

@@ -10,7 +10,8 @@ Every error the package raises on purpose derives from ``RerankError``::
         ├── AuthenticationError       401/403: the key is missing, wrong or lacks access
         ├── RateLimitError            429, still after the retries allowed
         ├── ProviderUnavailableError  5xx, timeouts, connection failures, after the retries
-        └── InvalidResponseError      a 2xx answer that is malformed or inconsistent
+        ├── InvalidResponseError      a 2xx answer that is malformed or inconsistent
+        └── AllRerankersFailedError   every reranker of a ``FallbackReranker`` failed
 
 Only ``RateLimitError`` and ``ProviderUnavailableError`` describe conditions worth retrying;
 the HTTP layer retries them itself before raising, so callers see them only once it gave up.
@@ -20,6 +21,7 @@ Errors carry context in keyword-only attributes and never an API key.
 from __future__ import annotations
 
 __all__ = [
+    "AllRerankersFailedError",
     "AuthenticationError",
     "ConfigurationError",
     "InvalidInputError",
@@ -29,6 +31,7 @@ __all__ = [
     "ProviderUnavailableError",
     "RateLimitError",
     "RerankError",
+    "describe_failures",
 ]
 
 
@@ -110,3 +113,34 @@ class ProviderUnavailableError(ProviderError):
 
 class InvalidResponseError(ProviderError):
     """A successful answer that is malformed or does not match the request; no ranking is made."""
+
+
+class AllRerankersFailedError(ProviderError):
+    """Every reranker of a ``FallbackReranker`` failed; ``failures`` holds each one's error.
+
+    The message names each reranker by its place and label, with its error's class (and HTTP
+    status, when one came), never an error's own text.
+
+    Attributes:
+        labels: Each reranker's label (``Reranker.label``), in the order they were tried.
+        failures: Each reranker's error, in the same order.
+    """
+
+    def __init__(self, labels: tuple[str, ...], failures: tuple[Exception, ...]) -> None:
+        super().__init__(
+            f"every reranker failed: {describe_failures(labels, failures)}", provider="fallback"
+        )
+        self.labels = labels
+        self.failures = failures
+
+
+def describe_failures(labels: tuple[str, ...], failures: tuple[Exception, ...]) -> str:
+    """``rerankers[0] <label>: <ErrorClass> (HTTP <status>); ...``: no error's own text."""
+    parts = []
+    for i, (label, error) in enumerate(zip(labels, failures, strict=False)):
+        status = getattr(error, "status_code", None)
+        http = (
+            f" (HTTP {status})" if isinstance(status, int) and not isinstance(status, bool) else ""
+        )
+        parts.append(f"rerankers[{i}] {label}: {type(error).__name__}{http}")
+    return "; ".join(parts)

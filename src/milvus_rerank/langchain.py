@@ -2,7 +2,12 @@
 
 ``RerankCompressor`` goes into ``ContextualCompressionRetriever`` (``langchain_classic``) or an
 LCEL chain; ``RerankCrossEncoder`` goes into LangChain's own ``CrossEncoderReranker``. Both
-only move data between LangChain's types and ``Reranker.rerank``: no ranking logic lives here.
+only move data between LangChain's types and the reranker: no ranking logic lives here.
+
+What a call consumed and who answered reach LangChain's callbacks as a custom event,
+``RERANK_EVENT`` (``on_custom_event`` of a handler; ``astream_events`` shows it as
+``on_custom_event`` under the retriever's run): a ``BaseDocumentCompressor`` has no run of its
+own and LangChain no rerank callback, and a custom event is the one a component may send.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from .base import Reranker
+from .base import Reranker, RerankResponse
 from .errors import ConfigurationError, MissingDependencyError
 from .results import (
     RerankResult,
@@ -23,7 +28,7 @@ from .results import (
 )
 
 try:
-    from langchain_core.callbacks import Callbacks
+    from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Callbacks
     from langchain_core.cross_encoders import BaseCrossEncoder
     from langchain_core.documents import BaseDocumentCompressor, Document
     from pydantic import ConfigDict, field_validator
@@ -35,12 +40,38 @@ __all__ = [
     "RerankCrossEncoder",
 ]
 
+#: The metadata key of who answered: the reranker's label (``RerankResponse.answered_by``).
+RERANKED_BY_KEY = "reranked_by"
+#: The metadata key that is False when a fail-open ``FallbackReranker`` kept the input order.
+RERANKED_KEY = "reranked"
+#: The name of the custom callback event each call sends (see ``rerank_event_data``).
+RERANK_EVENT = "milvus_rerank.rerank"
+
+
+def rerank_event_data(response: RerankResponse) -> dict[str, Any]:
+    """The ``RERANK_EVENT`` payload: who answered, whether it reranked, usage, failures.
+
+    ``usage`` holds the reported ``Usage`` fields only (``Usage.to_dict``); ``failures`` the
+    class names of the errors of rerankers tried before the one that answered.
+    """
+    return {
+        "answered_by": response.answered_by,
+        "reranked": response.reranked,
+        "usage": response.usage.to_dict(),
+        "failures": [type(error).__name__ for error in response.failures],
+    }
+
 
 class RerankCompressor(BaseDocumentCompressor):
     """Rerank retrieved ``Document``s with any ``Reranker`` and keep the best.
 
     Returns new documents, best first, with ``page_content``, ``id`` and a copy of the
-    metadata, plus the rerank score under ``score_key``; the input documents are untouched.
+    metadata, plus the rerank score under ``score_key``, who answered (the reranker's label,
+    ``RERANKED_BY_KEY``) and ``RERANKED_KEY`` (True); the input documents are untouched. With
+    a ``FallbackReranker(..., fail_open=True)`` whose rerankers all failed, the documents
+    keep their input order (cut to ``top_n``, ``score_threshold`` not applied: there are no
+    rerank scores to compare), ``score_key`` is None and ``RERANKED_KEY`` False. Each call
+    also sends ``RERANK_EVENT`` with its ``Usage`` to the ``callbacks`` it is given.
     Nested metadata is deep-copied; a value that cannot be copied at all (a lock, a generator)
     is passed through by reference rather than failing the retrieval (``copy_metadata``).
 
@@ -97,10 +128,15 @@ class RerankCompressor(BaseDocumentCompressor):
         query: str,
         callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
-        """Rerank ``documents`` for ``query``, best first."""
+        """Rerank ``documents`` for ``query``, best first; send ``RERANK_EVENT`` to callbacks."""
         docs = list(documents)
-        results = self.reranker.rerank(query, [d.page_content for d in docs], top_n=self.top_n)
-        return self._documents(docs, results)
+        texts = [d.page_content for d in docs]
+        response = self.reranker.rerank_response(query, texts, top_n=self.top_n)
+        if callbacks is not None:
+            manager = CallbackManager.configure(inheritable_callbacks=callbacks)
+            data = rerank_event_data(response)
+            manager.on_custom_event(RERANK_EVENT, data, run_id=manager.parent_run_id)
+        return self._documents(docs, response)
 
     async def acompress_documents(
         self,
@@ -108,18 +144,27 @@ class RerankCompressor(BaseDocumentCompressor):
         query: str,
         callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
-        """Async ``compress_documents``, awaiting ``Reranker.arerank``."""
+        """Async ``compress_documents``, awaiting ``Reranker.arerank_response``."""
         docs = list(documents)
         texts = [d.page_content for d in docs]
-        results = await self.reranker.arerank(query, texts, top_n=self.top_n)
-        return self._documents(docs, results)
+        response = await self.reranker.arerank_response(query, texts, top_n=self.top_n)
+        if callbacks is not None:
+            manager = AsyncCallbackManager.configure(inheritable_callbacks=callbacks)
+            data = rerank_event_data(response)
+            await manager.on_custom_event(RERANK_EVENT, data, run_id=manager.parent_run_id)
+        return self._documents(docs, response)
 
-    def _documents(self, docs: list[Document], results: list[RerankResult]) -> list[Document]:
+    def _documents(self, docs: list[Document], response: RerankResponse) -> list[Document]:
+        results: list[RerankResult] = response.results
+        if response.reranked:
+            results = scoring_at_least(results, self.score_threshold)
         out = []
-        for result in scoring_at_least(results, self.score_threshold):
+        for result in results:
             source = docs[result.index]
             metadata = copy_metadata(source.metadata)
-            metadata[self.score_key] = result.score
+            metadata[self.score_key] = result.score if response.reranked else None
+            metadata[RERANKED_BY_KEY] = response.answered_by
+            metadata[RERANKED_KEY] = response.reranked
             out.append(Document(page_content=source.page_content, metadata=metadata, id=source.id))
         return out
 

@@ -1,8 +1,9 @@
 """LlamaIndex adapter: a node postprocessor over any ``Reranker``.
 
 Use it as ``index.as_query_engine(node_postprocessors=[RerankPostprocessor(...)])``. It only
-moves data between ``NodeWithScore`` and ``Reranker.rerank``, emits LlamaIndex's rerank
-instrumentation events and callback event, and never mutates the nodes it is given.
+moves data between ``NodeWithScore`` and ``Reranker.rerank_response``, emits LlamaIndex's
+rerank instrumentation events and callback event (with who answered and the call's usage),
+and never mutates the nodes it is given.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .base import Reranker
+from .base import Reranker, RerankResponse
 from .errors import ConfigurationError, MissingDependencyError
 from .results import (
     RerankResult,
@@ -47,16 +48,30 @@ dispatcher = get_dispatcher(__name__)
 
 #: The metadata key the retrieval score moves to; kept out of the LLM and embedding text.
 RETRIEVAL_SCORE_KEY = "retrieval_score"
+#: The metadata key of who answered: the reranker's label (``RerankResponse.answered_by``).
+RERANKED_BY_KEY = "reranked_by"
+#: The metadata key that is False when a fail-open ``FallbackReranker`` kept the input order.
+RERANKED_KEY = "reranked"
 
 
 class RerankPostprocessor(BaseNodePostprocessor):
     """Rerank retrieved nodes with any ``Reranker``; keep the best ``top_n``.
 
     Returned nodes are new ``NodeWithScore``s, best first, whose ``score`` is the rerank score;
-    the retrieval score moves to the new node's metadata under ``retrieval_score``, a key
+    the retrieval score moves to the new node's metadata under ``retrieval_score``, next to who
+    answered (``reranked_by``, the reranker's label) and ``reranked`` (True). These keys are
     excluded from the LLM and embedding text, so ``get_content(MetadataMode.LLM)`` and
     ``(MetadataMode.EMBED)`` read as the input node's did. Text is read like LlamaIndex's own
     rerankers: ``node.get_content(metadata_mode=MetadataMode.EMBED)``.
+
+    With a ``FallbackReranker(..., fail_open=True)`` whose rerankers all failed, the nodes keep
+    their input order (cut to ``top_n``; ``score_threshold`` is not applied, there being no
+    rerank score) and their retrieval score as ``score``, with ``reranked`` False.
+
+    ``ReRankEndEvent.tags`` and the ``RERANKING`` callback event's end payload (under
+    ``EventPayload.ADDITIONAL_KWARGS``) carry ``answered_by``, ``reranked``, ``usage``
+    (``Usage.to_dict``) and ``failures`` (error class names) of each call that reached a
+    reranker.
 
     The new node's metadata, its excluded-key lists and its embedding are copies; nested
     metadata is deep-copied, and a value that cannot be copied at all (a lock, a generator) is
@@ -119,11 +134,12 @@ class RerankPostprocessor(BaseNodePostprocessor):
     @contextmanager
     def _reranking(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None
-    ) -> Iterator[tuple[str, list[NodeWithScore]]]:
-        """LlamaIndex's rerank events around one call: yields the query and the list to fill.
+    ) -> Iterator[tuple[str, list[NodeWithScore], dict[str, Any]]]:
+        """LlamaIndex's rerank events around one call: yields the query and what to fill.
 
         ``ReRankStartEvent`` and the ``RERANKING`` callback event open it; the callback event
-        ends with the new nodes on success, and ``ReRankEndEvent`` fires on every path.
+        ends with the new nodes on success, and ``ReRankEndEvent`` fires on every path. The
+        yielded dict receives the call's summary (``_summary``) for both end events.
         """
         if query_bundle is None:
             raise ValueError("RerankPostprocessor needs the query: pass query_bundle or query_str")
@@ -140,58 +156,82 @@ class RerankPostprocessor(BaseNodePostprocessor):
             EventPayload.TOP_K: self.top_n,
         }
         new_nodes: list[NodeWithScore] = []
+        summary: dict[str, Any] = {}
         try:
             with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
-                yield query, new_nodes
-                event.on_end(payload={EventPayload.NODES: new_nodes})
+                yield query, new_nodes, summary
+                end: dict[str, Any] = {EventPayload.NODES: new_nodes}
+                if summary:
+                    end[EventPayload.ADDITIONAL_KWARGS] = summary
+                event.on_end(payload=end)
         finally:
-            dispatcher.event(ReRankEndEvent(nodes=new_nodes))
+            dispatcher.event(ReRankEndEvent(nodes=new_nodes, tags=summary))
 
     @dispatcher.span
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        with self._reranking(nodes, query_bundle) as (query, new_nodes):
+        with self._reranking(nodes, query_bundle) as (query, new_nodes, summary):
             if nodes:
-                results = self.reranker.rerank(query, _texts(nodes), top_n=self.top_n)
-                new_nodes += self._nodes(nodes, results)
+                response = self.reranker.rerank_response(query, _texts(nodes), top_n=self.top_n)
+                summary.update(_summary(response))
+                new_nodes += self._nodes(nodes, response)
         return new_nodes
 
     @dispatcher.span
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        with self._reranking(nodes, query_bundle) as (query, new_nodes):
+        with self._reranking(nodes, query_bundle) as (query, new_nodes, summary):
             if nodes:
-                results = await self.reranker.arerank(query, _texts(nodes), top_n=self.top_n)
-                new_nodes += self._nodes(nodes, results)
+                response = await self.reranker.arerank_response(
+                    query, _texts(nodes), top_n=self.top_n
+                )
+                summary.update(_summary(response))
+                new_nodes += self._nodes(nodes, response)
         return new_nodes
 
-    def _nodes(
-        self, nodes: list[NodeWithScore], results: list[RerankResult]
-    ) -> list[NodeWithScore]:
+    def _nodes(self, nodes: list[NodeWithScore], response: RerankResponse) -> list[NodeWithScore]:
+        results: list[RerankResult] = response.results
+        if response.reranked:
+            results = scoring_at_least(results, self.score_threshold)
         out = []
-        for result in scoring_at_least(results, self.score_threshold):
+        for result in results:
             source = nodes[result.index]
-            out.append(NodeWithScore(node=_scored_copy(source), score=result.score))
+            node = _scored_copy(
+                source,
+                {RERANKED_BY_KEY: response.answered_by, RERANKED_KEY: response.reranked},
+            )
+            score = result.score if response.reranked else source.score
+            out.append(NodeWithScore(node=node, score=score))
         return out
 
 
-def _scored_copy(source: NodeWithScore) -> Any:
-    """A copy of ``source.node`` whose metadata holds the retrieval score, hidden from prompts.
+def _summary(response: RerankResponse) -> dict[str, Any]:
+    """Who answered, whether it reranked, the reported usage, the failures' error classes."""
+    return {
+        "answered_by": response.answered_by,
+        "reranked": response.reranked,
+        "usage": response.usage.to_dict(),
+        "failures": [type(error).__name__ for error in response.failures],
+    }
 
-    A shallow copy with metadata, excluded-key lists and embedding of its own: text and
-    relationships are shared read-only, as in the input; deep-copying them costs more than
-    the rerank.
+
+def _scored_copy(source: NodeWithScore, extra: dict[str, Any]) -> Any:
+    """A copy of ``source.node`` whose metadata holds the retrieval score and ``extra``.
+
+    Those keys are hidden from prompts and embeddings (the excluded-key lists). A shallow copy
+    with metadata, excluded-key lists and embedding of its own: text and relationships are
+    shared read-only, as in the input; deep-copying them costs more than the rerank.
     """
     node = source.node
     metadata = copy_metadata(node.metadata)
-    metadata[RETRIEVAL_SCORE_KEY] = source.score
+    added = {RETRIEVAL_SCORE_KEY: source.score, **extra}
+    metadata.update(added)
     update: dict[str, Any] = {"metadata": metadata}
     for field in ("excluded_llm_metadata_keys", "excluded_embed_metadata_keys"):
         keys = list(getattr(node, field))
-        if RETRIEVAL_SCORE_KEY not in keys:
-            keys.append(RETRIEVAL_SCORE_KEY)
+        keys += [key for key in added if key not in keys]
         update[field] = keys
     if node.embedding is not None:
         update["embedding"] = list(node.embedding)

@@ -7,7 +7,7 @@ clients send and parse against them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from milvus_rerank import (
@@ -38,6 +38,8 @@ class Spec:
     #: The header that carries the key, and its value for a key (``{key}``).
     auth_header: str = "authorization"
     auth_value: str = "Bearer {key}"
+    #: Where the answer reports usage: ``Usage`` field -> the paths whose counts it adds up.
+    usage: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
 
     def auth(self, key: str) -> str:
         """The documented value of ``auth_header`` for ``key``."""
@@ -84,6 +86,32 @@ SCORE_KEYS = ("relevance_score", "score", "logit")
 def score_key(item: dict[str, Any]) -> str:
     """The score field of one result."""
     return next(key for key in SCORE_KEYS if key in item)
+
+
+def reported_usage(spec: Spec, answers: list[Any]) -> dict[str, int | None]:
+    """Each ``Usage`` field as the documented paths of ``answers`` add up (None if any lacks one).
+
+    Fields the provider does not document are None; ``requests`` is one per answer.
+    """
+    out: dict[str, int | None] = {
+        "tokens": None,
+        "search_units": None,
+        "rerank_units": None,
+        "requests": len(answers),
+    }
+    for name, paths in spec.usage.items():
+        total: int | None = 0
+        for answer in answers:
+            for path in paths:
+                value: Any = answer
+                for key in path:
+                    value = value.get(key) if isinstance(value, dict) else None
+                if value is None or total is None:
+                    total = None
+                else:
+                    total += value
+        out[name] = total
+    return out
 
 
 def _cohere_answer(order: list[tuple[int, float]]) -> Any:
@@ -163,6 +191,7 @@ SPECS: dict[str, Spec] = {
         "COHERE_API_KEY",
         lambda q, d: {"model": "rerank-v3.5", "query": q, "documents": d},
         _cohere_answer,
+        usage={"search_units": (("meta", "billed_units", "search_units"),)},
     ),
     "voyage": Spec(
         "voyage",
@@ -179,6 +208,7 @@ SPECS: dict[str, Spec] = {
             "truncation": True,
         },
         _voyage_answer,
+        usage={"tokens": (("usage", "total_tokens"),)},
     ),
     "jina": Spec(
         "jina",
@@ -195,6 +225,7 @@ SPECS: dict[str, Spec] = {
             "return_documents": False,
         },
         _results_answer,
+        usage={"tokens": (("usage", "total_tokens"),)},
     ),
     "vllm": Spec(
         "vllm",
@@ -205,6 +236,7 @@ SPECS: dict[str, Spec] = {
         None,
         lambda q, d: {"model": "tiny-ce", "query": q, "documents": d},
         _results_answer,
+        usage={"tokens": (("usage", "total_tokens"),)},
     ),
     "tei": Spec(
         "tei",
@@ -237,6 +269,7 @@ SPECS: dict[str, Spec] = {
             "return_input": False,
         },
         _mixedbread_answer,
+        usage={"tokens": (("usage", "total_tokens"),)},
     ),
     "nvidia": Spec(
         "nvidia",
@@ -252,6 +285,7 @@ SPECS: dict[str, Spec] = {
             "truncate": "END",
         },
         _nvidia_answer,
+        usage={"tokens": (("usage", "total_tokens"),)},
     ),
     "pinecone": Spec(
         "pinecone",
@@ -270,6 +304,7 @@ SPECS: dict[str, Spec] = {
         _pinecone_answer,
         auth_header="api-key",
         auth_value="{key}",
+        usage={"rerank_units": (("usage", "rerank_units"),)},
     ),
     "siliconflow": Spec(
         "siliconflow",
@@ -285,6 +320,7 @@ SPECS: dict[str, Spec] = {
             "return_documents": False,
         },
         _siliconflow_answer,
+        usage={"tokens": (("tokens", "input_tokens"), ("tokens", "output_tokens"))},
     ),
     "dashscope": Spec(
         "dashscope",
@@ -299,6 +335,7 @@ SPECS: dict[str, Spec] = {
             "parameters": {"return_documents": False},
         },
         _dashscope_answer,
+        usage={"tokens": (("usage", "total_tokens"),)},
     ),
 }
 

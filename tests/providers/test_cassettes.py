@@ -22,11 +22,12 @@ from typing import Any
 import pytest
 import yaml
 
-from milvus_rerank import AuthenticationError, HTTPReranker, ProviderError, RetryPolicy
+from milvus_rerank import AuthenticationError, HTTPReranker, ProviderError, RetryPolicy, Usage
 from tests.conftest import PYMILVUS_DOCUMENTS
 from tests.providers.specs import (
     SPECS,
     answer_items,
+    reported_usage,
     request_documents,
     request_query,
     score_key,
@@ -149,6 +150,32 @@ async def test_chunked_arerank_replays(provider: str, vcr: Any) -> None:
     async with build(provider, max_batch=2) as reranker:
         results = await reranker.arerank(QUERY, docs, top_n=3)
     assert [(r.index, r.score) for r in results] == expected_ranking(played(vcr), docs)[:3]
+
+
+def answers(interactions: list[dict[str, Any]]) -> list[Any]:
+    return [json.loads(i["response"]["body"]["string"]) for i in interactions]
+
+
+@pytest.mark.vcr
+@pytest.mark.default_cassette("rerank.yaml")
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_usage_replays(provider: str, vcr: Any) -> None:
+    query, docs = request_of(recorded(provider)[0])
+    with build(provider) as reranker:
+        response = reranker.rerank_response(query, docs)
+    assert response.usage == Usage(**reported_usage(SPECS[provider], answers(played(vcr))))
+    assert response.usage.requests == 1 and response.answered_by == reranker.label
+
+
+@pytest.mark.vcr
+@pytest.mark.default_cassette("rerank_chunked.yaml")
+@pytest.mark.parametrize("provider", CHUNKED)
+async def test_chunked_usage_replays_summed(provider: str, vcr: Any) -> None:
+    async with build(provider, max_batch=2) as reranker:
+        response = await reranker.arerank_response(QUERY, PYMILVUS_DOCUMENTS)
+    expected = reported_usage(SPECS[provider], answers(played(vcr)))
+    assert response.usage == Usage(**expected)
+    assert response.usage.requests == 2
 
 
 @pytest.mark.vcr

@@ -24,6 +24,7 @@ def test_all_is_sorted_and_complete() -> None:
 
 def test_exports_are_pinned() -> None:
     assert milvus_rerank.__all__ == [
+        "AllRerankersFailedError",
         "AuthenticationError",
         "BGELLMReranker",
         "BGEReranker",
@@ -31,6 +32,7 @@ def test_exports_are_pinned() -> None:
         "ConfigurationError",
         "CrossEncoderReranker",
         "DashScopeReranker",
+        "FallbackReranker",
         "HTTPReranker",
         "InvalidInputError",
         "InvalidResponseError",

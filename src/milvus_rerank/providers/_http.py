@@ -1,7 +1,8 @@
 """One HTTP layer for every API reranker: clients, timeouts, retries, chunking, validation.
 
-Provider modules only say where to post (``path``), what to send (``_payload``) and where the
-results sit in the answer (``_results``). Everything else is here, once:
+Provider modules only say where to post (``path``), what to send (``_payload``), where the
+results sit in the answer (``_results``) and what it reports it consumed (``_usage``).
+Everything else is here, once:
 
 * Every request runs on an ``httpx.AsyncClient``: one per event loop for ``arerank`` (closed
   when its loop shuts down), and one on a private background loop for ``rerank``, so both
@@ -17,6 +18,9 @@ results sit in the answer (``_results``). Everything else is here, once:
 * Every answer is read streamed up to ``max_response_bytes`` (decoded) and validated: each
   index in range, none duplicated, none missing, every score a finite number. Anything else
   raises ``InvalidResponseError`` and no ranking is made.
+* Usage: each answer's reported consumption (``_usage``) is summed over the call's chunks into
+  ``RerankResponse.usage``. A usage field that is missing or malformed is None, never a
+  guess, and never fails the ranking.
 * Secrets: the key (and any secret-looking extra header) is checked at construction, sent
   only in its header, and scrubbed from every message built from server text, which is then
   clipped; ``base_url`` may not carry credentials, a query or a fragment.
@@ -55,10 +59,12 @@ from ..errors import (
     ProviderUnavailableError,
     RateLimitError,
 )
+from ..results import Usage
 from ..retry import FailedAttempt, RetryPolicy
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
+    "MAX_USAGE_COUNT",
     "MIN_KEY_LENGTH",
     "HTTPReranker",
     "Secret",
@@ -85,6 +91,9 @@ _REDACTED = "**********"
 #: Extra headers whose values are treated (stored, scrubbed) as secrets.
 _SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|passw|session|credential", re.I)
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+#: The largest count a usage field may hold (a signed 64-bit int, what metrics systems store);
+#: anything larger is no real count.
+MAX_USAGE_COUNT = 2**63 - 1
 #: The proxy variables httpx reads, and the proxy schemes it speaks.
 _PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy")
 _PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
@@ -473,6 +482,58 @@ class HTTPReranker(Reranker):
             raise ValueError(f"expected a JSON object with {self.results_key!r}")
         return body[self.results_key]
 
+    def _usage(self, body: Any) -> Usage:
+        """What one parsed answer reports it consumed (tokens, units); nothing by default.
+
+        Providers read their documented usage field with ``_usage_count``; the HTTP layer
+        counts the request itself and sums the answers of a call's chunks.
+        """
+        return Usage()
+
+    def _usage_count(self, body: Any, *path: str) -> int | None:
+        """The count at ``body[path[0]][path[1]]...``, or None where it is absent or null.
+
+        A value that is no count (a string, a bool, a negative or fractional number, one past
+        ``MAX_USAGE_COUNT``) is None too: usage never fails a ranking. It is logged at DEBUG
+        by its field name and type only, never its value (server text could echo a key).
+        """
+        value = body
+        for depth, key in enumerate(path):
+            if not isinstance(value, dict):
+                if depth and value is not None:
+                    self._bad_usage(path[:depth], value)
+                return None
+            value = value.get(key)
+        if value is None:
+            return None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self._bad_usage(path, value)
+            return None
+        if not 0 <= value <= MAX_USAGE_COUNT:
+            self._bad_usage(path, value, "out of range")
+            return None
+        return value
+
+    def _bad_usage(self, path: Sequence[str], value: object, why: str = "not a count") -> None:
+        logger.debug(
+            "%s: usage field %s ignored: %s (%s)",
+            self.provider,
+            ".".join(path),
+            why,
+            type(value).__name__,
+        )
+
+    def _answer_usage(self, body: Any) -> Usage:
+        """One answer's ``Usage``: what ``_usage`` reads, plus the request itself."""
+        try:
+            usage = self._usage(body)
+        except Exception as exc:  # noqa: BLE001 - a usage parser must never fail a ranking
+            logger.debug("%s: usage could not be read (%s)", self.provider, type(exc).__name__)
+            usage = Usage()
+        return Usage(usage.tokens, usage.search_units, usage.rerank_units, requests=1)
+
     # -- Milvus server-side rerank (providers that Milvus can call override the hook) ------
 
     def _milvus_params(
@@ -554,6 +615,12 @@ class HTTPReranker(Reranker):
         ]
 
     def _score(self, query: str, documents: list[str]) -> list[float]:
+        return self._score_usage(query, documents)[0]
+
+    async def _ascore(self, query: str, documents: list[str]) -> list[float]:
+        return (await self._ascore_usage(query, documents))[0]
+
+    def _score_usage(self, query: str, documents: list[str]) -> tuple[list[float], Usage]:
         if self._client is not None:
             return self._score_with_sync_client(self._client, query, documents)
         future = asyncio.run_coroutine_threadsafe(
@@ -565,10 +632,12 @@ class HTTPReranker(Reranker):
             future.cancel()  # e.g. KeyboardInterrupt: stop the requests too
             raise
 
-    async def _ascore(self, query: str, documents: list[str]) -> list[float]:
+    async def _ascore_usage(self, query: str, documents: list[str]) -> tuple[list[float], Usage]:
         return await self._score_async(query, documents, private=False)
 
-    async def _score_async(self, query: str, documents: list[str], *, private: bool) -> list[float]:
+    async def _score_async(
+        self, query: str, documents: list[str], *, private: bool
+    ) -> tuple[list[float], Usage]:
         closes = self._closes
         deadline = time.monotonic() + self.retry.deadline
         client = (
@@ -586,11 +655,11 @@ class HTTPReranker(Reranker):
         )
         for (start, chunk), body in zip(chunks, bodies, strict=True):
             self._merge(scores, start, len(chunk), body)
-        return scores
+        return scores, _call_usage([self._answer_usage(body) for body in bodies])
 
     def _score_with_sync_client(
         self, client: httpx.Client, query: str, documents: list[str]
-    ) -> list[float]:
+    ) -> tuple[list[float], Usage]:
         closes = self._closes
         deadline = time.monotonic() + self.retry.deadline
         chunks = self._chunks(documents)
@@ -599,7 +668,7 @@ class HTTPReranker(Reranker):
         if len(chunks) == 1:
             body = self._post(client, self._payload(query, documents), deadline, closes, abort)
             self._merge(scores, 0, len(documents), body)
-            return scores
+            return scores, self._answer_usage(body)
         # No ``with``: leaving it would wait for every slow chunk after one already failed.
         pool = ThreadPoolExecutor(
             max_workers=min(self.max_concurrency, len(chunks)), thread_name_prefix="rerank"
@@ -616,12 +685,15 @@ class HTTPReranker(Reranker):
                 error = future.exception()
                 if error is not None:
                     raise error
+            usages = []
             for future, (start, count) in futures.items():
-                self._merge(scores, start, count, future.result())
+                body = future.result()
+                self._merge(scores, start, count, body)
+                usages.append(self._answer_usage(body))
         finally:
             abort.set()  # the chunks still running stop at their next read and close
             pool.shutdown(wait=False, cancel_futures=True)
-        return scores
+        return scores, _call_usage(usages)
 
     def _merge(self, scores: list[float], start: int, count: int, body: Any) -> None:
         """Validate one chunk's answer and write its scores at their global positions."""
@@ -879,7 +951,7 @@ class HTTPReranker(Reranker):
         status = response.status_code
         if 200 <= status < 300:
             try:
-                return json.loads(content)
+                return json.loads(content, parse_int=_parse_int)
             except (ValueError, UnicodeDecodeError, RecursionError):
                 kind = self._safe(response.headers.get("content-type", "no content type"), 80)
                 raise self._invalid(
@@ -1115,6 +1187,36 @@ async def _gather_or_cancel(coros: Sequence[Awaitable[_T]]) -> list[_T]:
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
     return [task.result() for task in tasks]
+
+
+def _call_usage(usages: Sequence[Usage]) -> Usage:
+    """A call's ``Usage`` over its chunks' answers, one request each.
+
+    A field is the sum over the chunks only when every chunk reported it; otherwise None, since
+    a partial sum would pass for the whole call's count.
+    """
+
+    def total(values: list[int | None]) -> int | None:
+        return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+    return Usage(
+        tokens=total([u.tokens for u in usages]),
+        search_units=total([u.search_units for u in usages]),
+        rerank_units=total([u.rerank_units for u in usages]),
+        requests=sum(u.requests for u in usages),
+    )
+
+
+def _parse_int(text: str) -> int | float:
+    """A JSON integer; one past Python's digit limit is infinite rather than unparsable.
+
+    So an absurd number in one field (a usage count) leaves the rest of the answer readable;
+    validation then refuses it wherever it matters (a score, an index).
+    """
+    try:
+        return int(text)
+    except ValueError:
+        return -math.inf if text.startswith("-") else math.inf
 
 
 def _text(response: httpx.Response, content: bytes) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from ..base import MilvusTarget
+from ..results import Usage
 from ._http import HTTPReranker, _check_int
 
 __all__ = ["CohereReranker"]
@@ -65,3 +66,20 @@ class CohereReranker(HTTPReranker):
         if self.max_tokens_per_doc is not None:
             payload["max_tokens_per_doc"] = self.max_tokens_per_doc
         return payload
+
+    def _usage(self, body: Any) -> Usage:
+        """``meta.billed_units.search_units``, and tokens from ``meta.tokens`` when present.
+
+        A Cohere-compatible server that answers vLLM's ``usage.total_tokens`` instead (vLLM's
+        ``/v2/rerank``) has its tokens read from there.
+        """
+        tokens = self._usage_count(body, "meta", "tokens", "input_tokens")
+        if tokens is not None:
+            output = self._usage_count(body, "meta", "tokens", "output_tokens")
+            tokens += output or 0
+        else:
+            tokens = self._usage_count(body, "usage", "total_tokens")
+        return Usage(
+            tokens=tokens,
+            search_units=self._usage_count(body, "meta", "billed_units", "search_units"),
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from ..base import MilvusTarget
+from ..results import Usage
 from ._http import HTTPReranker
 
 __all__ = ["DashScopeReranker"]
@@ -57,3 +58,7 @@ class DashScopeReranker(HTTPReranker):
         if not isinstance(output, dict) or "results" not in output:
             raise ValueError("expected a JSON object with 'output': {'results': [...]}")
         return output["results"]
+
+    def _usage(self, body: Any) -> Usage:
+        """``usage.total_tokens``."""
+        return Usage(tokens=self._usage_count(body, "usage", "total_tokens"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from ..results import Usage
 from ._http import HTTPReranker
 
 __all__ = ["JinaReranker"]
@@ -38,3 +39,7 @@ class JinaReranker(HTTPReranker):
             "top_n": len(documents),
             "return_documents": False,
         }
+
+    def _usage(self, body: Any) -> Usage:
+        """``usage.total_tokens``."""
+        return Usage(tokens=self._usage_count(body, "usage", "total_tokens"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from ..results import Usage
 from ._http import HTTPReranker
 
 __all__ = ["MixedbreadReranker"]
@@ -40,3 +41,7 @@ class MixedbreadReranker(HTTPReranker):
             "input": documents,
             "return_input": False,
         }
+
+    def _usage(self, body: Any) -> Usage:
+        """``usage.total_tokens``."""
+        return Usage(tokens=self._usage_count(body, "usage", "total_tokens"))

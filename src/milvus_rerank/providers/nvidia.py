@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 from ..errors import ConfigurationError
+from ..results import Usage
 from ._http import HTTPReranker, server_root
 
 __all__ = ["NVIDIAReranker"]
@@ -76,3 +77,7 @@ class NVIDIAReranker(HTTPReranker):
             "passages": [{"text": doc} for doc in documents],
             "truncate": self.truncate,
         }
+
+    def _usage(self, body: Any) -> Usage:
+        """``usage.total_tokens``, which recent NIMs answer (older ones answer no usage)."""
+        return Usage(tokens=self._usage_count(body, "usage", "total_tokens"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 from ..errors import ConfigurationError
+from ..results import Usage
 from ._http import HTTPReranker
 
 __all__ = ["PineconeReranker"]
@@ -84,3 +85,7 @@ class PineconeReranker(HTTPReranker):
         if self.truncate is not None:
             payload["parameters"] = {"truncate": self.truncate}
         return payload
+
+    def _usage(self, body: Any) -> Usage:
+        """``usage.rerank_units``: Pinecone bills rerank units, not tokens."""
+        return Usage(rerank_units=self._usage_count(body, "usage", "rerank_units"))

@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 from ..base import MilvusTarget
 from ..errors import ConfigurationError
+from ..results import Usage
 from ._http import HTTPReranker, _check_int
 
 __all__ = ["SiliconFlowReranker"]
@@ -83,3 +84,10 @@ class SiliconFlowReranker(HTTPReranker):
         if self.overlap_tokens is not None:
             payload["overlap_tokens"] = self.overlap_tokens
         return payload
+
+    def _usage(self, body: Any) -> Usage:
+        """``tokens.input_tokens`` plus ``tokens.output_tokens`` (0 for rerank), top level."""
+        tokens = self._usage_count(body, "tokens", "input_tokens")
+        if tokens is not None:
+            tokens += self._usage_count(body, "tokens", "output_tokens") or 0
+        return Usage(tokens=tokens)

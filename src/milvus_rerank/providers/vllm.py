@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from ..base import MilvusTarget
 from ..errors import ConfigurationError
+from ..results import Usage
 from ._http import HTTPReranker, _check_int, server_root
 
 __all__ = ["VLLMReranker"]
@@ -119,6 +120,10 @@ class VLLMReranker(HTTPReranker):
         if self.truncate_prompt_tokens is not None:
             payload["truncate_prompt_tokens"] = self.truncate_prompt_tokens
         return payload
+
+    def _usage(self, body: Any) -> Usage:
+        """``usage.total_tokens`` (``milvus-rerank serve`` answers null: it counts no tokens)."""
+        return Usage(tokens=self._usage_count(body, "usage", "total_tokens"))
 
 
 def _check_template(option: str, template: object, field: str) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from ..base import MilvusTarget
+from ..results import Usage
 from ._http import HTTPReranker
 
 __all__ = ["VoyageReranker"]
@@ -62,3 +63,7 @@ class VoyageReranker(HTTPReranker):
             "top_k": None,
             "truncation": self.truncation,
         }
+
+    def _usage(self, body: Any) -> Usage:
+        """``usage.total_tokens``."""
+        return Usage(tokens=self._usage_count(body, "usage", "total_tokens"))
