@@ -295,8 +295,14 @@ class Reranker(ABC):
     async def _ascore_usage(
         self, query: str, documents: list[str]
     ) -> tuple[Sequence[float], Usage]:
-        """Async ``_score_usage``; by default ``_ascore`` with an empty ``Usage``."""
-        return await self._ascore(query, documents), Usage()
+        """Async ``_score_usage``.
+
+        ``_ascore`` with an empty ``Usage`` where the backend has its own ``_ascore``, else
+        ``_score_usage`` in a worker thread, so a backend that only measures sync keeps its usage.
+        """
+        if type(self)._ascore is not Reranker._ascore:
+            return await self._ascore(query, documents), Usage()
+        return await asyncio.to_thread(self._score_usage, query, documents)
 
     def load(self) -> Self:
         """Load now what the reranker would load on first use (a local model's weights).

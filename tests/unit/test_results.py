@@ -46,3 +46,12 @@ def test_label_names_provider_and_model() -> None:
     assert reranker.label == reranker.provider
     reranker.model_name = "m-1"
     assert reranker.label == f"{reranker.provider}:m-1"
+
+
+async def test_a_backend_measuring_usage_sync_only_keeps_it_async() -> None:
+    class Counting(ScoreTableReranker):
+        def _score_usage(self, query: str, documents: list[str]) -> tuple[list[float], Usage]:
+            return [0.5] * len(documents), Usage(tokens=7 * len(documents))
+
+    response = await Counting().arerank_response("q", ["a", "b"])
+    assert response.usage == Usage(tokens=14)
