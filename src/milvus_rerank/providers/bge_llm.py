@@ -34,6 +34,8 @@ class BGELLMFamily(CausalFamily):
     ``max_length``, exactly as in FlagEmbedding. The instruction is the prompt.
     """
 
+    model_types: ClassVar[frozenset[str]] = frozenset({"gemma", "gemma2"})
+
     def __init__(
         self,
         instruction: str | None = None,

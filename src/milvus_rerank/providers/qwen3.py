@@ -37,6 +37,8 @@ class Qwen3Family(CausalFamily):
     right) to ``max_length`` less the prefix and suffix, so the chat frame always survives.
     """
 
+    model_types: ClassVar[frozenset[str]] = frozenset({"qwen3"})
+
     def default_max_length(self, tokenizer: Any, config: Any) -> int:
         """The model card's 8192 (capped at the position table by the runner)."""
         return QWEN3_MAX_LENGTH
