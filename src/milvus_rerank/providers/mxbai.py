@@ -152,7 +152,8 @@ class MxbaiV2Reranker(CausalReranker):
 
     Args:
         model_name: Hugging Face hub name or local directory.
-        instruction: An optional ``instruction:`` line before the query.
+        instruction: An optional ``instruction:`` line before the query (None or ``""``: no
+            line, as the package; a blank string is written as given).
         normalize: Return the package's probability instead of the logit difference.
         estimated_max: Logit scale for ``normalize`` (None: by model name).
         **options: The options of every local reranker (``LocalOptions``); ``max_length``

@@ -103,8 +103,9 @@ class Qwen3Reranker(CausalReranker):
 
     Args:
         model_name: Hugging Face hub name or local directory.
-        instruction: What relevance means for this task (default: the model card's web-search
-            instruction). ``with_instruction`` scores with another one on the same model.
+        instruction: What relevance means for this task (None: the model card's web-search
+            instruction; ``""`` leaves ``<Instruct>:`` empty, as the card's code does).
+            ``with_instruction`` scores with another one on the same model.
         **options: The options of every local reranker (``LocalOptions``): device, dtype
             (bf16 on CUDA by default), use_fp16, batch_size, max_length (default 8192),
             max_tokens_per_batch, trust_remote_code, revision, cache_dir, local_files_only.
