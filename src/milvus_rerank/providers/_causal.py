@@ -26,6 +26,7 @@ __all__ = [
     "LastLayerAtLastPosition",
     "check_instruction",
     "label_logits",
+    "text_tokens",
 ]
 
 
@@ -34,6 +35,17 @@ def check_instruction(instruction: object, what: str = "instruction") -> str | N
     if instruction is not None and not isinstance(instruction, str):
         raise ConfigurationError(f"{what} must be a str or None, got {instruction!r}")
     return instruction
+
+
+def text_tokens(offsets: Sequence[tuple[int, int]], first: int) -> tuple[int, int]:
+    """The token range of the text that starts at character ``first`` and runs to the end.
+
+    Its tokens are those ending past ``first`` (a space before it may ride on its first
+    token, as byte-level BPE writes it); special tokens added after it (empty offsets) are
+    left out. Used to find a document inside the prompt text it was tokenized in.
+    """
+    inside = [j for j, (_, end) in enumerate(offsets) if end > first]
+    return (inside[0], inside[-1] + 1) if inside else (len(offsets), len(offsets))
 
 
 def label_logits(model: Any, token_ids: Sequence[int]) -> Callable[[dict[str, Any]], Any]:

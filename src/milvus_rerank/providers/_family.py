@@ -13,6 +13,8 @@ the thread-safe lazy load. A ``ModelFamily`` fills in the rest from its own modu
 ``check_max_length``       reject a limit the family cannot honour (``ConfigurationError``)
 ``model_types``            the ``config.model_type`` values of its checkpoints (checked at load)
 ``encode``                 tokenize and truncate pairs, unpadded, exactly like the reference
+``locate``                 ``encode``'s rows, each with where its document sits (``Located``),
+                           so ``long_documents="max_passage"`` can score the rest of it
 ``bind``                   at load: check the model, return its ``Head`` (forward, activation)
 =========================  =================================================================
 
@@ -67,6 +69,7 @@ __all__ = [
     "ClassifierForward",
     "Head",
     "HalfDtype",
+    "Located",
     "ModelFamily",
     "ModelSource",
     "Rows",
@@ -97,6 +100,28 @@ class ModelSource:
     revision: str | None
     cache_dir: str | None
     trust_remote_code: bool
+
+
+@dataclass(frozen=True)
+class Located:
+    """One pair's truncated row and where its document sits in it (``ModelFamily.locate``).
+
+    ``row["input_ids"][start:stop]`` is the head of ``document`` that truncation kept, and
+    ``document`` is the whole document's token ids as tokenized in that row (the same ids, in
+    the same context, with nothing decoded and re-encoded). A row whose document fits, or
+    whose document the family does not locate, leaves ``document`` empty: it stays one row.
+
+    Attributes:
+        row: The row exactly as ``encode`` makes it.
+        document: The whole document's token ids (empty: the row is never split).
+        start: Where the document's first kept token sits in the row.
+        stop: Where the row's document part ends (what follows, such as a suffix, stays).
+    """
+
+    row: dict[str, list[int]]
+    document: Sequence[int] = ()
+    start: int = 0
+    stop: int = 0
 
 
 @dataclass(frozen=True)
@@ -179,6 +204,19 @@ class ModelFamily(ABC):
 
         Called under the runner's tokenizer lock (fast tokenizers keep truncation state).
         """
+
+    def locate(
+        self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
+    ) -> list[Located]:
+        """``encode``'s rows, each with its document located (see ``Located``).
+
+        With ``long_documents="max_passage"`` the runner splits a document that did not fit
+        into windows of the kept length and swaps each window in for the kept part, so the
+        family's own truncation rule decides how much of a document fits beside its query.
+        The default locates nothing: such a family scores long documents truncated. Called
+        under the runner's tokenizer lock.
+        """
+        return [Located(row) for row in self.encode(tokenizer, queries, documents, max_length)]
 
     @abstractmethod
     def bind(self, model: Any, tokenizer: Any, source: ModelSource) -> Head:

@@ -27,6 +27,13 @@ from ..base import Reranker, validate_pairs
 from ..errors import ConfigurationError, MissingDependencyError, RerankError
 from ..results import Usage
 from ._family import Head, ModelFamily, ModelSource, Rows
+from ._passages import (
+    DEFAULT_MAX_PASSAGES,
+    DEFAULT_PASSAGE_OVERLAP,
+    LONG_DOCUMENTS,
+    LongDocuments,
+    passage_rows,
+)
 
 __all__ = [
     "DTYPES",
@@ -64,6 +71,12 @@ class LocalOptions(TypedDict, total=False):
         revision: Hub revision (branch, tag or commit).
         cache_dir: Hugging Face cache directory.
         local_files_only: Never contact the hub.
+        long_documents: ``"truncate"`` (score what fits, like the references) or
+            ``"max_passage"`` (score every window of a long document, keep the best; see
+            ``_passages.py``). A document that fits scores the same either way.
+        passage_overlap: Tokens neighbouring windows share (``max_passage``; 64).
+        max_passages: Windows scored per document at most (``max_passage``; 10); the rest of
+            a longer document is not read.
     """
 
     device: str | None
@@ -76,6 +89,9 @@ class LocalOptions(TypedDict, total=False):
     revision: str | None
     cache_dir: str | None
     local_files_only: bool
+    long_documents: LongDocuments
+    passage_overlap: int
+    max_passages: int
 
 
 #: The default of every ``LocalOptions`` key, in one place.
@@ -90,6 +106,9 @@ LOCAL_DEFAULTS: LocalOptions = {
     "revision": None,
     "cache_dir": None,
     "local_files_only": False,
+    "long_documents": "truncate",
+    "passage_overlap": DEFAULT_PASSAGE_OVERLAP,
+    "max_passages": DEFAULT_MAX_PASSAGES,
 }
 
 _TRUTHY = {"1", "true", "yes", "on"}
@@ -115,12 +134,20 @@ def _check_options(options: dict[str, Any]) -> LocalOptions:
             f"the options are {', '.join(LOCAL_DEFAULTS)}"
         )
     merged: dict[str, Any] = {**LOCAL_DEFAULTS, **options}
-    for name in ("batch_size", "max_length", "max_tokens_per_batch"):
+    for name in ("batch_size", "max_length", "max_tokens_per_batch", "max_passages"):
         value = merged[name]
-        if (value is not None or name == "batch_size") and (
+        if (value is not None or name in ("batch_size", "max_passages")) and (
             isinstance(value, bool) or not isinstance(value, int) or value < 1
         ):
             raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
+    overlap = merged["passage_overlap"]
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
+        raise ConfigurationError(f"passage_overlap must be an int >= 0, got {overlap!r}")
+    if merged["long_documents"] not in LONG_DOCUMENTS:
+        raise ConfigurationError(
+            f"long_documents must be one of {', '.join(map(repr, LONG_DOCUMENTS))}, "
+            f"got {merged['long_documents']!r}"
+        )
     for name in ("use_fp16", "trust_remote_code", "local_files_only"):
         if not isinstance(merged[name], bool):
             raise ConfigurationError(f"{name} must be True or False, got {merged[name]!r}")
@@ -303,6 +330,9 @@ class LocalModelRunner:
         self.revision = settings["revision"]
         self.cache_dir = settings["cache_dir"]
         self.local_files_only = settings["local_files_only"]
+        self.long_documents = settings["long_documents"]
+        self.passage_overlap = settings["passage_overlap"]
+        self.max_passages = settings["max_passages"]
         self._loaded: _Loaded | None = None
         self._load_lock = threading.Lock()
         # Fast tokenizers keep truncation state on the shared Rust object: one caller at a time.
@@ -497,11 +527,24 @@ class LocalModelRunner:
     ) -> Prepared:
         """Encode pairs into the rows the model reads, each row tagged with its pair.
 
-        Today one row per pair (truncated like the reference); a pair may own several rows
-        (a long document's passages), which ``finish`` folds back into one score.
+        With ``long_documents="truncate"``, one row per pair, truncated like the reference.
+        With ``"max_passage"``, a pair whose document did not fit owns one row per window of
+        it (``passage_rows``), which ``finish`` folds back into the best window's score; the
+        windows of all pairs go through the same length-sorted batches.
         """
-        rows = self.encode_many(queries, documents, family)
-        return Prepared(rows=rows, owners=list(range(len(rows))), pairs=len(rows))
+        if self.long_documents == "truncate":
+            rows = self.encode_many(queries, documents, family)
+            return Prepared(rows=rows, owners=list(range(len(rows))), pairs=len(rows))
+        loaded = self.load()
+        encoder = family or self.family
+        with self._tokenizer_lock:
+            located = encoder.locate(loaded.tokenizer, queries, documents, loaded.max_length)
+        rows, owners = [], []
+        for pair, item in enumerate(located):
+            passages = passage_rows(item, self.passage_overlap, self.max_passages)
+            rows += passages
+            owners += [pair] * len(passages)
+        return Prepared(rows=rows, owners=owners, pairs=len(located))
 
     def forward(self, rows: Sequence[dict[str, list[int]]]) -> list[float]:
         """Raw outputs (before the family's activation) of encoded rows, in row order.
@@ -653,6 +696,14 @@ class LocalReranker(Reranker):
         """The pair token limit in force (``max_length``, or the family's default); loads."""
         return self.runner.load().max_length
 
+    def passages_per_document(self) -> int:
+        """Windows of one document the model may read (``serve`` sizes its text cap by it).
+
+        ``max_passages`` with ``long_documents="max_passage"``, else 1.
+        """
+        runner = self.runner
+        return runner.max_passages if runner.long_documents == "max_passage" else 1
+
     def _score(self, query: str, documents: list[str]) -> list[float]:
         return self.runner.scores_many([query] * len(documents), documents, self.family)
 
@@ -684,4 +735,10 @@ class LocalReranker(Reranker):
         }
         if runner.dtype != "auto":
             fields["dtype"] = runner.dtype
+        passages = {
+            "long_documents": runner.long_documents,
+            "passage_overlap": runner.passage_overlap,
+            "max_passages": runner.max_passages,
+        }
+        fields.update({k: v for k, v in passages.items() if v != LOCAL_DEFAULTS.get(k)})
         return {**fields, **self.family.describe()}

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from typing_extensions import Unpack
 
 from ..errors import ConfigurationError
-from ._family import ModelSource, Rows, SequenceClassifierFamily, identity
+from ._family import Located, ModelSource, Rows, SequenceClassifierFamily, identity
 from ._local import LocalOptions, LocalReranker, sigmoid_all
 
 __all__ = ["BGEFamily", "BGEReranker"]
@@ -68,21 +68,41 @@ class BGEFamily(SequenceClassifierFamily):
         self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
     ) -> Rows:
         """Pairs grouped by query, each group tokenized like ``FlagReranker.compute_score``."""
-        rows: Rows = [{} for _ in documents]
+        return [item.row for item in self._encode(tokenizer, queries, documents, max_length)]
+
+    def locate(
+        self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
+    ) -> list[Located]:
+        """``encode``'s rows, each with the passage's whole token ids and its place in the row.
+
+        The passage is tokenized whole either way (FlagEmbedding truncates after tokenizing),
+        so locating it costs nothing more.
+        """
+        return self._encode(tokenizer, queries, documents, max_length, whole=True)
+
+    def _encode(
+        self,
+        tokenizer: Any,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        max_length: int,
+        whole: bool = False,
+    ) -> list[Located]:
+        located: list[Located] = [Located({}) for _ in documents]
         groups: dict[str, list[int]] = {}
         for i, query in enumerate(queries):
             groups.setdefault(query, []).append(i)
         for query, positions in groups.items():
             encoded = self._encode_group(
-                tokenizer, query, [documents[i] for i in positions], max_length
+                tokenizer, query, [documents[i] for i in positions], max_length, whole
             )
-            for i, row in zip(positions, encoded, strict=True):
-                rows[i] = row
-        return rows
+            for i, item in zip(positions, encoded, strict=True):
+                located[i] = item
+        return located
 
     def _encode_group(
-        self, tokenizer: Any, query: str, documents: Sequence[str], max_length: int
-    ) -> Rows:
+        self, tokenizer: Any, query: str, documents: Sequence[str], max_length: int, whole: bool
+    ) -> list[Located]:
         backend = tokenizer.backend_tokenizer
         backend.no_truncation()
         backend.no_padding()
@@ -91,8 +111,9 @@ class BGEFamily(SequenceClassifierFamily):
         specials = backend.num_special_tokens_to_add(True)
         docs = backend.encode_batch(list(documents), add_special_tokens=False)
         want_types = "token_type_ids" in tokenizer.model_input_names
-        rows: Rows = []
+        located: list[Located] = []
         for d in docs:
+            ids = d.ids if whole else None  # the whole passage, before truncation
             d.truncate(max_length)
             excess = len(q.ids) + len(d.ids) + specials - max_length
             if 0 < excess < len(d.ids):
@@ -103,8 +124,12 @@ class BGEFamily(SequenceClassifierFamily):
             row = {"input_ids": pair.ids}
             if want_types:
                 row["token_type_ids"] = pair.type_ids
-            rows.append(row)
-        return rows
+            if ids is not None and len(d.ids) < len(ids):
+                start = pair.sequence_ids.index(1)
+                located.append(Located(row, ids, start, start + len(d.ids)))
+            else:
+                located.append(Located(row))
+        return located
 
     def activation(self, model: Any, source: ModelSource) -> Callable[[list[float]], list[float]]:
         """The sigmoid when ``normalize``, else raw logits."""
@@ -128,7 +153,8 @@ class BGEReranker(LocalReranker):
         query_max_length: Token limit of the query alone (default ``max_length * 3 // 4``).
         **options: The options of every local reranker (``LocalOptions``): device, dtype,
             use_fp16, batch_size, max_length, max_tokens_per_batch, trust_remote_code,
-            revision, cache_dir, local_files_only.
+            revision, cache_dir, local_files_only, long_documents ("max_passage": a long
+            document scores as its best window), passage_overlap, max_passages.
     """
 
     provider: ClassVar[str] = "bge"

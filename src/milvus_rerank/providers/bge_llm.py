@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 from typing_extensions import Unpack
 
 from ..errors import ConfigurationError
-from ._causal import CausalFamily, CausalReranker, label_logits
-from ._family import Head, ModelSource, Rows, identity
+from ._causal import CausalFamily, CausalReranker, label_logits, text_tokens
+from ._family import Head, Located, ModelSource, Rows, identity
 from ._local import LocalOptions, sigmoid_all
 
 __all__ = ["BGE_LLM_DEFAULT_PROMPT", "BGELLMFamily", "BGELLMReranker"]
@@ -68,6 +68,39 @@ class BGELLMFamily(CausalFamily):
         self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
     ) -> Rows:
         """Token ids exactly as ``FlagLLMReranker.compute_score_single_gpu`` builds them."""
+        return [row for row, _ in self._encode(tokenizer, queries, documents, max_length)]
+
+    def locate(
+        self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
+    ) -> list[Located]:
+        """``encode``'s rows; a cut passage gets its document located in ``"B: " + passage``.
+
+        Only a passage at ``max_length`` or shortened to fit can have lost tokens; it is
+        tokenized again whole, with offsets, and the windows replace the document's tokens
+        after ``"B: "`` (which every window keeps).
+        """
+        encoded = self._encode(tokenizer, queries, documents, max_length)
+        located = [Located(row) for row, _ in encoded]
+        cut = [
+            i
+            for i, (_, (_, kept, length)) in enumerate(encoded)
+            if kept < length or length >= max_length
+        ]
+        if not cut:
+            return located
+        texts = ["B: " + documents[i] for i in cut]
+        again = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        for i, ids, offsets in zip(cut, again["input_ids"], again["offset_mapping"], strict=True):
+            row, (before, kept, _) = encoded[i]
+            at, end = text_tokens(offsets, len("B: "))
+            if kept < end:  # a passage exactly at max_length may have lost nothing
+                located[i] = Located(row, ids[at:end], before + at, before + kept)
+        return located
+
+    def _encode(
+        self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
+    ) -> list[tuple[dict[str, list[int]], tuple[int, int, int]]]:
+        """Rows, each with (where its passage starts, passage tokens kept, passage tokens)."""
         prompt = BGE_LLM_DEFAULT_PROMPT if self.instruction is None else self.instruction
         query_limit = self.query_max_length or max_length * 3 // 4
         unique = list(dict.fromkeys(queries))
@@ -80,13 +113,14 @@ class BGELLMFamily(CausalFamily):
         bos = tokenizer.bos_token_id
         head = [bos] if bos is not None and bos != tokenizer.pad_token_id else []
         from_left = getattr(tokenizer, "truncation_side", "right") == "left"
-        rows: Rows = []
+        rows: list[tuple[dict[str, list[int]], tuple[int, int, int]]] = []
         for query, passage in zip(queries, p_ids, strict=True):
             first, second = head + q_ids[query], sep + passage
             extra = len(first) + len(second) - budget
             if 0 < extra < len(second):
                 second = second[extra:] if from_left else second[:-extra]
-            rows.append({"input_ids": first + second + sep + prompt_ids})
+            row = {"input_ids": first + second + sep + prompt_ids}
+            rows.append((row, (len(first) + len(sep), len(second) - len(sep), len(passage))))
         return rows
 
     def bind(self, model: Any, tokenizer: Any, source: ModelSource) -> Head:

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from typing_extensions import Unpack
 
 from ..errors import ConfigurationError
-from ._family import ModelSource, Rows, SequenceClassifierFamily, identity
+from ._family import Located, ModelSource, Rows, SequenceClassifierFamily, identity
 from ._local import LocalOptions, LocalReranker, sigmoid_all
 
 __all__ = ["CrossEncoderFamily", "CrossEncoderReranker"]
@@ -51,6 +51,34 @@ class CrossEncoderFamily(SequenceClassifierFamily):
         self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
     ) -> Rows:
         """``tokenizer(queries, documents, truncation="longest_first")``, unpadded."""
+        return self._encode(tokenizer, queries, documents, max_length)[0]
+
+    def locate(
+        self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
+    ) -> list[Located]:
+        """``encode``'s rows; a row at ``max_length`` gets its document tokenized whole.
+
+        Only such a row can have lost document tokens, so only its document is tokenized
+        again, alone (a pair's two texts are tokenized apart, so the ids are the same). The
+        windows keep the query as ``longest_first`` cut it for the whole document.
+        """
+        rows, encoded = self._encode(tokenizer, queries, documents, max_length)
+        full = [i for i, row in enumerate(rows) if len(row["input_ids"]) >= max_length]
+        located = [Located(row) for row in rows]
+        if not full:
+            return located
+        alone = tokenizer(
+            [documents[i] for i in full], add_special_tokens=False, return_attention_mask=False
+        )["input_ids"]
+        for i, ids in zip(full, alone, strict=True):
+            kept = [j for j, seq in enumerate(encoded.sequence_ids(i)) if seq == 1]
+            if kept and len(kept) < len(ids):
+                located[i] = Located(rows[i], ids, kept[0], kept[-1] + 1)
+        return located
+
+    def _encode(
+        self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
+    ) -> tuple[Rows, Any]:
         want_types = "token_type_ids" in tokenizer.model_input_names
         encoded = tokenizer(
             list(queries),
@@ -63,7 +91,8 @@ class CrossEncoderFamily(SequenceClassifierFamily):
         )
         names = ["input_ids", "token_type_ids"] if want_types else ["input_ids"]
         columns = [encoded[name] for name in names]
-        return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+        rows = [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+        return rows, encoded
 
     def activation(self, model: Any, source: ModelSource) -> Callable[[list[float]], list[float]]:
         """The activation sentence-transformers would apply to this checkpoint."""
@@ -132,7 +161,9 @@ class CrossEncoderReranker(LocalReranker):
         activation: ``"identity"`` or ``"sigmoid"`` to override what the config says.
         **options: The options of every local reranker (``LocalOptions``): device, dtype,
             use_fp16, batch_size, max_length, max_tokens_per_batch, trust_remote_code (also
-            allows custom activations), revision, cache_dir, local_files_only.
+            allows custom activations), revision, cache_dir, local_files_only, long_documents
+            ("max_passage": a long document scores as its best window), passage_overlap,
+            max_passages.
     """
 
     provider: ClassVar[str] = "cross-encoder"

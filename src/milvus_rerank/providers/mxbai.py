@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 from typing_extensions import Unpack
 
 from ..errors import ConfigurationError
-from ._causal import CausalFamily, CausalReranker, label_logits
-from ._family import Head, ModelSource, Rows, identity
+from ._causal import CausalFamily, CausalReranker, label_logits, text_tokens
+from ._family import Head, Located, ModelSource, Rows, identity
 from ._local import LocalOptions, sigmoid_all
 
 __all__ = ["MxbaiV2Family", "MxbaiV2Reranker", "estimated_max_for"]
@@ -86,6 +86,27 @@ class MxbaiV2Family(CausalFamily):
         self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
     ) -> Rows:
         """Token ids exactly as ``MxbaiRerankV2.prepare_inputs`` builds them."""
+        return [item.row for item in self._encode(tokenizer, queries, documents, max_length)]
+
+    def locate(
+        self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
+    ) -> list[Located]:
+        """``encode``'s rows, each cut document located in ``"document: " + document``.
+
+        The package tokenizes every document whole already; offsets (asked in the same call)
+        say which of those tokens are the document's, so ``"document: "`` stays in every
+        window.
+        """
+        return self._encode(tokenizer, queries, documents, max_length, whole=True)
+
+    def _encode(
+        self,
+        tokenizer: Any,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        max_length: int,
+        whole: bool = False,
+    ) -> list[Located]:
         prefix, suffix = self.ids(tokenizer, MXBAI_PREFIX), self.ids(tokenizer, MXBAI_SUFFIX)
         task, sep = self.ids(tokenizer, MXBAI_TASK), self.ids(tokenizer, "\n")
         fixed = len(prefix) + len(task) + len(suffix) + len(sep)
@@ -101,17 +122,28 @@ class MxbaiV2Family(CausalFamily):
             truncation=True,
         )["input_ids"]
         q_ids = dict(zip(unique, map(list, encoded), strict=True))
-        docs = tokenizer([f"document: {d}" for d in documents], add_special_tokens=False)
-        rows: Rows = []
-        for query, doc in zip(queries, docs["input_ids"], strict=True):
+        docs = tokenizer(
+            [f"document: {d}" for d in documents],
+            add_special_tokens=False,
+            return_offsets_mapping=whole,
+        )
+        located: list[Located] = []
+        for k, (query, doc) in enumerate(zip(queries, docs["input_ids"], strict=True)):
             q = q_ids[query]
             doc_limit = max_length if positions is None else positions - len(q) - fixed
             second = sep + list(doc[: max(0, min(doc_limit, max_length))])
             extra = len(q) + len(second) - max_length
             if 0 < extra < len(second):
                 second = second[:-extra]
-            rows.append({"input_ids": prefix + q + second + sep + task + suffix})
-        return rows
+            row = {"input_ids": prefix + q + second + sep + task + suffix}
+            kept = len(second) - len(sep)
+            if whole and kept < len(doc):
+                at, end = text_tokens(docs["offset_mapping"][k], len("document: "))
+                before = len(prefix) + len(q) + len(sep)
+                located.append(Located(row, doc[at:end], before + at, before + kept))
+            else:
+                located.append(Located(row))
+        return located
 
     def bind(self, model: Any, tokenizer: Any, source: ModelSource) -> Head:
         """Head: ``logit("1") - logit("0")``; mxbai's shifted sigmoid when ``normalize``."""

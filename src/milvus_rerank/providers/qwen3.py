@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 from typing_extensions import Unpack
 
 from ..errors import ConfigurationError
-from ._causal import CausalFamily, CausalReranker, label_logits
-from ._family import Head, ModelSource, Rows
+from ._causal import CausalFamily, CausalReranker, check_instruction, label_logits, text_tokens
+from ._family import Head, Located, ModelSource, Rows
 from ._local import LocalOptions
 
 __all__ = ["QWEN3_DEFAULT_INSTRUCTION", "Qwen3Family", "Qwen3Reranker"]
@@ -61,11 +61,7 @@ class Qwen3Family(CausalFamily):
         self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
     ) -> Rows:
         """``prefix + tokenizer(body, truncation, max_length - frame) + suffix``, per pair."""
-        instruction = QWEN3_DEFAULT_INSTRUCTION if self.instruction is None else self.instruction
-        bodies = [
-            f"<Instruct>: {instruction}\n<Query>: {q}\n<Document>: {d}"
-            for q, d in zip(queries, documents, strict=True)
-        ]
+        bodies = self._bodies(queries, documents)
         encoded = tokenizer(
             bodies,
             padding=False,
@@ -75,6 +71,41 @@ class Qwen3Family(CausalFamily):
         )["input_ids"]
         prefix, suffix = self.ids(tokenizer, QWEN3_PREFIX), self.ids(tokenizer, QWEN3_SUFFIX)
         return [{"input_ids": prefix + list(body) + suffix} for body in encoded]
+
+    def locate(
+        self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
+    ) -> list[Located]:
+        """``encode``'s rows; a body cut at its limit gets its document located in it.
+
+        The cut body is tokenized again whole, with offsets: the document's tokens are those
+        ending past its first character (the space before it may ride on its first token),
+        taken from the body's own tokens, so the windows read the document as the body does.
+        """
+        rows = self.encode(tokenizer, queries, documents, max_length)
+        limit = self.body_limit(tokenizer, max_length)
+        frame = len(self.ids(tokenizer, QWEN3_PREFIX))
+        suffix = len(self.ids(tokenizer, QWEN3_SUFFIX))
+        located = [Located(row) for row in rows]
+        cut = [i for i, row in enumerate(rows) if len(row["input_ids"]) - frame - suffix >= limit]
+        if not cut:
+            return located
+        bodies = self._bodies([queries[i] for i in cut], [documents[i] for i in cut])
+        whole = tokenizer(bodies, return_offsets_mapping=True, return_attention_mask=False)
+        for i, body, ids, offsets in zip(
+            cut, bodies, whole["input_ids"], whole["offset_mapping"], strict=True
+        ):
+            at, end = text_tokens(offsets, len(body) - len(documents[i]))
+            kept = min(limit, end) - at
+            if kept < end - at:  # a body exactly at its limit may have lost nothing
+                located[i] = Located(rows[i], ids[at:end], frame + at, frame + at + kept)
+        return located
+
+    def _bodies(self, queries: Sequence[str], documents: Sequence[str]) -> list[str]:
+        instruction = QWEN3_DEFAULT_INSTRUCTION if self.instruction is None else self.instruction
+        return [
+            f"<Instruct>: {instruction}\n<Query>: {q}\n<Document>: {d}"
+            for q, d in zip(queries, documents, strict=True)
+        ]
 
     def bind(self, model: Any, tokenizer: Any, source: ModelSource) -> Head:
         """Head: sigmoid(logit(yes) - logit(no)) at the last position (the softmax's P(yes))."""
@@ -108,7 +139,9 @@ class Qwen3Reranker(CausalReranker):
             ``with_instruction`` scores with another one on the same model.
         **options: The options of every local reranker (``LocalOptions``): device, dtype
             (bf16 on CUDA by default), use_fp16, batch_size, max_length (default 8192),
-            max_tokens_per_batch, trust_remote_code, revision, cache_dir, local_files_only.
+            max_tokens_per_batch, trust_remote_code, revision, cache_dir, local_files_only,
+            long_documents ("max_passage": a long document scores as its best window, the
+            prompt around every window), passage_overlap, max_passages.
 
     Example:
         >>> reranker = Qwen3Reranker(instruction="Find code that answers the question")
@@ -127,6 +160,38 @@ class Qwen3Reranker(CausalReranker):
         **options: Unpack[LocalOptions],
     ) -> None:
         super().__init__(model_name, Qwen3Family(instruction), **options)
+
+    @staticmethod
+    def vllm_templates(instruction: str | None = None) -> dict[str, str]:
+        r"""``VLLMReranker`` options that send this model card's prompt to a vLLM server.
+
+        vLLM serves a Qwen3-Reranker as a classifier of ``yes`` against ``no`` (see
+        ``docs/llm_rerankers.md``) and scores the concatenated query and document as sent, so
+        the client writes the prompt: ``prefix + "<Instruct>: ...\n<Query>: {query}\n"`` and
+        ``"<Document>: {document}" + suffix``, the split of vLLM's own Qwen3 example. Unlike
+        this reranker, vLLM cannot cut the body alone: a pair over its ``--max-model-len``
+        fails (400), and ``truncate_prompt_tokens`` keeps the prompt's first tokens, cutting
+        the closing turn the score is read after. Not for ``milvus-rerank serve``: it writes
+        the prompt itself from raw text, and would wrap these a second time.
+
+        Args:
+            instruction: What relevance means (default: the model card's web-search one).
+
+        Example:
+            >>> VLLMReranker(base_url="http://localhost:8000", **Qwen3Reranker.vllm_templates())
+        """
+        instruction = check_instruction(instruction)
+        if instruction is None:
+            instruction = QWEN3_DEFAULT_INSTRUCTION
+
+        def literal(text: str) -> str:
+            return text.replace("{", "{{").replace("}", "}}")
+
+        return {
+            "query_template": literal(f"{QWEN3_PREFIX}<Instruct>: {instruction}\n<Query>: ")
+            + "{query}\n",
+            "document_template": "<Document>: {document}" + literal(QWEN3_SUFFIX),
+        }
 
     @classmethod
     def build_tiny_checkpoint(cls, path: Path) -> Path:
