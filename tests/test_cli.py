@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
 from collections.abc import Iterator
@@ -221,3 +222,106 @@ def test_serve_wait_is_bounded(value: str, capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit) as exit_info:
         main(["serve", "--max-wait-ms", value])
     assert exit_info.value.code == 2 and "--max-wait-ms" in capsys.readouterr().err
+
+
+# -- model options: --instruction, --normalize, --max-length, --dtype ----------------------------
+
+
+@pytest.fixture(scope="module")
+def llm_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    pytest.importorskip("torch")
+    from milvus_rerank import BGELLMReranker, Qwen3Reranker
+
+    root = tmp_path_factory.mktemp("tiny-llm-cli")
+    return {
+        "qwen3": Qwen3Reranker.build_tiny_checkpoint(root / "qwen3"),
+        "bge-llm": BGELLMReranker.build_tiny_checkpoint(root / "bge-llm"),
+    }
+
+
+LLM_DOCS = ["paris is the capital of france", "berlin is in germany", "milvus", "a cat"]
+
+
+def _ranked(argv: list[str], capsys: pytest.CaptureFixture[str]) -> list[tuple[int, float]]:
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    return [(row["index"], row["score"]) for row in rows]
+
+
+def test_model_options_reach_the_llm_reranker(
+    tmp_path: Path, llm_models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from milvus_rerank import BGELLMReranker, Qwen3Reranker
+
+    docs = write_docs(tmp_path / "docs.jsonl", [json.dumps(d) for d in LLM_DOCS])
+    path = str(llm_models["qwen3"])
+    base = ["rerank", "--reranker", "qwen3", "--model", path, "--device", "cpu"]
+    legal = "Given a legal question, retrieve the statutes"
+    argv = [*base, "--instruction", legal, "--max-length", "80", "--dtype", "float32"]
+    got = _ranked([*argv, "capital of france", str(docs)], capsys)
+    reranker = Qwen3Reranker(path, device="cpu", instruction=legal, max_length=80)
+    want = [(r.index, r.score) for r in reranker.rerank("capital of france", LLM_DOCS)]
+    assert [i for i, _ in got] == [i for i, _ in want]
+    assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-6)
+    default = dict(_ranked([*base, "capital of france", str(docs)], capsys))
+    assert any(abs(default[i] - s) > 1e-4 for i, s in got)  # the instruction did change scores
+
+    gemma = str(llm_models["bge-llm"])
+    base = ["rerank", "--reranker", "bge-llm", "--model", gemma, "--device", "cpu"]
+    raw = dict(_ranked([*base, "q", str(docs)], capsys))
+    normalized = dict(_ranked([*base, "--normalize", "q", str(docs)], capsys))
+    want_raw = {r.index: r.score for r in BGELLMReranker(gemma, device="cpu").rerank("q", LLM_DOCS)}
+    assert raw == pytest.approx(want_raw, abs=1e-6)
+    assert normalized == pytest.approx(
+        {i: 1 / (1 + math.exp(-s)) for i, s in raw.items()}, abs=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "provider", "named"),
+    [
+        (["--instruction", "x"], "bge", "instruction (--instruction) is for qwen3, bge-llm, mxb"),
+        (["--instruction", "legal"], "cohere", "is for qwen3, bge-llm, mxbai-v2; 'cohere' does"),
+        (["--normalize"], "qwen3", "normalize (--normalize) is for bge, bge-llm, mxbai-v2; 'qw"),
+        (["--max-length", "64"], "voyage", "max_length (--max-length) is for local rerankers"),
+        (["--dtype", "float16"], "jina", "dtype (--dtype) is for local rerankers (bge, "),
+    ],
+)
+def test_model_options_the_reranker_does_not_take(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    provider: str,
+    named: str,
+) -> None:
+    docs = write_docs(tmp_path / "docs.jsonl", ['{"text": "a"}'])
+    beir = str(Path(__file__).parent / "fixtures" / "beir-mini")
+    for command in (["rerank", "q", str(docs)], ["eval", beir], ["serve"]):
+        err = error_of([command[0], "--reranker", provider, *flags, *command[1:]], capsys)
+        assert named in err, err
+
+
+def test_serve_and_eval_take_the_model_options(
+    llm_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import milvus_rerank.evaluate
+    import milvus_rerank.serve
+    from milvus_rerank import Reranker
+
+    seen: list[Reranker] = []
+
+    def capture(reranker: Reranker, *args: object, **options: object) -> int:
+        seen.append(reranker)
+        return 0
+
+    monkeypatch.setattr(milvus_rerank.serve, "run_server", capture)
+    monkeypatch.setattr(milvus_rerank.evaluate, "run_eval", capture)
+    monkeypatch.delenv("MILVUS_RERANK_API_KEY", raising=False)
+    beir = str(Path(__file__).parent / "fixtures" / "beir-mini")
+    options = ["--device", "cpu", "--instruction", "be strict", "--max-length", "96"]
+    common = ["--reranker", "qwen3", "--model", str(llm_models["qwen3"]), *options]
+    assert main(["serve", *common]) == 0
+    assert main(["eval", *common, beir]) == 0
+    for reranker in seen:
+        assert "instruction='be strict'" in repr(reranker) and "max_length=96" in repr(reranker)
+    assert len(seen) == 2

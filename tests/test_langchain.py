@@ -316,3 +316,16 @@ def test_no_callbacks_no_event() -> None:
     recorder = Recorder()
     compressor.compress_documents(docs(), "q", callbacks=[recorder])
     assert [name for name, _, _ in recorder.events] == [RERANK_EVENT]  # a plain handler list
+
+
+def test_model_dump_json_shows_the_reranker_settings_never_its_key() -> None:
+    import json
+
+    secret = "sk-do-not-print-0123456789"
+    reranker = CohereReranker(api_key=secret, model_name="rerank-v3.5")
+    compressor = RerankCompressor(reranker=reranker, top_n=2)
+    dumped = json.loads(compressor.model_dump_json())
+    assert dumped["reranker"] == repr(reranker) and "rerank-v3.5" in dumped["reranker"]
+    assert dumped["top_n"] == 2 and secret not in compressor.model_dump_json()
+    assert compressor.model_dump()["reranker"] is reranker  # Python mode keeps the object
+    reranker.close()

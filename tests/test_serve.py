@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -204,3 +205,137 @@ def test_serve_command_hands_a_loaded_reranker_and_options(
         "max_concurrent_requests": 512,
         "body_timeout": 30.0,
     }
+
+
+# -- LLM rerankers: the body's instruction, views ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def qwen3(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    pytest.importorskip("torch")
+    from milvus_rerank import Qwen3Reranker
+
+    path = Qwen3Reranker.build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-qwen3") / "q3")
+    return Qwen3Reranker(str(path), device="cpu").load()
+
+
+@pytest.fixture(scope="module")
+def qwen3_server(qwen3: Any) -> Iterator[BackgroundServer]:
+    with BackgroundServer(create_app(qwen3, max_wait_ms=20)) as running:
+        yield running
+
+
+LEGAL = "Given a legal question, retrieve the statutes that answer it"
+
+
+def _scores(answer: httpx.Response) -> dict[int, float]:
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    rows = body if isinstance(body, list) else body["results"]
+    return {r["index"]: r.get("relevance_score", r.get("score")) for r in rows}
+
+
+def test_a_body_instruction_scores_with_that_instruction(
+    qwen3_server: BackgroundServer, qwen3: Any
+) -> None:
+    want = dict(enumerate(qwen3.with_instruction(LEGAL).score_pairs([QUERY] * 4, DOCS)))
+    default = dict(enumerate(qwen3.score_pairs([QUERY] * 4, DOCS)))
+    assert any(abs(want[i] - default[i]) > 1e-4 for i in want)
+    url = qwen3_server.url
+    for path, body in [
+        ("/v2/rerank", {"documents": DOCS}),
+        ("/v1/rerank", {"documents": DOCS}),
+        ("/rerank", {"documents": [{"text": d} for d in DOCS]}),
+        ("/rerank", {"texts": DOCS}),
+    ]:
+        answer = httpx.post(url + path, json={"query": QUERY, "instruction": LEGAL, **body})
+        assert _scores(answer) == pytest.approx(want, abs=1e-6), path
+        plain = httpx.post(url + path, json={"query": QUERY, "instruction": None, **body})
+        assert _scores(plain) == pytest.approx(default, abs=1e-6), path
+
+
+async def test_requests_with_different_instructions_batch_apart(
+    qwen3: Any,
+) -> None:
+    app = create_app(qwen3, max_wait_ms=50)
+    instructions = [None, LEGAL, "Find code", None, LEGAL, "Find code"]
+    with BackgroundServer(app) as running:
+        async with httpx.AsyncClient(base_url=running.url) as client:
+            answers = await asyncio.gather(
+                *(
+                    client.post(
+                        "/v1/rerank",
+                        json={"query": f"{QUERY} {i}", "documents": DOCS, "instruction": text},
+                    )
+                    for i, text in enumerate(instructions)
+                )
+            )
+    assert app.state.batcher.batches < len(instructions)  # they did share model calls
+    for i, (text, answer) in enumerate(zip(instructions, answers, strict=True)):
+        scorer = qwen3 if text is None else qwen3.with_instruction(text)
+        want = dict(enumerate(scorer.score_pairs([f"{QUERY} {i}"] * 4, DOCS)))
+        assert _scores(answer) == pytest.approx(want, abs=1e-5), (i, text)
+    assert list(app.state.instruction_views) == [LEGAL, "Find code"]
+
+
+def test_bad_instructions_get_each_formats_error(qwen3_server: BackgroundServer) -> None:
+    url = qwen3_server.url
+    surrogate = '"bad \\ud800 text"'  # a lone surrogate, as JSON escapes it
+    for value in ("3", '["x"]', '{"a": 1}', json.dumps("x" * 5000), surrogate):
+        docs, tail = json.dumps(DOCS), f'"instruction": {value}}}'
+        body = f'{{"query": "q", "documents": {docs}, {tail}'
+        cohere = httpx.post(f"{url}/v2/rerank", content=body)
+        assert cohere.status_code == 400 and "instruction" in cohere.json()["message"], value
+        tei = httpx.post(f"{url}/rerank", content=f'{{"query": "q", "texts": {docs}, {tail}')
+        assert tei.status_code == 422 and "instruction" in tei.json()["error"], value
+
+
+def test_the_instruction_views_kept_are_bounded(
+    qwen3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import milvus_rerank.serve
+
+    monkeypatch.setattr(milvus_rerank.serve, "MAX_INSTRUCTION_VIEWS", 2)
+    app = create_app(qwen3)
+    with BackgroundServer(app) as running:
+        for text in ("one", "two", "one", "three"):
+            answer = httpx.post(
+                f"{running.url}/v2/rerank",
+                json={"query": QUERY, "documents": DOCS[:1], "instruction": text},
+            )
+            assert answer.status_code == 200
+    assert list(app.state.instruction_views) == ["one", "three"]  # "two" was the oldest
+
+
+def test_a_reranker_without_instructions_refuses_one(server: BackgroundServer) -> None:
+    for path, body, error in [
+        ("/v2/rerank", {"documents": DOCS}, lambda b: b["message"]),
+        ("/v1/rerank", {"documents": DOCS}, lambda b: b["error"]["message"]),
+        ("/rerank", {"texts": DOCS}, lambda b: b["error"]),
+    ]:
+        answer = httpx.post(
+            f"{server.url}{path}", json={"query": QUERY, "instruction": "legal", **body}
+        )
+        assert answer.status_code == 422, path
+        message = error(answer.json())
+        assert "CrossEncoderReranker takes no instruction" in message
+        assert "qwen3, bge-llm, mxbai-v2" in message
+        # No instruction, or null, is the reranker's own scoring.
+        assert httpx.post(f"{server.url}{path}", json={"query": QUERY, **body}).status_code == 200
+        null = {"query": QUERY, "instruction": None, **body}
+        assert httpx.post(f"{server.url}{path}", json=null).status_code == 200
+
+
+def test_an_instruction_view_is_served_with_its_base_limits(qwen3: Any) -> None:
+    view = qwen3.with_instruction(LEGAL)
+    base_app, view_app = create_app(qwen3), create_app(view)
+    assert view_app.state.max_document_chars == base_app.state.max_document_chars
+    assert view_app.state.max_document_chars == 32 * qwen3.input_window()
+    window = qwen3.input_window()
+    with BackgroundServer(view_app) as running:
+        answer = httpx.post(
+            f"{running.url}/v2/rerank",
+            json={"query": QUERY, "documents": DOCS, "max_tokens_per_doc": window},
+        )
+    want = dict(enumerate(view.score_pairs([QUERY] * 4, DOCS)))
+    assert _scores(answer) == pytest.approx(want, abs=1e-6)

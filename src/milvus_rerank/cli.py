@@ -14,7 +14,7 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -22,7 +22,13 @@ from ._version import __version__
 from .base import Reranker
 from .errors import ConfigurationError, InvalidInputError, RerankError
 from .providers._passages import DEFAULT_MAX_PASSAGES, DEFAULT_PASSAGE_OVERLAP, LONG_DOCUMENTS
-from .registry import PROVIDERS, create_reranker, provider_spec, reranker_class
+from .registry import (
+    PROVIDERS,
+    create_reranker,
+    provider_spec,
+    providers_taking,
+    reranker_class,
+)
 
 __all__ = ["main", "make_parser", "open_reranker"]
 
@@ -31,19 +37,48 @@ def _local_keys() -> str:
     return ", ".join(key for key, spec in PROVIDERS.items() if spec.kind == "local")
 
 
+#: Model options with a flag of their own (``--max-length`` sets ``max_length``): each goes to
+#: the local rerankers whose class takes it, as its constructor says.
+MODEL_OPTIONS = ("instruction", "normalize", "max_length", "dtype")
+
+
+def _flag(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+def _check_model_options(provider: str, options: Mapping[str, Any]) -> None:
+    """Refuse options ``provider``'s class does not take, naming the rerankers that do."""
+    from .providers._local import LOCAL_DEFAULTS, LocalReranker
+
+    cls = reranker_class(provider)
+    taken = {*cls.family_options(), *LOCAL_DEFAULTS} if issubclass(cls, LocalReranker) else set()
+    for option in options:
+        if option not in taken:
+            takers = providers_taking(option) if option not in LOCAL_DEFAULTS else []
+            who = ", ".join(takers) if takers else f"local rerankers ({_local_keys()})"
+            raise ConfigurationError(
+                f"{option} ({_flag(option)}) is for {who}; {provider!r} does not take it"
+            )
+
+
 def _reranker_kwargs(
     provider: str,
     model_name: str | None,
     base_url: str | None,
     device: str | None,
     local: dict[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Constructor arguments: ``base_url`` for API rerankers, ``device`` and ``local`` for local.
 
     ``local`` holds other ``LocalOptions``; options that are None are left out (defaults).
+    Model ``options`` go to the rerankers whose class takes them (``_check_model_options``).
     """
     spec = provider_spec(provider)
     kwargs: dict[str, Any] = {}
+    if options:
+        _check_model_options(provider, options)
+        kwargs.update(options)
     local = {"device": device, **(local or {})}
     given = {name: value for name, value in local.items() if value is not None}
     if spec.kind == "local":
@@ -90,13 +125,17 @@ def open_reranker(
     long_documents: str | None = None,
     passage_overlap: int | None = None,
     max_passages: int | None = None,
+    options: Mapping[str, Any] | None = None,
     fallback_to_tiny: bool = False,
     out: TextIO | None = None,
 ) -> Iterator[tuple[Reranker, bool]]:
     """Build (and, for a local model, load) a reranker; yields it and whether it is a stand-in.
 
     ``device``, ``long_documents``, ``passage_overlap`` and ``max_passages`` are local
-    rerankers' options (``LocalOptions``); None leaves the reranker's default.
+    rerankers' options (``LocalOptions``); None leaves the reranker's default. ``options`` are
+    more constructor options (``instruction``, ``normalize``, ``max_length``, ``dtype``...),
+    refused with a ``ConfigurationError`` naming the rerankers that take them where
+    ``provider``'s class does not.
 
     With ``fallback_to_tiny``, a local model whose weights cannot be loaded (no hub here, no
     local copy) is replaced by a tiny randomly initialized model of the same architecture
@@ -114,7 +153,7 @@ def open_reranker(
         "passage_overlap": passage_overlap,
         "max_passages": max_passages,
     }
-    kwargs = _reranker_kwargs(provider, model_name, base_url, device, local)
+    kwargs = _reranker_kwargs(provider, model_name, base_url, device, local, options)
     reranker = create_reranker(provider, **kwargs)
     with contextlib.ExitStack() as cleanup:
         tiny = False
@@ -178,6 +217,7 @@ def _open_from_args(
         long_documents=args.long_documents,
         passage_overlap=args.passage_overlap,
         max_passages=args.max_passages,
+        options={n: getattr(args, n) for n in MODEL_OPTIONS if getattr(args, n) is not None},
         fallback_to_tiny=fallback_to_tiny,
         out=out,
     )
@@ -323,6 +363,8 @@ def _providers_epilog() -> str:
 
 
 def _add_reranker_options(parser: argparse.ArgumentParser, default: str) -> None:
+    from .providers._local import DTYPES
+
     parser.add_argument(
         "--reranker",
         default=default,
@@ -362,6 +404,28 @@ def _add_reranker_options(parser: argparse.ArgumentParser, default: str) -> None
         type=_positive_int,
         help="local rerankers, max_passage: windows scored per document at most; the rest "
         f"is not read (default: {DEFAULT_MAX_PASSAGES})",
+    )
+    parser.add_argument(
+        "--instruction",
+        help="what relevance means for this task, for the rerankers that take an instruction "
+        f"({', '.join(providers_taking('instruction'))}; default: each model's reference one)",
+    )
+    parser.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        help="scores as probabilities in [0, 1] (--no-normalize: raw logits), for "
+        f"{', '.join(providers_taking('normalize'))} (default: each reranker's own)",
+    )
+    parser.add_argument(
+        "--max-length",
+        type=_positive_int,
+        help="token limit of a (query, document) pair, for local rerankers (default: the "
+        "model's reference value)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        help="weights' dtype for local rerankers (default: auto, half precision on CUDA)",
     )
 
 

@@ -31,7 +31,7 @@ try:
     from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Callbacks
     from langchain_core.cross_encoders import BaseCrossEncoder
     from langchain_core.documents import BaseDocumentCompressor, Document
-    from pydantic import ConfigDict, field_validator
+    from pydantic import ConfigDict, field_serializer, field_validator
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("milvus_rerank.langchain", "langchain", "langchain-core") from exc
 
@@ -110,6 +110,10 @@ class RerankCompressor(BaseDocumentCompressor):
                 f"RerankCompressor cannot be pickled because its reranker cannot: {exc}"
             ) from exc
         return super().__getstate__()
+
+    @field_serializer("reranker", when_used="json")
+    def _serialize_reranker(self, reranker: Reranker) -> str:
+        return repr(reranker)  # settings only, as the LlamaIndex adapter: a repr shows no key
 
     @field_validator("top_n", mode="before")
     @classmethod

@@ -15,7 +15,14 @@ from typing import Any, Literal
 from .base import Reranker
 from .errors import ConfigurationError
 
-__all__ = ["PROVIDERS", "ProviderSpec", "create_reranker", "provider_spec", "reranker_class"]
+__all__ = [
+    "PROVIDERS",
+    "ProviderSpec",
+    "create_reranker",
+    "provider_spec",
+    "providers_taking",
+    "reranker_class",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +188,21 @@ def reranker_class(provider: str) -> type[Reranker]:
     module, _, name = provider_spec(provider).target.partition(":")
     cls: type[Reranker] = getattr(importlib.import_module(module), name)
     return cls
+
+
+def providers_taking(option: str) -> list[str]:
+    """Keys of the local rerankers whose class takes ``option`` by name (e.g. ``instruction``).
+
+    Read from each class's ``family_options`` (its constructor's keyword options), so the
+    command line and ``serve`` follow the classes rather than lists of their own.
+    """
+    keys = []
+    for key, spec in PROVIDERS.items():
+        if spec.kind == "local":
+            options = getattr(reranker_class(key), "family_options", None)
+            if callable(options) and option in options():
+                keys.append(key)
+    return keys
 
 
 def create_reranker(provider: str, **kwargs: Any) -> Reranker:

@@ -46,6 +46,18 @@ input past the window; shorter ones are truncated to the window, since the serve
 tokens). vLLM's ``usage`` reports ``documents`` and ``characters`` scored; ``total_tokens`` is
 ``null``: the reranker does not expose its tokenizer, and the server invents no count.
 
+Instructions: a body's ``instruction`` (any route; vLLM's Qwen3 template reads that name)
+scores the request with ``reranker.with_instruction(instruction)`` where the reranker has
+instructions (the LLM rerankers); ``null`` or no field keeps the served reranker's own. A
+non-string, one with a lone surrogate or one over ``MAX_INSTRUCTION_CHARS`` characters is
+answered 400 (TEI: 422); a reranker without instructions answers 422, never ignores it. The
+views of the last ``MAX_INSTRUCTION_VIEWS`` instructions are kept (they share the loaded model).
+
+Send raw text: the server writes each reranker's prompt itself (the Qwen3-Reranker chat frame,
+FlagEmbedding's ``A:``/``B:`` lines...). A client that pre-templates its text the way vLLM's
+Qwen3 recipe does (``VLLMReranker`` with ``Qwen3Reranker.vllm_templates()``) gets a prompt
+inside a prompt: those templates are for a vLLM server, not for this one.
+
 Authentication: with ``api_key`` (``--api-key``, or ``MILVUS_RERANK_API_KEY``) every rerank
 route needs ``Authorization: Bearer <key>`` (compared in constant time; the key is never
 logged), else 401. ``run_server`` refuses to bind a non-loopback host without a key unless
@@ -67,12 +79,12 @@ import threading
 import time
 import uuid
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import Reranker, rank, validate_request
+from .base import Reranker, describe_value, rank, validate_request
 from .errors import ConfigurationError, InvalidInputError, MissingDependencyError, RerankError
 from .providers._local import LocalReranker
 from .results import RerankResult
@@ -94,6 +106,9 @@ BODY_TIMEOUT = 30.0
 CHARS_PER_TOKEN = 32
 UNKNOWN_WINDOW = 8192
 _LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+#: Longest ``instruction`` a request may carry, and how many instructions' views are kept.
+MAX_INSTRUCTION_CHARS = 4096
+MAX_INSTRUCTION_VIEWS = 64
 
 
 class BackgroundServer:
@@ -332,6 +347,30 @@ class Batcher:
         return chunks
 
 
+class _InstructedQuery(str):
+    """A query that carries the reranker scoring it (a request's instruction view)."""
+
+    reranker: Reranker
+
+
+def _instructed_score_pairs(reranker: Reranker) -> ScorePairs:
+    """``reranker.score_pairs``, sending the pairs of an ``_InstructedQuery`` to its own view."""
+
+    def score_pairs(queries: Sequence[str], documents: Sequence[str]) -> list[float]:
+        groups: dict[int, tuple[Reranker, list[int]]] = {}
+        for i, query in enumerate(queries):
+            scorer = query.reranker if isinstance(query, _InstructedQuery) else reranker
+            groups.setdefault(id(scorer), (scorer, []))[1].append(i)
+        scores = [0.0] * len(queries)
+        for scorer, rows in groups.values():
+            part = scorer.score_pairs([str(queries[i]) for i in rows], [documents[i] for i in rows])
+            for i, score in zip(rows, part, strict=True):
+                scores[i] = score
+        return scores
+
+    return score_pairs
+
+
 def _texts(documents: object) -> object:
     """Cohere and Jina also accept documents as ``{"text": ...}`` objects."""
     if isinstance(documents, list):
@@ -449,8 +488,10 @@ def create_app(
     # max_passages windows of each: the cap lets that many through.
     passages = reranker.passages_per_document() if isinstance(reranker, LocalReranker) else 1
     max_chars = max_document_chars or CHARS_PER_TOKEN * (window or UNKNOWN_WINDOW) * passages
+    with_instruction = getattr(reranker, "with_instruction", None)
+    views: OrderedDict[str, Reranker] = OrderedDict()
     batcher = Batcher(
-        reranker.score_pairs,
+        _instructed_score_pairs(reranker) if callable(with_instruction) else reranker.score_pairs,
         max_wait_ms / 1000.0,
         max_batch_pairs,
         max_tokens=max_batch_tokens,
@@ -513,10 +554,13 @@ def create_app(
             pass
 
     async def scores(request: Request, query: str, documents: list[str]) -> list[float]:
-        """The batcher's scores, unless the client leaves first (then its work is dropped)."""
+        """The batcher's scores, unless the client leaves first (then its work is dropped).
+
+        ``query`` is already cut to ``max_chars``; the documents are cut here.
+        """
         cut = [d[:max_chars] for d in documents]
         gone = asyncio.ensure_future(until_gone(request))
-        work = asyncio.ensure_future(batcher.score(query[:max_chars], cut, abandoned=gone))
+        work = asyncio.ensure_future(batcher.score(query, cut, abandoned=gone))
         try:
             await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -530,18 +574,63 @@ def create_app(
         except Overloaded as exc:
             raise _HTTPError(429, str(exc), {"Retry-After": "1"}) from None
 
+    def instructed(query: str, instruction: object, status: int) -> str:
+        """``query``, carrying the view for the body's ``instruction`` when it names one."""
+        if instruction is None:
+            return query
+        if not callable(with_instruction):
+            from .registry import providers_taking
+
+            takers = ", ".join(providers_taking("instruction"))
+            raise _HTTPError(
+                422,
+                f"instruction is not supported by this server: {type(reranker).__name__} "
+                f"takes no instruction (the rerankers that do: {takers})",
+            )
+        if not isinstance(instruction, str) or len(instruction) > MAX_INSTRUCTION_CHARS:
+            raise _HTTPError(
+                status,
+                f"instruction must be a string of at most {MAX_INSTRUCTION_CHARS} characters or "
+                f"null, got {describe_value(instruction)}",
+            )
+        if instruction == getattr(reranker, "instruction", None):
+            return query
+        view = views.pop(instruction, None)
+        if view is None:
+            try:
+                instruction.encode("utf-8")
+                view = with_instruction(instruction)
+            except UnicodeEncodeError as exc:
+                message = f"instruction is not valid Unicode text (lone surrogate at {exc.start})"
+                raise _HTTPError(status, message) from None
+            except ConfigurationError as exc:
+                raise _HTTPError(status, str(exc)) from None
+        views[instruction] = view  # the most recent last; the oldest go past the bound
+        while len(views) > MAX_INSTRUCTION_VIEWS:
+            views.popitem(last=False)
+        tagged = _InstructedQuery(query)
+        tagged.reranker = view
+        return tagged
+
     async def ranked(
-        request: Request, shape: str, query: object, documents: object, top_n: object
+        request: Request,
+        shape: str,
+        query: object,
+        documents: object,
+        top_n: object,
+        instruction: object = None,
     ) -> tuple[list[RerankResult], int, int]:
         """The ranked results, with the documents scored and their characters kept."""
         if isinstance(documents, list) and len(documents) > max_documents:
             raise _HTTPError(
                 422, f"documents holds {len(documents)} items; at most {max_documents} a request"
             )
+        status = 422 if shape == "tei" else 400
         try:
             q, docs, n = validate_request(query, _texts(documents), top_n)
         except InvalidInputError as exc:
-            raise _HTTPError(422 if shape == "tei" else 400, str(exc)) from None
+            raise _HTTPError(status, str(exc)) from None
+        q = instructed(q[:max_chars], instruction, status)  # cut first: a cut drops the view
         if not docs:
             return [], 0, 0
         results = rank(docs, await scores(request, q, docs), n, provider=reranker.provider)
@@ -567,7 +656,9 @@ def create_app(
         if not isinstance(with_documents, bool):
             raise _HTTPError(400, f"return_documents must be a bool, got {with_documents!r}")
         query, documents = body.get("query"), body.get("documents")
-        results, _, _ = await ranked(request, "cohere", query, documents, body.get("top_n"))
+        results, _, _ = await ranked(
+            request, "cohere", query, documents, body.get("top_n"), body.get("instruction")
+        )
         return {
             "id": str(uuid.uuid4()),
             "results": [
@@ -585,7 +676,9 @@ def create_app(
         window_option("truncate_prompt_tokens", body.get("truncate_prompt_tokens"), (None, -1))
         top_n = body.get("top_n") or None  # vLLM: 0 or absent means all
         query, documents = body.get("query"), body.get("documents")
-        results, scored, characters = await ranked(request, "vllm", query, documents, top_n)
+        results, scored, characters = await ranked(
+            request, "vllm", query, documents, top_n, body.get("instruction")
+        )
         return {
             "id": f"rerank-{uuid.uuid4().hex}",
             "model": body.get("model") or served_name,
@@ -624,7 +717,9 @@ def create_app(
                         f"texts[{i}] has {len(text)} characters, more than the {max_chars} this "
                         "server tokenizes; pass truncate=true to truncate it",
                     )
-        results, _, _ = await ranked(request, "tei", body.get("query"), texts, None)
+        results, _, _ = await ranked(
+            request, "tei", body.get("query"), texts, None, body.get("instruction")
+        )
         with_text = bool(body.get("return_text"))
         return [
             {"index": r.index, "score": r.score, **({"text": r.text} if with_text else {})}
@@ -680,6 +775,7 @@ def create_app(
         ]
     )
     app.state.batcher = batcher
+    app.state.instruction_views = views
     app.state.max_document_chars = max_chars
     return app
 

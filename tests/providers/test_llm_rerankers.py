@@ -25,9 +25,13 @@ from milvus_rerank import (  # noqa: E402
     create_reranker,
 )
 from milvus_rerank.providers._causal import LastLayerAtLastPosition, label_logits  # noqa: E402
-from milvus_rerank.providers._local import LocalModelRunner, resolve_dtype  # noqa: E402
+from milvus_rerank.providers._local import (  # noqa: E402
+    INSTRUCTION_PROVIDERS,
+    LocalModelRunner,
+    resolve_dtype,
+)
 from milvus_rerank.providers.qwen3 import Qwen3Family  # noqa: E402
-from milvus_rerank.registry import provider_spec  # noqa: E402
+from milvus_rerank.registry import provider_spec, providers_taking  # noqa: E402
 from tests.conftest import CORPUS  # noqa: E402
 
 QUERY = "What is the capital of France?"
@@ -411,8 +415,9 @@ def test_mxbai_estimated_max_follows_the_model_name() -> None:
 
     assert estimated_max_for("mixedbread-ai/mxbai-rerank-base-v2") == 9.0
     assert estimated_max_for("mixedbread-ai/mxbai-rerank-large-v2") == 12.0
-    with pytest.raises(ConfigurationError, match="estimated_max"):
-        MxbaiV2Reranker("x", estimated_max=float("nan"))
+    for bad in (float("nan"), 0, -5.0, float("inf")):
+        with pytest.raises(ConfigurationError, match=f"estimated_max must be a positive.*{bad}"):
+            MxbaiV2Reranker("x", estimated_max=bad)
     with pytest.raises(ConfigurationError, match="normalize"):
         MxbaiV2Reranker("x", normalize="yes")  # type: ignore[arg-type]
 
@@ -481,3 +486,93 @@ def test_langchain_and_llama_index_adapters_over_qwen3(llm_dirs: dict[str, Path]
     out = post.postprocess_nodes(nodes, query_str=QUERY)
     assert [n.node.node_id for n in out] == [str(r.index) for r in expected]
     assert [n.score for n in out] == pytest.approx([r.score for r in expected], abs=1e-6)
+
+
+# -- views, options, checkpoints --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cls", "folder", "options"),
+    [
+        (Qwen3Reranker, "qwen3", {}),
+        (BGELLMReranker, "gemma", {"normalize": True}),
+        (MxbaiV2Reranker, "mxbai", {"max_length": 64}),
+    ],
+)
+def test_a_view_answers_like_its_family(
+    llm_dirs: dict[str, Path], cls: type[Any], folder: str, options: dict[str, Any]
+) -> None:
+    path = str(llm_dirs[folder])
+    base = cls(path, device="cpu", **options)
+    view = base.with_instruction("Judge strictly")
+    assert view.input_window() == base.input_window() is not None
+    # Its repr is the family's, and builds a reranker scoring alike.
+    twin = cls(path, device="cpu", instruction="Judge strictly", **options)
+    assert repr(view) == repr(twin) and repr(view).startswith(f"{cls.__name__}(")
+    assert repr(base.with_instruction(None)) == repr(base)
+    assert view.score_pairs([QUERY] * 3, DOCS[:3]) == pytest.approx(
+        twin.score_pairs([QUERY] * 3, DOCS[:3]), abs=1e-6
+    )
+
+
+def test_unknown_options_name_the_family_and_who_takes_them() -> None:
+    from milvus_rerank import BGEReranker
+
+    with pytest.raises(ConfigurationError, match="instrution.*did you mean 'instruction'") as e:
+        create_reranker("qwen3", model_name="x", instrution="legal")
+    assert "Qwen3Reranker" in str(e.value) and "device" in str(e.value)
+    with pytest.raises(ConfigurationError) as e:
+        BGELLMReranker("x", normalise=True)  # type: ignore[call-arg]
+    assert all(o in str(e.value) for o in ("'normalize'", "query_max_length", "instruction"))
+    with pytest.raises(ConfigurationError, match="'normalize' for Qwen3Reranker. Its own opti"):
+        Qwen3Reranker("x", normalize=True)  # type: ignore[call-arg]
+    with pytest.raises(ConfigurationError, match="did you mean 'model_name'"):
+        Qwen3Reranker(model="x")  # type: ignore[call-arg]
+    # A reranker without instructions says which rerankers take one.
+    takers = "qwen3, bge-llm, mxbai-v2"
+    assert ", ".join(providers_taking("instruction")) == takers  # read from the classes
+    assert INSTRUCTION_PROVIDERS == tuple(providers_taking("instruction"))  # kept in step
+    with pytest.raises(ConfigurationError, match=f"only {takers} take an instruction"):
+        BGEReranker("x", instruction="legal")  # type: ignore[call-arg]
+    with pytest.raises(AttributeError, match=f"BGEReranker takes no instruction.*{takers}"):
+        BGEReranker("x").with_instruction("legal")  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
+        BGEReranker("x").nothing_here  # type: ignore[attr-defined]  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("cls", "folder", "found", "expected"),
+    [
+        (Qwen3Reranker, "gemma", "'gemma'", "'qwen3'"),
+        (BGELLMReranker, "qwen3", "'qwen3'", "'gemma', 'gemma2'"),
+        (MxbaiV2Reranker, "gemma", "'gemma'", "'qwen2'"),
+        (Qwen3Reranker, "mxbai", "'qwen2'", "'qwen3'"),
+    ],
+)
+def test_a_checkpoint_of_another_family_is_refused(
+    llm_dirs: dict[str, Path], cls: type[Any], folder: str, found: str, expected: str
+) -> None:
+    reranker = cls(str(llm_dirs[folder]), device="cpu")
+    with pytest.raises(ConfigurationError, match=f"is a {found} checkpoint.*{expected}"):
+        reranker.score_pairs([QUERY], [DOCS[0]])
+
+
+def test_an_empty_instruction_means_what_each_reference_says(llm_dirs: dict[str, Path]) -> None:
+    """``""`` is literal for Qwen3 and bge-llm, "no instruction line" for mxbai; None: default."""
+    qwen3 = Qwen3Reranker(str(llm_dirs["qwen3"]), device="cpu", instruction="")
+    card = [model_card_qwen3(llm_dirs["qwen3"], QUERY, d, instruction="") for d in DOCS[:3]]
+    assert _max_diff(qwen3.score_pairs([QUERY] * 3, DOCS[:3]), card) <= TOL
+    default = Qwen3Reranker(str(llm_dirs["qwen3"]), device="cpu").score_pairs([QUERY], DOCS[:1])
+    assert abs(qwen3.score_pairs([QUERY], DOCS[:1])[0] - default[0]) > 1e-4
+    mxbai = MxbaiV2Reranker(str(llm_dirs["mxbai"]), device="cpu")
+    for instruction in ("", "   "):
+        got = mxbai.with_instruction(instruction).score_pairs([QUERY] * 3, DOCS[:3])
+        want = [mxbai_package(llm_dirs["mxbai"], QUERY, d, instruction) for d in DOCS[:3]]
+        assert _max_diff(got, want) <= TOL
+    assert mxbai.with_instruction("").score_pairs([QUERY], DOCS[:1]) == pytest.approx(
+        mxbai.score_pairs([QUERY], DOCS[:1]), abs=1e-6
+    )
+    bge = BGELLMReranker(str(llm_dirs["gemma"]), device="cpu", instruction="")
+    rows = bge.runner.encode_pairs(QUERY, DOCS[:1])
+    newline = bge.family.ids(bge.runner.load().tokenizer, "\n")
+    assert rows[0]["input_ids"][-len(newline) :] == newline  # the pair, "\n", then no prompt

@@ -168,10 +168,10 @@ class InstructionView(LocalReranker):
         """Another view over the same model."""
         return InstructionView(self.base, self.family.with_instruction(instruction))
 
-    def _repr_fields(self) -> dict[str, Any]:
-        fields: dict[str, Any] = self.base._repr_fields()
-        fields["instruction"] = self.family.instruction
-        return fields
+    def __repr__(self) -> str:
+        """As the family's class would be built to score alike, e.g. ``Qwen3Reranker(...)``."""
+        fields = ", ".join(f"{k}={v!r}" for k, v in self._repr_fields().items())
+        return f"{type(self.base).__name__}({fields})"
 
 
 class _LastLayerInputs(Exception):  # noqa: N818 - a control-flow signal, not an error

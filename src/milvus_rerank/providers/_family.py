@@ -11,6 +11,7 @@ the thread-safe lazy load. A ``ModelFamily`` fills in the rest from its own modu
 ``default_max_length``     the pair token limit when the caller gives none
 ``max_positions``          the longest input the model can encode (checked at load)
 ``check_max_length``       reject a limit the family cannot honour (``ConfigurationError``)
+``model_types``            the ``config.model_type`` values of its checkpoints (checked at load)
 ``encode``                 tokenize and truncate pairs, unpadded, exactly like the reference
 ``locate``                 ``encode``'s rows, each with where its document sits (``Located``),
                            so ``long_documents="max_passage"`` can score the rest of it
@@ -147,6 +148,9 @@ class ModelFamily(ABC):
     padding_side: ClassVar[Literal["left", "right"]] = "right"
     #: The half precision ``dtype="auto"`` picks on CUDA when ``use_fp16`` is set.
     half_dtype: ClassVar[HalfDtype] = "float16"
+    #: The ``config.model_type`` values of this family's checkpoints (empty: any). Fine-tunes
+    #: keep their base's type, so another type is another family's checkpoint.
+    model_types: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
     def default_max_length(self, tokenizer: Any, config: Any) -> int:
@@ -172,6 +176,25 @@ class ModelFamily(ABC):
                 f"max_length={max_length} leaves no room for text: a pair already takes "
                 f"{specials} special tokens"
             )
+
+    def check_model_type(self, config: Any, source: ModelSource) -> None:
+        """Refuse a checkpoint whose ``model_type`` is not one of ``model_types``.
+
+        Every causal LM can be asked for a label token's logit, so a checkpoint of another
+        family would score without complaint, and meaninglessly.
+
+        Raises:
+            ConfigurationError: naming the checkpoint's type and the expected ones.
+        """
+        found = getattr(config, "model_type", None)
+        if not self.model_types or not isinstance(found, str) or found in self.model_types:
+            return
+        expected = ", ".join(map(repr, sorted(self.model_types)))
+        raise ConfigurationError(
+            f"model {source.model_name!r} is a {found!r} checkpoint, but {type(self).__name__} "
+            f"scores model_type {expected} checkpoints only; choose the reranker made for "
+            "this model (milvus-rerank --help lists them with their default models)"
+        )
 
     @abstractmethod
     def encode(

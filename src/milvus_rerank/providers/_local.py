@@ -9,6 +9,8 @@ truncated, what forward to run, how outputs become scores) comes from their ``Mo
 from __future__ import annotations
 
 import asyncio
+import difflib
+import inspect
 import math
 import os
 import socket
@@ -16,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict
 from urllib.parse import urlsplit
 
 from typing_extensions import Self, Unpack
@@ -34,6 +36,8 @@ from ._passages import (
 )
 
 __all__ = [
+    "DTYPES",
+    "INSTRUCTION_PROVIDERS",
     "LOCAL_DEFAULTS",
     "Dtype",
     "LocalModelRunner",
@@ -47,7 +51,8 @@ __all__ = [
 ]
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
-_DTYPES = ("auto", "float32", "float16", "bfloat16")
+#: The ``dtype`` values, in ``Dtype``'s order.
+DTYPES: tuple[Dtype, ...] = ("auto", "float32", "float16", "bfloat16")
 
 
 class LocalOptions(TypedDict, total=False):
@@ -152,12 +157,37 @@ def _check_options(options: dict[str, Any]) -> LocalOptions:
             merged[name] = value = os.fspath(value)
         if value is not None and not (isinstance(value, str) and value.strip()):
             raise ConfigurationError(f"{name} must be a non-empty str or None, got {value!r}")
-    if merged["dtype"] not in _DTYPES:
+    if merged["dtype"] not in DTYPES:
         raise ConfigurationError(
-            f"dtype must be one of {', '.join(map(repr, _DTYPES))}, got {merged['dtype']!r}"
+            f"dtype must be one of {', '.join(map(repr, DTYPES))}, got {merged['dtype']!r}"
         )
     checked: LocalOptions = merged  # type: ignore[assignment]
     return checked
+
+
+#: The local rerankers that take an ``instruction`` (the LLM rerankers). The registry cannot be
+#: read from here (it imports the providers); a test keeps this equal to its answer.
+INSTRUCTION_PROVIDERS = ("qwen3", "bge-llm", "mxbai-v2")
+
+
+def _unknown_options(cls: type[LocalReranker], unknown: Sequence[str]) -> str:
+    """Why ``unknown`` options are refused, with what was probably meant and what is taken."""
+    own = cls.family_options()
+    known = [*own, *LOCAL_DEFAULTS]
+    hints = []
+    for name in unknown:
+        close = ["model_name"] if name == "model" else difflib.get_close_matches(name, known, 1)
+        if name == "instruction":
+            hints.append(f"only {', '.join(INSTRUCTION_PROVIDERS)} take an instruction")
+        elif close:
+            hints.append(f"{name!r}: did you mean {close[0]!r}?")
+    mine = f"its own options: {', '.join(own)}; " if own else ""
+    rest = f"{mine}every local reranker's options: {', '.join(LOCAL_DEFAULTS)}"
+    return (
+        f"unknown option(s) {', '.join(map(repr, unknown))} for {cls.__name__}"
+        + (f" ({'; '.join(hints)})" if hints else "")
+        + f". {rest[0].upper()}{rest[1:]}"
+    )
 
 
 def resolve_device(device: str | None) -> str:
@@ -372,6 +402,7 @@ class LocalModelRunner:
             cache_dir=self.cache_dir,
             trust_remote_code=self.trust_remote_code,
         )
+        self.family.check_model_type(model.config, source)
         head = self.family.bind(model, tokenizer, source)
         pad_id = tokenizer.pad_token_id
         if pad_id is None:
@@ -616,9 +647,32 @@ class LocalReranker(Reranker):
     def __init__(
         self, model_name: str, family: ModelFamily, **options: Unpack[LocalOptions]
     ) -> None:
+        unknown = sorted(set(options) - set(LOCAL_DEFAULTS))
+        if unknown:
+            raise ConfigurationError(_unknown_options(type(self), unknown))
         self.family = family
         self.runner = LocalModelRunner(model_name, family, **options)
         self.model_name = self.runner.model_name
+
+    @classmethod
+    def family_options(cls) -> tuple[str, ...]:
+        """The keyword options this class takes besides ``LocalOptions`` (e.g. ``instruction``).
+
+        Read from the constructor's keyword-only parameters, so the command line and error
+        messages follow each family's own signature.
+        """
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        return tuple(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+    if not TYPE_CHECKING:  # for mypy, a missing attribute stays an error
+
+        def __getattr__(self, name: str) -> Any:
+            if name in ("with_instruction", "instruction"):
+                raise AttributeError(
+                    f"{type(self).__name__} takes no instruction; the rerankers that do are "
+                    f"{', '.join(INSTRUCTION_PROVIDERS)}"
+                )
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @classmethod
     def build_tiny_checkpoint(cls, path: Path) -> Path:

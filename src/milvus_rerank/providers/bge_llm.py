@@ -34,6 +34,8 @@ class BGELLMFamily(CausalFamily):
     ``max_length``, exactly as in FlagEmbedding. The instruction is the prompt.
     """
 
+    model_types: ClassVar[frozenset[str]] = frozenset({"gemma", "gemma2"})
+
     def __init__(
         self,
         instruction: str | None = None,
@@ -153,7 +155,8 @@ class BGELLMReranker(CausalReranker):
 
     Args:
         model_name: Hugging Face hub name or local directory.
-        instruction: The prompt after the pair (default: FlagEmbedding's).
+        instruction: The prompt after the pair (None: FlagEmbedding's; ``""``: no prompt at
+            all, as FlagEmbedding does with ``prompt=""``).
         normalize: Apply the sigmoid to the logit.
         query_max_length: Token limit of ``"A: " + query`` (default ``max_length * 3 // 4``).
         **options: The options of every local reranker (``LocalOptions``); ``max_length``

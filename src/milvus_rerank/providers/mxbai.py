@@ -44,6 +44,8 @@ class MxbaiV2Family(CausalFamily):
     fits ``max_length`` (the package's ``only_second`` rule).
     """
 
+    model_types: ClassVar[frozenset[str]] = frozenset({"qwen2"})
+
     def __init__(
         self,
         instruction: str | None = None,
@@ -58,9 +60,11 @@ class MxbaiV2Family(CausalFamily):
             isinstance(estimated_max, bool)
             or not isinstance(estimated_max, (int, float))
             or not math.isfinite(estimated_max)
+            or estimated_max <= 0
         ):
             raise ConfigurationError(
-                f"estimated_max must be a finite number or None, got {estimated_max!r}"
+                f"estimated_max must be a positive finite number (a logit scale) or None, "
+                f"got {estimated_max!r}"
             )
         self.normalize = normalize
         self.estimated_max = estimated_max
@@ -180,7 +184,8 @@ class MxbaiV2Reranker(CausalReranker):
 
     Args:
         model_name: Hugging Face hub name or local directory.
-        instruction: An optional ``instruction:`` line before the query.
+        instruction: An optional ``instruction:`` line before the query (None or ``""``: no
+            line, as the package; a blank string is written as given).
         normalize: Return the package's probability instead of the logit difference.
         estimated_max: Logit scale for ``normalize`` (None: by model name).
         **options: The options of every local reranker (``LocalOptions``); ``max_length``

@@ -37,6 +37,8 @@ class Qwen3Family(CausalFamily):
     right) to ``max_length`` less the prefix and suffix, so the chat frame always survives.
     """
 
+    model_types: ClassVar[frozenset[str]] = frozenset({"qwen3"})
+
     def default_max_length(self, tokenizer: Any, config: Any) -> int:
         """The model card's 8192 (capped at the position table by the runner)."""
         return QWEN3_MAX_LENGTH
@@ -132,8 +134,9 @@ class Qwen3Reranker(CausalReranker):
 
     Args:
         model_name: Hugging Face hub name or local directory.
-        instruction: What relevance means for this task (default: the model card's web-search
-            instruction). ``with_instruction`` scores with another one on the same model.
+        instruction: What relevance means for this task (None: the model card's web-search
+            instruction; ``""`` leaves ``<Instruct>:`` empty, as the card's code does).
+            ``with_instruction`` scores with another one on the same model.
         **options: The options of every local reranker (``LocalOptions``): device, dtype
             (bf16 on CUDA by default), use_fp16, batch_size, max_length (default 8192),
             max_tokens_per_batch, trust_remote_code, revision, cache_dir, local_files_only,
@@ -168,7 +171,8 @@ class Qwen3Reranker(CausalReranker):
         ``"<Document>: {document}" + suffix``, the split of vLLM's own Qwen3 example. Unlike
         this reranker, vLLM cannot cut the body alone: a pair over its ``--max-model-len``
         fails (400), and ``truncate_prompt_tokens`` keeps the prompt's first tokens, cutting
-        the closing turn the score is read after.
+        the closing turn the score is read after. Not for ``milvus-rerank serve``: it writes
+        the prompt itself from raw text, and would wrap these a second time.
 
         Args:
             instruction: What relevance means (default: the model card's web-search one).
