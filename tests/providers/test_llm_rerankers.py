@@ -320,6 +320,23 @@ def test_qwen3_bad_options_are_typed_errors(llm_dirs: dict[str, Path]) -> None:
         Qwen3Reranker("x").with_instruction(["a"])  # type: ignore[arg-type]
 
 
+def test_qwen3_too_small_max_length_names_the_frame_and_the_least_value(
+    llm_dirs: dict[str, Path],
+) -> None:
+    path = str(llm_dirs["qwen3"])
+    tokenizer = _load(llm_dirs["qwen3"])[0]
+    frame = len(tokenizer.encode(QWEN3_PREFIX + QWEN3_SUFFIX, add_special_tokens=False))
+    for too_small in (8, frame - 1, frame):
+        with pytest.raises(ConfigurationError) as caught:
+            Qwen3Reranker(path, device="cpu", max_length=too_small).load()
+        message = str(caught.value)
+        assert f"max_length={too_small} " in message
+        assert f"frame alone takes {frame} tokens" in message  # not max_length + frame
+        assert f"at least {frame + 1}" in message
+    smallest = Qwen3Reranker(path, device="cpu", max_length=frame + 1)
+    assert len(smallest.score_pairs([QUERY], [DOCS[0]])) == 1
+
+
 def test_half_precision_is_bf16_on_cuda_and_runs_on_cpu(llm_dirs: dict[str, Path]) -> None:
     assert resolve_dtype("auto", True, "cuda", Qwen3Family.half_dtype) == "bfloat16"
     assert resolve_dtype("auto", True, "cpu", Qwen3Family.half_dtype) == "float32"

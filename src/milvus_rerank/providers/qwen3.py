@@ -51,10 +51,11 @@ class Qwen3Family(CausalFamily):
     def check_max_length(self, tokenizer: Any, max_length: int) -> None:
         """The body must keep at least one token."""
         if self.body_limit(tokenizer, max_length) < 1:
+            frame = -self.body_limit(tokenizer, 0)
             raise ConfigurationError(
                 f"max_length={max_length} leaves no room for a query and a document: the "
-                f"Qwen3-Reranker prompt alone takes {max_length - self.body_limit(tokenizer, 0)} "
-                "tokens"
+                f"Qwen3-Reranker prompt frame alone takes {frame} tokens; use max_length of at "
+                f"least {frame + 1}"
             )
 
     def encode(
