@@ -8,8 +8,11 @@ itself calls ``tokenizer.prepare_for_model``, which transformers 5 removed).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -425,6 +428,56 @@ def test_mxbai_equals_the_package_formula(
     expected = [mxbai_package(path, q, d, **options) for q, d in zip(queries, docs, strict=True)]
     assert _max_diff(got, expected) <= TOL
     _spread(got)
+
+
+def test_mxbai_max_length_is_bounded_by_the_position_table_like_its_siblings(
+    llm_dirs: dict[str, Path],
+) -> None:
+    table = _load(llm_dirs["mxbai"])[1].config.max_position_embeddings
+    for cls, folder in ((MxbaiV2Reranker, "mxbai"), (Qwen3Reranker, "qwen3")):
+        with pytest.raises(ConfigurationError, match=f"max_length=1000000 .*holds {table} tokens"):
+            cls(str(llm_dirs[folder]), device="cpu", max_length=10**6).load()
+    path = str(llm_dirs["mxbai"])
+    assert MxbaiV2Reranker(path, device="cpu").input_window() == table  # 8192 capped
+    at_table = MxbaiV2Reranker(path, device="cpu", max_length=table)
+    assert at_table.input_window() == table
+    long_doc = " ".join(DOCS) * 20
+    want = mxbai_package(llm_dirs["mxbai"], QUERY, long_doc, max_length=table)
+    assert at_table.score_pairs([QUERY], [long_doc]) == pytest.approx([want], abs=TOL)
+
+
+@contextlib.contextmanager
+def _transformers_log() -> Iterator[list[logging.LogRecord]]:
+    """Records transformers' warnings (tests/conftest.py sets its verbosity to errors only)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    try:
+        yield records
+    finally:
+        logger.setLevel(level)
+        logger.removeHandler(handler)
+
+
+@pytest.mark.parametrize("long_documents", ["truncate", "max_passage"])
+@pytest.mark.parametrize(
+    ("cls", "folder"),
+    [(Qwen3Reranker, "qwen3"), (BGELLMReranker, "gemma"), (MxbaiV2Reranker, "mxbai")],
+)
+def test_long_text_raises_no_false_transformers_length_warning(
+    llm_dirs: dict[str, Path], cls: type[Any], folder: str, long_documents: str
+) -> None:
+    """Inputs are cut to the window after tokenizing: "will result in indexing errors" is false."""
+    reranker = cls(str(llm_dirs[folder]), device="cpu", long_documents=long_documents)
+    long_doc = " ".join(DOCS) * 40  # past the 1024-token position table
+    with _transformers_log() as records:
+        scores = reranker.score_pairs([QUERY, QUERY], [long_doc, DOCS[0]])
+    assert all(math.isfinite(s) for s in scores)
+    assert not [r for r in records if "sequence length is longer" in r.getMessage()]
 
 
 def test_mxbai_estimated_max_follows_the_model_name() -> None:

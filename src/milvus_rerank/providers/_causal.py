@@ -114,7 +114,10 @@ class CausalFamily(ModelFamily):
         key = (id(tokenizer), text)
         found = self._ids.get(key)
         if found is None:
-            found = self._ids[key] = list(tokenizer.encode(text, add_special_tokens=False))
+            # verbose=False: a long instruction is no error here (each family bounds its row).
+            found = self._ids[key] = list(
+                tokenizer.encode(text, add_special_tokens=False, verbose=False)
+            )
         return found
 
     def with_instruction(self, instruction: str | None) -> Self:

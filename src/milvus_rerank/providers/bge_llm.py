@@ -89,7 +89,9 @@ class BGELLMFamily(CausalFamily):
         if not cut:
             return located
         texts = ["B: " + documents[i] for i in cut]
-        again = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        again = tokenizer(
+            texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )
         for i, ids, offsets in zip(cut, again["input_ids"], again["offset_mapping"], strict=True):
             row, (before, kept, _) = encoded[i]
             at, end = text_tokens(offsets, len("B: "))

@@ -68,7 +68,10 @@ class CrossEncoderFamily(SequenceClassifierFamily):
         if not full:
             return located
         alone = tokenizer(
-            [documents[i] for i in full], add_special_tokens=False, return_attention_mask=False
+            [documents[i] for i in full],
+            add_special_tokens=False,
+            return_attention_mask=False,
+            verbose=False,  # whole on purpose: no "longer than the maximum" warning
         )["input_ids"]
         for i, ids in zip(full, alone, strict=True):
             kept = [j for j, seq in enumerate(encoded.sequence_ids(i)) if seq == 1]

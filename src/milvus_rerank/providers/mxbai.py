@@ -39,9 +39,9 @@ def estimated_max_for(model_name: str) -> float:
 class MxbaiV2Family(CausalFamily):
     """``MxbaiRerankV2``'s prompt and lengths; the score is ``logit("1") - logit("0")``.
 
-    ``max_length`` is capped so the fixed prompt fits the position table; the query part is
-    cut to 3/4 of it, the document to what is left, then the document side again so the pair
-    fits ``max_length`` (the package's ``only_second`` rule).
+    ``max_length`` (at most the position table) is capped so the fixed prompt fits the table;
+    the query part is cut to 3/4 of it, the document to what is left, then the document side
+    again so the pair fits ``max_length`` (the package's ``only_second`` rule).
     """
 
     model_types: ClassVar[frozenset[str]] = frozenset({"qwen2"})
@@ -72,12 +72,12 @@ class MxbaiV2Family(CausalFamily):
         self._model: dict[str, int] = {}
 
     def default_max_length(self, tokenizer: Any, config: Any) -> int:
-        """mxbai-rerank's 8192 (capped to fit the position table in ``encode``)."""
-        return MXBAI_MAX_LENGTH
+        """mxbai-rerank's 8192, capped at the position table by the runner.
 
-    def max_positions(self, config: Any) -> int | None:
-        """No runner-side cap: ``encode`` caps like the package does."""
-        return None
+        A ``max_length`` past the table is refused at load, as for the other families;
+        ``encode`` then leaves room for the fixed prompt as the package does.
+        """
+        return MXBAI_MAX_LENGTH
 
     def check_max_length(self, tokenizer: Any, max_length: int) -> None:
         """Any positive limit works (the package's rules apply)."""
@@ -122,10 +122,11 @@ class MxbaiV2Family(CausalFamily):
             truncation=True,
         )["input_ids"]
         q_ids = dict(zip(unique, map(list, encoded), strict=True))
-        docs = tokenizer(
+        docs = tokenizer(  # whole: cut below, as the package cuts (so no length warning)
             [f"document: {d}" for d in documents],
             add_special_tokens=False,
             return_offsets_mapping=whole,
+            verbose=False,
         )
         located: list[Located] = []
         for k, (query, doc) in enumerate(zip(queries, docs["input_ids"], strict=True)):
@@ -189,7 +190,8 @@ class MxbaiV2Reranker(CausalReranker):
         normalize: Return the package's probability instead of the logit difference.
         estimated_max: Logit scale for ``normalize`` (None: by model name).
         **options: The options of every local reranker (``LocalOptions``); ``max_length``
-            defaults to the package's 8192.
+            defaults to the package's 8192, capped at the model's position table (a larger
+            value is refused at load, as by the other families).
     """
 
     provider: ClassVar[str] = "mxbai-v2"

@@ -91,7 +91,9 @@ class Qwen3Family(CausalFamily):
         if not cut:
             return located
         bodies = self._bodies([queries[i] for i in cut], [documents[i] for i in cut])
-        whole = tokenizer(bodies, return_offsets_mapping=True, return_attention_mask=False)
+        whole = tokenizer(
+            bodies, return_offsets_mapping=True, return_attention_mask=False, verbose=False
+        )
         for i, body, ids, offsets in zip(
             cut, bodies, whole["input_ids"], whole["offset_mapping"], strict=True
         ):
