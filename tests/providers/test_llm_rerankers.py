@@ -404,6 +404,60 @@ def test_bge_llm_inputs_follow_flag_embedding_truncation(llm_dirs: dict[str, Pat
     )
 
 
+def _prompt_of(tokenizer: Any, tokens: int) -> str:
+    """A prompt of at least ``tokens`` tokens."""
+    sentence, text = "Is passage B an answer to query A? ", ""
+    while len(tokenizer(text, add_special_tokens=False)["input_ids"]) < tokens:
+        text += sentence
+    return text
+
+
+def test_bge_llm_never_runs_past_the_position_table(
+    llm_dirs: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """FlagEmbedding appends the prompt after truncation, past the table if it is long."""
+    path = str(llm_dirs["gemma"])
+    tokenizer, model = _load(llm_dirs["gemma"])
+    table = model.config.max_position_embeddings
+    huge = _prompt_of(tokenizer, table)  # alone it fills the table: no pair can ever fit
+    refused = f"prompt\\) takes \\d+ tokens.*position table \\({table} tokens\\)"
+    with _transformers_log() as records, pytest.raises(ConfigurationError, match=refused):
+        BGELLMReranker(path, device="cpu", instruction=huge).load()
+    assert not records, "no false 'longer than the maximum' warning for the prompt"
+    base = BGELLMReranker(path, device="cpu", max_length=512)
+    early = base.with_instruction(huge)  # made before the load: refused at first scoring
+    with pytest.raises(ConfigurationError, match=refused):
+        early.score_pairs([QUERY], [DOCS[0]])
+    with pytest.raises(ConfigurationError, match=refused):
+        base.with_instruction(huge)  # the model is loaded now: refused when made
+
+    long_prompt = _prompt_of(tokenizer, 420)  # fits alone; with a long query and passage, not
+    view = base.with_instruction(long_prompt)
+    prompt = tokenizer(long_prompt, add_special_tokens=False)["input_ids"]
+    queries, docs = [LONG_QUERY, QUERY, QUERY], [DOCS[1] * 5, DOCS[1] * 5, "short"]
+    with caplog.at_level(logging.WARNING, logger="milvus_rerank"):
+        rows = view.runner.encode_many(queries, docs, view.family)
+        assert view.runner.encode_many(queries, docs, view.family) == rows
+    assert len(rows[0]["input_ids"]) == table, "cut to fit the table, no further"
+    assert all(len(r["input_ids"]) <= table for r in rows)
+    assert all(r["input_ids"][-len(prompt) :] == prompt for r in rows)
+    sep = tokenizer("\n", add_special_tokens=False)["input_ids"]
+
+    def ids(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    head = [tokenizer.bos_token_id, *ids("A: " + QUERY), *sep]
+    passage = ids("B: " + DOCS[1] * 5)[:512]  # FlagEmbedding's cut at max_length
+    # Pairs that fit the table keep FlagEmbedding's layout exactly.
+    assert rows[1]["input_ids"] == [*head, *passage, *sep, *prompt]
+    assert rows[2]["input_ids"] == [*head, *ids("B: short"), *sep, *prompt]
+    logged = [r for r in caplog.records if "position table" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].name == "milvus_rerank.providers.bge_llm"
+    assert str(table) in logged[0].getMessage()
+    assert long_prompt.strip()[:20] not in logged[0].getMessage(), "numbers, not the text"
+    assert all(math.isfinite(s) for s in view.score_pairs(queries, docs))
+
+
 # -- mxbai-rerank-v2 ----------------------------------------------------------------------
 
 

@@ -108,6 +108,8 @@ class CausalFamily(ModelFamily):
         self.instruction = check_instruction(instruction)
         # Token ids of fixed template pieces, keyed by (tokenizer id, text); shared by copies.
         self._ids: dict[tuple[int, str], list[int]] = {}
+        # What has been logged once already, for this reranker and its views (shared too).
+        self._warned: set[str] = set()
 
     def ids(self, tokenizer: Any, text: str) -> list[int]:
         """``text`` tokenized without special tokens (cached: template pieces repeat)."""
@@ -142,8 +144,13 @@ class CausalReranker(LocalReranker):
         return self.family.instruction
 
     def with_instruction(self, instruction: str | None) -> InstructionView:
-        """A reranker using ``instruction`` over this one's model, loaded once for both."""
-        return InstructionView(self, self.family.with_instruction(instruction))
+        """A reranker using ``instruction`` over this one's model, loaded once for both.
+
+        Raises:
+            ConfigurationError: the model is loaded and ``instruction`` leaves no room for a
+                query (and document) in its window (checked at first scoring otherwise).
+        """
+        return InstructionView(self, self.family.with_instruction(instruction)).checked()
 
 
 class InstructionView(LocalReranker):
@@ -169,7 +176,16 @@ class InstructionView(LocalReranker):
 
     def with_instruction(self, instruction: str | None) -> InstructionView:
         """Another view over the same model."""
-        return InstructionView(self.base, self.family.with_instruction(instruction))
+        return InstructionView(self.base, self.family.with_instruction(instruction)).checked()
+
+    def checked(self) -> Self:
+        """This view, its instruction checked against the window if the model is loaded."""
+        runner = self.runner
+        if runner.loaded:
+            loaded = runner.load()
+            with runner._tokenizer_lock:
+                self.family.check_max_length(loaded.tokenizer, loaded.max_length)
+        return self
 
     def __repr__(self) -> str:
         """As the family's class would be built to score alike, e.g. ``Qwen3Reranker(...)``."""

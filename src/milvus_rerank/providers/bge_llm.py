@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,6 +15,8 @@ from ._family import Head, Located, ModelSource, Rows, identity
 from ._local import LocalOptions, sigmoid_all
 
 __all__ = ["BGE_LLM_DEFAULT_PROMPT", "BGELLMFamily", "BGELLMReranker"]
+
+logger = logging.getLogger(__name__)
 
 #: FlagLLMReranker's prompt when none is given.
 BGE_LLM_DEFAULT_PROMPT = (
@@ -32,6 +35,10 @@ class BGELLMFamily(CausalFamily):
     from its end so the pair fits ``max_length + len("\n") + len(prompt)`` (left alone when
     it cannot absorb the excess), and ``"\n" + prompt`` is appended. So inputs can exceed
     ``max_length``, exactly as in FlagEmbedding. The instruction is the prompt.
+
+    Unlike FlagEmbedding, a row never runs past the model's position table: one that would
+    (a long prompt) loses the end of its passage, then of its query, to fit, with a warning;
+    a prompt too long to leave room for any query and passage is a ``ConfigurationError``.
     """
 
     model_types: ClassVar[frozenset[str]] = frozenset({"gemma", "gemma2"})
@@ -56,13 +63,36 @@ class BGELLMFamily(CausalFamily):
             )
         self.normalize = normalize
         self.query_max_length = query_max_length
+        # The position table, read at bind; a dict so copies (instruction views) share it.
+        self._model: dict[str, int] = {}
 
     def default_max_length(self, tokenizer: Any, config: Any) -> int:
         """FlagLLMReranker's default, 512."""
         return BGE_LLM_MAX_LENGTH
 
     def check_max_length(self, tokenizer: Any, max_length: int) -> None:
-        """Any positive limit works (the prompt is appended after truncation)."""
+        """Any positive limit works (the prompt comes after truncation); ``check_prompt`` runs."""
+        self.check_prompt(tokenizer)
+
+    def check_prompt(self, tokenizer: Any) -> None:
+        """Refuse a prompt that leaves no room for a query and a passage in the position table.
+
+        Known once the model is loaded (the table, the prompt's tokens): at load, when a view
+        is made of a loaded reranker, and before each encoding (views made before the load).
+        """
+        positions = self._model.get("positions")
+        if positions is None:
+            return
+        prompt = self.ids(tokenizer, self._prompt())
+        labels = self.ids(tokenizer, "A: ") + self.ids(tokenizer, "B: ")
+        fixed = len(_head(tokenizer)) + 2 * len(self.ids(tokenizer, "\n")) + len(labels)
+        if fixed + len(prompt) >= positions:
+            raise ConfigurationError(
+                f"the bge-llm instruction (prompt) takes {len(prompt)} tokens: with the "
+                f"{fixed} tokens every pair needs, it leaves no room for a query and a passage "
+                f"in the model's position table ({positions} tokens); shorten it to fewer than "
+                f"{positions - fixed} tokens"
+            )
 
     def encode(
         self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
@@ -103,30 +133,55 @@ class BGELLMFamily(CausalFamily):
         self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
     ) -> list[tuple[dict[str, list[int]], tuple[int, int, int]]]:
         """Rows, each with (where its passage starts, passage tokens kept, passage tokens)."""
-        prompt = BGE_LLM_DEFAULT_PROMPT if self.instruction is None else self.instruction
+        self.check_prompt(tokenizer)
         query_limit = self.query_max_length or max_length * 3 // 4
         unique = list(dict.fromkeys(queries))
         q_ids = dict(
             zip(unique, _cut(tokenizer, ["A: " + q for q in unique], query_limit), strict=True)
         )
         p_ids = _cut(tokenizer, ["B: " + d for d in documents], max_length)
-        sep, prompt_ids = self.ids(tokenizer, "\n"), self.ids(tokenizer, prompt)
+        sep, prompt_ids = self.ids(tokenizer, "\n"), self.ids(tokenizer, self._prompt())
         budget = max_length + len(sep) + len(prompt_ids)
-        bos = tokenizer.bos_token_id
-        head = [bos] if bos is not None and bos != tokenizer.pad_token_id else []
+        head = _head(tokenizer)
         from_left = getattr(tokenizer, "truncation_side", "right") == "left"
+        positions = self._model.get("positions")
         rows: list[tuple[dict[str, list[int]], tuple[int, int, int]]] = []
         for query, passage in zip(queries, p_ids, strict=True):
             first, second = head + q_ids[query], sep + passage
             extra = len(first) + len(second) - budget
             if 0 < extra < len(second):
                 second = second[extra:] if from_left else second[:-extra]
+            length = len(first) + len(second) + len(sep) + len(prompt_ids)
+            if positions is not None and (over := length - positions) > 0:
+                self._warn_past_table(over, positions, len(prompt_ids))
+                cut = min(over, len(second) - len(sep))  # the passage's end first
+                second = second[: len(second) - cut]
+                first = first[: len(first) - (over - cut)]  # check_prompt left room for it
             row = {"input_ids": first + second + sep + prompt_ids}
             rows.append((row, (len(first) + len(sep), len(second) - len(sep), len(passage))))
         return rows
 
+    def _prompt(self) -> str:
+        return BGE_LLM_DEFAULT_PROMPT if self.instruction is None else self.instruction
+
+    def _warn_past_table(self, over: int, positions: int, prompt: int) -> None:
+        if "past table" in self._warned:
+            return
+        self._warned.add("past table")
+        logger.warning(
+            "bge-llm: a pair with its %d-token prompt came to %d tokens past the model's "
+            "%d-token position table (FlagEmbedding would run it so); its passage, then its "
+            "query, was cut to fit. Logged once per reranker.",
+            prompt,
+            over,
+            positions,
+        )
+
     def bind(self, model: Any, tokenizer: Any, source: ModelSource) -> Head:
         """Head: the logit of the first token of ``"Yes"``; the sigmoid when ``normalize``."""
+        positions = self.max_positions(model.config)
+        if positions is not None:
+            self._model["positions"] = positions
         yes = tokenizer("Yes", add_special_tokens=False)["input_ids"]
         if not yes:
             raise ConfigurationError(f"the tokenizer of {source.model_name!r} cannot encode 'Yes'")
@@ -141,6 +196,12 @@ class BGELLMFamily(CausalFamily):
         """Family options for the repr."""
         fields = {"normalize": self.normalize, "query_max_length": self.query_max_length}
         return {**fields, **super().describe()}
+
+
+def _head(tokenizer: Any) -> list[int]:
+    """``[bos]`` where the tokenizer has one (other than its pad token), as FlagEmbedding adds."""
+    bos = tokenizer.bos_token_id
+    return [bos] if bos is not None and bos != tokenizer.pad_token_id else []
 
 
 def _cut(tokenizer: Any, texts: list[str], limit: int) -> list[list[int]]:
