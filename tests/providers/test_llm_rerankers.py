@@ -329,15 +329,115 @@ def test_qwen3_too_small_max_length_names_the_frame_and_the_least_value(
     path = str(llm_dirs["qwen3"])
     tokenizer = _load(llm_dirs["qwen3"])[0]
     frame = len(tokenizer.encode(QWEN3_PREFIX + QWEN3_SUFFIX, add_special_tokens=False))
-    for too_small in (8, frame - 1, frame):
+    head = len(tokenizer.encode(f"<Instruct>: {QWEN3_INSTRUCTION}\n<Query>: "))
+    for too_small in (8, frame - 1, frame, frame + head):
         with pytest.raises(ConfigurationError) as caught:
             Qwen3Reranker(path, device="cpu", max_length=too_small).load()
         message = str(caught.value)
         assert f"max_length={too_small} " in message
         assert f"frame alone takes {frame} tokens" in message  # not max_length + frame
-        assert f"at least {frame + 1}" in message
-    smallest = Qwen3Reranker(path, device="cpu", max_length=frame + 1)
+        assert f"the instruction (with its <Instruct>/<Query> labels) {head}" in message
+        assert f"at least {frame + head + 1}" in message
+    smallest = Qwen3Reranker(path, device="cpu", max_length=frame + head + 1)
     assert len(smallest.score_pairs([QUERY], [DOCS[0]])) == 1
+
+
+def test_qwen3_a_query_filling_the_window_is_logged_and_query_max_length_keeps_documents(
+    llm_dirs: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    path = llm_dirs["qwen3"]
+    docs = [DOCS[0], DOCS[3], *CORPUS[:3]]
+    queries = [LONG_QUERY] * len(docs)
+    card = Qwen3Reranker(str(path), device="cpu", max_length=128)
+    with caplog.at_level(logging.WARNING, logger="milvus_rerank"):
+        default = card.score_pairs(queries, docs)
+        card.with_instruction("Be strict").score_pairs(queries, docs)  # a view: same reranker
+    # The model card's rule, kept by default: the query fills the body, every document is cut.
+    expected = [model_card_qwen3(path, LONG_QUERY, d, max_length=128) for d in docs]
+    assert _max_diff(default, expected) <= TOL
+    assert max(default) - min(default) < 1e-6, "no document token is read"
+    logged = [r for r in caplog.records if r.name == "milvus_rerank.providers.qwen3"]
+    assert len(logged) == 1 and logged[0].levelno == logging.WARNING
+    message = logged[0].getMessage()
+    assert "max_length=128" in message and "leaving a document 0 token(s)" in message
+    assert "query_max_length" in message and "capital" not in message, "numbers, not text"
+
+    capped = Qwen3Reranker(str(path), device="cpu", max_length=128, query_max_length=16)
+    assert "query_max_length=16" in repr(capped)
+    assert "query_max_length=16" in repr(capped.with_instruction("Be strict"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="milvus_rerank"):
+        scores = capped.score_pairs(queries, docs)
+    assert not caplog.records
+    _spread(scores)  # documents are read again
+    tokenizer = capped.runner.load().tokenizer
+    [row] = capped.runner.encode_many([LONG_QUERY], [DOCS[0]])
+    text = tokenizer.decode(row["input_ids"])
+    query_part = text.split("<Query>: ")[1].split("\n<Document>:")[0]
+    assert LONG_QUERY.startswith(query_part) and 0 < len(tokenizer.encode(query_part)) <= 16
+    assert "<Document>: Paris is the capital of France." in text
+    long_doc = " ".join(CORPUS) * 3  # and long documents are read in windows beside it
+    windows = Qwen3Reranker(
+        str(path), device="cpu", max_length=128, query_max_length=16, long_documents="max_passage"
+    )
+    prepared = windows.runner.prepare([LONG_QUERY], [long_doc])
+    assert prepared.pairs == 1 and len(prepared.rows) > 2
+    assert prepared.rows[0] == capped.runner.encode_many([LONG_QUERY], [long_doc])[0]
+    # A query within the limit is written as the model card writes it.
+    short = Qwen3Reranker(str(path), device="cpu", query_max_length=64)
+    want = [model_card_qwen3(path, QUERY, d) for d in docs]
+    assert _max_diff(short.score_pairs([QUERY] * len(docs), docs), want) <= TOL
+    for bad in (0, -1, True, "8", 2.0):
+        with pytest.raises(ConfigurationError, match="query_max_length must be a positive int"):
+            Qwen3Reranker(str(path), query_max_length=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("cls", "folder", "max_length"),
+    [(Qwen3Reranker, "qwen3", 256), (MxbaiV2Reranker, "mxbai", 256)],
+)
+def test_an_instruction_leaving_no_room_for_a_query_is_refused(
+    llm_dirs: dict[str, Path], cls: type[Any], folder: str, max_length: int
+) -> None:
+    tokenizer = _load(llm_dirs[folder])[0]
+    huge = _prompt_of(tokenizer, max_length)  # longer than the whole window
+    path = str(llm_dirs[folder])
+    refused = f"max_length={max_length} leaves no room for a query"
+    with pytest.raises(ConfigurationError, match=refused):
+        cls(path, device="cpu", instruction=huge, max_length=max_length).load()
+    base = cls(path, device="cpu", max_length=max_length)
+    early = base.with_instruction(huge)  # made before the load: refused at first scoring
+    with pytest.raises(ConfigurationError, match=refused):
+        early.score_pairs([QUERY], [DOCS[0]])
+    with pytest.raises(ConfigurationError, match=refused):
+        base.with_instruction(huge)  # loaded now: refused when made
+    assert len(base.with_instruction("Be strict").score_pairs([QUERY], [DOCS[0]])) == 1
+
+
+def test_mxbai_an_instruction_squeezing_the_query_is_logged(
+    llm_dirs: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    path = llm_dirs["mxbai"]
+    tokenizer = _load(path)[0]
+    max_length = 200  # the query part keeps 150 tokens
+    labels = len(tokenizer("instruction: \nquery: ", add_special_tokens=False)["input_ids"])
+    instruction = _prompt_of(tokenizer, 150 - labels - 4)
+    line = f"instruction: {instruction}\nquery: "
+    head = len(tokenizer(line, add_special_tokens=False)["input_ids"])
+    assert 150 - 8 < head < 150, "the line leaves a query fewer than 8 tokens, but some"
+    reranker = MxbaiV2Reranker(
+        str(path), device="cpu", max_length=max_length, instruction=instruction
+    )
+    with caplog.at_level(logging.WARNING, logger="milvus_rerank"):
+        scores = reranker.score_pairs([LONG_QUERY] * 3, DOCS[:3])
+        reranker.score_pairs([LONG_QUERY], DOCS[:1])
+    expected = [
+        mxbai_package(path, LONG_QUERY, d, instruction, max_length=max_length) for d in DOCS[:3]
+    ]
+    assert _max_diff(scores, expected) <= TOL, "still the package's formula"
+    logged = [r for r in caplog.records if r.name == "milvus_rerank.providers.mxbai"]
+    assert len(logged) == 1 and "takes" in logged[0].getMessage()
+    assert "passage" not in logged[0].getMessage(), "numbers, not the instruction's text"
 
 
 def test_half_precision_is_bf16_on_cuda_and_runs_on_cpu(llm_dirs: dict[str, Path]) -> None:
@@ -405,10 +505,10 @@ def test_bge_llm_inputs_follow_flag_embedding_truncation(llm_dirs: dict[str, Pat
 
 
 def _prompt_of(tokenizer: Any, tokens: int) -> str:
-    """A prompt of at least ``tokens`` tokens."""
-    sentence, text = "Is passage B an answer to query A? ", ""
+    """A prompt of at least ``tokens`` tokens, grown a word at a time."""
+    words, text = "Is passage B an answer to query A?".split(), ""
     while len(tokenizer(text, add_special_tokens=False)["input_ids"]) < tokens:
-        text += sentence
+        text += words[len(text.split()) % len(words)] + " "
     return text
 
 

@@ -9,6 +9,7 @@ position's hidden state and multiplies it by the label tokens' rows of the LM he
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
@@ -20,14 +21,28 @@ from ._family import HalfDtype, ModelFamily
 from ._local import LocalReranker
 
 __all__ = [
+    "FEW_TOKENS",
     "CausalFamily",
     "CausalReranker",
     "InstructionView",
     "LastLayerAtLastPosition",
     "check_instruction",
+    "check_query_max_length",
     "label_logits",
     "text_tokens",
 ]
+
+
+#: A pair whose document (Qwen3) or query (mxbai-v2) keeps fewer tokens than this, because
+#: the text before it filled the window, is logged: it is scored on next to nothing of it.
+FEW_TOKENS = 8
+
+
+def check_query_max_length(value: object) -> int | None:
+    """``value`` if it is a positive int or None, else ``ConfigurationError`` naming it."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigurationError(f"query_max_length must be a positive int, got {value!r}")
+    return value
 
 
 def check_instruction(instruction: object, what: str = "instruction") -> str | None:
@@ -121,6 +136,12 @@ class CausalFamily(ModelFamily):
                 tokenizer.encode(text, add_special_tokens=False, verbose=False)
             )
         return found
+
+    def warn_once(self, logger: logging.Logger, key: str, message: str, *args: object) -> None:
+        """Log ``message`` (numbers only, never user text) once for this reranker and its views."""
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message + " (logged once per reranker)", *args)
 
     def with_instruction(self, instruction: str | None) -> Self:
         """A copy of this family using ``instruction`` (sharing its caches)."""

@@ -10,7 +10,13 @@ from typing import Any, ClassVar
 from typing_extensions import Unpack
 
 from ..errors import ConfigurationError
-from ._causal import CausalFamily, CausalReranker, label_logits, text_tokens
+from ._causal import (
+    CausalFamily,
+    CausalReranker,
+    check_query_max_length,
+    label_logits,
+    text_tokens,
+)
 from ._family import Head, Located, ModelSource, Rows, identity
 from ._local import LocalOptions, sigmoid_all
 
@@ -53,16 +59,8 @@ class BGELLMFamily(CausalFamily):
         super().__init__(instruction)
         if not isinstance(normalize, bool):
             raise ConfigurationError(f"normalize must be True or False, got {normalize!r}")
-        if query_max_length is not None and (
-            isinstance(query_max_length, bool)
-            or not isinstance(query_max_length, int)
-            or query_max_length < 1
-        ):
-            raise ConfigurationError(
-                f"query_max_length must be a positive int, got {query_max_length!r}"
-            )
         self.normalize = normalize
-        self.query_max_length = query_max_length
+        self.query_max_length = check_query_max_length(query_max_length)
         # The position table, read at bind; a dict so copies (instruction views) share it.
         self._model: dict[str, int] = {}
 
@@ -153,7 +151,16 @@ class BGELLMFamily(CausalFamily):
                 second = second[extra:] if from_left else second[:-extra]
             length = len(first) + len(second) + len(sep) + len(prompt_ids)
             if positions is not None and (over := length - positions) > 0:
-                self._warn_past_table(over, positions, len(prompt_ids))
+                self.warn_once(
+                    logger,
+                    "past table",
+                    "bge-llm: a pair with its %d-token prompt came to %d tokens past the "
+                    "model's %d-token position table (FlagEmbedding would run it so); its "
+                    "passage, then its query, was cut to fit",
+                    len(prompt_ids),
+                    over,
+                    positions,
+                )
                 cut = min(over, len(second) - len(sep))  # the passage's end first
                 second = second[: len(second) - cut]
                 first = first[: len(first) - (over - cut)]  # check_prompt left room for it
@@ -163,19 +170,6 @@ class BGELLMFamily(CausalFamily):
 
     def _prompt(self) -> str:
         return BGE_LLM_DEFAULT_PROMPT if self.instruction is None else self.instruction
-
-    def _warn_past_table(self, over: int, positions: int, prompt: int) -> None:
-        if "past table" in self._warned:
-            return
-        self._warned.add("past table")
-        logger.warning(
-            "bge-llm: a pair with its %d-token prompt came to %d tokens past the model's "
-            "%d-token position table (FlagEmbedding would run it so); its passage, then its "
-            "query, was cut to fit. Logged once per reranker.",
-            prompt,
-            over,
-            positions,
-        )
 
     def bind(self, model: Any, tokenizer: Any, source: ModelSource) -> Head:
         """Head: the logit of the first token of ``"Yes"``; the sigmoid when ``normalize``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -10,11 +11,13 @@ from typing import Any, ClassVar
 from typing_extensions import Unpack
 
 from ..errors import ConfigurationError
-from ._causal import CausalFamily, CausalReranker, label_logits, text_tokens
+from ._causal import FEW_TOKENS, CausalFamily, CausalReranker, label_logits, text_tokens
 from ._family import Head, Located, ModelSource, Rows, identity
 from ._local import LocalOptions, sigmoid_all
 
 __all__ = ["MxbaiV2Family", "MxbaiV2Reranker", "estimated_max_for"]
+
+logger = logging.getLogger(__name__)
 
 MXBAI_PREFIX = (
     "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
@@ -80,7 +83,33 @@ class MxbaiV2Family(CausalFamily):
         return MXBAI_MAX_LENGTH
 
     def check_max_length(self, tokenizer: Any, max_length: int) -> None:
-        """Any positive limit works (the package's rules apply)."""
+        """The instruction line must leave the query part (3/4 of the window) a query token.
+
+        Checked at load, when a view is made of a loaded reranker, and before each encoding.
+        """
+        window = self._window(tokenizer, max_length)
+        head = len(self.ids(tokenizer, f"{self._instruction_line()}query: "))
+        if head >= window * 3 // 4:
+            what = "the instruction line" if self.instruction else "the query label"
+            raise ConfigurationError(
+                f"max_length={max_length} leaves no room for a query: the query part may keep "
+                f"{window * 3 // 4} tokens (3/4 of the {window} left beside the fixed prompt) "
+                f"and {what} takes {head}; shorten the instruction or raise max_length"
+            )
+
+    def _window(self, tokenizer: Any, max_length: int) -> int:
+        """``max_length`` less what the fixed prompt needs of the position table (the package's)."""
+        fixed = sum(
+            len(self.ids(tokenizer, text))
+            for text in (MXBAI_PREFIX, MXBAI_TASK, MXBAI_SUFFIX, "\n")
+        )
+        positions = self._model.get("positions")
+        if positions is not None and max_length + fixed > positions:
+            return positions - fixed
+        return max_length
+
+    def _instruction_line(self) -> str:
+        return f"instruction: {self.instruction}\n" if self.instruction else ""
 
     def encode(
         self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
@@ -111,17 +140,33 @@ class MxbaiV2Family(CausalFamily):
         task, sep = self.ids(tokenizer, MXBAI_TASK), self.ids(tokenizer, "\n")
         fixed = len(prefix) + len(task) + len(suffix) + len(sep)
         positions = self._model.get("positions")
-        if positions is not None and max_length + fixed > positions:
-            max_length = positions - fixed
-        instruction = f"instruction: {self.instruction}\n" if self.instruction else ""
+        self.check_max_length(tokenizer, max_length)
+        max_length = self._window(tokenizer, max_length)
+        instruction = self._instruction_line()
         unique = list(dict.fromkeys(queries))
+        query_limit = max_length * 3 // 4
         encoded = tokenizer(
             [f"{instruction}query: {q}" for q in unique],
             add_special_tokens=False,
-            max_length=max_length * 3 // 4,
+            max_length=query_limit,
             truncation=True,
         )["input_ids"]
         q_ids = dict(zip(unique, map(list, encoded), strict=True))
+        head = len(self.ids(tokenizer, f"{instruction}query: "))
+        if instruction and query_limit - head < FEW_TOKENS:
+            if any(len(ids) >= query_limit for ids in q_ids.values()):
+                self.warn_once(
+                    logger,
+                    "query squeezed",
+                    "mxbai-v2: the instruction line takes %d of the %d tokens the query part "
+                    "may keep (3/4 of its %d-token window), leaving a long query %d token(s): "
+                    "it is scored almost without its query; shorten the instruction or raise "
+                    "max_length",
+                    head,
+                    query_limit,
+                    max_length,
+                    query_limit - head,
+                )
         docs = tokenizer(  # whole: cut below, as the package cuts (so no length warning)
             [f"document: {d}" for d in documents],
             add_special_tokens=False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -9,11 +10,21 @@ from typing import Any, ClassVar
 from typing_extensions import Unpack
 
 from ..errors import ConfigurationError
-from ._causal import CausalFamily, CausalReranker, check_instruction, label_logits, text_tokens
+from ._causal import (
+    FEW_TOKENS,
+    CausalFamily,
+    CausalReranker,
+    check_instruction,
+    check_query_max_length,
+    label_logits,
+    text_tokens,
+)
 from ._family import Head, Located, ModelSource, Rows
 from ._local import LocalOptions
 
 __all__ = ["QWEN3_DEFAULT_INSTRUCTION", "Qwen3Family", "Qwen3Reranker"]
+
+logger = logging.getLogger(__name__)
 
 QWEN3_PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
@@ -35,9 +46,18 @@ class Qwen3Family(CausalFamily):
     Each pair is ``prefix + body + suffix`` with the body
     ``<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}`` cut (from the
     right) to ``max_length`` less the prefix and suffix, so the chat frame always survives.
+    The document is what is cut first: a query (or instruction) that fills the body leaves
+    none of it, as in the model card, and is logged; ``query_max_length`` (off by default)
+    cuts the query to that many tokens first, so documents keep the rest of the window.
     """
 
     model_types: ClassVar[frozenset[str]] = frozenset({"qwen3"})
+
+    def __init__(
+        self, instruction: str | None = None, *, query_max_length: int | None = None
+    ) -> None:
+        super().__init__(instruction)
+        self.query_max_length = check_query_max_length(query_max_length)
 
     def default_max_length(self, tokenizer: Any, config: Any) -> int:
         """The model card's 8192 (capped at the position table by the runner)."""
@@ -49,29 +69,85 @@ class Qwen3Family(CausalFamily):
         return max_length - len(frame)
 
     def check_max_length(self, tokenizer: Any, max_length: int) -> None:
-        """The body must keep at least one token."""
-        if self.body_limit(tokenizer, max_length) < 1:
-            frame = -self.body_limit(tokenizer, 0)
+        """The frame and the instruction must leave the query (and document) a token at least.
+
+        Checked at load, when a view is made of a loaded reranker, and before each encoding.
+        """
+        frame = -self.body_limit(tokenizer, 0)
+        head = len(self.ids(tokenizer, f"<Instruct>: {self._instruction()}\n<Query>: "))
+        if max_length <= frame + head:
             raise ConfigurationError(
                 f"max_length={max_length} leaves no room for a query and a document: the "
-                f"Qwen3-Reranker prompt frame alone takes {frame} tokens; use max_length of at "
-                f"least {frame + 1}"
+                f"Qwen3-Reranker prompt frame alone takes {frame} tokens and the instruction "
+                f"(with its <Instruct>/<Query> labels) {head}; use max_length of at least "
+                f"{frame + head + 1}, or a shorter instruction"
             )
 
     def encode(
         self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
     ) -> Rows:
         """``prefix + tokenizer(body, truncation, max_length - frame) + suffix``, per pair."""
-        bodies = self._bodies(queries, documents)
+        return self._encode(tokenizer, queries, documents, max_length)[0]
+
+    def _encode(
+        self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
+    ) -> tuple[Rows, list[str]]:
+        """The rows, and the bodies they were tokenized from (queries cut to their limit)."""
+        self.check_max_length(tokenizer, max_length)
+        bodies = self._bodies(self._cut_queries(tokenizer, queries), documents)
+        limit = self.body_limit(tokenizer, max_length)
         encoded = tokenizer(
             bodies,
             padding=False,
             truncation="longest_first",
             return_attention_mask=False,
-            max_length=self.body_limit(tokenizer, max_length),
-        )["input_ids"]
+            return_offsets_mapping=True,
+            max_length=limit,
+        )
+        for body, document, offsets in zip(
+            bodies, documents, encoded["offset_mapping"], strict=True
+        ):
+            if len(offsets) >= limit and offsets[-1][1] < len(body) and document.strip():
+                at, end = text_tokens(offsets, len(body) - len(document))
+                if end - at < FEW_TOKENS:
+                    self._warn_squeezed(min(at, limit), end - at, max_length)
         prefix, suffix = self.ids(tokenizer, QWEN3_PREFIX), self.ids(tokenizer, QWEN3_SUFFIX)
-        return [{"input_ids": prefix + list(body) + suffix} for body in encoded]
+        rows = [{"input_ids": prefix + list(body) + suffix} for body in encoded["input_ids"]]
+        return rows, bodies
+
+    def _warn_squeezed(self, before: int, kept: int, max_length: int) -> None:
+        hint = "lower query_max_length" if self.query_max_length else "set query_max_length"
+        self.warn_once(
+            logger,
+            "document squeezed",
+            "Qwen3-Reranker: the instruction and query took %d tokens of the body "
+            "(max_length=%d), leaving a document %d token(s): such documents score alike, as "
+            "in the model card, which cuts the document first; %s (or raise max_length) to "
+            "keep room for documents",
+            before,
+            max_length,
+            kept,
+            hint,
+        )
+
+    def _cut_queries(self, tokenizer: Any, queries: Sequence[str]) -> list[str]:
+        """Each query cut at the end of its ``query_max_length``-th token (None: whole)."""
+        limit = self.query_max_length
+        if limit is None:
+            return list(queries)
+        unique = list(dict.fromkeys(queries))
+        offsets = tokenizer(
+            unique,
+            add_special_tokens=False,
+            return_offsets_mapping=True,
+            return_attention_mask=False,
+            verbose=False,
+        )["offset_mapping"]
+        cut = {
+            q: q if len(o) <= limit else q[: o[limit - 1][1]]
+            for q, o in zip(unique, offsets, strict=True)
+        }
+        return [cut[q] for q in queries]
 
     def locate(
         self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
@@ -82,7 +158,7 @@ class Qwen3Family(CausalFamily):
         ending past its first character (the space before it may ride on its first token),
         taken from the body's own tokens, so the windows read the document as the body does.
         """
-        rows = self.encode(tokenizer, queries, documents, max_length)
+        rows, bodies = self._encode(tokenizer, queries, documents, max_length)
         limit = self.body_limit(tokenizer, max_length)
         frame = len(self.ids(tokenizer, QWEN3_PREFIX))
         suffix = len(self.ids(tokenizer, QWEN3_SUFFIX))
@@ -90,21 +166,25 @@ class Qwen3Family(CausalFamily):
         cut = [i for i, row in enumerate(rows) if len(row["input_ids"]) - frame - suffix >= limit]
         if not cut:
             return located
-        bodies = self._bodies([queries[i] for i in cut], [documents[i] for i in cut])
         whole = tokenizer(
-            bodies, return_offsets_mapping=True, return_attention_mask=False, verbose=False
+            [bodies[i] for i in cut],
+            return_offsets_mapping=True,
+            return_attention_mask=False,
+            verbose=False,
         )
-        for i, body, ids, offsets in zip(
-            cut, bodies, whole["input_ids"], whole["offset_mapping"], strict=True
-        ):
+        for i, ids, offsets in zip(cut, whole["input_ids"], whole["offset_mapping"], strict=True):
+            body = bodies[i]
             at, end = text_tokens(offsets, len(body) - len(documents[i]))
             kept = min(limit, end) - at
             if kept < end - at:  # a body exactly at its limit may have lost nothing
                 located[i] = Located(rows[i], ids[at:end], frame + at, frame + at + kept)
         return located
 
+    def _instruction(self) -> str:
+        return QWEN3_DEFAULT_INSTRUCTION if self.instruction is None else self.instruction
+
     def _bodies(self, queries: Sequence[str], documents: Sequence[str]) -> list[str]:
-        instruction = QWEN3_DEFAULT_INSTRUCTION if self.instruction is None else self.instruction
+        instruction = self._instruction()
         return [
             f"<Instruct>: {instruction}\n<Query>: {q}\n<Document>: {d}"
             for q, d in zip(queries, documents, strict=True)
@@ -121,6 +201,13 @@ class Qwen3Family(CausalFamily):
             return torch.log_softmax(logits_of(batch), dim=-1)[:, 1].exp()
 
         return Head(forward)
+
+    def describe(self) -> dict[str, Any]:
+        """Family options for the repr."""
+        fields = (
+            {} if self.query_max_length is None else {"query_max_length": self.query_max_length}
+        )
+        return {**fields, **super().describe()}
 
 
 def _single_token(tokenizer: Any, token: str, source: ModelSource) -> int:
@@ -140,6 +227,9 @@ class Qwen3Reranker(CausalReranker):
         instruction: What relevance means for this task (None: the model card's web-search
             instruction; ``""`` leaves ``<Instruct>:`` empty, as the card's code does).
             ``with_instruction`` scores with another one on the same model.
+        query_max_length: Cut each query to this many tokens first, so a long query leaves
+            documents the rest of the window (None: the model card's rule, where the body is
+            cut from its end and a query filling it leaves no document, which is logged).
         **options: The options of every local reranker (``LocalOptions``): device, dtype
             (bf16 on CUDA by default), use_fp16, batch_size, max_length (default 8192),
             max_tokens_per_batch, trust_remote_code, revision, cache_dir, local_files_only,
@@ -160,9 +250,11 @@ class Qwen3Reranker(CausalReranker):
         model_name: str = default_model,
         *,
         instruction: str | None = None,
+        query_max_length: int | None = None,
         **options: Unpack[LocalOptions],
     ) -> None:
-        super().__init__(model_name, Qwen3Family(instruction), **options)
+        family = Qwen3Family(instruction, query_max_length=query_max_length)
+        super().__init__(model_name, family, **options)
 
     @staticmethod
     def vllm_templates(instruction: str | None = None) -> dict[str, str]:
