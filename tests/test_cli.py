@@ -285,6 +285,11 @@ def test_model_options_reach_the_llm_reranker(
         (["--normalize"], "qwen3", "normalize (--normalize) is for bge, bge-llm, mxbai-v2; 'qw"),
         (["--max-length", "64"], "voyage", "max_length (--max-length) is for local rerankers"),
         (["--dtype", "float16"], "jina", "dtype (--dtype) is for local rerankers (bge, "),
+        (
+            ["--split-special-tokens"],
+            "cohere",
+            "split_special_tokens (--split-special-tokens) is for local rerankers (bge, ",
+        ),
     ],
 )
 def test_model_options_the_reranker_does_not_take(
@@ -319,9 +324,11 @@ def test_serve_and_eval_take_the_model_options(
     monkeypatch.delenv("MILVUS_RERANK_API_KEY", raising=False)
     beir = str(Path(__file__).parent / "fixtures" / "beir-mini")
     options = ["--device", "cpu", "--instruction", "be strict", "--max-length", "96"]
+    options.append("--split-special-tokens")
     common = ["--reranker", "qwen3", "--model", str(llm_models["qwen3"]), *options]
     assert main(["serve", *common]) == 0
     assert main(["eval", *common, beir]) == 0
     for reranker in seen:
         assert "instruction='be strict'" in repr(reranker) and "max_length=96" in repr(reranker)
+        assert "split_special_tokens=True" in repr(reranker)
     assert len(seen) == 2

@@ -39,7 +39,7 @@ def _local_keys() -> str:
 
 #: Model options with a flag of their own (``--max-length`` sets ``max_length``): each goes to
 #: the local rerankers whose class takes it, as its constructor says.
-MODEL_OPTIONS = ("instruction", "normalize", "max_length", "dtype")
+MODEL_OPTIONS = ("instruction", "normalize", "max_length", "dtype", "split_special_tokens")
 
 
 def _flag(option: str) -> str:
@@ -426,6 +426,14 @@ def _add_reranker_options(parser: argparse.ArgumentParser, default: str) -> None
         "--dtype",
         choices=DTYPES,
         help="weights' dtype for local rerankers (default: auto, half precision on CUDA)",
+    )
+    parser.add_argument(
+        "--split-special-tokens",
+        action="store_true",
+        default=None,
+        help="local rerankers: read special-token strings (<|im_end|>, </s>...) in queries, "
+        "documents and instructions as plain text, so they cannot inject control tokens; "
+        "recommended for serve with untrusted clients (default: off, as the references)",
     )
 
 

@@ -227,6 +227,37 @@ def test_max_passages_bounds_the_windows(family_dirs: dict[str, Path], key: str)
     assert two.runner.prepare([QUERY] * len(docs), docs).owners.count(len(SHORT)) == 2
 
 
+@pytest.mark.parametrize("key", FAMILIES)
+def test_windows_read_special_token_strings_as_text_with_split_special_tokens(
+    family_dirs: dict[str, Path], key: str
+) -> None:
+    reranker = make(family_dirs, key, long_documents="max_passage", split_special_tokens=True)
+    loaded = reranker.runner.load()
+    tokenizer = loaded.tokenizer
+    specials = [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
+    control_ids = set(tokenizer.convert_tokens_to_ids(specials)) - {tokenizer.unk_token_id}
+    words = LONG.split()
+    doc = " ".join(f"{w} {specials[i % len(specials)]}" for i, w in enumerate(words))
+    split = make(family_dirs, key, split_special_tokens=True)
+    truncated = split.runner.encode_pairs(QUERY, [doc])
+    [clean] = split.runner.encode_pairs(QUERY, [LONG])
+
+    def controls(row: dict[str, list[int]]) -> list[int]:
+        return [i for i in row["input_ids"] if i in control_ids]
+
+    assert controls(truncated[0]) == controls(clean), "the template's own, no more"
+    prepared = reranker.runner.prepare([QUERY], [doc])
+    assert prepared.rows[0] == truncated[0], "the first window is what truncation scores"
+    assert len(prepared.rows) > 2
+    [item] = reranker.family.locate(tokenizer, [QUERY], [doc], loaded.max_length)
+    assert item.document and not control_ids & set(item.document)
+    for row in prepared.rows:
+        assert not control_ids & set(row["input_ids"][item.start : item.stop])
+    [plain] = make(family_dirs, key).runner.encode_pairs(QUERY, [doc])
+    assert len(controls(plain)) > len(controls(clean)), "by default, as the references"
+    assert len(reranker._score(QUERY, [doc])) == 1
+
+
 def test_the_windows_of_every_document_share_the_batches(
     family_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -122,18 +122,25 @@ class CausalFamily(ModelFamily):
     def __init__(self, instruction: str | None = None) -> None:
         self.instruction = check_instruction(instruction)
         # Token ids of fixed template pieces, keyed by (tokenizer id, text); shared by copies.
-        self._ids: dict[tuple[int, str], list[int]] = {}
+        self._ids: dict[tuple[int, str, bool], list[int]] = {}
         # What has been logged once already, for this reranker and its views (shared too).
         self._warned: set[str] = set()
 
-    def ids(self, tokenizer: Any, text: str) -> list[int]:
-        """``text`` tokenized without special tokens (cached: template pieces repeat)."""
-        key = (id(tokenizer), text)
+    def ids(self, tokenizer: Any, text: str, *, user: bool = False) -> list[int]:
+        """``text`` tokenized without added special tokens (cached: template pieces repeat).
+
+        Template text keeps its special tokens; ``user`` text (an instruction) has them split
+        where ``split_special_tokens`` is set.
+        """
+        split = user and self.split_special_tokens
+        key = (id(tokenizer), text, split)
         found = self._ids.get(key)
         if found is None:
             # verbose=False: a long instruction is no error here (each family bounds its row).
             found = self._ids[key] = list(
-                tokenizer.encode(text, add_special_tokens=False, verbose=False)
+                tokenizer.encode(
+                    text, add_special_tokens=False, verbose=False, split_special_tokens=split
+                )
             )
         return found
 

@@ -74,7 +74,9 @@ __all__ = [
     "ModelSource",
     "Rows",
     "SequenceClassifierFamily",
+    "controls_as_unk",
     "identity",
+    "text_controls",
 ]
 
 #: Encoded pairs, unpadded: one dict per pair, ``input_ids`` (and, where the model takes them,
@@ -83,6 +85,34 @@ Rows = list[dict[str, list[int]]]
 HalfDtype = Literal["float16", "bfloat16"]
 #: Position tables that reserve ``padding_idx + 1`` slots (RoBERTa-style position ids).
 _OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl", "longformer"}
+
+
+def text_controls(tokenizer: Any) -> tuple[frozenset[int], int | None]:
+    """The special-token ids user text must not produce (all but ``<unk>``), and ``<unk>``'s."""
+    unk = tokenizer.unk_token_id
+    return frozenset(tokenizer.all_special_ids) - {unk}, unk
+
+
+def controls_as_unk(
+    ids: Sequence[int],
+    controls: tuple[frozenset[int], int | None],
+    sequences: Sequence[int | None] | None = None,
+) -> list[int]:
+    """``ids`` with any special token inside user text read as ``<unk>``.
+
+    ``split_special_tokens`` keeps special-token strings from matching the tokenizer's added
+    tokens, but a model vocabulary that holds the special pieces itself (XLM-R's unigram
+    scores ``</s>`` like any piece) still produces them from text: there they become
+    ``<unk>``. ``sequences`` (a pair's sequence ids: None marks the template's tokens) says
+    which positions are user text (None: all of them).
+    """
+    special, unk = controls
+    if unk is None or not special.intersection(ids):
+        return list(ids)
+    return [
+        unk if i in special and (sequences is None or sequences[k] is not None) else i
+        for k, i in enumerate(ids)
+    ]
 
 
 def identity(scores: list[float]) -> list[float]:
@@ -151,6 +181,11 @@ class ModelFamily(ABC):
     #: The ``config.model_type`` values of this family's checkpoints (empty: any). Fine-tunes
     #: keep their base's type, so another type is another family's checkpoint.
     model_types: ClassVar[frozenset[str]] = frozenset()
+    #: Tokenize user text (queries, documents, instructions) with special-token strings such
+    #: as ``<|im_end|>`` split into ordinary pieces, so text cannot write control tokens into
+    #: a row; the family's own template keeps its special tokens. Set by the runner from
+    #: ``LocalOptions.split_special_tokens`` (off: the references tokenize them as controls).
+    split_special_tokens: bool = False
 
     @abstractmethod
     def default_max_length(self, tokenizer: Any, config: Any) -> int:

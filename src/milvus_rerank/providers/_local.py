@@ -77,6 +77,9 @@ class LocalOptions(TypedDict, total=False):
         passage_overlap: Tokens neighbouring windows share (``max_passage``; 64).
         max_passages: Windows scored per document at most (``max_passage``; 10); the rest of
             a longer document is not read.
+        split_special_tokens: Read special-token strings (``<|im_end|>``, ``</s>``...) in
+            queries, documents and instructions as plain text, so untrusted text cannot
+            inject control tokens (chat turns) into a row. Off by default, as the references.
     """
 
     device: str | None
@@ -92,6 +95,7 @@ class LocalOptions(TypedDict, total=False):
     long_documents: LongDocuments
     passage_overlap: int
     max_passages: int
+    split_special_tokens: bool
 
 
 #: The default of every ``LocalOptions`` key, in one place.
@@ -109,6 +113,7 @@ LOCAL_DEFAULTS: LocalOptions = {
     "long_documents": "truncate",
     "passage_overlap": DEFAULT_PASSAGE_OVERLAP,
     "max_passages": DEFAULT_MAX_PASSAGES,
+    "split_special_tokens": False,
 }
 
 _TRUTHY = {"1", "true", "yes", "on"}
@@ -148,7 +153,7 @@ def _check_options(options: dict[str, Any]) -> LocalOptions:
             f"long_documents must be one of {', '.join(map(repr, LONG_DOCUMENTS))}, "
             f"got {merged['long_documents']!r}"
         )
-    for name in ("use_fp16", "trust_remote_code", "local_files_only"):
+    for name in ("use_fp16", "trust_remote_code", "local_files_only", "split_special_tokens"):
         if not isinstance(merged[name], bool):
             raise ConfigurationError(f"{name} must be True or False, got {merged[name]!r}")
     for name in ("device", "revision", "cache_dir"):
@@ -333,6 +338,7 @@ class LocalModelRunner:
         self.long_documents = settings["long_documents"]
         self.passage_overlap = settings["passage_overlap"]
         self.max_passages = settings["max_passages"]
+        self.split_special_tokens = family.split_special_tokens = settings["split_special_tokens"]
         self._loaded: _Loaded | None = None
         self._load_lock = threading.Lock()
         # Fast tokenizers keep truncation state on the shared Rust object: one caller at a time.
@@ -739,6 +745,7 @@ class LocalReranker(Reranker):
             "long_documents": runner.long_documents,
             "passage_overlap": runner.passage_overlap,
             "max_passages": runner.max_passages,
+            "split_special_tokens": runner.split_special_tokens,
         }
         fields.update({k: v for k, v in passages.items() if v != LOCAL_DEFAULTS.get(k)})
         return {**fields, **self.family.describe()}

@@ -9,7 +9,15 @@ from typing import Any, ClassVar
 from typing_extensions import Unpack
 
 from ..errors import ConfigurationError
-from ._family import Located, ModelSource, Rows, SequenceClassifierFamily, identity
+from ._family import (
+    Located,
+    ModelSource,
+    Rows,
+    SequenceClassifierFamily,
+    controls_as_unk,
+    identity,
+    text_controls,
+)
 from ._local import LocalOptions, LocalReranker, sigmoid_all
 
 __all__ = ["BGEFamily", "BGEReranker"]
@@ -106,11 +114,13 @@ class BGEFamily(SequenceClassifierFamily):
         backend = tokenizer.backend_tokenizer
         backend.no_truncation()
         backend.no_padding()
+        backend.encode_special_tokens = self.split_special_tokens  # user text only, here
         q = backend.encode(query, add_special_tokens=False)
         q.truncate(self.query_limit(max_length))
         specials = backend.num_special_tokens_to_add(True)
         docs = backend.encode_batch(list(documents), add_special_tokens=False)
         want_types = "token_type_ids" in tokenizer.model_input_names
+        controls = text_controls(tokenizer) if self.split_special_tokens else None
         located: list[Located] = []
         for d in docs:
             ids = d.ids if whole else None  # the whole passage, before truncation
@@ -122,6 +132,9 @@ class BGEFamily(SequenceClassifierFamily):
             # transformers 5 (its tokenizer call drops an empty second text).
             pair = backend.post_process(q, d if d.ids else None, add_special_tokens=True)
             row = {"input_ids": pair.ids}
+            if controls is not None:  # what XLM-R's vocabulary matched all the same
+                row["input_ids"] = controls_as_unk(pair.ids, controls, pair.sequence_ids)
+                ids = None if ids is None else controls_as_unk(ids, controls)
             if want_types:
                 row["token_type_ids"] = pair.type_ids
             if ids is not None and len(d.ids) < len(ids):

@@ -81,7 +81,7 @@ class BGELLMFamily(CausalFamily):
         positions = self._model.get("positions")
         if positions is None:
             return
-        prompt = self.ids(tokenizer, self._prompt())
+        prompt = self.ids(tokenizer, self._prompt(), user=True)
         labels = self.ids(tokenizer, "A: ") + self.ids(tokenizer, "B: ")
         fixed = len(_head(tokenizer)) + 2 * len(self.ids(tokenizer, "\n")) + len(labels)
         if fixed + len(prompt) >= positions:
@@ -118,7 +118,11 @@ class BGELLMFamily(CausalFamily):
             return located
         texts = ["B: " + documents[i] for i in cut]
         again = tokenizer(
-            texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+            texts,
+            add_special_tokens=False,
+            return_offsets_mapping=True,
+            verbose=False,
+            split_special_tokens=self.split_special_tokens,
         )
         for i, ids, offsets in zip(cut, again["input_ids"], again["offset_mapping"], strict=True):
             row, (before, kept, _) = encoded[i]
@@ -135,10 +139,10 @@ class BGELLMFamily(CausalFamily):
         query_limit = self.query_max_length or max_length * 3 // 4
         unique = list(dict.fromkeys(queries))
         q_ids = dict(
-            zip(unique, _cut(tokenizer, ["A: " + q for q in unique], query_limit), strict=True)
+            zip(unique, self._cut(tokenizer, ["A: " + q for q in unique], query_limit), strict=True)
         )
-        p_ids = _cut(tokenizer, ["B: " + d for d in documents], max_length)
-        sep, prompt_ids = self.ids(tokenizer, "\n"), self.ids(tokenizer, self._prompt())
+        p_ids = self._cut(tokenizer, ["B: " + d for d in documents], max_length)
+        sep, prompt_ids = self.ids(tokenizer, "\n"), self.ids(tokenizer, self._prompt(), user=True)
         budget = max_length + len(sep) + len(prompt_ids)
         head = _head(tokenizer)
         from_left = getattr(tokenizer, "truncation_side", "right") == "left"
@@ -168,6 +172,16 @@ class BGELLMFamily(CausalFamily):
             rows.append((row, (len(first) + len(sep), len(second) - len(sep), len(passage))))
         return rows
 
+    def _cut(self, tokenizer: Any, texts: list[str], limit: int) -> list[list[int]]:
+        encoded = tokenizer(
+            texts,
+            add_special_tokens=False,
+            max_length=limit,
+            truncation=True,
+            split_special_tokens=self.split_special_tokens,
+        )
+        return [list(ids) for ids in encoded["input_ids"]]
+
     def _prompt(self) -> str:
         return BGE_LLM_DEFAULT_PROMPT if self.instruction is None else self.instruction
 
@@ -196,11 +210,6 @@ def _head(tokenizer: Any) -> list[int]:
     """``[bos]`` where the tokenizer has one (other than its pad token), as FlagEmbedding adds."""
     bos = tokenizer.bos_token_id
     return [bos] if bos is not None and bos != tokenizer.pad_token_id else []
-
-
-def _cut(tokenizer: Any, texts: list[str], limit: int) -> list[list[int]]:
-    encoded = tokenizer(texts, add_special_tokens=False, max_length=limit, truncation=True)
-    return [list(ids) for ids in encoded["input_ids"]]
 
 
 class BGELLMReranker(CausalReranker):

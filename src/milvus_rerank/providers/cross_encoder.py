@@ -12,7 +12,15 @@ from typing import Any, ClassVar
 from typing_extensions import Unpack
 
 from ..errors import ConfigurationError
-from ._family import Located, ModelSource, Rows, SequenceClassifierFamily, identity
+from ._family import (
+    Located,
+    ModelSource,
+    Rows,
+    SequenceClassifierFamily,
+    controls_as_unk,
+    identity,
+    text_controls,
+)
 from ._local import LocalOptions, LocalReranker, sigmoid_all
 
 __all__ = ["CrossEncoderFamily", "CrossEncoderReranker"]
@@ -72,8 +80,11 @@ class CrossEncoderFamily(SequenceClassifierFamily):
             add_special_tokens=False,
             return_attention_mask=False,
             verbose=False,  # whole on purpose: no "longer than the maximum" warning
+            split_special_tokens=self.split_special_tokens,
         )["input_ids"]
+        controls = text_controls(tokenizer) if self.split_special_tokens else None
         for i, ids in zip(full, alone, strict=True):
+            ids = ids if controls is None else controls_as_unk(ids, controls)
             kept = [j for j, seq in enumerate(encoded.sequence_ids(i)) if seq == 1]
             if kept and len(kept) < len(ids):
                 located[i] = Located(rows[i], ids, kept[0], kept[-1] + 1)
@@ -91,10 +102,17 @@ class CrossEncoderFamily(SequenceClassifierFamily):
             padding=False,
             return_attention_mask=False,
             return_token_type_ids=want_types,
+            split_special_tokens=self.split_special_tokens,
         )
         names = ["input_ids", "token_type_ids"] if want_types else ["input_ids"]
         columns = [encoded[name] for name in names]
         rows = [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+        if self.split_special_tokens:  # what a vocabulary holding the specials matched anyway
+            controls = text_controls(tokenizer)
+            for i, row in enumerate(rows):
+                row["input_ids"] = controls_as_unk(
+                    row["input_ids"], controls, encoded.sequence_ids(i)
+                )
         return rows, encoded
 
     def activation(self, model: Any, source: ModelSource) -> Callable[[list[float]], list[float]]:

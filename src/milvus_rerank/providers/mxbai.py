@@ -88,7 +88,7 @@ class MxbaiV2Family(CausalFamily):
         Checked at load, when a view is made of a loaded reranker, and before each encoding.
         """
         window = self._window(tokenizer, max_length)
-        head = len(self.ids(tokenizer, f"{self._instruction_line()}query: "))
+        head = len(self.ids(tokenizer, f"{self._instruction_line()}query: ", user=True))
         if head >= window * 3 // 4:
             what = "the instruction line" if self.instruction else "the query label"
             raise ConfigurationError(
@@ -150,9 +150,10 @@ class MxbaiV2Family(CausalFamily):
             add_special_tokens=False,
             max_length=query_limit,
             truncation=True,
+            split_special_tokens=self.split_special_tokens,
         )["input_ids"]
         q_ids = dict(zip(unique, map(list, encoded), strict=True))
-        head = len(self.ids(tokenizer, f"{instruction}query: "))
+        head = len(self.ids(tokenizer, f"{instruction}query: ", user=True))
         if instruction and query_limit - head < FEW_TOKENS:
             if any(len(ids) >= query_limit for ids in q_ids.values()):
                 self.warn_once(
@@ -172,6 +173,7 @@ class MxbaiV2Family(CausalFamily):
             add_special_tokens=False,
             return_offsets_mapping=whole,
             verbose=False,
+            split_special_tokens=self.split_special_tokens,
         )
         located: list[Located] = []
         for k, (query, doc) in enumerate(zip(queries, docs["input_ids"], strict=True)):

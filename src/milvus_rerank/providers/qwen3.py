@@ -74,7 +74,8 @@ class Qwen3Family(CausalFamily):
         Checked at load, when a view is made of a loaded reranker, and before each encoding.
         """
         frame = -self.body_limit(tokenizer, 0)
-        head = len(self.ids(tokenizer, f"<Instruct>: {self._instruction()}\n<Query>: "))
+        instruction = f"<Instruct>: {self._instruction()}\n<Query>: "
+        head = len(self.ids(tokenizer, instruction, user=True))
         if max_length <= frame + head:
             raise ConfigurationError(
                 f"max_length={max_length} leaves no room for a query and a document: the "
@@ -103,6 +104,7 @@ class Qwen3Family(CausalFamily):
             return_attention_mask=False,
             return_offsets_mapping=True,
             max_length=limit,
+            split_special_tokens=self.split_special_tokens,
         )
         for body, document, offsets in zip(
             bodies, documents, encoded["offset_mapping"], strict=True
@@ -142,6 +144,7 @@ class Qwen3Family(CausalFamily):
             return_offsets_mapping=True,
             return_attention_mask=False,
             verbose=False,
+            split_special_tokens=self.split_special_tokens,
         )["offset_mapping"]
         cut = {
             q: q if len(o) <= limit else q[: o[limit - 1][1]]
@@ -171,6 +174,7 @@ class Qwen3Family(CausalFamily):
             return_offsets_mapping=True,
             return_attention_mask=False,
             verbose=False,
+            split_special_tokens=self.split_special_tokens,
         )
         for i, ids, offsets in zip(cut, whole["input_ids"], whole["offset_mapping"], strict=True):
             body = bodies[i]
