@@ -167,7 +167,8 @@ class BGEReranker(LocalReranker):
         **options: The options of every local reranker (``LocalOptions``): device, dtype,
             use_fp16, batch_size, max_length, max_tokens_per_batch, trust_remote_code,
             revision, cache_dir, local_files_only, long_documents ("max_passage": a long
-            document scores as its best window), passage_overlap, max_passages.
+            document scores as its best window), passage_overlap, max_passages,
+            split_special_tokens (special-token strings in text read as plain text).
     """
 
     provider: ClassVar[str] = "bge"

@@ -238,7 +238,8 @@ class Qwen3Reranker(CausalReranker):
             (bf16 on CUDA by default), use_fp16, batch_size, max_length (default 8192),
             max_tokens_per_batch, trust_remote_code, revision, cache_dir, local_files_only,
             long_documents ("max_passage": a long document scores as its best window, the
-            prompt around every window), passage_overlap, max_passages.
+            prompt around every window), passage_overlap, max_passages,
+            split_special_tokens (``<|im_end|>`` in a document is text, not a chat turn).
 
     Example:
         >>> reranker = Qwen3Reranker(instruction="Find code that answers the question")
