@@ -340,6 +340,10 @@ def test_qwen3_too_small_max_length_names_the_frame_and_the_least_value(
         assert f"at least {frame + head + 1}" in message
     smallest = Qwen3Reranker(path, device="cpu", max_length=frame + head + 1)
     assert len(smallest.score_pairs([QUERY], [DOCS[0]])) == 1
+    table = _load(llm_dirs["qwen3"])[1].config.max_position_embeddings
+    huge = _prompt_of(tokenizer, table)  # no max_length the model takes would do
+    with pytest.raises(ConfigurationError, match=f"position table holds \\({table} tokens\\)"):
+        Qwen3Reranker(path, device="cpu", instruction=huge).load()
 
 
 def test_qwen3_a_query_filling_the_window_is_logged_and_query_max_length_keeps_documents(

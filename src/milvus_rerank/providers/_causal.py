@@ -125,6 +125,8 @@ class CausalFamily(ModelFamily):
         self._ids: dict[tuple[int, str, bool], list[int]] = {}
         # What has been logged once already, for this reranker and its views (shared too).
         self._warned: set[str] = set()
+        # The position table ("positions"), read at bind; shared by copies too.
+        self._model: dict[str, int] = {}
 
     def ids(self, tokenizer: Any, text: str, *, user: bool = False) -> list[int]:
         """``text`` tokenized without added special tokens (cached: template pieces repeat).

@@ -61,8 +61,6 @@ class BGELLMFamily(CausalFamily):
             raise ConfigurationError(f"normalize must be True or False, got {normalize!r}")
         self.normalize = normalize
         self.query_max_length = check_query_max_length(query_max_length)
-        # The position table, read at bind; a dict so copies (instruction views) share it.
-        self._model: dict[str, int] = {}
 
     def default_max_length(self, tokenizer: Any, config: Any) -> int:
         """FlagLLMReranker's default, 512."""

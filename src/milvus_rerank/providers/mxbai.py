@@ -71,8 +71,6 @@ class MxbaiV2Family(CausalFamily):
             )
         self.normalize = normalize
         self.estimated_max = estimated_max
-        # The position table, read at bind; a dict so copies (instruction views) share it.
-        self._model: dict[str, int] = {}
 
     def default_max_length(self, tokenizer: Any, config: Any) -> int:
         """mxbai-rerank's 8192, capped at the position table by the runner.
@@ -91,10 +89,13 @@ class MxbaiV2Family(CausalFamily):
         head = len(self.ids(tokenizer, f"{self._instruction_line()}query: ", user=True))
         if head >= window * 3 // 4:
             what = "the instruction line" if self.instruction else "the query label"
+            full = window < max_length  # the position table bounds it already
             raise ConfigurationError(
                 f"max_length={max_length} leaves no room for a query: the query part may keep "
-                f"{window * 3 // 4} tokens (3/4 of the {window} left beside the fixed prompt) "
-                f"and {what} takes {head}; shorten the instruction or raise max_length"
+                f"{window * 3 // 4} tokens (3/4 of the {window} left beside the fixed prompt"
+                + (", all the position table allows" if full else "")
+                + f") and {what} takes {head}; shorten the instruction"
+                + ("" if full else " or raise max_length")
             )
 
     def _window(self, tokenizer: Any, max_length: int) -> int:

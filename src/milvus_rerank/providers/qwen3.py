@@ -77,11 +77,18 @@ class Qwen3Family(CausalFamily):
         instruction = f"<Instruct>: {self._instruction()}\n<Query>: "
         head = len(self.ids(tokenizer, instruction, user=True))
         if max_length <= frame + head:
+            least = frame + head + 1
+            positions = self._model.get("positions")
+            fix = (
+                f"that is more than the model's position table holds ({positions} tokens): "
+                "shorten the instruction"
+                if positions is not None and least > positions
+                else f"use max_length of at least {least}, or a shorter instruction"
+            )
             raise ConfigurationError(
                 f"max_length={max_length} leaves no room for a query and a document: the "
                 f"Qwen3-Reranker prompt frame alone takes {frame} tokens and the instruction "
-                f"(with its <Instruct>/<Query> labels) {head}; use max_length of at least "
-                f"{frame + head + 1}, or a shorter instruction"
+                f"(with its <Instruct>/<Query> labels) {head}; {fix}"
             )
 
     def encode(
@@ -196,6 +203,9 @@ class Qwen3Family(CausalFamily):
 
     def bind(self, model: Any, tokenizer: Any, source: ModelSource) -> Head:
         """Head: sigmoid(logit(yes) - logit(no)) at the last position (the softmax's P(yes))."""
+        positions = self.max_positions(model.config)
+        if positions is not None:
+            self._model["positions"] = positions
         labels = [_single_token(tokenizer, t, source) for t in ("no", "yes")]
         logits_of = label_logits(model, labels)
 
