@@ -42,6 +42,7 @@ __all__ = [
     "IDLE_EXIT",
     "MAX_BATCH_ITEMS",
     "MAX_BATCH_TOKENS",
+    "PASSES_PER_BATCH",
     "MicroBatcher",
     "Overloaded",
     "RequestBatcher",
@@ -60,6 +61,8 @@ ScorePairs = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 #: Defaults of one micro-batch (one ``forward`` call): rows, and tokens (real, unpadded).
 MAX_BATCH_ITEMS = 256
 MAX_BATCH_TOKENS = 8192
+#: Forward passes' worth of tokens in a local runner's micro-batch, where passes have a budget.
+PASSES_PER_BATCH = 4
 #: Seconds an idle worker thread waits for new work before it ends.
 IDLE_EXIT = 0.25
 #: The window assumed for a pair's estimated cost where the reranker does not say.
@@ -363,6 +366,8 @@ class RowRunner(Protocol):
 
     def load(self) -> Any: ...
 
+    def token_budget(self, device: str) -> int | None: ...
+
     def prepare(self, queries: Sequence[str], documents: Sequence[str], family: Any) -> Any: ...
 
     def forward(self, rows: Sequence[Row]) -> list[float]: ...
@@ -377,8 +382,10 @@ _RUNNERS_LOCK = threading.Lock()
 def runner_batcher(runner: RowRunner) -> MicroBatcher[Row, float]:
     """The batcher of ``runner``'s rows, made on first use (one per runner).
 
-    A micro-batch holds at least ``batch_size`` rows of the full window, so GPUs still get
-    their full batches; its wait is the runner's ``batch_wait_ms``. The batcher holds the
+    A micro-batch holds ``PASSES_PER_BATCH`` forward passes' worth of tokens where passes
+    have a token budget (CPUs: 4 x 1,024), enough rows to sort by length while callers finish
+    a few passes apart; else (GPUs) at least ``batch_size`` rows of the full window, so full
+    batches still form. Its wait is the runner's ``batch_wait_ms``. The batcher holds the
     runner weakly: a runner and its batcher go away together.
     """
     with _RUNNERS_LOCK:
@@ -392,12 +399,15 @@ def runner_batcher(runner: RowRunner) -> MicroBatcher[Row, float]:
                     raise RuntimeError("the runner of these rows is gone")
                 return live.forward(rows)
 
-            window = int(runner.load().max_length)
+            loaded = runner.load()
+            budget = runner.token_budget(loaded.device)
             batcher = MicroBatcher(
                 forward,
                 max_wait=_wait_seconds(runner.options.get("batch_wait_ms")),
                 max_items=max(MAX_BATCH_ITEMS, runner.batch_size),
-                max_tokens=max(MAX_BATCH_TOKENS, runner.batch_size * window),
+                max_tokens=PASSES_PER_BATCH * budget
+                if budget is not None
+                else max(MAX_BATCH_TOKENS, runner.batch_size * int(loaded.max_length)),
             )
             _RUNNERS[runner] = batcher
     return batcher
