@@ -22,7 +22,7 @@ SOURCE = Path(milvus_rerank.__file__).resolve().parent
 
 #: Lower layers first; a module may import its own layer or any lower one, never a higher one.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("core", ("errors", "results", "base", "registry", "retry", "_version", "__init__")),
+    ("core", ("errors", "results", "base", "cache", "registry", "retry", "_version", "__init__")),
     ("providers", ("providers", "providers.*", "tiny")),
     ("integrations", ("langchain", "llama_index", "milvus")),
     ("app", ("cli", "demo", "evaluate", "serve", "_lite")),
