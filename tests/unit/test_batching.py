@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -301,3 +303,27 @@ async def test_request_batcher_scores_pairs_through_score_pairs() -> None:
     assert await batcher.score("q", []) == []
     assert batcher.requests == 2 and batcher.pending_pairs == 0
     assert all(sum(batcher.cost(q, d) for q, d in call) <= 20 or len(call) == 1 for call in calls)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_starts_with_an_empty_batcher_of_its_own() -> None:
+    recorder = Recorder()
+    batcher: MicroBatcher[int, float] = MicroBatcher(recorder, max_wait=0)
+    wait_held = held(recorder)
+    submit(batcher, [1])
+    wait_held()  # the parent's worker is busy, holding the batcher's state, when it forks
+    queued = submit(batcher, [2])
+    with warnings.catch_warnings():  # 3.12+ warns of fork in a threaded process: the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: the parent's worker does not exist here
+        recorder.gate.set()
+        ok = False
+        try:
+            ok = submit(batcher, [5]).result(timeout=10) == [10.0] and batcher.pending == 0
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    recorder.gate.set()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert queued.result(timeout=30) == [4.0]

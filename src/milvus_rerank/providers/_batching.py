@@ -190,7 +190,10 @@ class MicroBatcher(Generic[Item, Out]):
             raise ValueError(f"{len(costs)} costs for {len(items)} rows")
         future: concurrent.futures.Future[R] = concurrent.futures.Future()
         if not items:
-            _settle(future, finish, [])
+            try:
+                future.set_result(finish([]))
+            except Exception as exc:  # noqa: BLE001 - the caller gets it
+                future.set_exception(exc)
             return future
         job = _Job(items, costs, finish, future, [None] * len(items))
         with self._cond:
@@ -311,25 +314,23 @@ class MicroBatcher(Generic[Item, Out]):
                 if job.done == len(job.items):
                     finished.append(job)
         for job in finished:
-            if not job.future.done() and _settle(job.future, job.finish, job.outputs):
-                with self._cond:
-                    self.requests += 1
+            if not job.future.done():
+                self._settle(job)
 
-
-def _settle(
-    future: concurrent.futures.Future[R], finish: Callable[[list[Any]], R], outputs: list[Any]
-) -> bool:
-    """Set ``finish(outputs)`` (or its exception) on ``future``; False if it failed or left."""
-    try:
-        result = finish(outputs)
-    except Exception as exc:  # noqa: BLE001 - the caller gets it
-        _fail(future, exc)
-        return False
-    try:
-        future.set_result(result)
-    except concurrent.futures.InvalidStateError:  # cancelled meanwhile
-        return False
-    return True
+    def _settle(self, job: _Job) -> None:
+        """Set the caller's ``finish(outputs)`` (or its exception), counted before it wakes."""
+        try:
+            result = job.finish(job.outputs)
+        except Exception as exc:  # noqa: BLE001 - the caller gets it
+            _fail(job.future, exc)
+            return
+        with self._cond:
+            self.requests += 1
+        try:
+            job.future.set_result(result)
+        except concurrent.futures.InvalidStateError:  # cancelled meanwhile
+            with self._cond:
+                self.requests -= 1
 
 
 def _fail(future: concurrent.futures.Future[Any], exc: BaseException) -> None:
@@ -344,6 +345,8 @@ _ALL: weakref.WeakSet[MicroBatcher[Any, Any]] = weakref.WeakSet()
 
 def _after_fork() -> None:
     """A forked child has none of the parent's threads: its batchers start empty."""
+    global _RUNNERS_LOCK
+    _RUNNERS_LOCK = threading.Lock()
     for batcher in list(_ALL):
         batcher._reset()
 
