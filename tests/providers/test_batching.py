@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -125,8 +127,13 @@ def _fds() -> int:
 
 def _settle_workers() -> None:
     deadline = time.monotonic() + _batching.IDLE_EXIT + 10
-    while any(t.name.startswith("milvus-rerank") for t in threading.enumerate()):
-        assert time.monotonic() < deadline, "a batcher worker did not end when idle"
+    while workers := [
+        t for t in threading.enumerate() if t.name.startswith("milvus-rerank-batcher")
+    ]:
+        if time.monotonic() > deadline:
+            frames = sys._current_frames()
+            where = ["".join(traceback.format_stack(frames[t.ident])) for t in workers if t.ident]
+            raise AssertionError(f"a batcher worker did not end when idle: {where}")
         time.sleep(0.01)
 
 

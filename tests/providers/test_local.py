@@ -163,7 +163,7 @@ def test_model_loads_once_lazily_and_thread_safely(tiny_models: dict[str, Path])
     # The threads' pairs share forward passes (cross-call batching): float noise at most.
     for ranked in results:
         assert [r.index for r in ranked] == [r.index for r in serial]
-        assert [r.score for r in ranked] == pytest.approx([r.score for r in serial], abs=1e-6)
+        assert [r.score for r in ranked] == pytest.approx([r.score for r in serial], abs=1e-5)
 
 
 def test_trust_remote_code_is_off_by_default(tiny_models: dict[str, Path]) -> None:

@@ -213,7 +213,7 @@ def test_callers_coming_together_wait_for_company_up_to_max_wait() -> None:
 
 
 def workers() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("milvus-rerank")]
+    return [t for t in threading.enumerate() if t.name.startswith("milvus-rerank-batcher")]
 
 
 def test_the_worker_ends_when_idle_and_starts_again() -> None:

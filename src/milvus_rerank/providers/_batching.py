@@ -483,7 +483,7 @@ class RequestBatcher:
             "max_items": max_pairs,
             "max_tokens": max_tokens,
             "max_pending": max_pending,
-            "name": "milvus-rerank-serve",
+            "name": "milvus-rerank-batcher-serve",
         }
         forward = runner.forward if runner is not None else self._score_chunk
         self._batcher: MicroBatcher[Any, float] = MicroBatcher(forward, **limits)
