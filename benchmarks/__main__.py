@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import adapters, http, llm, local, serve_limits, serve_load  # noqa: E402
+from benchmarks import adapters, batching, http, llm, local, serve_limits, serve_load  # noqa: E402
 from benchmarks.common import Row, table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +63,8 @@ def main() -> int:
     print("local throughput...", file=sys.stderr)
     local_rows, curve = local.run()
     rows += local_rows
+    print("batching across callers...", file=sys.stderr)
+    rows += batching.run()
     print("LLM rerankers...", file=sys.stderr)
     rows += llm.run()
     print("http concurrency...", file=sys.stderr)

@@ -549,8 +549,9 @@ def make_parser() -> argparse.ArgumentParser:
         "--max-batch-tokens",
         type=_positive_int,
         default=8192,
-        help="estimated tokens per model call; large requests are cut into such "
-        "micro-batches, interleaved with others (default: %(default)s)",
+        help="tokens per model call (a local model's own count, else ~4 characters a "
+        "token); large requests are cut into such micro-batches, interleaved with others "
+        "(default: %(default)s)",
     )
     serve.add_argument(
         "--max-pending-pairs",

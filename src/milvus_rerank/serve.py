@@ -26,10 +26,12 @@ Limits (``create_app`` keyword / ``serve`` flag, default):
   ``max_passages`` for a local reranker with ``long_documents="max_passage"``): the query
   and each document are cut to this many characters before tokenization, so a 50 MB document
   is never tokenized whole. A text that fits the window is far shorter, and scores the same.
-* ``max_batch_pairs`` (256) and ``max_batch_tokens`` / ``--max-batch-tokens`` (8,192 estimated
-  tokens; a pair counts ``ceil(characters / 4) + 3`` tokens, at most the window): one model call
-  holds at most this much. A large request is cut into such micro-batches, served round-robin
-  with the other requests waiting, so a small request is never stuck behind a large one.
+* ``max_batch_pairs`` (256) and ``max_batch_tokens`` / ``--max-batch-tokens`` (8,192 tokens): one
+  model call holds at most this much. A local reranker's pairs count the tokens they encode to
+  (each request is tokenized first, in a worker thread); any other reranker's pair counts an
+  estimate, ``ceil(characters / 4) + 3`` tokens, at most the window. A large request is cut
+  into such micro-batches, served round-robin with the other requests waiting, so a small
+  request is never stuck behind a large one.
 * ``max_pending_pairs`` / ``--max-pending-pairs`` (16,384) and ``max_concurrent_requests`` /
   ``--max-concurrent-requests`` (512, TEI's ``--max-concurrent-requests``): past either, a
   request is answered 429 with ``Retry-After: 1``.
@@ -63,9 +65,11 @@ route needs ``Authorization: Bearer <key>`` (compared in constant time; the key 
 logged), else 401. ``run_server`` refuses to bind a non-loopback host without a key unless
 ``insecure_no_auth=True`` (``--insecure-no-auth``).
 
-Concurrent requests are batched together for the model: a micro-batcher scores the requests
-waiting together in one pass, and while requests do come together it waits up to
-``max_wait_ms`` to gather them. Each event loop serving the app gets its own queue and worker.
+Concurrent requests are batched together for the model by the library's micro-batcher
+(``providers/_batching.py``, the one every local reranker uses across its callers): the
+requests waiting are scored together, and while requests do come together it waits up to
+``max_wait_ms`` to gather them (a lone request never waits). One worker thread serves every
+event loop running the app.
 """
 
 from __future__ import annotations
@@ -78,14 +82,14 @@ import sys
 import threading
 import time
 import uuid
-import weakref
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from .base import Reranker, describe_value, rank, validate_request
 from .errors import ConfigurationError, InvalidInputError, MissingDependencyError, RerankError
+from .providers._batching import Overloaded
+from .providers._batching import RequestBatcher as Batcher
 from .providers._local import LocalReranker
 from .results import RerankResult
 
@@ -161,190 +165,6 @@ class BackgroundServer:
 
 
 ScorePairs = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
-
-
-class Overloaded(Exception):
-    """The batcher's queue is full: the request should be retried later (429)."""
-
-
-@dataclass(eq=False)
-class _Job:
-    """One request in the queue: its pairs are scored in chunks, possibly over several calls."""
-
-    query: str
-    documents: list[str]
-    future: asyncio.Future[list[float]]
-    scores: list[float] = field(default_factory=list)
-    taken: int = 0  # pairs handed to a model call so far
-    done: int = 0  # pairs scored so far
-
-
-@dataclass(eq=False)
-class _Lane:
-    """One event loop's queue and worker (asyncio objects belong to one loop)."""
-
-    jobs: deque[_Job] = field(default_factory=deque)
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    worker: asyncio.Task[None] | None = None
-    last_batch_requests: int = 0
-
-
-class Batcher:
-    """Collects concurrent rerank requests and scores their pairs together, a budget per call.
-
-    One model call holds at most ``max_pairs`` pairs and ``max_tokens`` estimated tokens. A
-    request larger than that is cut into chunks, and the requests waiting are served
-    round-robin, one chunk each per call, so a small request never waits for a large one to
-    finish. A request waits at most ``max_wait`` seconds for company, and only while requests
-    do come together (the last call held more than one): a lone client is scored at once.
-    Scoring runs in a worker thread, so the event loop keeps accepting requests meanwhile.
-    At most ``max_pending`` pairs wait unscored (over all loops); past that ``score`` raises
-    ``Overloaded``. A cancelled ``score`` drops its pairs not yet scored. Each event loop gets
-    its own queue and worker, so one batcher can serve several loops.
-    """
-
-    def __init__(
-        self,
-        score_pairs: ScorePairs,
-        max_wait: float = 0.002,
-        max_pairs: int = MAX_BATCH_PAIRS,
-        *,
-        max_tokens: int = MAX_BATCH_TOKENS,
-        max_pending: int = MAX_PENDING_PAIRS,
-        window: int | None = None,
-    ) -> None:
-        self.score_pairs = score_pairs
-        self.max_wait = max_wait
-        self.max_pairs = max_pairs
-        self.max_tokens = max_tokens
-        self.max_pending = max_pending
-        self.window = window or UNKNOWN_WINDOW
-        self.batches = 0
-        self.requests = 0
-        self._pending = 0
-        self._lock = threading.Lock()
-        self._lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lane] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    @property
-    def pending_pairs(self) -> int:
-        """Pairs queued and not yet handed to the model, over every loop."""
-        return self._pending
-
-    def cost(self, query: str, document: str) -> int:
-        """Estimated tokens of a pair: about 4 characters a token, 3 special tokens, cut to fit."""
-        return min(self.window, -(-(len(query) + len(document)) // 4) + 3)
-
-    async def score(
-        self, query: str, documents: list[str], *, abandoned: asyncio.Future[Any] | None = None
-    ) -> list[float]:
-        """Scores of ``documents`` for ``query``, computed in shared batches.
-
-        ``abandoned`` (e.g. a watcher of the client's disconnect) drops the pairs not yet taken
-        the moment it completes, before the worker can form another batch with them.
-
-        Raises:
-            Overloaded: more than ``max_pending`` pairs would be waiting.
-        """
-        if not documents:
-            return []
-        loop = asyncio.get_running_loop()
-        lane = self._lanes.get(loop)
-        if lane is None:
-            lane = self._lanes[loop] = _Lane()
-        if lane.worker is None or lane.worker.done():
-            lane.worker = loop.create_task(self._work(lane))
-        with self._lock:
-            if self._pending and self._pending + len(documents) > self.max_pending:
-                raise Overloaded(
-                    f"{self._pending} pairs are already waiting to be scored (at most "
-                    f"{self.max_pending}); retry later"
-                )
-            self._pending += len(documents)
-        job = _Job(query, documents, loop.create_future(), [0.0] * len(documents))
-        if abandoned is not None:
-            abandoned.add_done_callback(lambda _: job.future.cancel())
-        lane.jobs.append(job)
-        lane.wakeup.set()
-        try:
-            return await job.future
-        finally:
-            if not job.future.done():  # cancelled (the client left): drop what is not taken
-                job.future.cancel()
-            self._release(len(documents) - job.taken)
-            job.taken = len(documents)
-
-    def _release(self, pairs: int) -> None:
-        with self._lock:
-            self._pending -= pairs
-
-    async def _work(self, lane: _Lane) -> None:
-        while True:
-            await lane.wakeup.wait()
-            lane.wakeup.clear()
-            if self.max_wait > 0 and lane.last_batch_requests > 1:
-                await asyncio.sleep(self.max_wait)
-            while lane.jobs:
-                chunks = self._take(lane)
-                if not chunks:
-                    continue
-                queries = [job.query for job, start, end in chunks for _ in range(start, end)]
-                documents = [d for job, start, end in chunks for d in job.documents[start:end]]
-                try:
-                    scores = await asyncio.to_thread(self.score_pairs, queries, documents)
-                    if len(scores) != len(documents):
-                        raise RuntimeError(
-                            f"score_pairs returned {len(scores)} scores for {len(documents)} pairs"
-                        )
-                except Exception as exc:  # noqa: BLE001 - every waiter gets the failure
-                    for job, _, _ in chunks:
-                        if not job.future.done():
-                            job.future.set_exception(exc)
-                        if job in lane.jobs:
-                            lane.jobs.remove(job)
-                    continue
-                with self._lock:
-                    self.batches += 1
-                lane.last_batch_requests = len(chunks)
-                offset = 0
-                for job, start, end in chunks:
-                    job.scores[start:end] = [
-                        float(s) for s in scores[offset : offset + end - start]
-                    ]
-                    offset += end - start
-                    job.done += end - start
-                    if job.done == len(job.documents) and not job.future.done():
-                        with self._lock:
-                            self.requests += 1
-                        job.future.set_result(job.scores)
-
-    def _take(self, lane: _Lane) -> list[tuple[_Job, int, int]]:
-        """The next model call: a chunk of each waiting job in turn, within the budgets."""
-        chunks: list[tuple[_Job, int, int]] = []
-        pairs = tokens = 0
-        for _ in range(len(lane.jobs)):
-            job = lane.jobs[0]
-            if job.future.done():  # cancelled, or failed
-                lane.jobs.popleft()
-                continue
-            start = end = job.taken
-            while end < len(job.documents) and pairs < self.max_pairs:
-                cost = self.cost(job.query, job.documents[end])
-                if (chunks or end > start) and tokens + cost > self.max_tokens:
-                    break
-                tokens += cost
-                pairs += 1
-                end += 1
-            if end == start:
-                break  # the budget is spent
-            chunks.append((job, start, end))
-            job.taken = end
-            self._release(end - start)
-            lane.jobs.popleft()
-            if end < len(job.documents):
-                lane.jobs.append(job)  # round-robin: its next chunk after the others' turn
-        return chunks
 
 
 class _InstructedQuery(str):
@@ -490,6 +310,15 @@ def create_app(
     max_chars = max_document_chars or CHARS_PER_TOKEN * (window or UNKNOWN_WINDOW) * passages
     with_instruction = getattr(reranker, "with_instruction", None)
     views: OrderedDict[str, Reranker] = OrderedDict()
+    max_chars = max_document_chars or CHARS_PER_TOKEN * (window or UNKNOWN_WINDOW)
+    # A local reranker's rows go to its runner with their real token counts; any other
+    # reranker (or a local one with its own score_pairs) is served through score_pairs.
+    local = (
+        reranker
+        if isinstance(reranker, LocalReranker)
+        and type(reranker).score_pairs is LocalReranker.score_pairs
+        else None
+    )
     batcher = Batcher(
         _instructed_score_pairs(reranker) if callable(with_instruction) else reranker.score_pairs,
         max_wait_ms / 1000.0,
@@ -497,6 +326,8 @@ def create_app(
         max_tokens=max_batch_tokens,
         max_pending=max_pending_pairs,
         window=window,
+        runner=local.runner if local is not None else None,
+        family=local.family if local is not None else None,
     )
     served_name = model_name or getattr(reranker, "model_name", None) or type(reranker).__name__
     expected_auth = f"Bearer {api_key}".encode() if api_key is not None else None
@@ -560,7 +391,9 @@ def create_app(
         """
         cut = [d[:max_chars] for d in documents]
         gone = asyncio.ensure_future(until_gone(request))
-        work = asyncio.ensure_future(batcher.score(query, cut, abandoned=gone))
+        view = query.reranker if isinstance(query, _InstructedQuery) else None
+        family = getattr(view, "family", None) if local is not None else None
+        work = asyncio.ensure_future(batcher.score(str(query), cut, abandoned=gone, family=family))
         try:
             await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -24,7 +24,17 @@ SOURCE = Path(milvus_rerank.__file__).resolve().parent
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "core",
-        ("errors", "results", "base", "fallback", "registry", "retry", "_version", "__init__"),
+        (
+            "errors",
+            "results",
+            "base",
+            "cache",
+            "fallback",
+            "registry",
+            "retry",
+            "_version",
+            "__init__",
+        ),
     ),
     ("providers", ("providers", "providers.*", "tiny")),
     ("integrations", ("langchain", "llama_index", "milvus")),

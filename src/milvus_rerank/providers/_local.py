@@ -26,6 +26,7 @@ from typing_extensions import Self, Unpack
 from ..base import Reranker, validate_pairs
 from ..errors import ConfigurationError, MissingDependencyError, RerankError
 from ..results import Usage
+from ._batching import ascore_rows, score_rows
 from ._family import Head, ModelFamily, ModelSource, Rows
 from ._passages import (
     DEFAULT_MAX_PASSAGES,
@@ -80,6 +81,11 @@ class LocalOptions(TypedDict, total=False):
         split_special_tokens: Read special-token strings (``<|im_end|>``, ``</s>``...) in
             queries, documents and instructions as plain text, so untrusted text cannot
             inject control tokens (chat turns) into a row. Off by default, as the references.
+        batch_across_calls: Score concurrent calls (threads, ``arerank`` tasks, instruction
+            views) together in shared forward passes (``_batching.py``); False scores each
+            call on its own, in its own thread.
+        batch_wait_ms: While calls do come together, how long a batch may wait for more
+            (0: never wait); a lone caller never waits.
     """
 
     device: str | None
@@ -96,6 +102,8 @@ class LocalOptions(TypedDict, total=False):
     passage_overlap: int
     max_passages: int
     split_special_tokens: bool
+    batch_across_calls: bool
+    batch_wait_ms: float
 
 
 #: The default of every ``LocalOptions`` key, in one place.
@@ -114,6 +122,8 @@ LOCAL_DEFAULTS: LocalOptions = {
     "passage_overlap": DEFAULT_PASSAGE_OVERLAP,
     "max_passages": DEFAULT_MAX_PASSAGES,
     "split_special_tokens": False,
+    "batch_across_calls": True,
+    "batch_wait_ms": 2.0,
 }
 
 _TRUTHY = {"1", "true", "yes", "on"}
@@ -153,7 +163,13 @@ def _check_options(options: dict[str, Any]) -> LocalOptions:
             f"long_documents must be one of {', '.join(map(repr, LONG_DOCUMENTS))}, "
             f"got {merged['long_documents']!r}"
         )
-    for name in ("use_fp16", "trust_remote_code", "local_files_only", "split_special_tokens"):
+    for name in (
+        "use_fp16",
+        "trust_remote_code",
+        "local_files_only",
+        "split_special_tokens",
+        "batch_across_calls",
+    ):
         if not isinstance(merged[name], bool):
             raise ConfigurationError(f"{name} must be True or False, got {merged[name]!r}")
     for name in ("device", "revision", "cache_dir"):
@@ -162,6 +178,9 @@ def _check_options(options: dict[str, Any]) -> LocalOptions:
             merged[name] = value = os.fspath(value)
         if value is not None and not (isinstance(value, str) and value.strip()):
             raise ConfigurationError(f"{name} must be a non-empty str or None, got {value!r}")
+    wait = merged["batch_wait_ms"]
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < math.inf:
+        raise ConfigurationError(f"batch_wait_ms must be milliseconds, 0 or more, got {wait!r}")
     if merged["dtype"] not in DTYPES:
         raise ConfigurationError(
             f"dtype must be one of {', '.join(map(repr, DTYPES))}, got {merged['dtype']!r}"
@@ -710,17 +729,27 @@ class LocalReranker(Reranker):
         runner = self.runner
         return runner.max_passages if runner.long_documents == "max_passage" else 1
 
+    def _scores_and_tokens(
+        self, queries: Sequence[str], documents: Sequence[str]
+    ) -> tuple[list[float], list[int]]:
+        """Scores and tokens per pair: in shared batches (``batch_across_calls``) or alone."""
+        if self.runner.options["batch_across_calls"]:
+            return score_rows(self.runner, self.family, queries, documents)
+        return self.runner.scores_and_tokens(queries, documents, self.family)
+
     def _score(self, query: str, documents: list[str]) -> list[float]:
-        return self.runner.scores_many([query] * len(documents), documents, self.family)
+        return self._scores_and_tokens([query] * len(documents), documents)[0]
 
     def _score_usage(self, query: str, documents: list[str]) -> tuple[list[float], Usage]:
-        scores, tokens = self.runner.scores_and_tokens(
-            [query] * len(documents), documents, self.family
-        )
+        scores, tokens = self._scores_and_tokens([query] * len(documents), documents)
         return scores, Usage(tokens=sum(tokens))
 
     async def _ascore_usage(self, query: str, documents: list[str]) -> tuple[list[float], Usage]:
-        return await asyncio.to_thread(self._score_usage, query, documents)
+        if not self.runner.options["batch_across_calls"]:
+            return await asyncio.to_thread(self._score_usage, query, documents)
+        queries = [query] * len(documents)
+        scores, tokens = await ascore_rows(self.runner, self.family, queries, documents)
+        return scores, Usage(tokens=sum(tokens))
 
     def score_pairs(self, queries: Sequence[str], documents: Sequence[str]) -> list[float]:
         """Scores of (queries[i], documents[i]) pairs in one batched pass (used by ``serve``).
@@ -729,7 +758,7 @@ class LocalReranker(Reranker):
             InvalidInputError: ``queries`` and ``documents`` differ in length, or hold non-text.
         """
         pair_queries, docs = validate_pairs(queries, documents)
-        return self.runner.scores_many(pair_queries, docs, self.family) if docs else []
+        return self._scores_and_tokens(pair_queries, docs)[0] if docs else []
 
     def _repr_fields(self) -> dict[str, Any]:
         runner = self.runner
@@ -748,4 +777,7 @@ class LocalReranker(Reranker):
             "split_special_tokens": runner.split_special_tokens,
         }
         fields.update({k: v for k, v in passages.items() if v != LOCAL_DEFAULTS.get(k)})
+        for name in ("batch_across_calls", "batch_wait_ms"):
+            if runner.options[name] != LOCAL_DEFAULTS[name]:
+                fields[name] = runner.options[name]
         return {**fields, **self.family.describe()}

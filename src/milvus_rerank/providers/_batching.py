@@ -1,0 +1,560 @@
+"""Batching across concurrent callers: many callers' rows scored together, a budget per forward.
+
+A ``MicroBatcher`` owns a queue and one worker thread. A caller encodes its own pairs (in its own
+thread), submits the rows with their token counts and a ``finish`` step, and gets a
+``concurrent.futures.Future``: a thread waits on it, a coroutine awaits ``asyncio.wrap_future``
+of it. Nothing belongs to an event loop, so any number of threads, loops and ``asyncio.run``
+calls share one batcher.
+
+The worker cuts the queued rows into micro-batches of at most ``max_items`` rows and
+``max_tokens`` tokens, taking as much of each waiting caller as fits, in turn (a caller with
+rows left goes to the back), so a small call never waits for a large one to finish; it runs
+``forward`` on each micro-batch and a caller's ``finish`` once all its rows are done. While
+callers do come together (the last batch held more than one), it waits up to ``max_wait``
+for company (less once a batch is full); a lone caller is served at once. Past
+``max_pending`` rows queued, ``submit`` raises ``Overloaded``. Cancelling a future drops its
+rows not yet taken, at once; a failing ``forward`` fails exactly the callers with rows in
+that batch. The worker thread ends after ``IDLE_EXIT`` seconds without work and starts again
+on demand.
+
+Every local reranker scores through its runner's batcher (``runner_batcher``: one per runner,
+so an LLM reranker's instruction views share batches with it); ``serve`` builds a
+``RequestBatcher`` per app over the same machinery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import math
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from ..errors import ConfigurationError, RerankError
+
+__all__ = [
+    "IDLE_EXIT",
+    "MAX_BATCH_ITEMS",
+    "MAX_BATCH_TOKENS",
+    "PASSES_PER_BATCH",
+    "MicroBatcher",
+    "Overloaded",
+    "RequestBatcher",
+    "RowRunner",
+    "ascore_rows",
+    "runner_batcher",
+    "score_rows",
+]
+
+Item = TypeVar("Item")
+Out = TypeVar("Out")
+R = TypeVar("R")
+Row = dict[str, list[int]]
+ScorePairs = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
+
+#: Defaults of one micro-batch (one ``forward`` call): rows, and tokens (real, unpadded).
+MAX_BATCH_ITEMS = 256
+MAX_BATCH_TOKENS = 8192
+#: Forward passes' worth of tokens in a local runner's micro-batch, where passes have a budget.
+PASSES_PER_BATCH = 4
+#: Seconds an idle worker thread waits for new work before it ends.
+IDLE_EXIT = 0.25
+#: The window assumed for a pair's estimated cost where the reranker does not say.
+UNKNOWN_WINDOW = 8192
+
+
+class Overloaded(RerankError):
+    """Too many rows already wait to be scored: retry later (``serve`` answers 429)."""
+
+
+@dataclass(eq=False)
+class _Job:
+    """One caller's rows: handed to ``forward`` in chunks, finished when all are done."""
+
+    items: Sequence[Any]
+    costs: Sequence[int]
+    finish: Callable[[list[Any]], Any]
+    future: concurrent.futures.Future[Any]
+    outputs: list[Any]
+    taken: int = 0  # rows handed to a forward (or dropped) so far
+    done: int = 0  # rows with an output so far
+
+
+class MicroBatcher(Generic[Item, Out]):
+    """Scores many callers' rows in shared ``forward`` calls (see the module docstring).
+
+    Args:
+        forward: Outputs of a list of rows, in order; called from the worker thread only.
+        max_wait: Seconds to wait for company while callers come together (0: never wait).
+        max_items: Rows per ``forward`` call.
+        max_tokens: Tokens (the rows' costs) per ``forward`` call; None for no bound. A row
+            costing more than that still goes, alone.
+        max_pending: Rows that may wait untaken (None: no bound); past it ``Overloaded``.
+        name: The worker thread's name.
+
+    Raises:
+        ConfigurationError: a bound that is not a positive int, or a bad ``max_wait``.
+    """
+
+    def __init__(
+        self,
+        forward: Callable[[list[Item]], Sequence[Out]],
+        *,
+        max_wait: float = 0.002,
+        max_items: int = MAX_BATCH_ITEMS,
+        max_tokens: int | None = MAX_BATCH_TOKENS,
+        max_pending: int | None = None,
+        name: str = "milvus-rerank-batcher",
+    ) -> None:
+        if (
+            isinstance(max_wait, bool)
+            or not isinstance(max_wait, (int, float))
+            or not math.isfinite(max_wait)
+            or max_wait < 0
+        ):
+            raise ConfigurationError(f"max_wait must be seconds, 0 or more, got {max_wait!r}")
+        for what, value in (
+            ("max_items", max_items),
+            ("max_tokens", max_tokens),
+            ("max_pending", max_pending),
+        ):
+            if (value is not None or what == "max_items") and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ConfigurationError(f"{what} must be a positive int, got {value!r}")
+        self._forward = forward
+        self.max_wait = float(max_wait)
+        self.max_items = max_items
+        self.max_tokens = max_tokens
+        self.max_pending = max_pending
+        self.name = name
+        #: ``forward`` calls that succeeded, and callers finished, since creation.
+        self.batches = 0
+        self.requests = 0
+        self._reset()
+        _ALL.add(self)
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition()
+        self._jobs: deque[_Job] = deque()
+        self._worker: threading.Thread | None = None
+        self._pending = 0  # rows queued and not yet taken
+        self._pending_tokens = 0
+        self._last_jobs = 0  # callers in the last forward
+
+    @property
+    def pending(self) -> int:
+        """Rows queued and not yet handed to ``forward``."""
+        return self._pending
+
+    @property
+    def running(self) -> bool:
+        """Whether the worker thread is alive (it ends once idle)."""
+        with self._cond:
+            return self._worker is not None and self._worker.is_alive()
+
+    def check_room(self, count: int) -> None:
+        """Raise ``Overloaded`` if ``count`` more rows would pass ``max_pending``.
+
+        A call is let in whatever its size while nothing waits, so a large one is never
+        refused forever.
+        """
+        if self.max_pending is not None and self._pending:
+            if self._pending + count > self.max_pending:
+                raise Overloaded(
+                    f"{self._pending} pairs are already waiting to be scored (at most "
+                    f"{self.max_pending}); retry later"
+                )
+
+    def submit(
+        self,
+        items: Sequence[Item],
+        costs: Sequence[int],
+        finish: Callable[[list[Out]], R],
+    ) -> concurrent.futures.Future[R]:
+        """Queue rows; the future holds ``finish(outputs)`` once every row has its output.
+
+        Cancel the future to drop the rows not yet taken.
+
+        Raises:
+            Overloaded: more than ``max_pending`` rows would be waiting.
+            ValueError: ``costs`` and ``items`` differ in length.
+        """
+        if len(costs) != len(items):
+            raise ValueError(f"{len(costs)} costs for {len(items)} rows")
+        future: concurrent.futures.Future[R] = concurrent.futures.Future()
+        if not items:
+            try:
+                future.set_result(finish([]))
+            except Exception as exc:  # noqa: BLE001 - the caller gets it
+                future.set_exception(exc)
+            return future
+        job = _Job(items, costs, finish, future, [None] * len(items))
+        with self._cond:
+            self.check_room(len(items))
+            self._pending += len(items)
+            self._pending_tokens += sum(costs)
+            self._jobs.append(job)
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._worker.start()
+            else:
+                self._cond.notify()
+        future.add_done_callback(lambda done: self._drop(job) if done.cancelled() else None)
+        return future
+
+    def _drop(self, job: _Job) -> None:
+        """A cancelled caller: its rows not yet taken leave the queue now."""
+        with self._cond:
+            self._release(job, len(job.items))
+            if job in self._jobs:
+                self._jobs.remove(job)
+            self._cond.notify()
+
+    def _release(self, job: _Job, end: int) -> None:
+        """Rows ``job.taken:end`` are no longer pending (taken or dropped); under the lock."""
+        if end > job.taken:
+            self._pending -= end - job.taken
+            self._pending_tokens -= sum(job.costs[job.taken : end])
+            job.taken = end
+
+    def _full(self) -> bool:
+        return self._pending >= self.max_items or (
+            self.max_tokens is not None and self._pending_tokens >= self.max_tokens
+        )
+
+    def _run(self) -> None:
+        fresh = True
+        while True:
+            with self._cond:
+                if not self._jobs:
+                    idle_until = time.monotonic() + IDLE_EXIT
+                    while not self._jobs and (left := idle_until - time.monotonic()) > 0:
+                        self._cond.wait(left)
+                    if not self._jobs:
+                        if self._worker is threading.current_thread():
+                            self._worker = None
+                        return
+                    fresh = True
+                if fresh and self.max_wait > 0 and self._last_jobs > 1:
+                    deadline = time.monotonic() + self.max_wait
+                    while self._jobs and not self._full():
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._cond.wait(left)
+                fresh = False
+                chunks = self._take()
+            if chunks:
+                self._run_batch(chunks)
+
+    def _take(self) -> list[tuple[_Job, int, int]]:
+        """The next forward: a chunk of each waiting caller in turn, within the budgets."""
+        chunks: list[tuple[_Job, int, int]] = []
+        count = tokens = 0
+        for _ in range(len(self._jobs)):
+            job = self._jobs[0]
+            if job.future.done():  # cancelled, or failed
+                self._jobs.popleft()
+                self._release(job, len(job.items))
+                continue
+            start = end = job.taken
+            while end < len(job.items) and count < self.max_items:
+                cost = job.costs[end]
+                if (
+                    self.max_tokens is not None
+                    and (chunks or end > start)
+                    and tokens + cost > self.max_tokens
+                ):
+                    break
+                tokens += cost
+                count += 1
+                end += 1
+            if end == start:
+                break  # the budget is spent
+            chunks.append((job, start, end))
+            self._release(job, end)
+            self._jobs.popleft()
+            if end < len(job.items):
+                self._jobs.append(job)  # round-robin: its next chunk after the others' turn
+        return chunks
+
+    def _run_batch(self, chunks: list[tuple[_Job, int, int]]) -> None:
+        items = [item for job, start, end in chunks for item in job.items[start:end]]
+        try:
+            outputs = list(self._forward(items))
+            if len(outputs) != len(items):
+                raise RuntimeError(f"forward returned {len(outputs)} outputs for {len(items)} rows")
+        except BaseException as exc:  # every caller in this batch gets the failure
+            with self._cond:
+                for job, _, _ in chunks:
+                    self._release(job, len(job.items))
+                    if job in self._jobs:
+                        self._jobs.remove(job)
+            for job, _, _ in chunks:
+                _fail(job.future, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        finished: list[_Job] = []
+        with self._cond:
+            self.batches += 1
+            self._last_jobs = len(chunks)
+            offset = 0
+            for job, start, end in chunks:
+                job.outputs[start:end] = outputs[offset : offset + end - start]
+                offset += end - start
+                job.done += end - start
+                if job.done == len(job.items):
+                    finished.append(job)
+        for job in finished:
+            if not job.future.done():
+                self._settle(job)
+
+    def _settle(self, job: _Job) -> None:
+        """Set the caller's ``finish(outputs)`` (or its exception), counted before it wakes."""
+        try:
+            result = job.finish(job.outputs)
+        except Exception as exc:  # noqa: BLE001 - the caller gets it
+            _fail(job.future, exc)
+            return
+        with self._cond:
+            self.requests += 1
+        try:
+            job.future.set_result(result)
+        except concurrent.futures.InvalidStateError:  # cancelled meanwhile
+            with self._cond:
+                self.requests -= 1
+
+
+def _fail(future: concurrent.futures.Future[Any], exc: BaseException) -> None:
+    try:
+        future.set_exception(exc)
+    except concurrent.futures.InvalidStateError:  # cancelled meanwhile
+        pass
+
+
+_ALL: weakref.WeakSet[MicroBatcher[Any, Any]] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    """A forked child has none of the parent's threads: its batchers start empty."""
+    global _RUNNERS_LOCK
+    _RUNNERS_LOCK = threading.Lock()
+    for batcher in list(_ALL):
+        batcher._reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+# -- local runners ----------------------------------------------------------------------------
+
+
+class RowRunner(Protocol):
+    """What batching needs of a local runner (``LocalModelRunner``)."""
+
+    @property
+    def options(self) -> Mapping[str, object]: ...
+
+    @property
+    def batch_size(self) -> int: ...
+
+    def load(self) -> Any: ...
+
+    def token_budget(self, device: str) -> int | None: ...
+
+    def prepare(self, queries: Sequence[str], documents: Sequence[str], family: Any) -> Any: ...
+
+    def forward(self, rows: Sequence[Row]) -> list[float]: ...
+
+    def finish(self, prepared: Any, raw: Sequence[float]) -> tuple[list[float], list[int]]: ...
+
+
+_RUNNERS: weakref.WeakKeyDictionary[Any, MicroBatcher[Row, float]] = weakref.WeakKeyDictionary()
+_RUNNERS_LOCK = threading.Lock()
+
+
+def runner_batcher(runner: RowRunner) -> MicroBatcher[Row, float]:
+    """The batcher of ``runner``'s rows, made on first use (one per runner).
+
+    A micro-batch holds ``PASSES_PER_BATCH`` forward passes' worth of tokens where passes
+    have a token budget (CPUs: 4 x 1,024), enough rows to sort by length while callers finish
+    a few passes apart; else (GPUs) at least ``batch_size`` rows of the full window, so full
+    batches still form. Its wait is the runner's ``batch_wait_ms``. The batcher holds the
+    runner weakly: a runner and its batcher go away together.
+    """
+    with _RUNNERS_LOCK:
+        batcher = _RUNNERS.get(runner)
+        if batcher is None:
+            ref = weakref.ref(runner)
+
+            def forward(rows: list[Row]) -> list[float]:
+                live = ref()
+                if live is None:  # pragma: no cover - a caller holds the runner while it waits
+                    raise RuntimeError("the runner of these rows is gone")
+                return live.forward(rows)
+
+            loaded = runner.load()
+            budget = runner.token_budget(loaded.device)
+            batcher = MicroBatcher(
+                forward,
+                max_wait=_wait_seconds(runner.options.get("batch_wait_ms")),
+                max_items=max(MAX_BATCH_ITEMS, runner.batch_size),
+                max_tokens=PASSES_PER_BATCH * budget
+                if budget is not None
+                else max(MAX_BATCH_TOKENS, runner.batch_size * int(loaded.max_length)),
+            )
+            _RUNNERS[runner] = batcher
+    return batcher
+
+
+def _wait_seconds(milliseconds: object) -> float:
+    return float(milliseconds) / 1000.0 if isinstance(milliseconds, (int, float)) else 0.002
+
+
+def _submit_prepared(
+    batcher: MicroBatcher[Row, float], runner: RowRunner, prepared: Any
+) -> concurrent.futures.Future[tuple[list[float], list[int]]]:
+    rows: Sequence[Row] = prepared.rows
+    return batcher.submit(
+        rows, [len(row["input_ids"]) for row in rows], lambda raw: runner.finish(prepared, raw)
+    )
+
+
+def score_rows(
+    runner: RowRunner, family: Any, queries: Sequence[str], documents: Sequence[str]
+) -> tuple[list[float], list[int]]:
+    """Scores and tokens per pair, encoded here and scored in the runner's shared batches."""
+    prepared = runner.prepare(queries, documents, family)
+    future = _submit_prepared(runner_batcher(runner), runner, prepared)
+    try:
+        return future.result()
+    finally:
+        future.cancel()  # interrupted (or done: a no-op)
+
+
+async def ascore_rows(
+    runner: RowRunner, family: Any, queries: Sequence[str], documents: Sequence[str]
+) -> tuple[list[float], list[int]]:
+    """Async ``score_rows``: encoded in a worker thread; cancelling drops the queued rows."""
+    prepared = await asyncio.to_thread(runner.prepare, queries, documents, family)
+    return await asyncio.wrap_future(_submit_prepared(runner_batcher(runner), runner, prepared))
+
+
+# -- serve --------------------------------------------------------------------------------------
+
+
+class RequestBatcher:
+    """Requests (one query, its documents) scored in shared micro-batches: ``serve``'s batcher.
+
+    Over a local runner (``runner`` and ``family`` given) a request is encoded in a worker
+    thread and its rows, with their real token counts, go through ``runner.forward``. Over
+    anything else its pairs go through ``score_pairs``, a pair costing an estimate of
+    ``cost``'s. One micro-batch holds at most ``max_pairs`` rows and ``max_tokens`` tokens;
+    past ``max_pending`` rows waiting, ``score`` raises ``Overloaded``.
+    """
+
+    def __init__(
+        self,
+        score_pairs: ScorePairs,
+        max_wait: float = 0.002,
+        max_pairs: int = MAX_BATCH_ITEMS,
+        *,
+        max_tokens: int = MAX_BATCH_TOKENS,
+        max_pending: int | None = None,
+        window: int | None = None,
+        runner: RowRunner | None = None,
+        family: Any = None,
+    ) -> None:
+        self.score_pairs = score_pairs
+        self.window = window or UNKNOWN_WINDOW
+        self.runner = runner
+        self.family = family
+        limits: dict[str, Any] = {
+            "max_wait": max_wait,
+            "max_items": max_pairs,
+            "max_tokens": max_tokens,
+            "max_pending": max_pending,
+            "name": "milvus-rerank-batcher-serve",
+        }
+        forward = runner.forward if runner is not None else self._score_chunk
+        self._batcher: MicroBatcher[Any, float] = MicroBatcher(forward, **limits)
+
+    @property
+    def max_wait(self) -> float:
+        """Seconds a batch waits for company while requests come together."""
+        return self._batcher.max_wait
+
+    @property
+    def pending_pairs(self) -> int:
+        """Rows queued and not yet handed to the model."""
+        return self._batcher.pending
+
+    @property
+    def batches(self) -> int:
+        """Model calls made so far."""
+        return self._batcher.batches
+
+    @property
+    def requests(self) -> int:
+        """Requests answered so far."""
+        return self._batcher.requests
+
+    def cost(self, query: str, document: str) -> int:
+        """Estimated tokens of a pair (where rows are not seen): 4 characters a token, 3 more."""
+        return min(self.window, -(-(len(query) + len(document)) // 4) + 3)
+
+    def _score_chunk(self, pairs: list[tuple[str, str]]) -> list[float]:
+        scores = self.score_pairs([q for q, _ in pairs], [d for _, d in pairs])
+        return [float(s) for s in scores]
+
+    async def score(
+        self,
+        query: str,
+        documents: list[str],
+        *,
+        abandoned: asyncio.Future[Any] | None = None,
+        family: Any = None,
+    ) -> list[float]:
+        """Scores of ``documents`` for ``query``, computed in shared batches.
+
+        ``abandoned`` (e.g. a watcher of the client's disconnect) drops the rows not yet
+        taken the moment it completes, before the worker can form another batch with them.
+        ``family`` (over a local runner) encodes this request another way than the batcher's
+        own family, e.g. an instruction view's; its rows still share batches with the rest.
+
+        Raises:
+            Overloaded: more than ``max_pending`` rows would be waiting.
+        """
+        if not documents:
+            return []
+        future: concurrent.futures.Future[list[float]]
+        runner = self.runner
+        if runner is not None:
+            self._batcher.check_room(len(documents))  # before the work of encoding
+            prepared = await asyncio.to_thread(
+                runner.prepare,
+                [query] * len(documents),
+                documents,
+                self.family if family is None else family,
+            )
+            future = self._batcher.submit(
+                prepared.rows,
+                [len(row["input_ids"]) for row in prepared.rows],
+                lambda raw: runner.finish(prepared, raw)[0],
+            )
+        else:
+            future = self._batcher.submit(
+                [(query, d) for d in documents], [self.cost(query, d) for d in documents], list
+            )
+        if abandoned is not None:
+            abandoned.add_done_callback(lambda _: future.cancel())
+        return await asyncio.wrap_future(future)

@@ -1,0 +1,290 @@
+"""Local rerankers batch across concurrent callers: same scores and usage as alone, no leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytest.importorskip("torch")
+
+from milvus_rerank import ConfigurationError, CrossEncoderReranker, Qwen3Reranker  # noqa: E402
+from milvus_rerank.providers import _batching  # noqa: E402
+from milvus_rerank.providers._local import LOCAL_DEFAULTS, LocalReranker  # noqa: E402
+from tests.conftest import CORPUS  # noqa: E402
+
+QUERIES = [
+    "what is milvus",
+    "capital of france",
+    "who proposed a test of machine intelligence",
+    "birth of artificial intelligence",
+]
+DOCS = [*CORPUS, "milvus", "a much longer document about vector databases " * 6, "x"]
+
+
+@pytest.fixture(scope="module")
+def qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from milvus_rerank.tiny import QWEN3_RERANKER_CHAT_TEMPLATE, build_tiny_qwen3_reranker
+
+    root = tmp_path_factory.mktemp("tiny-qwen3-batching")
+    return build_tiny_qwen3_reranker(
+        root / "qwen3",
+        texts=[*QUERIES, *DOCS],
+        chat_template=QWEN3_RERANKER_CHAT_TEMPLATE,
+        initializer_range=0.2,
+    )
+
+
+def alone(reranker: LocalReranker, query: str, docs: Sequence[str]) -> tuple[list[float], int]:
+    """The unbatched scores and tokens: one prepare, forward and finish of this call only."""
+    scores, tokens = reranker.runner.scores_and_tokens([query] * len(docs), docs, reranker.family)
+    return scores, sum(tokens)
+
+
+def workload(
+    rerankers: list[LocalReranker], calls: int
+) -> list[tuple[LocalReranker, str, list[str]]]:
+    """Calls over the rerankers in turn, with varied queries and document subsets."""
+    return [
+        (
+            rerankers[i % len(rerankers)],
+            QUERIES[i % len(QUERIES)],
+            DOCS[i % 5 : i % 5 + 2 + i % 7],
+        )
+        for i in range(calls)
+    ]
+
+
+def check(reranker: LocalReranker, query: str, docs: list[str], response: Any) -> None:
+    want_scores, want_tokens = alone(reranker, query, docs)
+    got = {r.index: r.score for r in response.results}
+    assert [got[i] for i in range(len(docs))] == pytest.approx(want_scores, abs=1e-5)
+    assert response.usage.tokens == want_tokens  # exact: only this call's rows count
+
+
+def test_concurrent_callers_threads_and_tasks_score_as_alone(
+    tiny_models: dict[str, Path], qwen3_dir: Path
+) -> None:
+    ce = CrossEncoderReranker(str(tiny_models["ce"]), device="cpu")
+    base = Qwen3Reranker(str(qwen3_dir), device="cpu")
+    strict = base.with_instruction("Judge strictly: only exact answers are relevant")
+    loose = base.with_instruction("Anything on the topic is relevant")
+    rerankers: list[LocalReranker] = [ce, base, strict, loose]
+    for reranker in rerankers:
+        reranker.load()
+    shared = _batching.runner_batcher(base.runner)
+    assert _batching.runner_batcher(strict.runner) is shared  # views batch with their base
+    ce_batches, qwen_batches = _batching.runner_batcher(ce.runner).batches, shared.batches
+
+    tasks = workload(rerankers, 48)
+    threaded = workload(rerankers[::-1], 16)
+    answers: dict[int, Any] = {}
+    start = threading.Barrier(len(threaded) + 1)
+
+    def in_thread(i: int) -> None:
+        reranker, query, docs = threaded[i]
+        start.wait()
+        answers[i] = reranker.rerank_response(query, docs)
+
+    async def many() -> list[Any]:
+        start.wait()
+        return list(await asyncio.gather(*(r.arerank_response(q, d) for r, q, d in tasks)))
+
+    threads = [threading.Thread(target=in_thread, args=(i,)) for i in range(len(threaded))]
+    for thread in threads:
+        thread.start()
+    responses = asyncio.run(many())
+    for thread in threads:
+        thread.join(60)
+    for (reranker, query, docs), response in zip(tasks, responses, strict=True):
+        check(reranker, query, docs, response)
+    for i, (reranker, query, docs) in enumerate(threaded):
+        check(reranker, query, docs, answers[i])
+    # They did share forward passes: far fewer than one per call.
+    calls = len(tasks) + len(threaded)
+    done = (_batching.runner_batcher(ce.runner).batches - ce_batches) + (
+        shared.batches - qwen_batches
+    )
+    assert done < calls * 3 // 4
+    assert strict.score_pairs(QUERIES[:2], DOCS[:2]) == pytest.approx(
+        [alone(strict, q, [d])[0][0] for q, d in zip(QUERIES[:2], DOCS[:2], strict=True)],
+        abs=1e-5,
+    )
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
+
+
+def _settle_workers() -> None:
+    deadline = time.monotonic() + _batching.IDLE_EXIT + 10
+    while workers := [
+        t for t in threading.enumerate() if t.name.startswith("milvus-rerank-batcher")
+    ]:
+        if time.monotonic() > deadline:
+            frames = sys._current_frames()
+            where = ["".join(traceback.format_stack(frames[t.ident])) for t in workers if t.ident]
+            raise AssertionError(f"a batcher worker did not end when idle: {where}")
+        time.sleep(0.01)
+
+
+def test_a_thousand_asyncio_runs_leak_no_threads_or_fds(tiny_models: dict[str, Path]) -> None:
+    reranker = CrossEncoderReranker(str(tiny_models["ce"]), device="cpu").load()
+    want = [r.index for r in reranker.rerank(QUERIES[0], DOCS[:3])]
+    asyncio.run(reranker.arerank(QUERIES[0], DOCS[:3]))
+    _settle_workers()
+    threads, fds = threading.active_count(), _fds()
+    for _ in range(1000):
+        ranked = asyncio.run(reranker.arerank(QUERIES[0], DOCS[:3]))
+        assert [r.index for r in ranked] == want
+    assert threading.active_count() <= threads + 1  # at most the batcher's worker, idling
+    _settle_workers()
+    assert threading.active_count() == threads and _fds() == fds
+
+
+class Gate:
+    """Wraps a runner's forward: records each call's rows and can hold it until opened."""
+
+    def __init__(self, forward: Callable[[Any], list[float]], fail_first: bool = False) -> None:
+        self.forward = forward
+        self.open = threading.Event()
+        self.entered = threading.Event()
+        self.fail_first = fail_first
+        self.calls: list[int] = []
+
+    def __call__(self, rows: Any) -> list[float]:
+        self.calls.append(len(rows))
+        self.entered.set()
+        assert self.open.wait(30)
+        if self.fail_first and len(self.calls) == 1:
+            raise RuntimeError("the model crashed")
+        return self.forward(rows)
+
+
+async def test_a_cancelled_arerank_drops_its_queued_rows(
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reranker = CrossEncoderReranker(str(tiny_models["ce"]), device="cpu").load()
+    gate = Gate(reranker.runner.forward)
+    monkeypatch.setattr(reranker.runner, "forward", gate)
+    batcher = _batching.runner_batcher(reranker.runner)
+    first = asyncio.ensure_future(reranker.arerank(QUERIES[0], DOCS[:2]))
+    await asyncio.to_thread(gate.entered.wait, 30)
+    left = asyncio.ensure_future(reranker.arerank(QUERIES[1], DOCS))
+    while batcher.pending < len(DOCS):  # encoded and queued behind the held batch
+        await asyncio.sleep(0.01)
+    left.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await left
+    assert batcher.pending == 0  # dropped before the model is free again
+    gate.open.set()
+    assert len(await first) == 2
+    assert gate.calls == [2]  # the cancelled call's rows never reached the model
+
+
+async def test_a_failing_forward_fails_exactly_the_calls_in_that_batch(
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reranker = CrossEncoderReranker(str(tiny_models["ce"]), device="cpu").load()
+    gate = Gate(reranker.runner.forward, fail_first=True)
+    monkeypatch.setattr(reranker.runner, "forward", gate)
+    first = asyncio.ensure_future(reranker.arerank(QUERIES[0], DOCS[:2]))
+    await asyncio.to_thread(gate.entered.wait, 30)
+    later = [asyncio.ensure_future(reranker.arerank(q, DOCS[:3])) for q in QUERIES]
+    await asyncio.sleep(0.2)  # queued behind the failing batch
+    gate.open.set()
+    with pytest.raises(RuntimeError, match="the model crashed"):
+        await first
+    for query, task in zip(QUERIES, later, strict=True):
+        got = [r.index for r in await task]
+        assert got == [r.index for r in reranker.rerank(query, DOCS[:3])]
+
+
+def test_batching_off_scores_each_call_on_its_own(tiny_models: dict[str, Path]) -> None:
+    path = str(tiny_models["ce"])
+    off = CrossEncoderReranker(path, device="cpu", batch_across_calls=False)
+    on = CrossEncoderReranker(path, device="cpu")
+    got = off.rerank_response(QUERIES[0], DOCS)
+    assert asyncio.run(off.arerank_response(QUERIES[0], DOCS)).results == got.results
+    assert off.score_pairs(QUERIES[:1], DOCS[:1]) == alone(off, QUERIES[0], DOCS[:1])[0]
+    assert off.runner not in _batching._RUNNERS  # never went through a batcher
+    check(off, QUERIES[0], DOCS, got)
+    check(on, QUERIES[0], DOCS, on.rerank_response(QUERIES[0], DOCS))
+    assert on.runner in _batching._RUNNERS
+    assert "batch_across_calls=False" in repr(off) and "batch_across" not in repr(on)
+    assert "batch_wait_ms" not in repr(on)
+
+
+def test_a_lone_caller_does_not_wait_for_company(tiny_models: dict[str, Path]) -> None:
+    reranker = CrossEncoderReranker(str(tiny_models["ce"]), device="cpu", batch_wait_ms=60_000)
+    assert "batch_wait_ms=60000" in repr(reranker)
+    started = time.monotonic()
+    for query in QUERIES:
+        reranker.rerank(query, DOCS)
+        asyncio.run(reranker.arerank(query, DOCS))
+    assert time.monotonic() - started < 30  # a wait would take 60 s
+    assert _batching.runner_batcher(reranker.runner).max_wait == 60.0
+
+
+@pytest.mark.parametrize(
+    ("options", "shown"),
+    [
+        ({"batch_wait_ms": -1}, "-1"),
+        ({"batch_wait_ms": float("nan")}, "nan"),
+        ({"batch_wait_ms": float("inf")}, "inf"),
+        ({"batch_wait_ms": "2"}, "'2'"),
+        ({"batch_wait_ms": True}, "True"),
+        ({"batch_across_calls": "yes"}, "'yes'"),
+    ],
+)
+def test_bad_batching_options_are_configuration_errors(
+    options: dict[str, object], shown: str
+) -> None:
+    name = next(iter(options))
+    with pytest.raises(ConfigurationError, match=f"{name}.*{shown}"):
+        CrossEncoderReranker("unused", **options)  # type: ignore[arg-type]
+
+
+def test_batching_defaults_are_documented() -> None:
+    assert LOCAL_DEFAULTS["batch_across_calls"] is True
+    assert LOCAL_DEFAULTS["batch_wait_ms"] == 2.0
+
+
+def test_serve_batches_local_rows_by_their_real_tokens(
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("starlette")
+    from milvus_rerank.serve import create_app
+
+    reranker = CrossEncoderReranker(str(tiny_models["ce"]), device="cpu").load()
+    docs = [f"{DOCS[i % len(DOCS)]} {i}" for i in range(30)]
+    want = reranker.rerank("q", docs)
+    calls: list[tuple[int, int]] = []  # (rows, tokens) of each model call
+    forward = reranker.runner.forward
+
+    def recording(rows: Any) -> list[float]:
+        calls.append((len(rows), sum(len(row["input_ids"]) for row in rows)))
+        return forward(rows)
+
+    monkeypatch.setattr(reranker.runner, "forward", recording)
+    app = create_app(reranker, max_batch_tokens=40)
+
+    async def post() -> Any:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            return (await client.post("/v1/rerank", json={"query": "q", "documents": docs})).json()
+
+    body = asyncio.run(post())
+    assert [r["index"] for r in body["results"]] == [r.index for r in want]
+    rows = reranker.runner.encode_many(["q"] * len(docs), docs)
+    assert len(calls) > 1 and all(tokens <= 40 or count == 1 for count, tokens in calls)
+    assert sum(tokens for _, tokens in calls) == sum(len(row["input_ids"]) for row in rows)
