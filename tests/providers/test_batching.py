@@ -288,3 +288,27 @@ def test_serve_batches_local_rows_by_their_real_tokens(
     rows = reranker.runner.encode_many(["q"] * len(docs), docs)
     assert len(calls) > 1 and all(tokens <= 40 or count == 1 for count, tokens in calls)
     assert sum(tokens for _, tokens in calls) == sum(len(row["input_ids"]) for row in rows)
+
+
+def test_a_lone_call_gets_its_own_passes(
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reranker = CrossEncoderReranker(str(tiny_models["ce"]), device="cpu", max_length=64).load()
+    # Within one micro-batch: exactly the passes (and so the very scores) it gets alone.
+    got = {r.index: r.score for r in reranker.rerank(QUERIES[0], DOCS)}
+    assert [got[i] for i in range(len(DOCS))] == alone(reranker, QUERIES[0], DOCS)[0]
+    # Larger than a micro-batch: cut longest first into contiguous length ranges.
+    lengths: list[list[int]] = []
+    forward = reranker.runner.forward
+
+    def recording(rows: Any) -> list[float]:
+        lengths.append([len(row["input_ids"]) for row in rows])
+        return forward(rows)
+
+    monkeypatch.setattr(reranker.runner, "forward", recording)
+    many = [" ".join([DOCS[i % len(DOCS)]] * (1 + i % 9)) for i in range(400)]
+    response = reranker.rerank_response(QUERIES[1], many)
+    assert len(lengths) > 1
+    assert all(min(a) >= max(b) for a, b in zip(lengths, lengths[1:], strict=False))
+    monkeypatch.undo()
+    check(reranker, QUERIES[1], many, response)

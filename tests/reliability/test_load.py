@@ -124,7 +124,7 @@ def test_one_local_reranker_shared_by_8_threads(tiny_models: dict[str, Path], ki
     assert not errors
     for (_, q), results in seen.items():
         assert [r.index for r in results] == [r.index for r in serial[q]]  # type: ignore[attr-defined]
-        assert [r.score for r in results] == pytest.approx([r.score for r in serial[q]], abs=1e-6)  # type: ignore[attr-defined]
+        assert [r.score for r in results] == pytest.approx([r.score for r in serial[q]], abs=1e-5)  # type: ignore[attr-defined]
 
 
 def test_10000_sequential_calls_keep_memory_flat(make_reranker: Callable[..., Reranker]) -> None:

@@ -50,6 +50,7 @@ __all__ = [
     "ascore_rows",
     "runner_batcher",
     "score_rows",
+    "submit_prepared",
 ]
 
 Item = TypeVar("Item")
@@ -420,12 +421,26 @@ def _wait_seconds(milliseconds: object) -> float:
     return float(milliseconds) / 1000.0 if isinstance(milliseconds, (int, float)) else 0.002
 
 
-def _submit_prepared(
+def submit_prepared(
     batcher: MicroBatcher[Row, float], runner: RowRunner, prepared: Any
 ) -> concurrent.futures.Future[tuple[list[float], list[int]]]:
+    """Queue a call's encoded rows, longest first; the future holds its scores and tokens.
+
+    Longest first, a call too large for one micro-batch is cut into contiguous length
+    ranges, so its forward passes are (nearly) the ones it would get alone; ``forward`` sorts
+    stably by length, so a call within one micro-batch gets exactly its own passes.
+    """
     rows: Sequence[Row] = prepared.rows
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
+
+    def finish(outputs: list[float]) -> tuple[list[float], list[int]]:
+        raw = [0.0] * len(outputs)
+        for position, value in zip(order, outputs, strict=True):
+            raw[position] = value
+        return runner.finish(prepared, raw)
+
     return batcher.submit(
-        rows, [len(row["input_ids"]) for row in rows], lambda raw: runner.finish(prepared, raw)
+        [rows[i] for i in order], [len(rows[i]["input_ids"]) for i in order], finish
     )
 
 
@@ -434,7 +449,7 @@ def score_rows(
 ) -> tuple[list[float], list[int]]:
     """Scores and tokens per pair, encoded here and scored in the runner's shared batches."""
     prepared = runner.prepare(queries, documents, family)
-    future = _submit_prepared(runner_batcher(runner), runner, prepared)
+    future = submit_prepared(runner_batcher(runner), runner, prepared)
     try:
         return future.result()
     finally:
@@ -446,7 +461,7 @@ async def ascore_rows(
 ) -> tuple[list[float], list[int]]:
     """Async ``score_rows``: encoded in a worker thread; cancelling drops the queued rows."""
     prepared = await asyncio.to_thread(runner.prepare, queries, documents, family)
-    return await asyncio.wrap_future(_submit_prepared(runner_batcher(runner), runner, prepared))
+    return await asyncio.wrap_future(submit_prepared(runner_batcher(runner), runner, prepared))
 
 
 # -- serve --------------------------------------------------------------------------------------
@@ -536,25 +551,25 @@ class RequestBatcher:
         """
         if not documents:
             return []
-        future: concurrent.futures.Future[list[float]]
         runner = self.runner
-        if runner is not None:
-            self._batcher.check_room(len(documents))  # before the work of encoding
-            prepared = await asyncio.to_thread(
-                runner.prepare,
-                [query] * len(documents),
-                documents,
-                self.family if family is None else family,
-            )
-            future = self._batcher.submit(
-                prepared.rows,
-                [len(row["input_ids"]) for row in prepared.rows],
-                lambda raw: runner.finish(prepared, raw)[0],
-            )
-        else:
-            future = self._batcher.submit(
+        if runner is None:
+            pairs = self._batcher.submit(
                 [(query, d) for d in documents], [self.cost(query, d) for d in documents], list
             )
-        if abandoned is not None:
-            abandoned.add_done_callback(lambda _: future.cancel())
-        return await asyncio.wrap_future(future)
+            return await _until(pairs, abandoned)
+        self._batcher.check_room(len(documents))  # before the work of encoding
+        prepared = await asyncio.to_thread(
+            runner.prepare,
+            [query] * len(documents),
+            documents,
+            self.family if family is None else family,
+        )
+        scores, _ = await _until(submit_prepared(self._batcher, runner, prepared), abandoned)
+        return scores
+
+
+async def _until(future: concurrent.futures.Future[R], abandoned: asyncio.Future[Any] | None) -> R:
+    """``future``'s result; cancelled (its rows dropped) the moment ``abandoned`` completes."""
+    if abandoned is not None:
+        abandoned.add_done_callback(lambda _: future.cancel())
+    return await asyncio.wrap_future(future)
