@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar, Literal
 
 from ..errors import ConfigurationError
@@ -9,6 +10,9 @@ from ..results import Usage
 from ._http import HTTPReranker, server_root
 
 __all__ = ["NVIDIAReranker"]
+
+#: What a hosted model name may hold: it becomes part of the URL's path.
+_PATH_SAFE = re.compile(r"[A-Za-z0-9._:-]+(?:/[A-Za-z0-9._:-]+)*")
 
 #: Hosted models whose API-catalog route is not ``/v1/retrieval/<model>/reranking``.
 _HOSTED_ROUTES = {
@@ -68,6 +72,13 @@ class NVIDIAReranker(HTTPReranker):
         if not self._hosted():
             return self.path
         model = str(self.model_name)
+        if model not in _HOSTED_ROUTES and not _PATH_SAFE.fullmatch(model):
+            # It goes in the URL's path: '?', '#' or '%' would turn into a query or fragment
+            # (echoed in every "could not be reached at <url>" message) or another route.
+            raise ConfigurationError(
+                f"NVIDIAReranker: model_name {model!r} cannot name a hosted model: it goes in "
+                "the URL path, so only letters, digits and . _ - / : are allowed"
+            )
         return _HOSTED_ROUTES.get(model, f"/v1/retrieval/{model.replace('.', '_')}/reranking")
 
     def _payload(self, query: str, documents: list[str]) -> dict[str, Any]:
