@@ -7,7 +7,9 @@ Everything else is here, once:
 * Every request runs on an ``httpx.AsyncClient``: one per event loop for ``arerank`` (closed
   when its loop shuts down), and one on a private background loop for ``rerank``, so both
   paths share one code path, one deadline and one fail-fast chunking. An injected
-  ``httpx.Client`` is used as given on the sync path instead.
+  ``httpx.Client`` is used on the sync path instead, its requests in worker threads so that
+  the deadline ends the call whatever the client's reads do.
+* A fork (multiprocessing, gunicorn) resets every reranker's slots and clients in the child.
 * Retries as one ``RetryPolicy`` (``milvus_rerank.retry``) decides: by default with
   exponential backoff and jitter on connection errors, timeouts, 408, 409, 429 and 5xx,
   honouring ``Retry-After`` (seconds or HTTP date); never on other 4xx. The policy's
@@ -15,15 +17,21 @@ Everything else is here, once:
 * Document lists longer than the provider's per-request limit go out in chunks, at most
   ``max_concurrency`` requests in flight per reranker over all its threads and event loops,
   merged back by index; the first failing chunk ends the call at once.
-* Every answer is read streamed up to ``max_response_bytes`` (decoded) and validated: each
-  index in range, none duplicated, none missing, every score a finite number. Anything else
-  raises ``InvalidResponseError`` and no ranking is made.
+* Every answer is read streamed, raw, and inflated here (gzip or deflate, one layer) with a
+  bound, up to ``max_response_bytes`` plus what it may echo of the request; one holding far
+  more JSON values than its documents need is refused before parsing, a large one parsed off
+  the event loop. It is validated: each index in range, none duplicated, none missing, no
+  object naming a key twice, every score a finite number. Anything else raises
+  ``InvalidResponseError`` and no ranking is made.
 * Usage: each answer's reported consumption (``_usage``) is summed over the call's chunks into
   ``RerankResponse.usage``. A usage field that is missing or malformed is None, never a
   guess, and never fails the ranking.
 * Secrets: the key (and any secret-looking extra header) is checked at construction, sent
-  only in its header, and scrubbed from every message built from server text, which is then
-  clipped; ``base_url`` may not carry credentials, a query or a fragment.
+  only in its header, and scrubbed (any 8-character piece, in any spelling ``_Redactor``
+  decodes) from every message built from server text, which is then clipped, and from
+  httpx's and httpcore's log records; no error keeps a context holding the request or the raw
+  answer. ``base_url`` may not carry credentials, a query or a fragment. A key read from the
+  provider's environment variable goes to the provider's own API only.
 """
 
 from __future__ import annotations
@@ -361,10 +369,14 @@ class HTTPReranker(Reranker):
             what it may echo of the request (its size, plus 256 bytes per document). Larger
             answers, and answers holding far more JSON values than their documents need, are
             refused before parsing.
-        http_client: An ``httpx.Client`` for the sync path (not closed by ``close``). The
-            deadline is then checked between reads, so a server that trickles headers is
-            bounded only by this client's own timeouts.
-        http_async_client: An ``httpx.AsyncClient`` to use (not closed by ``aclose``).
+        http_client: An ``httpx.Client`` for the sync path (not closed by ``close``). Its
+            requests run in worker threads: the call ends at the deadline whatever the server
+            does, and requests it abandons give their slots back at once and have their
+            sockets shut (except a reused keep-alive connection still waiting for headers,
+            whose worker ends at the client's read timeout).
+        http_async_client: An ``httpx.AsyncClient`` to use (not closed by ``aclose``), on the
+            event loop that first uses it only: on another one it is a ``ConfigurationError``
+            (its pooled connections belong to that loop).
         headers: Extra request headers (values of auth-, key- or token-like names are kept
             and scrubbed as secrets). Merged case-insensitively over the reranker's own; one
             naming the key's header (``Authorization``) conflicts with ``api_key`` and is
@@ -1483,14 +1495,14 @@ class _BodyReader:
         return _DECODED[known[0]]
 
     def feed(self, raw: bytes) -> bool:
-        """Take bytes off the wire; True when an error body has enough (stop reading)."""
+        """Take bytes off the wire; True when nothing more is needed (stop reading)."""
         self.raw_size += len(raw)
         if self.inflater is None:
             return self.add(raw)
         if not self.is_error and self.raw_size > self.limit + _ERROR_BODY_BYTES:
             raise self._too_big(f"more than {self.raw_size:,} bytes on the wire")
         data = raw
-        while data and not self.inflater.eof:  # bytes after the end are ignored, as by httpx
+        while data and not self.inflater.eof:
             room = self.limit - self.size
             failure = None
             try:
@@ -1510,7 +1522,9 @@ class _BodyReader:
             if out and self.add(out):
                 return True
             data = self.inflater.unconsumed_tail
-        return False
+        # Past the stream's end nothing more is read: what follows is ignored, as by httpx,
+        # and a server trickling it would otherwise hold the call until its deadline.
+        return bool(self.inflater.eof)
 
     def add(self, chunk: bytes) -> bool:
         """Keep decoded ``chunk``; True when an error body has enough (stop reading)."""

@@ -27,7 +27,8 @@ class NVIDIAReranker(HTTPReranker):
     With no ``base_url`` it calls NVIDIA's hosted API catalog
     (``https://ai.api.nvidia.com/v1/retrieval/<model>/reranking``, the model's dots written as
     underscores) and needs a key: ``api_key``, else ``NVIDIA_API_KEY``. With ``base_url`` it
-    calls a self-hosted NIM's ``/v1/ranking`` and the key is optional.
+    calls a self-hosted NIM's ``/v1/ranking`` and the key is optional (``api_key`` only:
+    ``NVIDIA_API_KEY`` goes to NVIDIA's API alone).
 
     Scores are the model's raw logits (``rankings[].logit``), any real number, not
     probabilities: rank by them, and apply a sigmoid yourself if you need 0 to 1.
