@@ -121,6 +121,7 @@ def open_reranker(
     *,
     model_name: str | None = None,
     base_url: str | None = None,
+    api_key: str | None = None,
     device: str | None = None,
     long_documents: str | None = None,
     passage_overlap: int | None = None,
@@ -135,7 +136,8 @@ def open_reranker(
     rerankers' options (``LocalOptions``); None leaves the reranker's default. ``options`` are
     more constructor options (``instruction``, ``normalize``, ``max_length``, ``dtype``...),
     refused with a ``ConfigurationError`` naming the rerankers that take them where
-    ``provider``'s class does not.
+    ``provider``'s class does not. ``api_key`` is an API reranker's key (None: its environment
+    variable, for its public API only).
 
     With ``fallback_to_tiny``, a local model whose weights cannot be loaded (no hub here, no
     local copy) is replaced by a tiny randomly initialized model of the same architecture
@@ -154,6 +156,10 @@ def open_reranker(
         "max_passages": max_passages,
     }
     kwargs = _reranker_kwargs(provider, model_name, base_url, device, local, options)
+    if api_key is not None:
+        if spec.kind == "local":
+            raise ConfigurationError(f"a key is for API rerankers; {provider!r} runs a local model")
+        kwargs["api_key"] = api_key
     reranker = create_reranker(provider, **kwargs)
     with contextlib.ExitStack() as cleanup:
         tiny = False
@@ -213,6 +219,7 @@ def _open_from_args(
         args.reranker,
         model_name=args.model,
         base_url=args.base_url,
+        api_key=_key_from_env(args.key_env),
         device=args.device,
         long_documents=args.long_documents,
         passage_overlap=args.passage_overlap,
@@ -221,6 +228,16 @@ def _open_from_args(
         fallback_to_tiny=fallback_to_tiny,
         out=out,
     )
+
+
+def _key_from_env(name: str | None) -> str | None:
+    """The key held by the environment variable ``--key-env`` names (never shown)."""
+    if name is None:
+        return None
+    value = os.environ.get(name, "")
+    if not value.strip():
+        raise ConfigurationError(f"--key-env names {name}, which is not set or blank")
+    return value
 
 
 def _read_documents(name: str, text_field: str) -> tuple[list[Any], list[str]]:
@@ -381,6 +398,13 @@ def _add_reranker_options(parser: argparse.ArgumentParser, default: str) -> None
         "--base-url",
         help=f"server root for API rerankers: required for {needs_url}, optional for the "
         "others, e.g. a compatible server (default: the provider's public API)",
+    )
+    parser.add_argument(
+        "--key-env",
+        metavar="VAR",
+        help="environment variable holding the key an API reranker sends; needed for a "
+        "keyed --base-url, since a provider's own variable (COHERE_API_KEY...) goes only to "
+        "its public API (default: that variable)",
     )
     parser.add_argument(
         "--device",

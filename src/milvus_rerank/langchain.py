@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import pickle
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .base import Reranker, RerankResponse
-from .errors import ConfigurationError, MissingDependencyError
+from .base import Reranker, RerankResponse, describe_value
+from .errors import ConfigurationError, InvalidInputError, MissingDependencyError
 from .results import (
     RerankResult,
     checked_threshold,
@@ -133,8 +133,7 @@ class RerankCompressor(BaseDocumentCompressor):
         callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
         """Rerank ``documents`` for ``query``, best first; send ``RERANK_EVENT`` to callbacks."""
-        docs = list(documents)
-        texts = [d.page_content for d in docs]
+        docs, texts = _page_contents(documents)
         response = self.reranker.rerank_response(query, texts, top_n=self.top_n)
         if callbacks is not None:
             manager = CallbackManager.configure(inheritable_callbacks=callbacks)
@@ -149,8 +148,7 @@ class RerankCompressor(BaseDocumentCompressor):
         callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
         """Async ``compress_documents``, awaiting ``Reranker.arerank_response``."""
-        docs = list(documents)
-        texts = [d.page_content for d in docs]
+        docs, texts = _page_contents(documents)
         response = await self.reranker.arerank_response(query, texts, top_n=self.top_n)
         if callbacks is not None:
             manager = AsyncCallbackManager.configure(inheritable_callbacks=callbacks)
@@ -171,6 +169,21 @@ class RerankCompressor(BaseDocumentCompressor):
             metadata[RERANKED_KEY] = response.reranked
             out.append(Document(page_content=source.page_content, metadata=metadata, id=source.id))
         return out
+
+
+def _page_contents(documents: object) -> tuple[list[Document], list[str]]:
+    """The documents as a list, and their texts; anything but a ``Document`` is named."""
+    if isinstance(documents, (str, bytes)) or not isinstance(documents, Iterable):
+        raise InvalidInputError(
+            f"documents must be a sequence of langchain Documents, got {describe_value(documents)}"
+        )
+    docs = list(documents)
+    for position, doc in enumerate(docs):
+        if not isinstance(doc, Document):
+            raise InvalidInputError(
+                f"documents[{position}] must be a langchain Document, got {describe_value(doc)}"
+            )
+    return docs, [d.page_content for d in docs]
 
 
 class RerankCrossEncoder(BaseCrossEncoder):

@@ -73,8 +73,10 @@ class RetryPolicy:
 
     Delays grow as ``backoff_base * 2**n`` up to ``backoff_max``, each scaled by a random
     factor in ``[1 - jitter, 1]`` so that many clients do not retry in step. A server's
-    ``Retry-After`` replaces the computed delay (capped at ``max_retry_after``) when
-    ``honour_retry_after``. No retry starts when its wait would reach past ``deadline``.
+    ``Retry-After`` (capped at ``max_retry_after``) lengthens the wait when
+    ``honour_retry_after``, but never shortens it below that computed delay: a ``0``, negative
+    or past-date ``Retry-After`` cannot turn retries into a hot loop in lockstep. No retry
+    starts when its wait would reach past ``deadline``.
 
     Attributes:
         max_retries: Attempts after the first one (0: never retry).
@@ -154,7 +156,9 @@ class RetryPolicy:
 
     def backoff(self, retry: int, rand: Callable[[], float] = random.random) -> float:
         """Seconds before retry number ``retry + 1`` when the server named no wait."""
-        delay = min(self.backoff_max, self.backoff_base * 2.0**retry)
+        # The exponent is capped: 2.0 ** 1024 overflows, and 2 ** 64 already exceeds any
+        # backoff_max once multiplied by a positive backoff_base.
+        delay = min(self.backoff_max, self.backoff_base * 2.0 ** min(retry, 64))
         return delay * (1.0 - self.jitter * rand())
 
     def decide(
@@ -174,10 +178,9 @@ class RetryPolicy:
         """
         if not self.retries(failure) or retry >= self.max_retries:
             return failure.build()
+        delay = self.backoff(retry, rand)
         if self.honour_retry_after and failure.retry_after is not None:
-            delay = min(failure.retry_after, self.max_retry_after)
-        else:
-            delay = self.backoff(retry, rand)
+            delay = max(delay, min(failure.retry_after, self.max_retry_after))
         if delay >= self.deadline - elapsed:
             return failure.build(f"gave up: the {self.deadline:g}s deadline is near")
         return delay

@@ -7,9 +7,11 @@ with its source; only values that cannot be copied at all are passed through by 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import math
 import pickle
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -157,3 +159,34 @@ def _adapter_class(adapter: str) -> Any:
     from milvus_rerank.llama_index import RerankPostprocessor
 
     return RerankPostprocessor
+
+
+@pytest.mark.parametrize(
+    ("documents", "named"),
+    [
+        (["alpha"], "documents[0] must be a langchain Document, got str 'alpha'"),
+        ([None], "documents[0] must be a langchain Document, got NoneType"),
+        (["doc", 123], "documents[0]"),
+        ("abc", "documents must be a sequence of langchain Documents, got str 'abc'"),
+        (42, "documents must be a sequence of langchain Documents, got int 42"),
+    ],
+    ids=repr,
+)
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_langchain_compressor_names_an_item_that_is_no_document(
+    documents: object, named: str, mode: str
+) -> None:
+    from langchain_core.documents import Document
+
+    from milvus_rerank.langchain import RerankCompressor
+
+    reranker = ScoreTableReranker(TABLE)
+    compressor = RerankCompressor(reranker=reranker)
+    mixed = [Document(page_content="beta"), 123]
+    for items, message in ((documents, named), (mixed, "documents[1] must be a langchain")):
+        with pytest.raises(InvalidInputError, match=re.escape(message)):
+            if mode == "sync":
+                compressor.compress_documents(items, "q")  # type: ignore[arg-type]
+            else:
+                asyncio.run(compressor.acompress_documents(items, "q"))  # type: ignore[arg-type]
+    assert reranker.calls == 0  # refused before anything was scored

@@ -8,15 +8,19 @@ headers and bodies). Every loop is bounded.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import gc
 import gzip
+import html
 import json
 import logging
+import re
 import socket
 import threading
 import time
 import traceback
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -25,14 +29,21 @@ import psutil
 import pytest
 
 from milvus_rerank import (
+    AuthenticationError,
+    CohereReranker,
     ConfigurationError,
+    DashScopeReranker,
     InvalidResponseError,
     JinaReranker,
+    NVIDIAReranker,
+    PineconeReranker,
     ProviderError,
     ProviderUnavailableError,
     RateLimitError,
     RetryPolicy,
+    TEIReranker,
     VLLMReranker,
+    VoyageReranker,
 )
 from milvus_rerank.serve import BackgroundServer
 from tests.fakes import FaultPlan, FaultServer, fake_score
@@ -234,7 +245,8 @@ async def test_huge_and_overflowing_answers_are_bounded_typed_errors(mode: str) 
     replies = [
         as_json({"message": "m" * 5_000_000}, 500),
         as_json({"results": [{"index": 0, "relevance_score": 10**400}]}),
-        (200, [(b"content-type", b"application/json")], b"[" * 100_000 + b"]" * 100_000),
+        # 30,000 deep: past the parser's recursion limit, under the 64 KiB shape check
+        (200, [(b"content-type", b"application/json")], b"[" * 30_000 + b"]" * 30_000),
     ]
 
     async def handler(body: dict[str, Any], headers: dict[str, str]) -> Reply:
@@ -632,3 +644,685 @@ async def test_a_redirect_to_another_host_is_not_followed(mode: str) -> None:
             await reranker.aclose()
     assert info.value.status_code == 307
     assert elsewhere == []
+
+
+# == the second outside attack (attack14b): what it found, each held now ======================
+
+SLASHY = "sk-ab/cd+ef=gh0123456789LEAKxyz"  # a base64-style key: '/', '+', '='
+
+
+def decoded_views(text: str) -> list[str]:
+    """``text`` as given and as each encoding a server may echo a key in decodes it."""
+    views = [text, urllib.parse.unquote(text), html.unescape(text)]
+    views.append(re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), text))
+    for run in re.findall(r"[A-Za-z0-9+/=_-]{12,}", text):
+        for skip in range(4):
+            chunk = run[skip:]
+            chunk = chunk[: len(chunk) // 4 * 4]
+            with contextlib.suppress(ValueError):
+                views.append(
+                    base64.b64decode(chunk.replace("-", "+").replace("_", "/")).decode("latin-1")
+                )
+    return views
+
+
+def pieces_of(key: str, text: str) -> list[str]:
+    """Every 8-character window of ``key`` in ``text`` or a decoding of it, in any case."""
+    low = "\n".join(decoded_views(text)).lower()
+    return [key[i : i + 8] for i in range(len(key) - 7) if key[i : i + 8].lower() in low]
+
+
+def raw_reply(status: int, body: bytes, *headers: tuple[bytes, bytes]) -> Reply:
+    return status, [(b"content-type", b"text/plain"), *headers], body
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+# -- F2, F3, F4: any 8-character piece of the key, in any spelling a server echoes ----------
+
+SPELLED: dict[str, Reply] = {
+    "a prefix of the key": as_json({"message": f"invalid api key {SLASHY[:20]}..."}, 401),
+    "the key past 64 KiB of spaces (cut mid-key)": raw_reply(
+        401, (" " * 65_509 + f"Bearer {SLASHY} rejected").encode()
+    ),
+    "quote() keeping '/'": as_json({"message": "bad key " + urllib.parse.quote(SLASHY)}, 401),
+    "lower-case percent-encoding": as_json(
+        {"message": "bad " + urllib.parse.quote(SLASHY, safe="").lower()}, 401
+    ),
+    "PHP-escaped slashes, not JSON": raw_reply(
+        401, ('{"message": "bad key ' + SLASHY.replace("/", "\\/") + '" trailing').encode()
+    ),
+    "base64 of the key": as_json({"message": "bad key " + _b64(SLASHY)}, 401),
+    "Basic base64(user:key)": as_json(
+        {"message": "Authorization: Basic " + _b64(f"api:{SLASHY}")}, 401
+    ),
+    "\\u escapes in a body cut at 64 KiB": raw_reply(
+        401,
+        ('{"message": "bad key ' + "".join(f"\\u{ord(c):04x}" for c in SLASHY) + '"').encode()
+        + b" " * 70_000
+        + b"}",
+    ),
+    "the key split between detail and request id": as_json(
+        {"message": "bad key " + SLASHY[:14]}, 401, x_request_id=SLASHY[14:]
+    ),
+    "HTML entities": as_json({"message": "bad " + "".join(f"&#{ord(c)};" for c in SLASHY)}, 403),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", sorted(SPELLED))
+async def test_no_piece_of_the_key_survives_in_any_spelling(case: str, mode: str) -> None:
+    async def handler(body: dict[str, Any], headers: dict[str, str]) -> Reply:
+        return SPELLED[case]
+
+    with asgi(handler) as server:
+        reranker = VLLMReranker(
+            base_url=server.url, api_key=SLASHY, retry=RetryPolicy(max_retries=0)
+        )
+        with pytest.raises(ProviderError) as info:
+            await call(reranker, mode)
+        await reranker.aclose()
+    for text in texts_of(info.value):
+        assert pieces_of(SLASHY, text) == [], text[:300]
+    assert len(str(info.value)) <= 1000
+
+
+def test_scrubbing_a_64_kib_body_stays_fast() -> None:
+    reranker = VLLMReranker(base_url="http://127.0.0.1:9", api_key=SLASHY)
+    text = (SLASHY[:9] + "x" * 1000) * 64
+    started = time.perf_counter()
+    for _ in range(10):
+        scrubbed = reranker._safe(text, 1000)
+    took = (time.perf_counter() - started) / 10
+    print(f"\nscrubbing 64 KiB of server text: {took * 1000:.1f} ms")
+    assert pieces_of(SLASHY, scrubbed) == []
+    assert took < 0.25
+
+
+# -- F5: no public error keeps a context that reaches the key or the raw answer --------------
+
+
+def chain_of(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def reachable_text(exc: BaseException) -> str:
+    """What code walking the error chain's attributes can read (request headers, ``doc``)."""
+    out = []
+    for link in chain_of(exc):
+        out += [repr(link), repr(vars(link)), str(getattr(link, "doc", ""))]
+        request = getattr(link, "_request", None)
+        if request is not None:
+            out.append(repr(dict(request.headers)))
+    return "\n".join(out)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_errors_keep_no_context_holding_the_request_or_the_raw_answer(mode: str) -> None:
+    page = f"<html>Bearer {KEY}</html>".encode()
+    replies: list[Reply] = [(200, [(b"content-type", b"text/html")], page)]
+
+    async def handler(body: dict[str, Any], headers: dict[str, str]) -> Reply:
+        if replies:
+            return replies.pop(0)
+        await asyncio.sleep(0.5)
+        return as_json(ranked(body))
+
+    with asgi(handler) as server:
+        reranker = VLLMReranker(base_url=server.url, api_key=KEY, retry=FAST)
+        with pytest.raises(InvalidResponseError) as not_json:
+            await call(reranker, mode)
+        task = asyncio.create_task(call(reranker, mode))
+        await asyncio.sleep(0.2)
+        if mode == "sync":
+            reranker.close()
+        else:
+            await reranker.aclose()
+        with pytest.raises(ProviderUnavailableError) as closed:
+            await task
+        await reranker.aclose()
+    with RawServer(lambda conn: conn.close()) as dropping:
+        reranker = VLLMReranker(base_url=dropping.url, api_key=KEY, retry=FAST)
+        with pytest.raises(ProviderUnavailableError) as dropped:
+            await call(reranker, mode)
+        await reranker.aclose()
+    for error in (not_json.value, closed.value, dropped.value):
+        assert chain_of(error) == [error]  # no __cause__, no __context__
+        assert key_parts_in(reachable_text(error)) == []
+
+
+# -- F6: decompression bombs are stopped while decoding -------------------------------------
+
+
+def gzip_bomb(decoded: int, layers: int = 1) -> bytes:
+    """``decoded`` zero bytes gzipped ``layers`` times, made in bounded memory."""
+    import zlib
+
+    data = b""
+    for layer in range(layers):
+        packer = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+        if layer == 0:
+            block = b"\0" * 2**20
+            parts = [packer.compress(block) for _ in range(decoded // 2**20)]
+        else:
+            parts = [packer.compress(data)]
+        data = b"".join([*parts, packer.flush()])
+    return data
+
+
+def zstd_bomb(decoded: int) -> bytes:
+    zstandard = pytest.importorskip("zstandard")
+    packer = zstandard.ZstdCompressor(level=19).compressobj()
+    block = b"\0" * 2**20
+    return b"".join([*(packer.compress(block) for _ in range(decoded // 2**20)), packer.flush()])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("encoding", ["zstd", "gzip, gzip"])
+async def test_zstd_and_stacked_gzip_bombs_are_refused_in_bounded_memory(
+    encoding: str, mode: str
+) -> None:
+    bomb = zstd_bomb(2**30) if encoding == "zstd" else gzip_bomb(2**30, layers=2)
+    assert len(bomb) < 100_000  # 1 GiB decoded
+    accepted: list[str] = []
+
+    async def handler(body: dict[str, Any], headers: dict[str, str]) -> Reply:
+        accepted.append(headers.get("accept-encoding", ""))
+        head = [(b"content-type", b"application/json"), (b"content-encoding", encoding.encode())]
+        return 200, head, bomb
+
+    process = psutil.Process()
+    with asgi(handler) as server:
+        reranker = VLLMReranker(base_url=server.url, retry=RetryPolicy(deadline=5))
+        gc.collect()
+        rss = process.memory_info().rss
+        started = time.monotonic()
+        with pytest.raises(InvalidResponseError, match="Content-Encoding"):
+            await call(reranker, mode)
+        took = time.monotonic() - started
+        grown = (process.memory_info().rss - rss) / 2**20
+        await reranker.aclose()
+    print(f"\n{encoding} bomb ({len(bomb):,} B, 1 GiB decoded): RSS {grown:+.0f} MiB, {took:.2f}s")
+    assert accepted == ["gzip, deflate"]
+    assert grown < 100  # before: +2,054 MiB (gzip, gzip) and +2,061 MiB (zstd)
+    assert took < 1.0
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw deflate", "identity, gzip"])
+async def test_compressed_answers_are_decoded(encoding: str, mode: str) -> None:
+    import zlib
+
+    async def handler(body: dict[str, Any], headers: dict[str, str]) -> Reply:
+        plain = json.dumps(ranked(body)).encode()
+        wbits = {"deflate": zlib.MAX_WBITS, "raw deflate": -zlib.MAX_WBITS}.get(
+            encoding, zlib.MAX_WBITS | 16
+        )
+        packer = zlib.compressobj(6, zlib.DEFLATED, wbits)
+        packed = packer.compress(plain) + packer.flush()
+        name = "deflate" if "deflate" in encoding else encoding
+        head = [(b"content-type", b"application/json"), (b"content-encoding", name.encode())]
+        return 200, head, [packed[:7], packed[7:]]  # split mid-stream
+
+    with asgi(handler) as server:
+        reranker = VLLMReranker(base_url=server.url)
+        results = await call(reranker, mode)
+        await reranker.aclose()
+    assert [r.index for r in results] == order(DOCS)
+
+
+# -- F30: the answer's size bounds what parsing it costs, off the shared loop ----------------
+
+
+def empty_lists(size: int) -> bytes:
+    count = (size - 20) // 3
+    return b'{"results":[' + b"[]," * (count - 1) + b"[]]}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_an_answer_of_millions_of_tiny_values_is_refused_before_parsing(mode: str) -> None:
+    hostile = empty_lists(4 * 2**20 - 4096)  # under the 4 MiB default cap
+
+    async def handler(body: dict[str, Any], headers: dict[str, str]) -> Reply:
+        return 200, [(b"content-type", b"application/json")], hostile
+
+    process = psutil.Process()
+    with asgi(handler) as server:
+        reranker = VLLMReranker(base_url=server.url, max_batch=1, retry=FAST)
+        gc.collect()
+        rss = process.memory_info().rss
+        started = time.monotonic()
+        with pytest.raises(InvalidResponseError, match="JSON values for 1 documents"):
+            await call(reranker, mode, ["a", "b", "c", "d"])  # 4 chunks at once
+        took = time.monotonic() - started
+        grown = (process.memory_info().rss - rss) / 2**20
+        await reranker.aclose()
+    print(f"\n4 x 4 MiB of '[],': RSS {grown:+.0f} MiB, {took:.2f}s")
+    assert grown < 150  # before: 32 MiB answers, +880 MiB each; 4 MiB would parse to +110
+    assert took < 2.0
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_an_answer_echoing_long_documents_fits_past_the_default_cap(mode: str) -> None:
+    docs = [f"document {i} " + "x" * 3000 for i in range(2000)]  # 6 MB sent, 6 MB echoed
+
+    async def handler(body: dict[str, Any], headers: dict[str, str]) -> Reply:
+        results = [
+            {"index": i, "relevance_score": 1 / (1 + i), "document": {"text": d}}
+            for i, d in enumerate(body["documents"])
+        ]
+        return as_json({"results": results})
+
+    with asgi(handler) as server:
+        reranker = VLLMReranker(base_url=server.url)
+        results = await call(reranker, mode, docs)
+        await reranker.aclose()
+    assert [r.index for r in results] == list(range(2000))
+
+
+def test_a_hostile_answer_does_not_stall_another_rerankers_sync_calls() -> None:
+    hostile = empty_lists(4 * 2**20 - 4096)
+
+    async def bad(body: dict[str, Any], headers: dict[str, str]) -> Reply:
+        return 200, [(b"content-type", b"application/json")], hostile
+
+    with asgi(bad) as bad_server, asgi(ok_handler()) as good_server:
+        attacked = VLLMReranker(base_url=bad_server.url, retry=RetryPolicy(max_retries=0))
+        healthy = VLLMReranker(base_url=good_server.url, retry=RetryPolicy(deadline=1.0))
+        healthy.rerank(QUERY, DOCS)
+        stop = threading.Event()
+
+        def attack() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(ProviderError):
+                    attacked.rerank(QUERY, DOCS)
+
+        attacker = threading.Thread(target=attack)
+        attacker.start()
+        times = []
+        try:
+            for _ in range(20):
+                started = time.monotonic()
+                healthy.rerank(QUERY, DOCS)
+                times.append(time.monotonic() - started)
+                time.sleep(0.02)
+        finally:
+            stop.set()
+            attacker.join(30)
+        attacked.close()
+        healthy.close()
+    print(f"\nhealthy sync calls beside a hostile one: max {max(times):.2f}s")
+    assert max(times) < 1.0  # before: 7.7 s at deadline=1 (32 MiB answers)
+
+
+# -- F7, F20: the retry policy's arithmetic ---------------------------------------------------
+
+
+def test_backoff_does_not_overflow_for_huge_retry_counts() -> None:
+    policy = RetryPolicy(max_retries=5000, backoff_base=0.01, backoff_max=0.05, deadline=300)
+    assert policy.backoff(1024, rand=lambda: 0.0) == 0.05
+    assert policy.backoff(10**9, rand=lambda: 0.0) == 0.05
+    zero = RetryPolicy(max_retries=10**6, backoff_base=0, backoff_max=0, deadline=2)
+    assert zero.backoff(10**6) == 0.0
+
+
+@pytest.mark.parametrize("retry_after", ["0", "-5", "Wed, 21 Oct 2015 07:28:00 GMT"])
+async def test_a_zero_negative_or_past_retry_after_still_backs_off(retry_after: str) -> None:
+    seen: list[float] = []
+
+    async def handler(body: dict[str, Any], headers: dict[str, str]) -> Reply:
+        seen.append(time.monotonic())
+        return as_json({"message": "busy"}, 503, retry_after=retry_after)
+
+    policy = RetryPolicy(max_retries=2, backoff_base=0.2, backoff_max=0.2, jitter=0.5)
+    with asgi(handler) as server:
+        reranker = VLLMReranker(base_url=server.url, retry=policy)
+        with pytest.raises(ProviderUnavailableError):
+            await reranker.arerank(QUERY, DOCS)
+        await reranker.aclose()
+    gaps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
+    assert len(gaps) == 2 and min(gaps) >= 0.09  # before: 3 requests within 0.01 s
+
+
+# -- F8, F9, F10, F11: options that reached the wire unchecked -------------------------------
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "99999", "123456789012345678901"])
+def test_a_port_out_of_range_is_refused_at_construction(port: str) -> None:
+    with pytest.raises(ConfigurationError, match="port must be from 1 to 65535"):
+        CohereReranker(api_key=KEY, base_url=f"http://127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize("version", ["2025-10\r\nX-Injected: 1", "2025\u201110", "", 2025])
+def test_pinecone_api_version_must_fit_in_a_header(version: object) -> None:
+    with pytest.raises(ConfigurationError, match="api_version"):
+        PineconeReranker(api_key=KEY, api_version=version)  # type: ignore[arg-type]
+
+
+async def test_headers_merge_case_insensitively_and_never_carry_two_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ConfigurationError, match="'authorization'") as info:
+        CohereReranker(api_key=KEY, headers={"authorization": "Bearer OTHER-KEY-123"})
+    assert KEY not in str(info.value) and "OTHER" not in str(info.value)
+    with pytest.raises(ConfigurationError, match="twice"):
+        VLLMReranker(base_url="http://127.0.0.1:9", headers={"X-A": "1", "x-a": "2"})
+    with pytest.raises(ConfigurationError, match="(?i)accept-encoding"):
+        VLLMReranker(base_url="http://127.0.0.1:9", headers={"accept-encoding": "br"})
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        seen.append(list(scope["headers"]))
+        while (await receive()).get("more_body"):
+            pass
+        body = json.dumps({"results": [{"index": 0, "relevance_score": 0.5}]}).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    server = BackgroundServer(app)
+    server.start()
+    try:
+        monkeypatch.setenv("COHERE_API_KEY", KEY)
+        own = CohereReranker(headers={"authorization": "Bearer caller-token-1"})
+        assert own.api_key is None  # the caller's header wins; the variable is not read
+        reranker = VLLMReranker(
+            base_url=server.url,
+            api_key=KEY,
+            headers={"content-type": "application/json", "user-agent": "mine/1"},
+        )
+        await reranker.arerank(QUERY, ["d"])
+        await reranker.aclose()
+    finally:
+        server.stop()
+    names = [name.lower() for name, _ in seen[0]]
+    assert len(names) == len(set(names))  # before: both Authorization headers went out
+    assert (b"user-agent", b"mine/1") in seen[0]
+
+
+def test_option_types_are_checked_before_anything_is_sent() -> None:
+    for option in ({"raw_scores": "false"}, {"truncate": "no"}, {"raw_scores": 1}):
+        with pytest.raises(ConfigurationError, match=next(iter(option))):
+            TEIReranker(base_url="http://127.0.0.1:9", **option)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="truncation"):
+        VoyageReranker(api_key=KEY, truncation="no")  # type: ignore[arg-type]
+    for model in ("a/b?api_key=x#f", "a/b#frag", "a/%2e%2e/b", "a b"):
+        with pytest.raises(ConfigurationError, match="model_name"):
+            NVIDIAReranker(model, api_key=KEY)
+    assert NVIDIAReranker("nv-rerank-qa-mistral-4b:1", api_key=KEY).url.endswith("/reranking")
+
+
+# -- F1: a provider's key from the environment goes to that provider only ------------------
+
+KEY_VARS = {name: spec.env for name, spec in SPECS.items() if spec.env}
+
+
+@pytest.mark.parametrize("provider", sorted(KEY_VARS))
+def test_an_environment_key_goes_to_the_providers_own_api_only(
+    provider: str, monkeypatch: pytest.MonkeyPatch, fault_server: FaultServer, fault_plan: FaultPlan
+) -> None:
+    spec = SPECS[provider]
+    var = KEY_VARS[provider]
+    assert var is not None
+    monkeypatch.setenv(var, KEY)
+    assert spec.cls(**spec.kwargs).api_key is not None  # the public API: read
+    options = {**spec.kwargs, "base_url": fault_server.url, "retry": FAST}
+    if provider in ("cohere", "voyage", "jina"):
+        options["base_url"] += {"cohere": "/v2", "voyage": "/v1", "jina": "/v1"}[provider]
+    reranker = spec.cls(**options)
+    assert reranker.api_key is None
+    reranker.rerank(QUERY, DOCS)
+    reranker.close()
+    sent = fault_plan.headers[-1]
+    assert "authorization" not in sent and "api-key" not in sent  # before: the key went there
+    explicit = spec.cls(**{**options, "api_key": "other-key-123"})
+    explicit.rerank(QUERY, DOCS)
+    explicit.close()
+    assert "other-key-123" in fault_plan.headers[-1][spec.auth_header]
+
+
+def test_a_self_hosted_servers_own_variable_is_still_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_API_KEY", KEY)
+    assert VLLMReranker(base_url="http://10.1.2.3:8000").api_key is not None
+
+
+def test_http_or_another_port_of_the_providers_host_is_not_its_api(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COHERE_API_KEY", KEY)
+    for root in ("http://api.cohere.com", "https://api.cohere.com:8443", "https://x.cohere.com"):
+        assert CohereReranker(base_url=root).api_key is None
+    assert CohereReranker(base_url="https://api.cohere.com/v2").api_key is not None
+    monkeypatch.setenv("DASHSCOPE_API_KEY", KEY)
+    regional = DashScopeReranker(base_url="https://dashscope-intl.aliyuncs.com")
+    assert regional.api_key is not None  # a documented region of the provider's own API
+
+
+def test_an_empty_api_key_is_refused_rather_than_falling_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("VLLM_API_KEY", KEY)
+    monkeypatch.setenv("COHERE_API_KEY", KEY)
+    for make in (
+        lambda: VLLMReranker(base_url="http://127.0.0.1:9", api_key=""),
+        lambda: CohereReranker(base_url="http://127.0.0.1:9", api_key=""),
+    ):
+        with pytest.raises(ConfigurationError, match="api_key=None") as info:
+            make()
+        assert key_parts_in(str(info.value)) == []
+
+
+async def test_a_401_says_which_variable_was_not_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COHERE_API_KEY", KEY)
+
+    async def handler(body: dict[str, Any], headers: dict[str, str]) -> Reply:
+        return as_json({"message": "no key"}, 401)
+
+    with asgi(handler) as server:
+        reranker = CohereReranker(base_url=server.url, retry=FAST)
+        with pytest.raises(AuthenticationError, match="COHERE_API_KEY is sent only") as info:
+            await reranker.arerank(QUERY, DOCS)
+        await reranker.aclose()
+    assert key_parts_in(str(info.value)) == []
+
+
+def test_a_key_over_plain_http_to_another_host_is_warned_about_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="milvus_rerank")
+    for _ in range(3):
+        VLLMReranker(base_url="http://10.254.0.1:8000", api_key=KEY)
+    VLLMReranker(base_url="http://127.0.0.1:8000", api_key=KEY)  # loopback: no warning
+    VLLMReranker(base_url="http://10.254.0.2:8000")  # no key: no warning
+    warnings = [r.getMessage() for r in caplog.records if "plain http" in r.getMessage()]
+    assert len(warnings) == 1 and "10.254.0.1" in warnings[0]
+    assert key_parts_in(caplog.text) == []
+
+
+def test_the_cli_sends_a_key_to_a_custom_base_url_only_from_key_env(
+    monkeypatch: pytest.MonkeyPatch,
+    fault_server: FaultServer,
+    fault_plan: FaultPlan,
+    tmp_path: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from milvus_rerank.cli import main
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("\n".join(json.dumps(d) for d in DOCS))
+    monkeypatch.setenv("COHERE_API_KEY", KEY)
+    monkeypatch.setenv("MY_UPSTREAM_KEY", "upstream-key-123")
+    argv = ["rerank", "--reranker", "cohere", "--base-url", fault_server.url + "/v2"]
+    argv += [QUERY, str(docs)]
+    assert main(argv) == 0
+    assert "authorization" not in fault_plan.headers[-1]
+    assert main([*argv, "--key-env", "MY_UPSTREAM_KEY"]) == 0
+    assert fault_plan.headers[-1]["authorization"] == "Bearer upstream-key-123"
+    assert main([*argv, "--key-env", "NOT_SET_ANYWHERE"]) != 0
+    assert key_parts_in(capsys.readouterr().err) == []
+
+
+# -- F12: an injected client is bounded by the deadline, whatever the server sends ---------
+
+
+def endless(opening: bytes, line: bytes) -> Callable[[socket.socket], None]:
+    def serve(conn: socket.socket) -> None:
+        conn.sendall(opening)
+        for _ in range(600):  # 30 s at most
+            time.sleep(0.05)
+            conn.sendall(line)
+
+    return serve
+
+
+@pytest.mark.parametrize(
+    ("opening", "line"),
+    [(b"", b"HTTP/1.1 100 Continue\r\n\r\n"), (b"HTTP/1.1 200 OK\r\n", b"X-A: b\r\n")],
+    ids=["endless 100 Continue", "endless header lines"],
+)
+def test_an_injected_client_is_bounded_by_the_deadline(opening: bytes, line: bytes) -> None:
+    with RawServer(endless(opening, line)) as server, httpx.Client(timeout=1.0) as client:
+        reranker = VLLMReranker(
+            base_url=server.url, http_client=client, timeout=1.0, retry=RetryPolicy(deadline=2)
+        )
+        started = time.monotonic()
+        with pytest.raises(ProviderUnavailableError, match="deadline"):
+            reranker.rerank(QUERY, DOCS)
+        took = time.monotonic() - started
+        for _ in range(40):  # the abandoned request's socket was shut: its worker ends
+            if not any(t.name.startswith("rerank") for t in threading.enumerate()):
+                break
+            time.sleep(0.05)
+        workers = sum(t.name.startswith("rerank") for t in threading.enumerate())
+    print(f"\ninjected client, {line!r} forever: ended after {took:.2f}s, workers left {workers}")
+    assert 1.9 <= took < 3.0  # before: still running after 12 s
+    assert workers == 0
+
+
+# -- F13: a fork in the middle of a call leaves the child its slots ----------------------
+
+
+def test_a_fork_during_a_call_leaves_the_child_every_request_slot() -> None:
+    import os
+
+    with asgi(ok_handler(delay=1.0)) as server:
+        reranker = VLLMReranker(
+            base_url=server.url, max_concurrency=1, retry=RetryPolicy(deadline=3)
+        )
+        reranker.rerank(QUERY, DOCS)
+        busy = threading.Thread(target=reranker.rerank, args=(QUERY, DOCS))
+        busy.start()
+        time.sleep(0.3)  # the one slot is taken
+        pid = os.fork()
+        if pid == 0:  # the child: only this thread; the parent's call is not its to finish
+            code = 1
+            try:
+                results = reranker.rerank(QUERY, DOCS)
+                code = 0 if [r.index for r in results] == order(DOCS) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        busy.join(10)
+        reranker.close()
+    assert os.waitstatus_to_exitcode(status) == 0  # before: "waiting for a free request slot"
+
+
+# -- F21: duplicate keys make an answer mean two things ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"results": [{"index": 7}], "results": [{"index": 0, "relevance_score": 0.5}]}',
+        b'{"results": [{"index": 0, "relevance_score": "x", "relevance_score": 0.5}]}',
+        b'{"results": [{"index": 5, "index": 0, "relevance_score": 0.5}]}',
+    ],
+)
+@pytest.mark.parametrize("mode", MODES)
+async def test_an_answer_with_a_duplicate_key_is_invalid(body: bytes, mode: str) -> None:
+    async def handler(request: dict[str, Any], headers: dict[str, str]) -> Reply:
+        return 200, [(b"content-type", b"application/json")], body
+
+    with asgi(handler) as server:
+        reranker = VLLMReranker(base_url=server.url, retry=FAST)
+        with pytest.raises(InvalidResponseError, match="twice"):
+            await call(reranker, mode, ["d"])
+        await reranker.aclose()
+
+
+# -- F22: response headers echoing the key stay out of httpcore's DEBUG log ---------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_response_headers_echoing_the_key_are_scrubbed_from_debug_logs(
+    mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    async def handler(body: dict[str, Any], headers: dict[str, str]) -> Reply:
+        echo = [
+            (b"location", f"http://evil.example/?k={KEY}".encode()),
+            (b"x-echo", urllib.parse.quote(KEY).lower().encode()),
+        ]
+        return 307, echo, b""
+
+    with asgi(handler) as server:
+        reranker = VLLMReranker(base_url=server.url, api_key=KEY, retry=FAST)
+        with pytest.raises(ProviderError):
+            await call(reranker, mode)
+        await reranker.aclose()
+    logged = [r for r in caplog.records if r.name.startswith("httpcore")]
+    assert any("receive_response_headers" in r.getMessage() for r in logged)
+    assert key_parts_in("\n".join(r.getMessage() for r in caplog.records)) == []
+
+
+# -- F26: abandoned chunks of an injected client's call give their slots back at once -------
+
+
+def test_an_injected_clients_abandoned_chunks_free_their_slots_and_threads() -> None:
+    async def handler(body: dict[str, Any], headers: dict[str, str]) -> Reply:
+        if "fail" in body["documents"]:
+            await asyncio.sleep(0.3)  # every chunk is on its own new connection by then
+            return as_json({"message": "bad chunk"}, 400)
+        await asyncio.sleep(5)
+        return as_json(ranked(body))
+
+    with asgi(handler) as server, httpx.Client(timeout=30) as client:
+        reranker = VLLMReranker(
+            base_url=server.url, http_client=client, max_batch=1, max_concurrency=4
+        )
+        took = []
+        for call_number in range(4):
+            started = time.monotonic()
+            with pytest.raises(ProviderError, match="HTTP 400"):
+                reranker.rerank(QUERY, ["fail", "slow 1", "slow 2", "slow 3"])
+            took.append(time.monotonic() - started)
+            if call_number == 0:  # new connections: their sockets are shut, workers end
+                time.sleep(0.5)
+                workers = sum(t.name.startswith("rerank") for t in threading.enumerate())
+        free = reranker._slots._free
+    print(f"\nfailed calls over an injected client: {[round(t, 2) for t in took]}s")
+    assert free == 4  # before: 0, and the next call waited ~20 s for a slot
+    assert max(took) < 1.5
+    assert workers == 0  # before: 3 per call, each until its read ended
+
+
+# -- F28: an injected AsyncClient belongs to one event loop --------------------------------
+
+
+def test_an_injected_async_client_on_a_second_loop_is_a_configuration_error() -> None:
+    with asgi(ok_handler()) as server:
+        client = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0))
+        reranker = VLLMReranker(base_url=server.url, http_async_client=client)
+        assert [r.index for r in asyncio.run(reranker.arerank(QUERY, DOCS))] == order(DOCS)
+        for _ in range(2):  # before: RuntimeError('Event loop is closed') now and then
+            with pytest.raises(ConfigurationError, match="one per event loop|per event loop"):
+                asyncio.run(reranker.arerank(QUERY, DOCS))

@@ -35,7 +35,7 @@ def test_key_never_in_repr_logs_errors_or_tracebacks(
 ) -> None:
     caplog.set_level(logging.DEBUG)  # every logger, httpx and httpcore included
     for name in ("httpx", "httpcore", "milvus_rerank", "milvus_rerank.http"):
-        logging.getLogger(name).setLevel(logging.DEBUG)
+        caplog.set_level(logging.DEBUG, logger=name)  # restored after the test, unlike setLevel
     fault_plan.script = [fault] * 4
     seen: list[str] = []
     reranker = api_reranker(

@@ -16,7 +16,8 @@ class CohereReranker(HTTPReranker):
 
     The key comes from ``api_key``, else ``COHERE_API_KEY``, else ``CO_API_KEY``; it is only
     required for Cohere's own API, so a self-hosted Cohere-compatible ``/v2/rerank`` (vLLM,
-    ``milvus-rerank serve``) works with ``base_url`` alone.
+    ``milvus-rerank serve``) works with ``base_url`` alone. The variables are sent to Cohere's
+    API only: a keyed compatible server gets its key from ``api_key``.
 
     Args:
         model_name: Cohere model name.

@@ -30,6 +30,7 @@ class DashScopeReranker(HTTPReranker):
     path: ClassVar[str] = "/api/v1/services/rerank/text-rerank/text-rerank"
     default_base_url: ClassVar[str | None] = "https://dashscope.aliyuncs.com"
     env_vars: ClassVar[tuple[str, ...]] = ("DASHSCOPE_API_KEY",)
+    key_hosts: ClassVar[tuple[str, ...]] = ("dashscope-intl.aliyuncs.com",)
     default_model: ClassVar[str | None] = "gte-rerank-v2"
     default_max_batch: ClassVar[int | None] = 500
 

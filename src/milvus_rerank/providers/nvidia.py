@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar, Literal
 
 from ..errors import ConfigurationError
@@ -9,6 +10,9 @@ from ..results import Usage
 from ._http import HTTPReranker, server_root
 
 __all__ = ["NVIDIAReranker"]
+
+#: What a hosted model name may hold: it becomes part of the URL's path.
+_PATH_SAFE = re.compile(r"[A-Za-z0-9._:-]+(?:/[A-Za-z0-9._:-]+)*")
 
 #: Hosted models whose API-catalog route is not ``/v1/retrieval/<model>/reranking``.
 _HOSTED_ROUTES = {
@@ -23,7 +27,8 @@ class NVIDIAReranker(HTTPReranker):
     With no ``base_url`` it calls NVIDIA's hosted API catalog
     (``https://ai.api.nvidia.com/v1/retrieval/<model>/reranking``, the model's dots written as
     underscores) and needs a key: ``api_key``, else ``NVIDIA_API_KEY``. With ``base_url`` it
-    calls a self-hosted NIM's ``/v1/ranking`` and the key is optional.
+    calls a self-hosted NIM's ``/v1/ranking`` and the key is optional (``api_key`` only:
+    ``NVIDIA_API_KEY`` goes to NVIDIA's API alone).
 
     Scores are the model's raw logits (``rankings[].logit``), any real number, not
     probabilities: rank by them, and apply a sigmoid yourself if you need 0 to 1.
@@ -68,6 +73,13 @@ class NVIDIAReranker(HTTPReranker):
         if not self._hosted():
             return self.path
         model = str(self.model_name)
+        if model not in _HOSTED_ROUTES and not _PATH_SAFE.fullmatch(model):
+            # It goes in the URL's path: '?', '#' or '%' would turn into a query or fragment
+            # (echoed in every "could not be reached at <url>" message) or another route.
+            raise ConfigurationError(
+                f"NVIDIAReranker: model_name {model!r} cannot name a hosted model: it goes in "
+                "the URL path, so only letters, digits and . _ - / : are allowed"
+            )
         return _HOSTED_ROUTES.get(model, f"/v1/retrieval/{model.replace('.', '_')}/reranking")
 
     def _payload(self, query: str, documents: list[str]) -> dict[str, Any]:

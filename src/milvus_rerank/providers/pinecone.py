@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Literal
 
 from ..errors import ConfigurationError
 from ..results import Usage
-from ._http import HTTPReranker
+from ._http import HTTPReranker, _check_header_value
 
 __all__ = ["PineconeReranker"]
 
@@ -39,6 +39,8 @@ class PineconeReranker(HTTPReranker):
     default_max_batch: ClassVar[int | None] = 100
     results_key: ClassVar[str | None] = "data"
     score_key: ClassVar[str] = "score"
+    auth_header: ClassVar[str] = "Api-Key"
+    auth_scheme: ClassVar[str] = ""
     #: The API version this client's requests and parsing follow.
     api_version_default: ClassVar[str] = "2026-07"
 
@@ -55,10 +57,7 @@ class PineconeReranker(HTTPReranker):
                 f"PineconeReranker: truncate must be 'END', 'NONE' or None, got {truncate!r}"
             )
         version = self.api_version_default if api_version is None else api_version
-        if not isinstance(version, str) or not version.strip():
-            raise ConfigurationError(
-                f"PineconeReranker: api_version must be a non-empty str, got {api_version!r}"
-            )
+        _check_header_value("PineconeReranker", "api_version", version)
         model = model_name if model_name is not None else self.default_model
         if isinstance(model, str):
             kwargs.setdefault("max_batch", MAX_DOCUMENTS.get(model, self.default_max_batch))
@@ -66,13 +65,8 @@ class PineconeReranker(HTTPReranker):
         self.truncate = truncate
         self.api_version = version
 
-    def _headers(self) -> dict[str, str]:
-        headers = super()._headers()
-        headers.pop("Authorization", None)
-        headers.setdefault("X-Pinecone-API-Version", self.api_version)
-        if self._api_key is not None:
-            headers["Api-Key"] = self._api_key.get_secret_value()
-        return headers
+    def _provider_headers(self) -> dict[str, str]:
+        return {"X-Pinecone-API-Version": self.api_version}
 
     def _payload(self, query: str, documents: list[str]) -> dict[str, Any]:
         # top_n is left out: Pinecone then returns every document, which chunks need.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from ..base import MilvusTarget
+from ..base import MilvusTarget, describe_value
 from ..errors import ConfigurationError
 from ._http import HTTPReranker, server_root
 
@@ -48,6 +48,11 @@ class TEIReranker(HTTPReranker):
                 f"TEIReranker: truncation_direction must be 'Right' or 'Left', "
                 f"got {truncation_direction!r}"
             )
+        for option, value in (("raw_scores", raw_scores), ("truncate", truncate)):
+            if not isinstance(value, bool):  # "false" would be sent, and is truthy
+                raise ConfigurationError(
+                    f"TEIReranker: {option} must be a bool, got {describe_value(value)}"
+                )
         kwargs.setdefault("max_batch", max_client_batch_size)
         super().__init__(model_name, **kwargs)
         self.raw_scores = raw_scores

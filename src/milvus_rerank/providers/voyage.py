@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from ..base import MilvusTarget
+from ..base import MilvusTarget, describe_value
+from ..errors import ConfigurationError
 from ..results import Usage
 from ._http import HTTPReranker
 
@@ -36,6 +37,10 @@ class VoyageReranker(HTTPReranker):
     def __init__(
         self, model_name: str | None = None, *, truncation: bool = True, **kwargs: Any
     ) -> None:
+        if not isinstance(truncation, bool):  # "no" would be sent, and is truthy
+            raise ConfigurationError(
+                f"VoyageReranker: truncation must be a bool, got {describe_value(truncation)}"
+            )
         super().__init__(model_name, **kwargs)
         self.truncation = truncation
 
