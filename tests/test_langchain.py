@@ -19,6 +19,7 @@ from pydantic import ValidationError  # noqa: E402
 
 import milvus_rerank.langchain  # noqa: E402
 from milvus_rerank import (  # noqa: E402
+    AllRerankersFailedError,
     CohereReranker,
     ConfigurationError,
     FallbackReranker,
@@ -352,3 +353,20 @@ async def test_the_compressor_keeps_an_overridden_rerank() -> None:
         assert [d.page_content for d in out] == ["delta", "beta"]
         out = await compressor.acompress_documents(docs(), "q")
         assert [d.page_content for d in out] == ["delta", "beta"]
+
+
+def test_cross_encoder_over_a_fail_open_chain_raises_rather_than_score_nan() -> None:
+    from langchain_classic.retrievers.document_compressors import CrossEncoderReranker
+
+    down = Failing(TABLE)
+    encoder = RerankCrossEncoder(FallbackReranker([down], fail_open=True))
+    with pytest.raises(AllRerankersFailedError) as caught:
+        encoder.score([("q", "gamma"), ("q", "beta")])
+    assert caught.value.labels == (down.label,)
+    assert [type(e) for e in caught.value.failures] == [ProviderUnavailableError]
+    with pytest.raises(AllRerankersFailedError):
+        CrossEncoderReranker(model=encoder, top_n=2).compress_documents(docs(), "q")
+    healthy = RerankCrossEncoder(
+        FallbackReranker([down, ScoreTableReranker(TABLE)], fail_open=True)
+    )
+    assert healthy.score([("q", "gamma"), ("q", "beta")]) == [0.5, 0.9]

@@ -38,7 +38,7 @@ from .errors import (
 )
 from .results import RerankResult, Usage
 
-__all__ = ["FALLS_THROUGH", "FallbackReranker"]
+__all__ = ["FALLS_THROUGH", "FallbackReranker", "unreranked_error"]
 
 logger = logging.getLogger("milvus_rerank.fallback")
 
@@ -226,13 +226,7 @@ class FallbackReranker(Reranker):
         """
         if response.reranked or member is self.rerankers[-1]:
             return response
-        failed = response.reranker
-        labels = (
-            tuple(m.label for m in failed.rerankers)
-            if isinstance(failed, FallbackReranker)
-            else (failed.label,)
-        )
-        raise AllRerankersFailedError(labels, response.failures)
+        raise unreranked_error(response)
 
     async def _areranked(
         self, member: Reranker, response: Awaitable[RerankResponse]
@@ -347,6 +341,20 @@ class FallbackReranker(Reranker):
             fields["fall_through_on"] = [t.__name__ for t in self.fall_through_on]
         fields["fail_open"] = self.fail_open
         return fields
+
+
+def unreranked_error(response: RerankResponse) -> AllRerankersFailedError:
+    """The failure behind an unreranked (failed-open) ``response``, for callers that need scores.
+
+    Names the failed chain's members and carries ``response.failures``.
+    """
+    failed = response.reranker
+    labels = (
+        tuple(m.label for m in failed.rerankers)
+        if isinstance(failed, FallbackReranker)
+        else (failed.label,)
+    )
+    return AllRerankersFailedError(labels, response.failures)
 
 
 def _checked_members(rerankers: object) -> tuple[Reranker, ...]:
