@@ -210,7 +210,10 @@ def test_text_past_the_window_can_raise_the_score_never_lower_it(
     truncated = make(family_dirs, key)._score(QUERY, docs)
     best = make(family_dirs, key, long_documents="max_passage")._score(QUERY, docs)
     assert max(truncated) - min(truncated) < 1e-6, "truncation never reads the tails"
-    assert all(b >= t - 1e-6 for b, t in zip(best, truncated, strict=True))
+    # The first window is truncation's row bit for bit, but batched (padded) beside other
+    # windows: a different padded shape moves a float32 score by float rounding (~4e-6 seen
+    # with mxbai), hence the tolerance the README states.
+    assert all(b >= t - 1e-5 for b, t in zip(best, truncated, strict=True))
     assert max(best) - min(best) > 1e-4, "max_passage reads them"
 
 
