@@ -19,10 +19,12 @@ from pydantic import ValidationError  # noqa: E402
 
 import milvus_rerank.langchain  # noqa: E402
 from milvus_rerank import (  # noqa: E402
+    AllRerankersFailedError,
     CohereReranker,
     ConfigurationError,
     FallbackReranker,
     ProviderUnavailableError,
+    RerankResult,
     Usage,
 )
 from milvus_rerank.langchain import (  # noqa: E402
@@ -329,3 +331,42 @@ def test_model_dump_json_shows_the_reranker_settings_never_its_key() -> None:
     assert dumped["top_n"] == 2 and secret not in compressor.model_dump_json()
     assert compressor.model_dump()["reranker"] is reranker  # Python mode keeps the object
     reranker.close()
+
+
+class PinsDelta(ScoreTableReranker):
+    """A user's subclass overriding ``rerank``/``arerank``: "delta" always comes first."""
+
+    def rerank(self, query: str, documents: Any, top_n: int | None = None) -> list[RerankResult]:
+        ranked = sorted(super().rerank(query, documents), key=lambda r: r.text != "delta")
+        return ranked[:top_n] if top_n else ranked
+
+    async def arerank(
+        self, query: str, documents: Any, top_n: int | None = None
+    ) -> list[RerankResult]:
+        return self.rerank(query, documents, top_n)
+
+
+async def test_the_compressor_keeps_an_overridden_rerank() -> None:
+    for reranker in (PinsDelta(TABLE), FallbackReranker([PinsDelta(TABLE)])):
+        compressor = RerankCompressor(reranker=reranker, top_n=2)
+        out = compressor.compress_documents(docs(), "q")
+        assert [d.page_content for d in out] == ["delta", "beta"]
+        out = await compressor.acompress_documents(docs(), "q")
+        assert [d.page_content for d in out] == ["delta", "beta"]
+
+
+def test_cross_encoder_over_a_fail_open_chain_raises_rather_than_score_nan() -> None:
+    from langchain_classic.retrievers.document_compressors import CrossEncoderReranker
+
+    down = Failing(TABLE)
+    encoder = RerankCrossEncoder(FallbackReranker([down], fail_open=True))
+    with pytest.raises(AllRerankersFailedError) as caught:
+        encoder.score([("q", "gamma"), ("q", "beta")])
+    assert caught.value.labels == (down.label,)
+    assert [type(e) for e in caught.value.failures] == [ProviderUnavailableError]
+    with pytest.raises(AllRerankersFailedError):
+        CrossEncoderReranker(model=encoder, top_n=2).compress_documents(docs(), "q")
+    healthy = RerankCrossEncoder(
+        FallbackReranker([down, ScoreTableReranker(TABLE)], fail_open=True)
+    )
+    assert healthy.score([("q", "gamma"), ("q", "beta")]) == [0.5, 0.9]

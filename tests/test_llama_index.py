@@ -31,6 +31,7 @@ from milvus_rerank import (  # noqa: E402
     FallbackReranker,
     InvalidInputError,
     ProviderUnavailableError,
+    RerankResult,
     Usage,
     VoyageReranker,
 )
@@ -383,3 +384,25 @@ def test_the_callback_end_payload_carries_them_too() -> None:
         "usage": {"tokens": TOKENS, "requests": 0},
         "failures": [],
     }
+
+
+class PinsDelta(ScoreTableReranker):
+    """A user's subclass overriding ``rerank``/``arerank``: "delta" always comes first."""
+
+    def rerank(self, query: str, documents: Any, top_n: int | None = None) -> list[RerankResult]:
+        ranked = sorted(super().rerank(query, documents), key=lambda r: r.text != "delta")
+        return ranked[:top_n] if top_n else ranked
+
+    async def arerank(
+        self, query: str, documents: Any, top_n: int | None = None
+    ) -> list[RerankResult]:
+        return self.rerank(query, documents, top_n)
+
+
+async def test_the_postprocessor_keeps_an_overridden_rerank() -> None:
+    for reranker in (PinsDelta(TABLE), FallbackReranker([PinsDelta(TABLE)])):
+        post = RerankPostprocessor(reranker=reranker, top_n=2)
+        out = post.postprocess_nodes(nodes(), query_str="q")
+        assert [n.node.get_content() for n in out] == ["delta", "beta"]
+        out = await post.apostprocess_nodes(nodes(), query_str="q")
+        assert [n.node.get_content() for n in out] == ["delta", "beta"]

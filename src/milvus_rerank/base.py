@@ -163,12 +163,16 @@ class Reranker(ABC):
             InvalidInputError: an empty or non-string query, a non-string document, a bad top_n.
             ProviderError: the backend failed (API providers only).
         """
+        if type(self).rerank_response is Reranker.rerank_response:
+            return self._scored_response(query, documents, top_n).results
         return self.rerank_response(query, documents, top_n).results
 
     async def arerank(
         self, query: str, documents: Sequence[str], top_n: int | None = None
     ) -> list[RerankResult]:
         """Async ``rerank``: native for HTTP backends, a worker thread for local models."""
+        if type(self).arerank_response is Reranker.arerank_response:
+            return (await self._ascored_response(query, documents, top_n)).results
         return (await self.arerank_response(query, documents, top_n)).results
 
     def rerank_response(
@@ -176,19 +180,48 @@ class Reranker(ABC):
     ) -> RerankResponse:
         """``rerank``'s results with the call's ``Usage`` and the reranker that answered.
 
+        Adapters and ``FallbackReranker`` call this. A subclass that overrides ``rerank``
+        and not this keeps its override here: its results come with an empty ``Usage``.
+
         Raises:
             InvalidInputError, ProviderError: as ``rerank``.
         """
+        cls = type(self)
+        # rerank_response overridden too: that override is the extension point (and a
+        # super() call from it must not come back through rerank)
+        if cls.rerank is Reranker.rerank or cls.rerank_response is not Reranker.rerank_response:
+            return self._scored_response(query, documents, top_n)
+        query, docs, top_n = validate_request(query, documents, top_n)
+        if not docs:
+            return RerankResponse([], Usage(), self)
+        return RerankResponse(list(self.rerank(query, docs, top_n)), Usage(), self)
+
+    async def arerank_response(
+        self, query: str, documents: Sequence[str], top_n: int | None = None
+    ) -> RerankResponse:
+        """Async ``rerank_response``; an overridden ``arerank`` is kept, as ``rerank`` is there."""
+        cls = type(self)
+        if cls.arerank is Reranker.arerank or cls.arerank_response is not Reranker.arerank_response:
+            return await self._ascored_response(query, documents, top_n)
+        query, docs, top_n = validate_request(query, documents, top_n)
+        if not docs:
+            return RerankResponse([], Usage(), self)
+        return RerankResponse(list(await self.arerank(query, docs, top_n)), Usage(), self)
+
+    def _scored_response(
+        self, query: str, documents: Sequence[str], top_n: int | None
+    ) -> RerankResponse:
+        """The response scored through the backend's hooks (``_score_usage``)."""
         query, docs, top_n = validate_request(query, documents, top_n)
         if not docs:
             return RerankResponse([], Usage(), self)
         scores, usage = self._score_usage(query, docs)
         return RerankResponse(rank(docs, scores, top_n, provider=self.provider), usage, self)
 
-    async def arerank_response(
-        self, query: str, documents: Sequence[str], top_n: int | None = None
+    async def _ascored_response(
+        self, query: str, documents: Sequence[str], top_n: int | None
     ) -> RerankResponse:
-        """Async ``rerank_response``."""
+        """Async ``_scored_response`` (``_ascore_usage``)."""
         query, docs, top_n = validate_request(query, documents, top_n)
         if not docs:
             return RerankResponse([], Usage(), self)

@@ -20,6 +20,8 @@ Errors carry context in keyword-only attributes and never an API key.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AllRerankersFailedError",
     "AuthenticationError",
@@ -36,7 +38,24 @@ __all__ = [
 
 
 class RerankError(Exception):
-    """Base class of every error raised by milvus-rerank."""
+    """Base class of every error raised by milvus-rerank.
+
+    Errors pickle and deep-copy with their message and attributes (``failures`` included), so
+    they cross process pools and ``dataclasses.asdict`` of a response that holds them.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's own reduce calls ``cls(*args)``, which fails for the keyword-only
+        # attributes here; rebuild without ``__init__`` from the args and the attributes.
+        return _rebuilt, (type(self), self.args, self.__dict__)
+
+
+def _rebuilt(cls: type[RerankError], args: tuple[Any, ...], state: dict[str, Any]) -> RerankError:
+    """The inverse of ``RerankError.__reduce__``: the same class, message and attributes."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigurationError(RerankError):

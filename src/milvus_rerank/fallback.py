@@ -38,7 +38,7 @@ from .errors import (
 )
 from .results import RerankResult, Usage
 
-__all__ = ["FALLS_THROUGH", "FallbackReranker"]
+__all__ = ["FALLS_THROUGH", "FallbackReranker", "unreranked_error"]
 
 logger = logging.getLogger("milvus_rerank.fallback")
 
@@ -88,8 +88,14 @@ class FallbackReranker(Reranker):
     only, so code that needs the flag calls ``rerank_response``. ``score_pairs`` has no
     first-stage order to fall back on and raises even when failing open.
 
+    Chains nest: a member chain that fails throughout raises ``AllRerankersFailedError``, which
+    falls through; a member chain that failed open (its ``reranked=False`` answer) counts as
+    that same failure while members are left after it, so a fail-open chain hides no healthy
+    member behind it, and is returned as it is only from the last place.
+
     Args:
-        rerankers: The rerankers to try, first to last (at least one; each once).
+        rerankers: The rerankers to try, first to last (at least one; each once, counting
+            the members of nested chains).
         fall_through_on: More exception types that pass the call on, e.g.
             ``(AuthenticationError,)`` to move on from a revoked key or ``(ProviderError,)``
             for any provider failure. Subclasses of ``Exception`` only.
@@ -98,7 +104,7 @@ class FallbackReranker(Reranker):
 
     Raises:
         ConfigurationError: no rerankers, a member that is not a ``Reranker`` or appears
-            twice, a bad ``fall_through_on`` or ``fail_open``.
+            twice (here or in a nested chain), a bad ``fall_through_on`` or ``fail_open``.
     """
 
     provider: ClassVar[str] = "fallback"
@@ -142,7 +148,7 @@ class FallbackReranker(Reranker):
             return RerankResponse([], Usage(), self)
         try:
             position, response, failures = self._first(
-                lambda member: member.rerank_response(query, docs, top_n)
+                lambda member: self._reranked(member, member.rerank_response(query, docs, top_n))
             )
         except AllRerankersFailedError as exc:
             return self._failed_open(docs, top_n, exc)
@@ -157,7 +163,7 @@ class FallbackReranker(Reranker):
             return RerankResponse([], Usage(), self)
         try:
             position, response, failures = await self._afirst(
-                lambda member: member.arerank_response(query, docs, top_n)
+                lambda member: self._areranked(member, member.arerank_response(query, docs, top_n))
             )
         except AllRerankersFailedError as exc:
             return self._failed_open(docs, top_n, exc)
@@ -211,6 +217,21 @@ class FallbackReranker(Reranker):
                 self._log_stop(position, exc, failures)
                 raise
         raise self._all_failed(failures)
+
+    def _reranked(self, member: Reranker, response: RerankResponse) -> RerankResponse:
+        """``response``, or the failure of a nested chain that failed open, when not last.
+
+        An unreranked answer from a member that is not the last raises that chain's
+        ``AllRerankersFailedError``, so the next member is tried.
+        """
+        if response.reranked or member is self.rerankers[-1]:
+            return response
+        raise unreranked_error(response)
+
+    async def _areranked(
+        self, member: Reranker, response: Awaitable[RerankResponse]
+    ) -> RerankResponse:
+        return self._reranked(member, await response)
 
     def _answered(
         self, position: int, response: RerankResponse, failures: list[Exception]
@@ -322,6 +343,20 @@ class FallbackReranker(Reranker):
         return fields
 
 
+def unreranked_error(response: RerankResponse) -> AllRerankersFailedError:
+    """The failure behind an unreranked (failed-open) ``response``, for callers that need scores.
+
+    Names the failed chain's members and carries ``response.failures``.
+    """
+    failed = response.reranker
+    labels = (
+        tuple(m.label for m in failed.rerankers)
+        if isinstance(failed, FallbackReranker)
+        else (failed.label,)
+    )
+    return AllRerankersFailedError(labels, response.failures)
+
+
 def _checked_members(rerankers: object) -> tuple[Reranker, ...]:
     if isinstance(rerankers, (str, bytes, Mapping)) or not isinstance(rerankers, Sequence):
         raise ConfigurationError(
@@ -331,19 +366,33 @@ def _checked_members(rerankers: object) -> tuple[Reranker, ...]:
     if not rerankers:
         raise ConfigurationError("FallbackReranker needs at least one reranker")
     members: list[Reranker] = []
+    seen: dict[int, int] = {}  # id of each reranker, nested chains' members included -> place
     for i, member in enumerate(rerankers):
         if not isinstance(member, Reranker):
             raise ConfigurationError(
                 f"FallbackReranker: rerankers[{i}] must be a Reranker, got {describe_value(member)}"
             )
-        for j, earlier in enumerate(members):
-            if earlier is member:
+        for reranker in _within(member):
+            j = seen.setdefault(id(reranker), i)
+            if j != i:
+                what = (
+                    f"is rerankers[{j}]"
+                    if reranker is member and members[j] is member
+                    else f"repeats a reranker of rerankers[{j}]"
+                )
                 raise ConfigurationError(
-                    f"FallbackReranker: rerankers[{i}] is rerankers[{j}] ({member.label}): "
-                    "trying one reranker again is its RetryPolicy's job"
+                    f"FallbackReranker: rerankers[{i}] {what} ({reranker.label}), nested chains "
+                    "included: trying one reranker again is its RetryPolicy's job"
                 )
         members.append(member)
     return tuple(members)
+
+
+def _within(member: Reranker) -> list[Reranker]:
+    """``member`` and, for a nested chain, every reranker inside it, at any depth."""
+    if not isinstance(member, FallbackReranker):
+        return [member]
+    return [member, *(inner for nested in member.rerankers for inner in _within(nested))]
 
 
 def _checked_types(types: object) -> tuple[type[Exception], ...]:

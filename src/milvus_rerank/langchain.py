@@ -19,6 +19,7 @@ from typing import Any
 
 from .base import Reranker, RerankResponse, describe_value
 from .errors import ConfigurationError, InvalidInputError, MissingDependencyError
+from .fallback import unreranked_error
 from .results import (
     RerankResult,
     checked_threshold,
@@ -187,19 +188,31 @@ def _page_contents(documents: object) -> tuple[list[Document], list[str]]:
 
 
 class RerankCrossEncoder(BaseCrossEncoder):
-    """LangChain's ``BaseCrossEncoder`` over any ``Reranker``, for its ``CrossEncoderReranker``."""
+    """LangChain's ``BaseCrossEncoder`` over any ``Reranker``, for its ``CrossEncoderReranker``.
+
+    A cross-encoder must return real scores, and LangChain's ``CrossEncoderReranker`` has no
+    way to mark documents unreranked: over a fail-open ``FallbackReranker`` whose rerankers
+    all failed, ``score`` raises ``AllRerankersFailedError`` rather than hand it NaN scores.
+    Use ``RerankCompressor`` to fail open (it keeps the order and sets ``reranked``).
+    """
 
     def __init__(self, reranker: Reranker) -> None:
         self.reranker = reranker
 
     def score(self, text_pairs: list[tuple[str, str]]) -> list[float]:
-        """One score per (query, document) pair, in order; pairs are grouped by query."""
+        """One score per (query, document) pair, in order; pairs are grouped by query.
+
+        Raises:
+            AllRerankersFailedError: a fail-open fallback chain answered unreranked.
+        """
         by_query: dict[str, list[int]] = defaultdict(list)
         for position, (query, _) in enumerate(text_pairs):
             by_query[query].append(position)
         scores = [0.0] * len(text_pairs)
         for query, positions in by_query.items():
-            results = self.reranker.rerank(query, [text_pairs[p][1] for p in positions])
-            for result in results:
+            response = self.reranker.rerank_response(query, [text_pairs[p][1] for p in positions])
+            if not response.reranked:
+                raise unreranked_error(response)
+            for result in response.results:
                 scores[positions[result.index]] = result.score
         return scores

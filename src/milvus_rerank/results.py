@@ -10,15 +10,20 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "MAX_USAGE_COUNT",
     "RerankResult",
     "Usage",
     "checked_threshold",
+    "bounded_count",
     "checked_top_n",
     "copy_metadata",
     "scoring_at_least",
 ]
 
 _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
+#: The largest count a usage field may hold (a signed 64-bit int, what metrics systems store);
+#: anything larger is no real count.
+MAX_USAGE_COUNT = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +48,13 @@ class RerankResult:
         return {"index": self.index, "score": self.score, "text": self.text}
 
 
+def bounded_count(value: int | None) -> int | None:
+    """``value``, or None past ``MAX_USAGE_COUNT``: a sum of counts is held to that bound too."""
+    return None if value is None or value > MAX_USAGE_COUNT else value
+
+
 def _add(a: int | None, b: int | None) -> int | None:
-    return a if b is None else b if a is None else a + b
+    return a if b is None else b if a is None else bounded_count(a + b)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +62,8 @@ class Usage:
     """What one rerank call consumed, summed over its HTTP chunks or forward batches.
 
     A field is None where the backend does not report it (TEI reports nothing, Cohere bills
-    search units rather than tokens), never a guessed 0.
+    search units rather than tokens), never a guessed 0, and where a sum passes
+    ``MAX_USAGE_COUNT`` (no real count: an int64 metrics exporter could not hold it).
 
     Attributes:
         tokens: Tokens scored: counted by local models (windows included), as reported by

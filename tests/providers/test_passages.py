@@ -210,7 +210,10 @@ def test_text_past_the_window_can_raise_the_score_never_lower_it(
     truncated = make(family_dirs, key)._score(QUERY, docs)
     best = make(family_dirs, key, long_documents="max_passage")._score(QUERY, docs)
     assert max(truncated) - min(truncated) < 1e-6, "truncation never reads the tails"
-    assert all(b >= t - 1e-6 for b, t in zip(best, truncated, strict=True))
+    # The first window is truncation's row bit for bit, but batched (padded) beside other
+    # windows: a different padded shape moves a float32 score by float rounding (~4e-6 seen
+    # with mxbai), hence the tolerance the README states.
+    assert all(b >= t - 1e-5 for b, t in zip(best, truncated, strict=True))
     assert max(best) - min(best) > 1e-4, "max_passage reads them"
 
 
@@ -336,8 +339,28 @@ def test_repr_shows_options_that_are_not_the_defaults() -> None:
     assert "long_documents='max_passage'" in shown and "max_passages=3" in shown
     assert "passage_overlap" not in shown
     assert f"passage_overlap={DEFAULT_PASSAGE_OVERLAP + 1}" in repr(
-        CrossEncoderReranker("x", passage_overlap=DEFAULT_PASSAGE_OVERLAP + 1)
+        CrossEncoderReranker(
+            "x", long_documents="max_passage", passage_overlap=DEFAULT_PASSAGE_OVERLAP + 1
+        )
     )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"passage_overlap": 5},
+        {"max_passages": 3},
+        {"long_documents": "truncate", "max_passages": DEFAULT_MAX_PASSAGES},
+        {"passage_overlap": 0, "max_passages": 2},
+    ],
+)
+def test_window_options_without_max_passage_are_refused(options: dict[str, Any]) -> None:
+    from milvus_rerank import BGEReranker, Qwen3Reranker
+
+    named = " and ".join(sorted(set(options) - {"long_documents"}))
+    for cls in (BGEReranker, Qwen3Reranker):
+        with pytest.raises(ConfigurationError, match=f"{named} appl(y|ies) only with long_doc"):
+            cls("unloaded", **options)
 
 
 def test_the_command_line_passes_the_options_to_local_rerankers_only(
@@ -373,6 +396,10 @@ def test_the_command_line_passes_the_options_to_local_rerankers_only(
     assert main(api) == 2
     err = capsys.readouterr().err
     assert "long_documents 'max_passage' is for local rerankers" in err
+    assert main([*argv, "--passage-overlap", "5"]) == 2
+    assert (
+        "passage_overlap applies only with long_documents='max_passage'" in capsys.readouterr().err
+    )
 
 
 def test_serve_lets_max_passages_windows_through(family_dirs: dict[str, Path]) -> None:

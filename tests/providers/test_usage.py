@@ -197,7 +197,24 @@ def test_counts_at_the_edges(value: Any, expected: int) -> None:
     spec = SPECS["voyage"]
     handler, _ = serve(spec, lambda a: set_path(a, ("usage", "total_tokens"), value))
     usage = make(spec, handler, max_batch=2).rerank_response(QUERY, DOCS).usage
-    assert usage.tokens == 2 * expected  # exact, however large: ints are summed, not floats
+    # exact, however large (ints are summed, not floats), up to the bound each field has
+    assert usage.tokens == (2 * expected if 2 * expected <= MAX_USAGE_COUNT else None)
+
+
+@pytest.mark.parametrize(
+    ("provider", "path"),
+    [("cohere", ("meta", "tokens")), ("siliconflow", ("tokens",))],
+)
+def test_input_plus_output_tokens_past_the_bound_are_unreported(
+    provider: str, path: tuple[str, ...]
+) -> None:
+    spec = SPECS[provider]
+    counts = {"input_tokens": MAX_USAGE_COUNT, "output_tokens": 1}
+    handler, _ = serve(spec, lambda a: set_path(a, path, counts))
+    assert make(spec, handler).rerank_response(QUERY, DOCS).usage.tokens is None
+    counts = {"input_tokens": MAX_USAGE_COUNT - 1, "output_tokens": 1}
+    handler, _ = serve(spec, lambda a: set_path(a, path, counts))
+    assert make(spec, handler).rerank_response(QUERY, DOCS).usage.tokens == MAX_USAGE_COUNT
 
 
 def test_cohere_reads_tokens_where_it_or_a_compatible_server_reports_them() -> None:

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from milvus_rerank import InvalidInputError, InvalidResponseError, RerankResult
+from milvus_rerank import (
+    FallbackReranker,
+    InvalidInputError,
+    InvalidResponseError,
+    RerankResponse,
+    RerankResult,
+    Usage,
+)
 from milvus_rerank.base import Reranker
 from tests.conftest import ScoreTableReranker
 
@@ -219,3 +227,63 @@ def test_copy_metadata_is_independent_of_its_source() -> None:
     nested_copy["extra"]["page"] = 4
     assert flat == {"pk": 1, "source": "a.txt", "score": 0.5, "tag": None}
     assert nested == {"pk": 2, "tags": ["x"], "extra": {"page": 3}}
+
+
+class Pinned(ScoreTableReranker):
+    """A user's subclass that overrides ``rerank``/``arerank``: 'pinned' documents come first."""
+
+    def __init__(self) -> None:
+        super().__init__({"pinned": 0.0, "alpha": 0.5, "beta": 0.9})
+
+    def rerank(
+        self, query: str, documents: Sequence[str], top_n: int | None = None
+    ) -> list[RerankResult]:
+        ranked = sorted(super().rerank(query, documents), key=lambda r: r.text != "pinned")
+        return ranked[:top_n] if top_n else ranked
+
+    async def arerank(
+        self, query: str, documents: Sequence[str], top_n: int | None = None
+    ) -> list[RerankResult]:
+        return self.rerank(query, documents, top_n)
+
+
+PINNED_DOCS = ["alpha", "beta", "pinned"]
+
+
+def test_rerank_response_keeps_an_overridden_rerank() -> None:
+    pinned = Pinned()
+    response = pinned.rerank_response("q", PINNED_DOCS, top_n=2)
+    assert [r.text for r in response.results] == ["pinned", "beta"]
+    assert response.usage == Usage() and response.reranker is pinned and response.reranked
+    assert pinned.rerank_response("q", []).results == []
+    with pytest.raises(InvalidInputError):
+        pinned.rerank_response("", PINNED_DOCS)
+
+
+async def test_arerank_response_keeps_an_overridden_arerank() -> None:
+    response = await Pinned().arerank_response("q", PINNED_DOCS, top_n=1)
+    assert [r.text for r in response.results] == ["pinned"]
+
+
+async def test_a_fallback_keeps_a_member_s_overridden_rerank() -> None:
+    chain = FallbackReranker([Pinned()])
+    assert [r.text for r in chain.rerank("q", PINNED_DOCS, top_n=1)] == ["pinned"]
+    assert [r.text for r in await chain.arerank("q", PINNED_DOCS, top_n=1)] == ["pinned"]
+
+
+class BothOverridden(Pinned):
+    """Overrides ``rerank_response`` too, calling up: neither override loops into the other."""
+
+    def rerank_response(
+        self, query: str, documents: Sequence[str], top_n: int | None = None
+    ) -> RerankResponse:
+        response = super().rerank_response(query, documents, top_n)
+        return RerankResponse(response.results, Usage(requests=7), self)
+
+
+def test_overriding_rerank_and_rerank_response_together_does_not_recurse() -> None:
+    both = BothOverridden()
+    assert [r.text for r in both.rerank("q", PINNED_DOCS)] == ["pinned", "beta", "alpha"]
+    response = both.rerank_response("q", PINNED_DOCS)
+    assert [r.text for r in response.results] == ["beta", "alpha", "pinned"]
+    assert response.usage.requests == 7

@@ -251,6 +251,34 @@ def test_nested_chains_fall_through_as_a_whole() -> None:
     assert isinstance(nested, AllRerankersFailedError) and len(nested.failures) == 2
 
 
+def test_a_nested_chain_that_failed_open_falls_through_to_the_next_member() -> None:
+    inner = FallbackReranker([Failing("a", down())], fail_open=True)
+    last = Table("c")
+    response = FallbackReranker([inner, last]).rerank_response("q", DOCS)
+    assert response.reranker is last and response.reranked
+    assert [r.index for r in response.results] == BEST_FIRST
+    (nested,) = response.failures
+    assert isinstance(nested, AllRerankersFailedError)
+    assert nested.labels == ("failing:a",) and nested.failures == (inner.rerankers[0].error,)  # type: ignore[attr-defined]
+
+
+async def test_a_nested_chain_that_failed_open_falls_through_async() -> None:
+    inner = FallbackReranker([Failing("a", down())], fail_open=True)
+    last = Table("c")
+    response = await FallbackReranker([inner, last]).arerank_response("q", DOCS, top_n=1)
+    assert response.reranker is last and [r.index for r in response.results] == [1]
+    assert [type(e) for e in response.failures] == [AllRerankersFailedError]
+
+
+def test_a_fail_open_chain_last_keeps_its_unreranked_answer() -> None:
+    first = Failing("a", down())
+    inner = FallbackReranker([Failing("b", down(502))], fail_open=True)
+    response = FallbackReranker([first, inner]).rerank_response("q", DOCS)
+    assert response.reranker is inner and not response.reranked
+    assert all(math.isnan(r.score) for r in response.results)
+    assert [e.status_code for e in response.failures] == [503, 502]  # type: ignore[attr-defined]
+
+
 async def test_async_falls_through_and_fails_open() -> None:
     secondary = Table("two")
     chain = FallbackReranker([Failing("one", down()), secondary])
@@ -365,6 +393,23 @@ def test_a_member_twice_is_refused() -> None:
     one = Table("one")
     with pytest.raises(ConfigurationError, match=r"rerankers\[2\] is rerankers\[0\]"):
         FallbackReranker([one, Table("two"), one])
+
+
+def test_a_member_repeated_inside_a_nested_chain_is_refused() -> None:
+    one, two = Table("one"), Table("two")
+    with pytest.raises(
+        ConfigurationError, match=r"rerankers\[1\] repeats a reranker of rerankers\[0\]"
+    ):
+        FallbackReranker([FallbackReranker([one]), one])
+    with pytest.raises(ConfigurationError, match=r"rerankers\[1\] repeats .*\(table:one\)"):
+        FallbackReranker([one, FallbackReranker([two, FallbackReranker([one])])])
+    inner = FallbackReranker([two])
+    with pytest.raises(ConfigurationError, match=r"rerankers\[1\] is rerankers\[0\]"):
+        FallbackReranker([inner, inner])
+    assert (
+        FallbackReranker([FallbackReranker([one]), two]).label
+        == "fallback(fallback(table:one), table:two)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import pytest
 
 from milvus_rerank import InvalidInputError
 from milvus_rerank.base import RerankResponse
-from milvus_rerank.results import Usage
+from milvus_rerank.results import MAX_USAGE_COUNT, Usage
 from tests.conftest import ScoreTableReranker
 
 
@@ -17,6 +17,13 @@ def test_usage_adds_fieldwise_and_keeps_unreported_fields_none() -> None:
     assert total.to_dict() == {"tokens": 7, "search_units": 1, "requests": 2}
     with pytest.raises(TypeError):
         Usage() + 1  # type: ignore[operator]
+
+
+def test_a_usage_sum_past_the_bound_is_unreported_like_a_field_past_it() -> None:
+    top = Usage(tokens=MAX_USAGE_COUNT, search_units=MAX_USAGE_COUNT - 1, rerank_units=5)
+    total = top + Usage(tokens=1, search_units=1, rerank_units=1, requests=2)
+    assert total == Usage(tokens=None, search_units=MAX_USAGE_COUNT, rerank_units=6, requests=2)
+    assert (top + Usage()).tokens == MAX_USAGE_COUNT
 
 
 def test_rerank_response_carries_the_same_results_and_who_answered() -> None:

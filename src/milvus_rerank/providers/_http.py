@@ -76,7 +76,7 @@ from ..errors import (
     ProviderUnavailableError,
     RateLimitError,
 )
-from ..results import Usage
+from ..results import MAX_USAGE_COUNT, Usage, bounded_count
 from ..retry import FailedAttempt, RetryPolicy
 
 __all__ = [
@@ -119,9 +119,6 @@ _REDACTED = "**********"
 #: Extra headers whose values are treated (stored, scrubbed) as secrets.
 _SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|passw|session|credential", re.I)
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-#: The largest count a usage field may hold (a signed 64-bit int, what metrics systems store);
-#: anything larger is no real count.
-MAX_USAGE_COUNT = 2**63 - 1
 #: The proxy variables httpx reads, and the proxy schemes it speaks.
 _PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy")
 _PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
@@ -1717,7 +1714,9 @@ def _call_usage(usages: Sequence[Usage]) -> Usage:
     """
 
     def total(values: list[int | None]) -> int | None:
-        return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+        if any(v is None for v in values):
+            return None
+        return bounded_count(sum(v for v in values if v is not None))
 
     return Usage(
         tokens=total([u.tokens for u in usages]),

@@ -163,6 +163,13 @@ def _check_options(options: dict[str, Any]) -> LocalOptions:
             f"long_documents must be one of {', '.join(map(repr, LONG_DOCUMENTS))}, "
             f"got {merged['long_documents']!r}"
         )
+    windowing = sorted({"passage_overlap", "max_passages"} & set(options))
+    if windowing and merged["long_documents"] != "max_passage":
+        raise ConfigurationError(
+            f"{' and '.join(windowing)} {'apply' if len(windowing) > 1 else 'applies'} only "
+            f"with long_documents='max_passage' (windows of long documents); long_documents "
+            f"is {merged['long_documents']!r}"
+        )
     for name in (
         "use_fp16",
         "trust_remote_code",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from ..base import MilvusTarget
-from ..results import Usage
+from ..results import Usage, bounded_count
 from ._http import HTTPReranker, _check_int
 
 __all__ = ["CohereReranker"]
@@ -77,7 +77,7 @@ class CohereReranker(HTTPReranker):
         tokens = self._usage_count(body, "meta", "tokens", "input_tokens")
         if tokens is not None:
             output = self._usage_count(body, "meta", "tokens", "output_tokens")
-            tokens += output or 0
+            tokens = bounded_count(tokens + (output or 0))
         else:
             tokens = self._usage_count(body, "usage", "total_tokens")
         return Usage(

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from ..base import MilvusTarget
 from ..errors import ConfigurationError
-from ..results import Usage
+from ..results import Usage, bounded_count
 from ._http import HTTPReranker, _check_int
 
 __all__ = ["SiliconFlowReranker"]
@@ -89,5 +89,7 @@ class SiliconFlowReranker(HTTPReranker):
         """``tokens.input_tokens`` plus ``tokens.output_tokens`` (0 for rerank), top level."""
         tokens = self._usage_count(body, "tokens", "input_tokens")
         if tokens is not None:
-            tokens += self._usage_count(body, "tokens", "output_tokens") or 0
+            tokens = bounded_count(
+                tokens + (self._usage_count(body, "tokens", "output_tokens") or 0)
+            )
         return Usage(tokens=tokens)
