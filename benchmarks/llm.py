@@ -100,7 +100,9 @@ def run() -> list[Row]:
         docs = documents(PAIRS)
         pairs = [(QUERY, d) for d in docs]
 
-        qwen3 = Qwen3Reranker(str(paths["qwen3"]), batch_size=BATCH, device="cpu").load()
+        qwen3 = Qwen3Reranker(
+            str(paths["qwen3"]), batch_size=BATCH, device="cpu", batch_across_calls=False
+        ).load()
         st = CrossEncoder(str(paths["qwen3"]), device="cpu")
         times = interleaved(
             {
@@ -130,7 +132,9 @@ def run() -> list[Row]:
             )
         )
 
-        gemma = BGELLMReranker(str(paths["gemma"]), batch_size=BATCH, device="cpu").load()
+        gemma = BGELLMReranker(
+            str(paths["gemma"]), batch_size=BATCH, device="cpu", batch_across_calls=False
+        ).load()
         with contextlib.redirect_stderr(io.StringIO()):
             flag = FlagLLMReranker(str(paths["gemma"]), use_fp16=False, devices="cpu")
         few = pairs[:FLAG_PAIRS]
