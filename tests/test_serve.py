@@ -28,6 +28,7 @@ from tests.conftest import ScoreTableReranker  # noqa: E402
 
 QUERY = "what is milvus"
 DOCS = ["milvus is a vector database", "paris is the capital of france", "milvus", "cat"]
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def test_bad_requests_get_each_formats_error(server: BackgroundServer) -> None:
     assert vllm.status_code == 400 and "documents[0]" in vllm.json()["error"]["message"]
     tei = httpx.post(f"{server.url}/rerank", json={"query": QUERY, "texts": "oops"})
     assert tei.status_code == 422 and tei.json()["error_type"] == "Validation"
-    garbage = httpx.post(f"{server.url}/v1/rerank", content=b"{not json")
+    garbage = httpx.post(f"{server.url}/v1/rerank", content=b"{not json", headers=JSON)
     assert garbage.status_code == 400
 
 
@@ -194,9 +195,12 @@ def test_serve_command_hands_a_loaded_reranker_and_options(
         "host": "127.0.0.1",
         "port": 9001,
         "max_wait_ms": 7.0,
-        "model_name": str(tiny_models["ce"]),
+        "model_name": None,
         "api_key": None,
         "insecure_no_auth": False,
+        "allowed_hosts": None,
+        "header_timeout": 10.0,
+        "max_connections": 1000,
         "max_body_bytes": 2_000_000,
         "max_documents": 1000,
         "max_document_chars": None,
@@ -284,9 +288,11 @@ def test_bad_instructions_get_each_formats_error(qwen3_server: BackgroundServer)
     for value in ("3", '["x"]', '{"a": 1}', json.dumps("x" * 5000), surrogate):
         docs, tail = json.dumps(DOCS), f'"instruction": {value}}}'
         body = f'{{"query": "q", "documents": {docs}, {tail}'
-        cohere = httpx.post(f"{url}/v2/rerank", content=body)
+        json_body = {"Content-Type": "application/json"}  # a keyless server refuses others
+        cohere = httpx.post(f"{url}/v2/rerank", content=body, headers=json_body)
         assert cohere.status_code == 400 and "instruction" in cohere.json()["message"], value
-        tei = httpx.post(f"{url}/rerank", content=f'{{"query": "q", "texts": {docs}, {tail}')
+        tei_body = f'{{"query": "q", "texts": {docs}, {tail}'
+        tei = httpx.post(f"{url}/rerank", content=tei_body, headers=json_body)
         assert tei.status_code == 422 and "instruction" in tei.json()["error"], value
 
 
@@ -339,3 +345,43 @@ def test_an_instruction_view_is_served_with_its_base_limits(qwen3: Any) -> None:
         )
     want = dict(enumerate(view.score_pairs([QUERY] * 4, DOCS)))
     assert _scores(answer) == pytest.approx(want, abs=1e-6)
+
+
+def test_serve_command_strips_the_key_and_refuses_a_bad_one_before_loading(
+    tiny_models: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import milvus_rerank.cli
+    import milvus_rerank.serve
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(
+        milvus_rerank.serve, "run_server", lambda reranker, **options: seen.update(options) or 0
+    )
+    argv = ["serve", "--reranker", "cross-encoder", "--model", str(tiny_models["ce"])]
+    monkeypatch.setenv("MILVUS_RERANK_API_KEY", "serve-key-123456\n")
+    assert main([*argv, "--served-model-name", "mini", "--allowed-hosts", "a, b.lan"]) == 0
+    assert seen["api_key"] == "serve-key-123456" and seen["model_name"] == "mini"
+    assert seen["allowed_hosts"] == ["a", "b.lan"]
+    assert main([*argv, "--api-key", " other-key-0987 "]) == 0
+    assert seen["api_key"] == "other-key-0987"
+    monkeypatch.setenv("MILVUS_RERANK_API_KEY", "")  # empty: no key
+    assert main(argv) == 0 and seen["api_key"] is None
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the key was checked")
+
+    monkeypatch.setattr(milvus_rerank.cli, "_open_from_args", no_model)
+    capsys.readouterr()
+    for bad, source in (
+        (["--api-key", "k3y-x"], "--api-key"),
+        (["--api-key", "two words-123"], "--api-key"),
+    ):
+        assert main([*argv, *bad]) == 2
+        err = capsys.readouterr().err
+        assert source in err and bad[1] not in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setenv("MILVUS_RERANK_API_KEY", "abc12")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "MILVUS_RERANK_API_KEY is shorter than 8" in err and "abc12" not in err

@@ -48,7 +48,7 @@ def validate_request(
     """Check a rerank request and return it normalized: a copied list of documents, an int top_n."""
     query = _check_text(query, "query")
     if not query.strip():
-        raise InvalidInputError(f"query must be a non-empty string, got {query!r}")
+        raise InvalidInputError(f"query must be a non-empty string, got {describe_value(query)}")
     if isinstance(documents, (str, bytes, bytearray, Mapping)) or not isinstance(
         documents, Sequence
     ):

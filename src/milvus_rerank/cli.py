@@ -292,17 +292,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import run_server
+    from .serve import check_api_key, run_server
 
+    # The key is checked before the model loads: a bad one fails at once, in one line.
+    if args.api_key is not None:
+        api_key: str | None = check_api_key(args.api_key, "--api-key")
+    else:
+        from_env = os.environ.get("MILVUS_RERANK_API_KEY") or None  # empty: no key
+        variable = "the environment variable MILVUS_RERANK_API_KEY"
+        api_key = check_api_key(from_env, variable) if from_env is not None else None
     with _open_from_args(args) as (reranker, _):
         return run_server(
             reranker,
             host=args.host,
             port=args.port,
             max_wait_ms=args.max_wait_ms,
-            model_name=args.model,
-            api_key=args.api_key or os.environ.get("MILVUS_RERANK_API_KEY") or None,
+            model_name=args.served_model_name,
+            api_key=api_key,
             insecure_no_auth=args.insecure_no_auth,
+            allowed_hosts=args.allowed_hosts,
+            header_timeout=args.header_timeout,
+            max_connections=args.max_connections,
             max_body_bytes=args.max_body_bytes,
             max_documents=args.max_documents,
             max_document_chars=args.max_document_chars,
@@ -362,6 +372,14 @@ def _positive_float(text: str) -> float:
 def _wait_ms(text: str) -> float:
     """A batching wait in milliseconds: 0 to 1,000 (longer only stalls every request)."""
     return _number(text, lambda v: 0 <= v <= 1000, "must be between 0 and 1000 ms")
+
+
+def _host_names(text: str) -> list[str]:
+    """A comma-separated list of host names (``*``: any)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"no host names in {text!r}")
+    return names
 
 
 def _port(text: str) -> int:
@@ -536,14 +554,42 @@ def make_parser() -> argparse.ArgumentParser:
         help="how long a request may wait to share a batch (default: %(default)s)",
     )
     serve.add_argument(
+        "--served-model-name",
+        metavar="NAME",
+        help="model name in answers and /health (default: --model, or its folder's name "
+        "when it is a local path)",
+    )
+    serve.add_argument(
         "--api-key",
         help="require 'Authorization: Bearer KEY' on rerank routes (default: "
-        "$MILVUS_RERANK_API_KEY, else none; a non-loopback --host needs one)",
+        "$MILVUS_RERANK_API_KEY, else none; a non-loopback --host needs one); at least 8 "
+        "printable ASCII characters, surrounding whitespace stripped",
     )
     serve.add_argument(
         "--insecure-no-auth",
         action="store_true",
         help="allow a non-loopback --host without --api-key (default: refuse)",
+    )
+    serve.add_argument(
+        "--allowed-hosts",
+        type=_host_names,
+        metavar="NAMES",
+        help="comma-separated Host names answered besides localhost and IP addresses, '*' "
+        "for any (default: without a key on loopback, only those; else any)",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=_positive_float,
+        default=10.0,
+        help="seconds a connection may take to send its request headers, else it is "
+        "closed (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=1000,
+        help="open connections at most, also bounded by the open-file limit; past it the "
+        "longest wait for headers is closed, else 503 (default: %(default)s)",
     )
     serve.add_argument(
         "--max-body-bytes",

@@ -7,12 +7,17 @@ Routes (all ``POST``, JSON):
 * ``/v1/rerank`` — vLLM / Jina (``results`` with ``document.text``, ``usage``).
 * ``/rerank`` — a body with ``texts`` gets TEI's bare array; a body with ``documents`` gets
   vLLM's answer. Milvus 2.6's ``tei`` and ``vllm`` providers both post to ``{endpoint}/rerank``.
-* ``GET /health`` — ``{"status": "ok"}`` (never needs the API key).
+* ``GET /health`` — ``{"status": "ok", "model": <served name>}`` (never needs the API key).
+
+The served model name (``model_name`` / ``--served-model-name``; vLLM's answers and ``/health``
+carry it) defaults to the reranker's ``model_name``, cut to its last component when that is a
+local path, so an unauthenticated client never learns the server's file layout.
 
 Errors come in each route's own shape: Cohere ``{"id", "message"}``, vLLM ``{"error":
 {"message", "type", "param", "code"}}``, TEI ``{"error", "error_type"}``. On ``/rerank``, errors
 found before the body is parsed (size, time, JSON) use vLLM's shape, since the format is not
-known yet.
+known yet. A value from the request is echoed clipped (its type and at most 60 characters),
+and no message is longer than 1,000 characters.
 
 Limits (``create_app`` keyword / ``serve`` flag, default):
 
@@ -20,7 +25,9 @@ Limits (``create_app`` keyword / ``serve`` flag, default):
   is answered 413, from its ``Content-Length`` or as soon as the streamed bytes pass it.
 * ``body_timeout`` / ``--body-timeout`` (30 s): a body still arriving after that is answered 408.
 * ``max_documents`` / ``--max-documents`` (1,000, TEI's ``--max-client-batch-size``; Milvus's own
-  batches fit): more documents in one request are answered 422.
+  batches fit): more documents in one request are answered 422. A body holding more than
+  4 JSON arrays and objects a document (plus 256) is answered 400 before it is parsed: parsing
+  2 MB of ``[[],[],...]`` would hold the event loop for seconds.
 * ``max_document_chars`` / ``--max-document-chars`` (None: 32 characters per token of the model
   window, e.g. 16,384 for a 512-token model; 262,144 where the window is unknown; times
   ``max_passages`` for a local reranker with ``long_documents="max_passage"``): the query
@@ -34,19 +41,41 @@ Limits (``create_app`` keyword / ``serve`` flag, default):
   request is never stuck behind a large one.
 * ``max_pending_pairs`` / ``--max-pending-pairs`` (16,384) and ``max_concurrent_requests`` /
   ``--max-concurrent-requests`` (512, TEI's ``--max-concurrent-requests``): past either, a
-  request is answered 429 with ``Retry-After: 1``.
+  request is answered 429 with ``Retry-After: 1``. A request counts against the latter once
+  its body is in: a client still uploading holds a connection, never a scoring slot.
+* ``max_wait_ms`` / ``--max-wait-ms`` (2 ms, 0 to 1,000): see batching below.
 * A client that disconnects has its pending work dropped, quietly (no traceback per abort).
 * JSON nested too deeply for the parser is a 400, never a 500.
+
+Connections (``run_server`` and ``BackgroundServer`` keywords / ``serve`` flags, default), kept
+by uvicorn's h11 protocol with three guards added, since uvicorn has no header timeout:
+
+* ``header_timeout`` / ``--header-timeout`` (10 s): a connection must complete its request
+  headers within this long of opening, or of its previous answer, else it is closed (slow
+  headers, "slowloris"). Idle keep-alive connections close after uvicorn's 5 s as before;
+  headers are at most 16 KiB (h11's limit; larger: 400).
+* ``max_connections`` / ``--max-connections`` (1,000, and at most the open-file limit less
+  the accept backlog and 64 spare descriptors): a new connection past it closes the
+  connection that has waited longest for its headers (idle or slow), or, when every
+  connection is inside a request, is answered 503 with ``Retry-After: 1``. The accept backlog
+  is a quarter of the open-file limit, at most 2,048, so one burst of accepts cannot run the
+  process out of descriptors.
+* A body may come in at most 1,024 pieces (chunks, or reads of a ``Content-Length`` body),
+  plus one per 256 bytes: a body of 1-byte chunks is answered 400 after about a thousand,
+  instead of costing the event loop several microseconds of parsing per byte.
+
+Beyond these, a public server belongs behind a reverse proxy (TLS, per-client rate limits).
 
 Request options: Cohere's ``return_documents`` is honoured, and its ``max_tokens_per_doc`` and
 vLLM's ``truncate_prompt_tokens`` are accepted when they are at least the model window (the
 server always truncates pairs to the window; -1 is vLLM's "the window"); smaller values are
 answered 400 (unsupported). TEI's ``raw_scores=true`` is answered 422 (the reranker's public
-interface gives activated scores only), ``truncation_direction="Left"`` 422, and
-``truncate=false`` answers 413 for a text longer than ``max_document_chars`` (TEI's answer to an
-input past the window; shorter ones are truncated to the window, since the server does not count
-tokens). vLLM's ``usage`` reports ``documents`` and ``characters`` scored; ``total_tokens`` is
-``null``: the reranker does not expose its tokenizer, and the server invents no count.
+interface gives activated scores only; ``null`` is the default, false), ``truncation_direction=
+"Left"`` 422, and ``truncate=false`` answers 413 for a text longer than ``max_document_chars``
+(TEI's answer to an input past the window; shorter ones are truncated to the window, since the
+server does not count tokens). vLLM's ``usage`` reports ``documents`` and ``characters``
+scored; ``total_tokens`` is ``null``: the reranker does not expose its tokenizer, and the
+server invents no count.
 
 Instructions: a body's ``instruction`` (any route; vLLM's Qwen3 template reads that name)
 scores the request with ``reranker.with_instruction(instruction)`` where the reranker has
@@ -60,24 +89,42 @@ FlagEmbedding's ``A:``/``B:`` lines...). A client that pre-templates its text th
 Qwen3 recipe does (``VLLMReranker`` with ``Qwen3Reranker.vllm_templates()``) gets a prompt
 inside a prompt: those templates are for a vLLM server, not for this one.
 
-Authentication: with ``api_key`` (``--api-key``, or ``MILVUS_RERANK_API_KEY``) every rerank
-route needs ``Authorization: Bearer <key>`` (compared in constant time; the key is never
-logged), else 401. ``run_server`` refuses to bind a non-loopback host without a key unless
-``insecure_no_auth=True`` (``--insecure-no-auth``).
+Authentication: with ``api_key`` (``--api-key``, or ``MILVUS_RERANK_API_KEY``; stripped of
+surrounding whitespace, and refused at start unless it is at least 8 printable ASCII
+characters) every rerank route needs ``Authorization: Bearer <key>`` (the scheme in any case;
+the key compared in constant time and never logged), else 401. ``run_server`` refuses to bind
+a non-loopback host without a key unless ``insecure_no_auth=True`` (``--insecure-no-auth``).
+Without a key, a web page the user visits could post to the server (no preflight for a
+``text/plain`` body) or, by DNS rebinding, read its answers; so a keyless server answers 415
+to a body that is not ``Content-Type: application/json`` and 421 to a ``Host`` that is not
+``localhost``, an IP address or one of ``allowed_hosts`` (``--allowed-hosts``, comma-separated;
+``*`` allows any; given, it applies with a key too). A keyless server on a non-loopback host
+(``--insecure-no-auth``: reachable by anyone already) checks no ``Host`` unless given a list.
+
+Scoring failures: a reranker's error is answered in the route's shape and logged as one line
+(no traceback): an upstream API's rate limit is 429 (with its ``Retry-After`` when it gave
+one), its refusal of this server's key or a malformed answer 502, its unavailability 503,
+invalid input 400 (TEI: 422), anything else 500. Clients see the kind of failure, never the
+upstream's own text.
 
 Concurrent requests are batched together for the model by the library's micro-batcher
 (``providers/_batching.py``, the one every local reranker uses across its callers): the
 requests waiting are scored together, and while requests do come together it waits up to
 ``max_wait_ms`` to gather them (a lone request never waits). One worker thread serves every
-event loop running the app.
+event loop running the app. ``run_server`` freezes the objects alive after loading the model
+(``gc.freeze``), so garbage collections during requests do not walk the model's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import ipaddress
 import json
+import logging
+import math
+import re
 import sys
 import threading
 import time
@@ -87,15 +134,35 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .base import Reranker, describe_value, rank, validate_request
-from .errors import ConfigurationError, InvalidInputError, MissingDependencyError, RerankError
+from .errors import (
+    AuthenticationError,
+    ConfigurationError,
+    InvalidInputError,
+    MissingDependencyError,
+    ProviderError,
+    ProviderUnavailableError,
+    RateLimitError,
+    RerankError,
+)
 from .providers._batching import Overloaded
 from .providers._batching import RequestBatcher as Batcher
+from .providers._http import _check_key
 from .providers._local import LocalReranker
 from .results import RerankResult
 
-__all__ = ["BackgroundServer", "Batcher", "Overloaded", "create_app", "run_server"]
+__all__ = [
+    "BackgroundServer",
+    "Batcher",
+    "Overloaded",
+    "check_api_key",
+    "create_app",
+    "run_server",
+    "served_model_name",
+]
 
 ASGIApp = Callable[..., Any]
+
+_log = logging.getLogger(__name__)
 
 #: Defaults of the limits (see the module docstring).
 MAX_BODY_BYTES = 2_000_000
@@ -105,11 +172,27 @@ MAX_BATCH_TOKENS = 8192
 MAX_PENDING_PAIRS = 16_384
 MAX_CONCURRENT_REQUESTS = 512
 BODY_TIMEOUT = 30.0
+MAX_WAIT_MS = 1000.0
+HEADER_TIMEOUT = 10.0
+MAX_CONNECTIONS = 1000
 #: Characters kept per token of the model window (a generous multiple of the ~4 an English
 #: token covers), and the window assumed where the reranker does not say.
 CHARS_PER_TOKEN = 32
 UNKNOWN_WINDOW = 8192
-_LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+#: JSON arrays and objects a body may hold: so many a document, plus a fixed allowance.
+CONTAINERS_PER_DOCUMENT = 4
+EXTRA_CONTAINERS = 256
+#: Pieces a body may come in: so many, plus one per so many bytes.
+FREE_BODY_PIECES = 1024
+BYTES_PER_BODY_PIECE = 256
+#: h11's limit on a request's headers (and on any incomplete event), in bytes.
+MAX_HEADER_BYTES = 16 * 1024
+#: The longest error message sent; echoed values are clipped much shorter.
+MAX_MESSAGE_CHARS = 1000
+_LOOPBACK_NAMES = {"localhost", "ip6-localhost", "ip6-loopback"}
+_SPARE_FDS = 64
+#: Connections refused with 503 that may linger (reading the request) before closing.
+REFUSALS_LINGERING = 64
 #: Longest ``instruction`` a request may carry, and how many instructions' views are kept.
 MAX_INSTRUCTION_CHARS = 4096
 MAX_INSTRUCTION_VIEWS = 64
@@ -118,19 +201,31 @@ MAX_INSTRUCTION_VIEWS = 64
 class BackgroundServer:
     """Run an ASGI app under uvicorn on 127.0.0.1 in a background thread (tests, benchmarks).
 
+    The connections are guarded as ``run_server``'s are (header timeout, connection cap,
+    body pieces; see the module docstring).
+
     Example:
         >>> with BackgroundServer(app) as server:  # doctest: +SKIP
         ...     httpx.post(server.url + "/v2/rerank", json=...)
     """
 
-    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        header_timeout: float = HEADER_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         try:
             import uvicorn
         except ImportError as exc:
             raise MissingDependencyError("The rerank server", "serve", "uvicorn") from exc
-        config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", lifespan="off", access_log=False
+        options = uvicorn_options(
+            header_timeout=header_timeout, max_connections=max_connections, lifespan="off"
         )
+        config = uvicorn.Config(app, host=host, port=port, access_log=False, **options)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="uvicorn", daemon=True)
         self.host = host
@@ -140,6 +235,11 @@ class BackgroundServer:
     def url(self) -> str:
         """``http://host:port`` of the running server."""
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return len(self._server.server_state.connections)
 
     def start(self, timeout: float = 10.0) -> BackgroundServer:
         """Start serving; returns once the socket is listening."""
@@ -191,6 +291,212 @@ def _instructed_score_pairs(reranker: Reranker) -> ScorePairs:
     return score_pairs
 
 
+def _open_file_limit() -> int | None:
+    """The soft limit on open files, or None where it is unknown or unlimited."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY or soft <= 0 else int(soft)
+
+
+def connection_limits(max_connections: int = MAX_CONNECTIONS) -> tuple[int, int]:
+    """(connections kept open at most, accept backlog) under this process's open-file limit.
+
+    One wake-up of the listening socket accepts up to ``backlog`` connections before any of
+    them is looked at, so the cap leaves that many descriptors, and 64 more, spare.
+    """
+    files = _open_file_limit()
+    if files is None:
+        return max_connections, 2048
+    backlog = max(16, min(2048, files // 4))
+    return max(1, min(max_connections, files - backlog - _SPARE_FDS)), backlog
+
+
+def uvicorn_options(
+    *,
+    header_timeout: float = HEADER_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
+    log_level: str = "warning",
+    lifespan: str = "auto",
+) -> dict[str, Any]:
+    """Settings of uvicorn for serving with the connection guards of the module docstring.
+
+    Raises:
+        ConfigurationError: a ``header_timeout`` or ``max_connections`` that is not positive.
+    """
+    _positive("header_timeout", header_timeout, float)
+    _positive("max_connections", max_connections)
+    cap, backlog = connection_limits(max_connections)
+    return {
+        "http": _guarded_protocol(float(header_timeout), cap),
+        "ws": "none",
+        "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
+        "backlog": backlog,
+        "timeout_keep_alive": 5,
+        "timeout_graceful_shutdown": 10,
+        "log_level": log_level,
+        "lifespan": lifespan,
+    }
+
+
+def _raw_answer(status: int, reason: str, message: str, headers: str = "") -> bytes:
+    """A whole ``Connection: close`` answer in vLLM's error shape, for the protocol's refusals."""
+    body = json.dumps(_error_body("vllm", status, message)).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n{headers}connection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def _guarded_protocol(header_timeout: float, max_connections: int) -> type[Any]:
+    """The h11 protocol of uvicorn with a header timeout, a connection cap and a body-piece cap."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class CountingConnection(h11.Connection):
+        """h11's connection, telling its protocol of each request and counting body pieces."""
+
+        def __init__(self, size: int, on_request: Callable[[], None]) -> None:
+            super().__init__(h11.SERVER, size)
+            self.on_request = on_request
+            self.pieces = 0
+            self.received = 0
+            self.refusal: str | None = None
+
+        def next_event(self) -> Any:
+            event = super().next_event()
+            if isinstance(event, h11.Request):
+                self.pieces = self.received = 0
+                self.on_request()
+            elif isinstance(event, h11.Data):
+                self.pieces += 1
+                self.received += len(event.data)
+                if self.pieces > FREE_BODY_PIECES + self.received // BYTES_PER_BODY_PIECE:
+                    # uvicorn answers a RemoteProtocolError through send_400_response.
+                    self.refusal = (
+                        f"the request body came in {self.pieces} pieces for its first "
+                        f"{self.received} bytes; at most {FREE_BODY_PIECES} pieces plus one "
+                        f"per {BYTES_PER_BODY_PIECE} bytes (send larger chunks, or a "
+                        "Content-Length)"
+                    )
+                    raise h11.RemoteProtocolError(self.refusal)
+            return event
+
+    class GuardedH11Protocol(H11Protocol):
+        """One connection; see the module docstring's "Connections"."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            size = self.config.h11_max_incomplete_event_size or MAX_HEADER_BYTES
+            self.conn: CountingConnection = CountingConnection(size, self._headers_in)
+            self.waiting_since: float | None = None  # waiting for request headers since then
+            self._header_timer: asyncio.TimerHandle | None = None
+            self.refusing = False  # answered 503 at once; the request is read and dropped
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if self._make_room():
+                self._await_headers()
+                return
+            self.refusing = True
+            self.transport.write(
+                _raw_answer(
+                    503,
+                    "Service Unavailable",
+                    f"{max_connections} connections are inside requests (at most "
+                    f"{max_connections}); retry later",
+                    "retry-after: 1\r\n",
+                )
+            )
+            # Closing with the request unread would reset the connection, and the client
+            # might never read the answer: read and drop the request for a moment first.
+            lingering = sum(1 for c in self.connections if getattr(c, "refusing", False))
+            if lingering > REFUSALS_LINGERING or not self.transport.can_write_eof():
+                self.transport.close()
+                return
+            self.transport.write_eof()
+            self.loop.call_later(1.0, self.transport.close)
+
+        def _make_room(self) -> bool:
+            """Under the cap, or back under it by closing the longest wait for headers."""
+            if len(self.connections) <= max_connections:
+                return True
+            live = [
+                c
+                for c in self.connections
+                if not c.transport.is_closing() and not getattr(c, "refusing", False)
+            ]
+            if len(live) <= max_connections:
+                return True
+            waiting = [
+                c
+                for c in live
+                if isinstance(c, GuardedH11Protocol)
+                and c is not self
+                and c.waiting_since is not None
+            ]
+            if not waiting:
+                return False
+            min(waiting, key=lambda c: c.waiting_since or 0.0).drop()
+            return True
+
+        def drop(self) -> None:
+            """Close this connection, which holds no request."""
+            self._stop_waiting()
+            self.transport.close()
+
+        def _await_headers(self) -> None:
+            self._stop_waiting()
+            self.waiting_since = self.loop.time()
+            self._header_timer = self.loop.call_later(header_timeout, self._headers_late)
+
+        def _stop_waiting(self) -> None:
+            self.waiting_since = None
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_in(self) -> None:
+            self._stop_waiting()
+
+        def _headers_late(self) -> None:
+            self._header_timer = None
+            if self.waiting_since is None or self.transport.is_closing():
+                return
+            self.waiting_since = None
+            if self.conn.trailing_data[0]:  # part of a request came: say why it ends
+                message = f"the request headers did not arrive within {header_timeout:g} s"
+                self.transport.write(_raw_answer(408, "Request Timeout", message))
+            self.transport.close()
+
+        def on_response_complete(self) -> None:
+            if not self.transport.is_closing():
+                self._await_headers()  # before a pipelined request is taken up
+            super().on_response_complete()
+
+        def data_received(self, data: bytes) -> None:
+            if not self.refusing:
+                super().data_received(data)
+
+        def send_400_response(self, msg: str) -> None:
+            refusal = self.conn.refusal
+            if refusal is None:
+                super().send_400_response(msg)
+                return
+            if self.cycle is None or not self.cycle.response_started:
+                self.transport.write(_raw_answer(400, "Bad Request", refusal))
+            self.transport.close()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_waiting()
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
+
+
 def _texts(documents: object) -> object:
     """Cohere and Jina also accept documents as ``{"text": ...}`` objects."""
     if isinstance(documents, list):
@@ -208,6 +514,40 @@ def model_window(reranker: Reranker) -> int | None:
     except RerankError:
         return None
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def check_api_key(value: object, source: str = "api_key") -> str:
+    """The server's API key from ``source``, stripped; refused as the clients' keys are.
+
+    Raises:
+        ConfigurationError: not a str, blank, with whitespace, a control or non-ASCII
+            character inside, or shorter than 8 characters (the message never shows it).
+    """
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            f"serve: the API key from {source} must be a str, got {type(value).__name__}"
+        )
+    return _check_key("serve", value, source)
+
+
+def served_model_name(reranker: Reranker, model_name: str | None = None) -> str:
+    """The name ``serve`` answers with: ``model_name``, else the reranker's, never a path.
+
+    A local checkpoint's ``model_name`` is its folder: served as the folder's own name, since
+    ``/health`` needs no key and the full path would tell any client the file layout.
+    """
+    if model_name:
+        return model_name
+    name = getattr(reranker, "model_name", None)
+    if not isinstance(name, str) or not name.strip():
+        return type(reranker).__name__
+    from pathlib import Path
+
+    looks_local = name.startswith(("/", ".", "~", "\\")) or re.match(r"^[A-Za-z]:[\\/]", name)
+    if looks_local or "\\" in name or Path(name).expanduser().exists():
+        last = re.split(r"[\\/]", name.rstrip("\\/"))[-1]
+        return last if last not in ("", ".", "..", "~") else type(reranker).__name__
+    return name
 
 
 class _HTTPError(Exception):
@@ -228,13 +568,29 @@ _VLLM_TYPES = {
     401: "AuthenticationError",
     408: "RequestTimeoutError",
     413: "PayloadTooLargeError",
+    415: "UnsupportedMediaTypeError",
+    421: "MisdirectedRequestError",
     422: "UnprocessableEntityError",
     429: "RateLimitError",
+    500: "InternalServerError",
+    502: "BadGatewayError",
+    503: "ServiceUnavailableError",
 }
-_TEI_TYPES = {401: "Unauthorized", 429: "Overloaded"}
+_TEI_TYPES = {
+    401: "Unauthorized",
+    429: "Overloaded",
+    500: "Backend",
+    502: "Backend",
+    503: "Backend",
+}
+
+
+def _clip(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
 def _error_body(shape: str, status: int, message: str) -> object:
+    message = _clip(message)
     if shape == "cohere":
         return {"id": str(uuid.uuid4()), "message": message}
     if shape == "tei":
@@ -252,11 +608,74 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _host_name(value: str) -> str:
+    """The name in a ``Host`` header: lower-case, without the port, brackets or final dot."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:].partition("]")[0]
+    if value.count(":") == 1:
+        value = value.partition(":")[0]
+    return value.rstrip(".")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_hosts(allowed_hosts: object) -> frozenset[str] | None:
+    if allowed_hosts is None:
+        return None
+    if isinstance(allowed_hosts, str) or not isinstance(allowed_hosts, (list, tuple, set)):
+        raise ConfigurationError(
+            f"allowed_hosts must be a list of host names, got {describe_value(allowed_hosts)}"
+        )
+    names = set()
+    for name in allowed_hosts:
+        if not isinstance(name, str) or not name.strip() or any(c in name for c in " \t\r\n/"):
+            raise ConfigurationError(
+                f"allowed_hosts holds {describe_value(name)}: not a host name (or '*')"
+            )
+        names.add(_host_name(name))
+    return frozenset(names)
+
+
 def _positive(name: str, value: object, kind: type = int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
         raise ConfigurationError(f"{name} must be a positive {kind.__name__}, got {value!r}")
-    if not value > 0:
+    if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
         raise ConfigurationError(f"{name} must be a positive {kind.__name__}, got {value!r}")
+
+
+def _check_wait(max_wait_ms: object) -> float:
+    if (
+        isinstance(max_wait_ms, bool)
+        or not isinstance(max_wait_ms, (int, float))
+        or not 0 <= max_wait_ms <= MAX_WAIT_MS
+    ):
+        raise ConfigurationError(
+            f"max_wait_ms must be milliseconds from 0 to {MAX_WAIT_MS:g}, got {max_wait_ms!r}"
+        )
+    return float(max_wait_ms)
+
+
+_STRING = re.compile(rb'"[^"]*"')
+
+
+def _containers(raw: bytes, bound: int) -> int:
+    """JSON arrays and objects in ``raw`` (a count past ``bound`` is exact only outside strings).
+
+    A byte count comes first (a millisecond for 2 MB); only past ``bound`` are the strings
+    taken out, escapes first, so brackets inside texts do not count. Linear either way.
+    """
+    count = raw.count(b"[") + raw.count(b"{")
+    if count <= bound:
+        return count
+    bare = _STRING.sub(b"", raw.replace(b"\\\\", b"").replace(b'\\"', b""))
+    return bare.count(b"[") + bare.count(b"{")
 
 
 def create_app(
@@ -273,13 +692,15 @@ def create_app(
     max_concurrent_requests: int = MAX_CONCURRENT_REQUESTS,
     body_timeout: float = BODY_TIMEOUT,
     api_key: str | None = None,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> Any:
     """The Starlette app that serves ``reranker`` over the Cohere v2, vLLM/Jina and TEI formats.
 
     The limits and options are described in the module docstring.
 
     Raises:
-        ConfigurationError: a limit that is not positive, or an empty ``api_key``.
+        ConfigurationError: a limit that is not positive, a ``max_wait_ms`` outside 0 to
+            1,000, an ``api_key`` that is not a usable key, a bad ``allowed_hosts``.
     """
     try:
         from starlette.applications import Starlette
@@ -301,8 +722,14 @@ def create_app(
     _positive("body_timeout", body_timeout, float)
     if max_document_chars is not None:
         _positive("max_document_chars", max_document_chars)
-    if api_key is not None and not api_key.strip():
-        raise ConfigurationError("api_key must be a non-empty string (or None for no key)")
+    wait_ms = _check_wait(max_wait_ms)
+    if api_key is not None:
+        api_key = check_api_key(api_key)
+    hosts = _check_hosts(allowed_hosts)
+    if hosts is None and api_key is None:
+        hosts = frozenset()  # keyless: localhost and IP addresses only
+    if hosts is not None and "*" in hosts:
+        hosts = None
     window = model_window(reranker)
     # A local reranker scoring long documents by their best passage reads up to
     # max_passages windows of each: the cap lets that many through.
@@ -311,6 +738,7 @@ def create_app(
     with_instruction = getattr(reranker, "with_instruction", None)
     views: OrderedDict[str, Reranker] = OrderedDict()
     max_chars = max_document_chars or CHARS_PER_TOKEN * (window or UNKNOWN_WINDOW)
+    max_containers = CONTAINERS_PER_DOCUMENT * max_documents + EXTRA_CONTAINERS
     # A local reranker's rows go to its runner with their real token counts; any other
     # reranker (or a local one with its own score_pairs) is served through score_pairs.
     local = (
@@ -321,7 +749,7 @@ def create_app(
     )
     batcher = Batcher(
         _instructed_score_pairs(reranker) if callable(with_instruction) else reranker.score_pairs,
-        max_wait_ms / 1000.0,
+        wait_ms / 1000.0,
         max_batch_pairs,
         max_tokens=max_batch_tokens,
         max_pending=max_pending_pairs,
@@ -329,16 +757,40 @@ def create_app(
         runner=local.runner if local is not None else None,
         family=local.family if local is not None else None,
     )
-    served_name = model_name or getattr(reranker, "model_name", None) or type(reranker).__name__
-    expected_auth = f"Bearer {api_key}".encode() if api_key is not None else None
+    served_name = served_model_name(reranker, model_name)
+    expected_key = api_key.encode() if api_key is not None else None
     active = 0
 
     def check_auth(request: Request) -> None:
-        if expected_auth is None:
+        if expected_key is None:
             return
-        given = request.headers.get("authorization", "").encode("utf-8", "surrogateescape")
-        if not hmac.compare_digest(given, expected_auth):
+        scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
+        given = token.strip().encode("utf-8", "surrogateescape")
+        # Compare the key whatever the scheme, so the time taken tells nothing either way.
+        if not hmac.compare_digest(given, expected_key) or scheme.lower() != "bearer":
             raise _HTTPError(401, "missing or wrong API key (Authorization: Bearer <key>)")
+
+    def check_origin(request: Request, with_body: bool = True) -> None:
+        """Refuse what a web page could send to a keyless server (see the module docstring)."""
+        host = request.headers.get("host")
+        if hosts is not None and host is not None:
+            name = _host_name(host)
+            allowed = name in _LOOPBACK_NAMES or name.endswith(".localhost") or _is_ip(name)
+            if not allowed and name not in hosts:
+                raise _HTTPError(
+                    421,
+                    f"this server does not answer for the host {describe_value(name)} "
+                    "(Host header); allow it with --allowed-hosts (allowed_hosts=)",
+                )
+        if with_body and api_key is None:
+            media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+            if media != "application/json" and not (
+                media.startswith("application/") and media.endswith("+json")
+            ):
+                got = f"got {describe_value(media)}" if media else "got none"
+                raise _HTTPError(
+                    415, f"the request body must be sent as Content-Type: application/json, {got}"
+                )
 
     async def read_body(request: Request) -> bytes:
         length = request.headers.get("content-length")
@@ -346,18 +798,15 @@ def create_app(
             raise _HTTPError(
                 413, f"the request body has {int(length)} bytes; at most {max_body_bytes}"
             )
-        chunks: list[bytes] = []
-        size = 0
+        body = bytearray()
 
         async def collect() -> None:
-            nonlocal size
             async for chunk in request.stream():
-                size += len(chunk)
-                if size > max_body_bytes:
+                body.extend(chunk)
+                if len(body) > max_body_bytes:
                     raise _HTTPError(
                         413, f"the request body is over {max_body_bytes} bytes; at most that"
                     )
-                chunks.append(chunk)
 
         try:
             await asyncio.wait_for(collect(), body_timeout)
@@ -367,9 +816,18 @@ def create_app(
             ) from None
         except ClientDisconnect:
             raise _Gone from None
-        return b"".join(chunks)
+        return bytes(body)
 
     def parse(raw: bytes) -> dict[str, Any]:
+        # json.loads holds the GIL throughout, in a thread too: bound its work before it runs.
+        containers = _containers(raw, max_containers)
+        if containers > max_containers:
+            raise _HTTPError(
+                400,
+                f"the request body holds {containers} JSON arrays and objects; at most "
+                f"{max_containers} ({CONTAINERS_PER_DOCUMENT} a document of max_documents, "
+                f"plus {EXTRA_CONTAINERS})",
+            )
         try:
             body = json.loads(raw)
         except RecursionError:
@@ -384,16 +842,49 @@ def create_app(
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
-    async def scores(request: Request, query: str, documents: list[str]) -> list[float]:
-        """The batcher's scores, unless the client leaves first (then its work is dropped).
+    def failed(exc: Exception, shape: str) -> _HTTPError:
+        """The answer to a reranker's failure, logged as one line without a traceback."""
+        provider = getattr(exc, "provider", None) or reranker.provider
+        status_code = getattr(exc, "status_code", None)
+        upstream = f" (HTTP {status_code})" if status_code else ""
+        headers: dict[str, str] = {}
+        if isinstance(exc, RateLimitError):
+            status, what = 429, f"the upstream reranker {provider!r} is rate limited{upstream}"
+            wait = exc.retry_after
+            if wait is not None and math.isfinite(wait) and wait >= 0:
+                headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            else:
+                headers["Retry-After"] = "1"
+        elif isinstance(exc, AuthenticationError):
+            status, what = 502, f"the upstream reranker {provider!r} refused this server's key"
+            what += upstream
+        elif isinstance(exc, ProviderUnavailableError):
+            status, what = 503, f"the upstream reranker {provider!r} is unavailable{upstream}"
+        elif isinstance(exc, ProviderError):
+            status, what = 502, f"the upstream reranker {provider!r} failed{upstream}"
+        elif isinstance(exc, InvalidInputError):
+            status, what = 422 if shape == "tei" else 400, str(exc)
+        else:
+            status, what = 500, f"the reranker failed ({type(exc).__name__})"
+        if isinstance(exc, ProviderError):  # the upstream's own text may echo its key
+            detail = f"from {provider!r} (HTTP {status_code or 'none'})"
+        else:
+            detail = " ".join(_clip(str(exc), 300).split())
+        _log.warning("serve: answered %d: %s: %s", status, type(exc).__name__, _clip(detail, 400))
+        if not isinstance(exc, RerankError):
+            _log.debug("serve: the reranker's failure", exc_info=exc)
+        return _HTTPError(status, what, headers)
 
-        ``query`` is already cut to ``max_chars``; the documents are cut here.
-        """
+    async def scores(request: Request, shape: str, query: str, documents: list[str]) -> list[float]:
+        """The batcher's scores, unless the client leaves first (then its work is dropped)."""
         cut = [d[:max_chars] for d in documents]
         gone = asyncio.ensure_future(until_gone(request))
-        view = query.reranker if isinstance(query, _InstructedQuery) else None
-        family = getattr(view, "family", None) if local is not None else None
-        work = asyncio.ensure_future(batcher.score(str(query), cut, abandoned=gone, family=family))
+        family = None
+        if local is not None:  # rows: a view's family encodes them, the query as plain text
+            view = query.reranker if isinstance(query, _InstructedQuery) else None
+            family, query = getattr(view, "family", None), str(query)
+        # (pairs: _instructed_score_pairs sends an instructed query to its view)
+        work = asyncio.ensure_future(batcher.score(query, cut, abandoned=gone, family=family))
         try:
             await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -406,6 +897,8 @@ def create_app(
             return work.result()
         except Overloaded as exc:
             raise _HTTPError(429, str(exc), {"Retry-After": "1"}) from None
+        except Exception as exc:
+            raise failed(exc, shape) from None
 
     def instructed(query: str, instruction: object, status: int) -> str:
         """``query``, carrying the view for the body's ``instruction`` when it names one."""
@@ -466,7 +959,8 @@ def create_app(
         q = instructed(q[:max_chars], instruction, status)  # cut first: a cut drops the view
         if not docs:
             return [], 0, 0
-        results = rank(docs, await scores(request, q, docs), n, provider=reranker.provider)
+        found = await scores(request, shape, q, docs)
+        results = rank(docs, found, n, provider=reranker.provider)
         characters = sum(min(len(d), max_chars) for d in docs)
         return results, len(docs), characters
 
@@ -475,7 +969,7 @@ def create_app(
         if value in none_values and not isinstance(value, bool):
             return
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise _HTTPError(400, f"{name} must be a positive int, got {value!r}")
+            raise _HTTPError(400, f"{name} must be a positive int, got {describe_value(value)}")
         if window is None or value < window:
             raise _HTTPError(
                 400,
@@ -483,11 +977,16 @@ def create_app(
                 f"model window ({window or 'unknown'} tokens) only",
             )
 
+    def flag(body: dict[str, Any], name: str, status: int) -> bool:
+        """A boolean option; JSON ``null`` or absent is false."""
+        value = body.get(name)
+        if value is not None and not isinstance(value, bool):
+            raise _HTTPError(status, f"{name} must be a bool, got {describe_value(value)}")
+        return bool(value)
+
     async def cohere_v2(request: Request, body: dict[str, Any]) -> dict[str, Any]:
         window_option("max_tokens_per_doc", body.get("max_tokens_per_doc"), (None,))
-        with_documents = body.get("return_documents", False)
-        if not isinstance(with_documents, bool):
-            raise _HTTPError(400, f"return_documents must be a bool, got {with_documents!r}")
+        with_documents = flag(body, "return_documents", 400)
         query, documents = body.get("query"), body.get("documents")
         results, _, _ = await ranked(
             request, "cohere", query, documents, body.get("top_n"), body.get("instruction")
@@ -514,7 +1013,7 @@ def create_app(
         )
         return {
             "id": f"rerank-{uuid.uuid4().hex}",
-            "model": body.get("model") or served_name,
+            "model": served_name,
             "usage": {
                 "total_tokens": None,
                 "documents": scored,
@@ -527,7 +1026,7 @@ def create_app(
         }
 
     async def tei(request: Request, body: dict[str, Any]) -> list[dict[str, Any]]:
-        if body.get("raw_scores", False) is not False:
+        if flag(body, "raw_scores", 422):
             raise _HTTPError(
                 422,
                 "raw_scores=true is not supported by this server (it returns the "
@@ -536,11 +1035,11 @@ def create_app(
         direction = body.get("truncation_direction", "Right")
         if direction not in ("Right", "right", None):
             raise _HTTPError(
-                422, f"truncation_direction={direction!r} is not supported: only 'Right'"
+                422,
+                f"truncation_direction={describe_value(direction)} is not supported: only 'Right'",
             )
-        truncate = body.get("truncate", False)
-        if not isinstance(truncate, bool) and truncate is not None:
-            raise _HTTPError(422, f"truncate must be a bool, got {truncate!r}")
+        truncate = flag(body, "truncate", 422)
+        with_text = flag(body, "return_text", 422)
         texts = body.get("texts")
         if not truncate and isinstance(texts, list):
             for i, text in enumerate(texts):
@@ -553,7 +1052,6 @@ def create_app(
         results, _, _ = await ranked(
             request, "tei", body.get("query"), texts, None, body.get("instruction")
         )
-        with_text = bool(body.get("return_text"))
         return [
             {"index": r.index, "score": r.score, **({"text": r.text} if with_text else {})}
             for r in results
@@ -561,22 +1059,27 @@ def create_app(
 
     Handler = Callable[[Request, dict[str, Any]], Any]
 
+    def busy() -> _HTTPError:
+        return _HTTPError(
+            429,
+            f"{active} requests are being served (at most {max_concurrent_requests}); retry later",
+            {"Retry-After": "1"},
+        )
+
     def endpoint(shape: str, answer: Handler | None) -> Callable[[Request], Any]:
         async def handle(request: Request) -> Response:
             nonlocal active
             current = shape
             try:
                 check_auth(request)
+                check_origin(request)
                 if active >= max_concurrent_requests:
-                    raise _HTTPError(
-                        429,
-                        f"{active} requests are being served (at most {max_concurrent_requests})"
-                        "; retry later",
-                        {"Retry-After": "1"},
-                    )
+                    raise busy()  # before the upload, when it is sure to be refused
+                body = parse(await read_body(request))
+                if active >= max_concurrent_requests:
+                    raise busy()  # only requests with their body in hold a slot
                 active += 1
                 try:
-                    body = parse(await read_body(request))
                     if answer is not None:
                         return JSONResponse(await answer(request, body))
                     if "texts" in body:  # /rerank: TEI's format, else vLLM's
@@ -593,10 +1096,19 @@ def create_app(
                 )
             except _Gone:
                 return Response(status_code=499)  # nobody reads it: the client left
+            except Exception as exc:  # a bug: the route's shape all the same, one log line
+                error = failed(exc, current)
+                return JSONResponse(
+                    _error_body(current, error.status, str(error)), status_code=error.status
+                )
 
         return handle
 
     async def health(request: Request) -> JSONResponse:
+        try:
+            check_origin(request, with_body=False)
+        except _HTTPError as exc:
+            return JSONResponse(_error_body("vllm", exc.status, str(exc)), exc.status)
         return JSONResponse({"status": "ok", "model": served_name})
 
     app = Starlette(
@@ -610,6 +1122,7 @@ def create_app(
     app.state.batcher = batcher
     app.state.instruction_views = views
     app.state.max_document_chars = max_chars
+    app.state.served_model_name = served_name
     return app
 
 
@@ -620,6 +1133,9 @@ def run_server(
     port: int = 8000,
     api_key: str | None = None,
     insecure_no_auth: bool = False,
+    allowed_hosts: Sequence[str] | None = None,
+    header_timeout: float = HEADER_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
     **options: Any,
 ) -> int:
     """``milvus-rerank serve``: serve ``reranker`` (already loaded) until interrupted.
@@ -630,11 +1146,15 @@ def run_server(
         port: TCP port.
         api_key: The bearer key every rerank request must carry (None: no key).
         insecure_no_auth: Allow a non-loopback host without a key.
+        allowed_hosts: ``Host`` names answered besides localhost and IP addresses (``"*"``:
+            any); None: checked only without a key, on a loopback host.
+        header_timeout: Seconds a connection may take to send its request headers.
+        max_connections: Connections kept open at most (also bounded by the open-file limit).
         **options: ``create_app``'s keywords (``max_wait_ms``, ``model_name``, the limits).
 
     Raises:
         ConfigurationError: a non-loopback host without a key or ``insecure_no_auth``, or a
-            bad limit.
+            bad limit or key.
     """
     try:
         import uvicorn
@@ -645,12 +1165,17 @@ def run_server(
             f"host {host!r} is reachable beyond this machine: set an API key (--api-key or "
             "MILVUS_RERANK_API_KEY) or pass --insecure-no-auth to serve it without one"
         )
-    app = create_app(reranker, api_key=api_key, **options)
+    if allowed_hosts is None and api_key is None and not _is_loopback(host):
+        allowed_hosts = ["*"]  # --insecure-no-auth: anyone may call it already
+    app = create_app(reranker, api_key=api_key, allowed_hosts=allowed_hosts, **options)
+    settings = uvicorn_options(header_timeout=header_timeout, max_connections=max_connections)
     auth = "Bearer key required" if api_key is not None else "no API key"
     print(
-        f"milvus-rerank serve: {reranker!r} on http://{host}:{port} "
-        f"(POST /v2/rerank, /v1/rerank, /rerank; GET /health; {auth})",
+        f"milvus-rerank serve: {reranker!r} as {app.state.served_model_name!r} on "
+        f"http://{host}:{port} (POST /v2/rerank, /v1/rerank, /rerank; GET /health; {auth})",
         file=sys.stderr,
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    gc.collect()
+    gc.freeze()  # the model's objects: collections during requests need not walk them
+    uvicorn.run(app, host=host, port=port, **settings)
     return 0

@@ -280,7 +280,7 @@ def test_serve_batches_local_rows_by_their_real_tokens(
 
     async def post() -> Any:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             return (await client.post("/v1/rerank", json={"query": "q", "documents": docs})).json()
 
     body = asyncio.run(post())
