@@ -1,18 +1,29 @@
-"""``milvus-rerank serve`` under abuse: a 25 MB request beside a small one, and 600 aborts.
+"""``milvus-rerank serve`` under abuse: a 25 MB request beside a small one, 600 aborts, attacks.
 
-The server runs in this process (``BackgroundServer`` on 127.0.0.1) over the MiniLM-shaped
-cross-encoder (random weights) on the CPU, with the body and document limits raised for the
-large request. RSS is this process's (server and client together), so it overstates the
-server's share. Every loop is bounded in count and time.
+The first rows run the server in this process (``BackgroundServer`` on 127.0.0.1) over the
+MiniLM-shaped cross-encoder (random weights) on the CPU, with the body and document limits
+raised for the large request. RSS is this process's (server and client together), so it
+overstates the server's share. The attack rows run ``milvus-rerank serve`` with its defaults
+and an API key in a child process (its own event loop and GIL, an open-file limit of 256),
+and time a small authorised request while 300 clients send headers slowly, 4 clients send
+1.8 MB bodies in 1-byte chunks, or 8 clients send 2 MB bodies of nested empty arrays. Every
+loop is bounded in count and time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import os
+import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -27,6 +38,10 @@ SMALL = {"query": "what is milvus", "documents": ["milvus is a vector database",
 #: (workload name, documents, characters each): 25 MB of text either way.
 LARGE = (("one 25 MB document", 1, 25 * 10**6), ("1,000 documents of 25 KB", 1000, 25_000))
 ABORTS = 600
+KEY = "bench-key-123456"
+AUTH = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+#: The attack rows' open-file limit for the server, small to keep the slow-header attack small.
+FD_LIMIT = 256
 
 
 class _PeakRSS:
@@ -93,6 +108,190 @@ async def _after_aborts(url: str) -> tuple[float, int]:
         return time.perf_counter() - started, timed_out
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _serve_child(model: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, int]]:
+    """``milvus-rerank serve`` with its defaults and a key, in a child with ``FD_LIMIT`` files."""
+    import resource
+
+    port = _free_port()
+
+    def limit_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+
+    command = [sys.executable, "-m", "milvus_rerank.cli", "serve", "--reranker"]
+    command += ["cross-encoder", "--model", str(model), "--device", "cpu", "--port", str(port)]
+    env = {**os.environ, "MILVUS_RERANK_API_KEY": KEY}
+    child = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=limit_files,  # noqa: PLW1509 - no threads are started before the fork
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            if child.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("milvus-rerank serve did not start")
+            time.sleep(0.2)
+        yield child, url, port
+    finally:
+        child.terminate()
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(10)
+
+
+def _small(url: str, timeout: float = 30) -> float:
+    """Seconds a small authorised request takes (``timeout`` when it gets no answer)."""
+    started = time.perf_counter()
+    try:
+        httpx.post(url + "/v2/rerank", json=SMALL, headers=AUTH, timeout=timeout)
+    except httpx.HTTPError:
+        return timeout
+    return time.perf_counter() - started
+
+
+def _fds(child: subprocess.Popen[bytes]) -> int:
+    return len(os.listdir(f"/proc/{child.pid}/fd"))
+
+
+def _slowloris(child: subprocess.Popen[bytes], url: str, port: int) -> tuple[float, int, int]:
+    """(small request's worst seconds, server fds while 300 clients trickle headers, 12 s on)."""
+    idle = _fds(child)
+    sockets = []
+    for _ in range(300):
+        with contextlib.suppress(OSError):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=2)
+            conn.sendall(b"POST /v2/rerank HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            sockets.append(conn)
+    time.sleep(1)
+    worst = _small(url, timeout=5)
+    started = time.monotonic()
+    while time.monotonic() - started < 12:  # a header line every 2 s, past the 10 s timeout
+        for conn in sockets:
+            with contextlib.suppress(OSError):
+                conn.sendall(b"X-a: b\r\n")
+        worst = max(worst, _small(url, timeout=5))
+        time.sleep(2)
+    held = _fds(child) - idle
+    for conn in sockets:
+        conn.close()
+    return worst, held, len(sockets)
+
+
+def _chunked(url: str, port: int, clients: int = 4, seconds: float = 3.0) -> float:
+    """A small request's worst seconds while ``clients`` send 1-byte chunks, again and again."""
+    payload = json.dumps({"query": "q", "documents": ["a" * 100] * 3000}).encode()[:300_000]
+    wire = b"".join(b"1\r\n%c\r\n" % byte for byte in payload) + b"0\r\n\r\n"
+    head = (
+        b"POST /v2/rerank HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" % KEY.encode()
+    )
+    stop = time.monotonic() + seconds
+
+    def attack() -> None:
+        while time.monotonic() < stop:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)) as c:
+                c.settimeout(60)
+                c.sendall(head + wire)
+                c.recv(100)
+
+    attackers = [threading.Thread(target=attack) for _ in range(clients)]
+    for thread in attackers:
+        thread.start()
+    worst = 0.0
+    while time.monotonic() < stop:
+        time.sleep(0.3)
+        worst = max(worst, _small(url))
+    for thread in attackers:
+        thread.join(120)
+    return worst
+
+
+async def _nested(url: str, clients: int = 8, bodies: int = 6) -> float:
+    """A small request's worst seconds while ``clients`` send 2 MB of ``[[],[],...]`` each."""
+    body = b'{"query":"q","documents":[' + b"[]," * 666_000 + b"[]]}"
+    limits = httpx.Limits(max_connections=64)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+
+        async def attack() -> None:
+            for _ in range(bodies):
+                await client.post("/v2/rerank", content=body, headers=AUTH)
+
+        async def probe() -> float:
+            worst = 0.0
+            for _ in range(6):
+                await asyncio.sleep(0.4)
+                started = time.perf_counter()
+                await client.post("/v2/rerank", json=SMALL, headers=AUTH)
+                worst = max(worst, time.perf_counter() - started)
+            return worst
+
+        *_, worst = await asyncio.gather(*(attack() for _ in range(clients)), probe())
+    return float(worst)
+
+
+def attack_rows(model: Path) -> list[Row]:
+    """The attack rows, against a ``milvus-rerank serve`` child over the checkpoint ``model``."""
+    rows = []
+    with _serve_child(model) as (child, url, port):
+        _small(url)
+        worst, held, opened = _slowloris(child, url, port)
+        rows.append(
+            Row.at_most(
+                f"serve: small request while {opened} clients send headers slowly "
+                f"(fd limit {FD_LIMIT})",
+                f"{worst * 1000:.0f} ms",
+                "1 s",
+                worst,
+                1.0,
+            )
+        )
+        rows.append(
+            Row.at_most(
+                "serve: descriptors those clients still hold 12 s on (header timeout 10 s)",
+                f"{held}",
+                "8",
+                held / 8,
+                1.0,
+            )
+        )
+        worst = _chunked(url, port)
+        rows.append(
+            Row.at_most(
+                "serve: small request while 4 clients send 1.8 MB in 1-byte chunks",
+                f"{worst * 1000:.0f} ms",
+                "1 s",
+                worst,
+                1.0,
+            )
+        )
+        worst = asyncio.run(_nested(url))
+        rows.append(
+            Row.at_most(
+                "serve: small request while 8 clients send 2 MB bodies of nested arrays",
+                f"{worst * 1000:.0f} ms",
+                "1 s",
+                worst,
+                1.0,
+            )
+        )
+    return rows
+
+
 def run() -> list[Row]:
     """The serve-limits rows."""
     from benchmarks.local import MINILM_SHAPE
@@ -138,10 +337,22 @@ def run() -> list[Row]:
             1.0,
         )
     )
-    return rows
+    return rows + attack_rows(path)
 
 
 if __name__ == "__main__":
     from benchmarks.common import table
 
-    print(table(run()))
+    if sys.argv[1:] == ["--attacks"]:  # the attack rows only, over a fresh tiny checkpoint
+        from benchmarks.local import MINILM_SHAPE
+        from milvus_rerank.tiny import build_tiny_cross_encoder
+
+        print(
+            table(
+                attack_rows(
+                    build_tiny_cross_encoder(Path(tempfile.mkdtemp()) / "ce", **MINILM_SHAPE)
+                )
+            )
+        )
+    else:
+        print(table(run()))

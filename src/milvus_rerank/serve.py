@@ -104,8 +104,9 @@ to a body that is not ``Content-Type: application/json`` and 421 to a ``Host`` t
 Scoring failures: a reranker's error is answered in the route's shape and logged as one line
 (no traceback): an upstream API's rate limit is 429 (with its ``Retry-After`` when it gave
 one), its refusal of this server's key or a malformed answer 502, its unavailability 503,
-invalid input 400 (TEI: 422), anything else 500. Clients see the kind of failure, never the
-upstream's own text.
+invalid input 400 (TEI: 422), anything else 500 (its traceback logged at DEBUG only). Clients
+see the kind of failure, never the upstream's own text, and the log line names the upstream
+and its HTTP status, not its text (which may echo the upstream key).
 
 Concurrent requests are batched together for the model by the library's micro-batcher
 (``providers/_batching.py``, the one every local reranker uses across its callers): the
@@ -155,9 +156,11 @@ __all__ = [
     "Batcher",
     "Overloaded",
     "check_api_key",
+    "connection_limits",
     "create_app",
     "run_server",
     "served_model_name",
+    "uvicorn_options",
 ]
 
 ASGIApp = Callable[..., Any]
@@ -1170,9 +1173,11 @@ def run_server(
     app = create_app(reranker, api_key=api_key, allowed_hosts=allowed_hosts, **options)
     settings = uvicorn_options(header_timeout=header_timeout, max_connections=max_connections)
     auth = "Bearer key required" if api_key is not None else "no API key"
+    cap, _ = connection_limits(max_connections)
     print(
         f"milvus-rerank serve: {reranker!r} as {app.state.served_model_name!r} on "
-        f"http://{host}:{port} (POST /v2/rerank, /v1/rerank, /rerank; GET /health; {auth})",
+        f"http://{host}:{port} (POST /v2/rerank, /v1/rerank, /rerank; GET /health; {auth}; "
+        f"at most {cap} connections)",
         file=sys.stderr,
     )
     gc.collect()

@@ -395,16 +395,55 @@ def test_an_api_key_is_required_when_set(
 def test_run_server_refuses_a_public_host_without_a_key(
     local: CrossEncoderReranker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import gc
+
     import uvicorn
 
-    served: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append(options))
+    served: list[tuple[Any, dict[str, Any]]] = []
+    frozen: list[bool] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append((app, options)))
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
     with pytest.raises(ConfigurationError, match="--api-key"):
         run_server(local, host="192.0.2.10")
     assert run_server(local, host="192.0.2.10", insecure_no_auth=True) == 0
     assert run_server(local, host="192.0.2.10", api_key="serve-key-123") == 0
     assert run_server(local, host="::1") == 0
-    assert [s["host"] for s in served] == ["192.0.2.10", "192.0.2.10", "::1"]
+    assert [options["host"] for _, options in served] == ["192.0.2.10", "192.0.2.10", "::1"]
+    assert frozen == [True] * 3  # after the model is loaded, before serving
+    for _, options in served:  # uvicorn's h11, guarded, and no websockets
+        assert options["http"].__name__ == "GuardedH11Protocol" and options["ws"] == "none"
+        assert options["h11_max_incomplete_event_size"] == 16 * 1024
+
+    async def host_answer(app: Any, host: str) -> int:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=f"http://{host}") as client:
+            answer = await client.post("/v2/rerank", json={"query": QUERY, "documents": DOCS})
+            return answer.status_code
+
+    # Keyless on a public address (--insecure-no-auth): any Host; keyless on loopback: not.
+    hosts = [asyncio.run(host_answer(app, "reranker.lan")) for app, _ in served]
+    assert hosts == [200, 401, 421]
+
+
+def test_the_connection_cap_leaves_descriptors_for_a_burst_of_accepts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import milvus_rerank.serve as serve
+
+    limits = {}
+    for files in (None, 256, 1024, 100_000, 100):
+        monkeypatch.setattr(serve, "_open_file_limit", lambda files=files: files)
+        limits[files] = serve.connection_limits(1000)
+    assert limits == {
+        None: (1000, 2048),
+        256: (128, 64),
+        1024: (704, 256),
+        100_000: (1000, 2048),
+        100: (11, 25),
+    }
+    for bad in (0, -1.0, float("inf"), True):
+        with pytest.raises(ConfigurationError, match="header_timeout"):
+            serve.uvicorn_options(header_timeout=bad)  # type: ignore[arg-type]
 
 
 # The second outside attack (attack14b): keys, echoes, names, auth, connections, upstreams,
