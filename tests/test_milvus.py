@@ -185,7 +185,10 @@ def test_real_milvus_lite_bm25_search_reranked(
         texts = [h["entity"]["text"] for h in original]
         expected = reranker.rerank(query, texts, top_n=4)
         assert [h["entity"]["text"] for h in ranked] == [r.text for r in expected]
-        assert [h["rerank_score"] for h in ranked] == pytest.approx([r.score for r in expected])
+        # rerank_hits scores its queries concurrently, in shared batches: float noise only.
+        assert [h["rerank_score"] for h in ranked] == pytest.approx(
+            [r.score for r in expected], abs=1e-5
+        )
         by_id = {h["id"]: h["distance"] for h in original}
         assert all(h["distance"] == by_id[h["id"]] for h in ranked)
 

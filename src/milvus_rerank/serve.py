@@ -740,7 +740,6 @@ def create_app(
     max_chars = max_document_chars or CHARS_PER_TOKEN * (window or UNKNOWN_WINDOW) * passages
     with_instruction = getattr(reranker, "with_instruction", None)
     views: OrderedDict[str, Reranker] = OrderedDict()
-    max_chars = max_document_chars or CHARS_PER_TOKEN * (window or UNKNOWN_WINDOW)
     max_containers = CONTAINERS_PER_DOCUMENT * max_documents + EXTRA_CONTAINERS
     # A local reranker's rows go to its runner with their real token counts; any other
     # reranker (or a local one with its own score_pairs) is served through score_pairs.

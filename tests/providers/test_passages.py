@@ -305,7 +305,11 @@ def test_concurrent_callers_get_the_serial_scores(family_dirs: dict[str, Path]) 
         thread.start()
     for thread in threads:
         thread.join()
-    assert results == [expected] * 4
+    # Callers share forward passes (batch_across_calls): padding beside other rows moves a
+    # float32 score by float noise only.
+    assert len(results) == 4
+    for scores in results:
+        assert scores == pytest.approx(expected, abs=1e-5)
 
 
 # -- options, and what carries them ---------------------------------------------------------
