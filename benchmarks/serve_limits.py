@@ -4,10 +4,11 @@ The first rows run the server in this process (``BackgroundServer`` on 127.0.0.1
 MiniLM-shaped cross-encoder (random weights) on the CPU, with the body and document limits
 raised for the large request. RSS is this process's (server and client together), so it
 overstates the server's share. The attack rows run ``milvus-rerank serve`` with its defaults
-and an API key in a child process (its own event loop and GIL, an open-file limit of 256),
-and time a small authorised request while 300 clients send headers slowly, 4 clients send
-1.8 MB bodies in 1-byte chunks, or 8 clients send 2 MB bodies of nested empty arrays. Every
-loop is bounded in count and time.
+and an API key in a child process (its own event loop and GIL, an open-file limit of 256)
+over the 2-layer tiny cross-encoder, so that they time the server's event loop rather than a
+model sharing two cores with the attackers: a small authorised request while 300 clients
+send headers slowly, 4 clients send 1.8 MB bodies in 1-byte chunks, or 8 clients send 2 MB
+bodies of nested empty arrays. Every loop is bounded in count and time.
 """
 
 from __future__ import annotations
@@ -245,50 +246,42 @@ async def _nested(url: str, clients: int = 8, bodies: int = 6) -> float:
 
 
 def attack_rows(model: Path) -> list[Row]:
-    """The attack rows, against a ``milvus-rerank serve`` child over the checkpoint ``model``."""
+    """The attack rows, against a ``milvus-rerank serve`` child over the checkpoint ``model``
+    (the 2-layer tiny cross-encoder in ``run``).
+
+    Each row is the worst latency of a small request during the attack, against its median
+    alone: the target is that the attack adds at most 1 s (the machine's own speed aside).
+    """
     rows = []
+
+    def delay(figure: str, worst: float, alone: float) -> Row:
+        return Row.at_most(
+            figure,
+            f"{worst * 1000:.0f} ms",
+            f"alone {alone * 1000:.0f} ms, + 1 s",
+            max(0.0, worst - alone),
+            1.0,
+        )
+
     with _serve_child(model) as (child, url, port):
         _small(url)
+        alone = sorted(_small(url) for _ in range(5))[2]
         worst, held, opened = _slowloris(child, url, port)
+        figure = f"serve: small request while {opened} clients send headers slowly"
+        rows.append(delay(f"{figure} (fd limit {FD_LIMIT})", worst, alone))
         rows.append(
             Row.at_most(
-                f"serve: small request while {opened} clients send headers slowly "
-                f"(fd limit {FD_LIMIT})",
-                f"{worst * 1000:.0f} ms",
-                "1 s",
-                worst,
-                1.0,
-            )
-        )
-        rows.append(
-            Row.at_most(
-                "serve: descriptors those clients still hold 12 s on (header timeout 10 s)",
-                f"{held}",
+                "serve: descriptors those clients hold 12 s on (header timeout 10 s)",
+                f"{max(0, held)}",
                 "8",
-                held / 8,
+                max(0, held) / 8,
                 1.0,
             )
         )
-        worst = _chunked(url, port)
-        rows.append(
-            Row.at_most(
-                "serve: small request while 4 clients send 1.8 MB in 1-byte chunks",
-                f"{worst * 1000:.0f} ms",
-                "1 s",
-                worst,
-                1.0,
-            )
-        )
-        worst = asyncio.run(_nested(url))
-        rows.append(
-            Row.at_most(
-                "serve: small request while 8 clients send 2 MB bodies of nested arrays",
-                f"{worst * 1000:.0f} ms",
-                "1 s",
-                worst,
-                1.0,
-            )
-        )
+        figure = "serve: small request while 4 clients send 1.8 MB in 1-byte chunks"
+        rows.append(delay(figure, _chunked(url, port), alone))
+        figure = "serve: small request while 8 clients send 2 MB bodies of nested arrays"
+        rows.append(delay(figure, asyncio.run(_nested(url)), alone))
     return rows
 
 
@@ -337,22 +330,15 @@ def run() -> list[Row]:
             1.0,
         )
     )
-    return rows + attack_rows(path)
+    return rows + attack_rows(build_tiny_cross_encoder(Path(tempfile.mkdtemp()) / "tiny"))
 
 
 if __name__ == "__main__":
     from benchmarks.common import table
 
     if sys.argv[1:] == ["--attacks"]:  # the attack rows only, over a fresh tiny checkpoint
-        from benchmarks.local import MINILM_SHAPE
         from milvus_rerank.tiny import build_tiny_cross_encoder
 
-        print(
-            table(
-                attack_rows(
-                    build_tiny_cross_encoder(Path(tempfile.mkdtemp()) / "ce", **MINILM_SHAPE)
-                )
-            )
-        )
+        print(table(attack_rows(build_tiny_cross_encoder(Path(tempfile.mkdtemp()) / "tiny"))))
     else:
         print(table(run()))

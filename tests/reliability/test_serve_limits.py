@@ -727,7 +727,7 @@ def test_serve_over_an_api_reranker_answers_the_upstreams_failures(
         reranker = CohereReranker(
             api_key=upstream_key, base_url=up.url + "/v2", retry=RetryPolicy(max_retries=0)
         )
-        with BackgroundServer(create_app(reranker)) as running:
+        with reranker, BackgroundServer(create_app(reranker)) as running:
             body = {"query": QUERY, "documents": DOCS}
             refused = httpx.post(running.url + "/v2/rerank", json=body)
             limited = httpx.post(running.url + "/rerank", json={"query": QUERY, "texts": DOCS})
