@@ -160,12 +160,15 @@ class Gate:
         self.entered = threading.Event()
         self.fail_first = fail_first
         self.calls: list[int] = []
+        self._lock = threading.Lock()
 
     def __call__(self, rows: Any) -> list[float]:
-        self.calls.append(len(rows))
+        with self._lock:  # two workers may enter at once
+            self.calls.append(len(rows))
+            number = len(self.calls)
         self.entered.set()
         assert self.open.wait(30)
-        if self.fail_first and len(self.calls) == 1:
+        if self.fail_first and number == 1:
             raise RuntimeError("the model crashed")
         return self.forward(rows)
 
@@ -173,7 +176,9 @@ class Gate:
 async def test_a_cancelled_arerank_drops_its_queued_rows(
     tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reranker = CrossEncoderReranker(str(tiny_models["ce"]), device="cpu").load()
+    # One worker: the second call's rows wait, queued, behind the held batch.
+    path = str(tiny_models["ce"])
+    reranker = CrossEncoderReranker(path, device="cpu", batch_workers=1).load()
     gate = Gate(reranker.runner.forward)
     monkeypatch.setattr(reranker.runner, "forward", gate)
     batcher = _batching.runner_batcher(reranker.runner)
@@ -257,6 +262,56 @@ def test_bad_batching_options_are_configuration_errors(
 def test_batching_defaults_are_documented() -> None:
     assert LOCAL_DEFAULTS["batch_across_calls"] is True
     assert LOCAL_DEFAULTS["batch_wait_ms"] == 2.0
+    assert LOCAL_DEFAULTS["batch_workers"] is None  # the device's: 2 on CPUs, 1 on GPUs
+
+
+def test_batch_workers_is_the_batchers_worker_count(tiny_models: dict[str, Path]) -> None:
+    path = str(tiny_models["ce"])
+    default = CrossEncoderReranker(path, device="cpu").load()
+    assert _batching.runner_batcher(default.runner).workers == _batching.CPU_WORKERS == 2
+    assert "batch_workers" not in repr(default)
+    three = CrossEncoderReranker(path, device="cpu", batch_workers=3).load()
+    assert _batching.runner_batcher(three.runner).workers == 3
+    assert "batch_workers=3" in repr(three)
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(ConfigurationError, match=f"batch_workers.*{bad!r}"):
+            CrossEncoderReranker(path, batch_workers=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_second_worker_scores_the_next_batch_beside_a_held_one(
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    reranker = CrossEncoderReranker(
+        str(tiny_models["ce"]), device="cpu", batch_workers=workers
+    ).load()
+    gate = Gate(reranker.runner.forward)
+    monkeypatch.setattr(reranker.runner, "forward", gate)
+    batcher = _batching.runner_batcher(reranker.runner)
+    answers: dict[int, Any] = {}
+
+    def call(i: int) -> None:
+        answers[i] = reranker.rerank_response(QUERIES[i], DOCS[: 2 + i])
+
+    first = threading.Thread(target=call, args=(0,))
+    first.start()
+    assert gate.entered.wait(30)
+    second = threading.Thread(target=call, args=(1,))
+    second.start()
+    deadline = time.monotonic() + 30
+    if workers == 2:  # the second call's batch starts while the first is still held
+        while len(gate.calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert gate.calls == [2, 3] and batcher.pending == 0
+    else:  # one worker: it waits, queued
+        while batcher.pending < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert gate.calls == [2] and batcher.pending == 3
+    gate.open.set()
+    first.join(30)
+    second.join(30)
+    for i in (0, 1):
+        check(reranker, QUERIES[i], DOCS[: 2 + i], answers[i])
 
 
 def test_serve_batches_local_rows_by_their_real_tokens(
@@ -309,6 +364,7 @@ def test_a_lone_call_gets_its_own_passes(
     many = [" ".join([DOCS[i % len(DOCS)]] * (1 + i % 9)) for i in range(400)]
     response = reranker.rerank_response(QUERIES[1], many)
     assert len(lengths) > 1
+    lengths.sort(key=max, reverse=True)  # two workers may start their passes in either order
     assert all(min(a) >= max(b) for a, b in zip(lengths, lengths[1:], strict=False))
     monkeypatch.undo()
     check(reranker, QUERIES[1], many, response)

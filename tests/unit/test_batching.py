@@ -227,6 +227,37 @@ def test_the_worker_ends_when_idle_and_starts_again() -> None:
     assert batcher.batches == 3
 
 
+def test_at_most_workers_forwards_run_at_once_and_only_while_rows_are_left() -> None:
+    running = peak = 0
+    lock = threading.Lock()
+
+    def forward(items: list[int]) -> list[float]:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.02)
+        with lock:
+            running -= 1
+        return [float(item) for item in items]
+
+    for count in (1, 2, 3):
+        peak = 0
+        batcher: MicroBatcher[int, float] = MicroBatcher(
+            forward, max_wait=0, max_items=4, workers=count
+        )
+        assert submit(batcher, [1, 2, 3]).result(10) == [1.0, 2.0, 3.0]
+        assert peak == 1  # a lone caller that fits one micro-batch: one forward
+        many = list(range(40))
+        assert submit(batcher, many).result(10) == [float(i) for i in many]
+        assert peak == count  # ten micro-batches left over: every worker ran at once
+        futures = [submit(batcher, [i, i + 1]) for i in range(0, 40, 2)]
+        assert [f.result(10) for f in futures] == [
+            [float(i), float(i + 1)] for i in range(0, 40, 2)
+        ]
+        assert peak == count
+
+
 def test_one_batcher_serves_threads_and_many_event_loops() -> None:
     batcher: MicroBatcher[int, float] = MicroBatcher(Recorder(), max_wait=0.001)
 
@@ -281,6 +312,8 @@ async def test_cancelling_the_awaiting_task_drops_its_rows() -> None:
         ({"max_items": 0}, "0"),
         ({"max_tokens": 2.5}, "2.5"),
         ({"max_pending": -3}, "-3"),
+        ({"workers": 0}, "0"),
+        ({"workers": None}, "None"),
     ],
 )
 def test_bad_limits_are_configuration_errors(kwargs: dict[str, object], shown: str) -> None:

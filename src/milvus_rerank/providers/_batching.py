@@ -1,21 +1,25 @@
 """Batching across concurrent callers: many callers' rows scored together, a budget per forward.
 
-A ``MicroBatcher`` owns a queue and one worker thread. A caller encodes its own pairs (in its own
-thread), submits the rows with their token counts and a ``finish`` step, and gets a
-``concurrent.futures.Future``: a thread waits on it, a coroutine awaits ``asyncio.wrap_future``
-of it. Nothing belongs to an event loop, so any number of threads, loops and ``asyncio.run``
-calls share one batcher.
+A ``MicroBatcher`` owns a queue and up to ``workers`` worker threads. A caller encodes its own
+pairs (in its own thread), submits the rows with their token counts and a ``finish`` step, and
+gets a ``concurrent.futures.Future``: a thread waits on it, a coroutine awaits
+``asyncio.wrap_future`` of it. Nothing belongs to an event loop, so any number of threads,
+loops and ``asyncio.run`` calls share one batcher.
 
-The worker cuts the queued rows into micro-batches of at most ``max_items`` rows and
+A worker cuts the queued rows into micro-batches of at most ``max_items`` rows and
 ``max_tokens`` tokens, taking as much of each waiting caller as fits, in turn (a caller with
 rows left goes to the back), so a small call never waits for a large one to finish; it runs
 ``forward`` on each micro-batch and a caller's ``finish`` once all its rows are done. While
 callers do come together (the last batch held more than one), it waits up to ``max_wait``
-for company (less once a batch is full); a lone caller is served at once. Past
+for company (less once a batch is full); a lone caller is served at once. While rows are left
+over after a worker took its micro-batch, another worker (up to ``workers``) takes the next
+one and runs it at the same time: on a CPU, two forward passes at once keep busy the cores
+that one pass leaves idle (its single-threaded operations, its threads' waits), which gains
+more than fuller passes alone (``benchmarks/batching.py`` measures both). Past
 ``max_pending`` rows queued, ``submit`` raises ``Overloaded``. Cancelling a future drops its
 rows not yet taken, at once; a failing ``forward`` fails exactly the callers with rows in
-that batch. The worker thread ends after ``IDLE_EXIT`` seconds without work and starts again
-on demand.
+that batch. A worker thread ends after ``IDLE_EXIT`` seconds without work; workers start
+again on demand.
 
 Every local reranker scores through its runner's batcher (``runner_batcher``: one per runner,
 so an LLM reranker's instruction views share batches with it); ``serve`` builds a
@@ -97,7 +101,9 @@ class MicroBatcher(Generic[Item, Out]):
         max_tokens: Tokens (the rows' costs) per ``forward`` call; None for no bound. A row
             costing more than that still goes, alone.
         max_pending: Rows that may wait untaken (None: no bound); past it ``Overloaded``.
-        name: The worker thread's name.
+        workers: Micro-batches whose ``forward`` may run at once, each in its own thread
+            (``forward`` must be safe to call from several threads at once).
+        name: The worker threads' name.
 
     Raises:
         ConfigurationError: a bound that is not a positive int, or a bad ``max_wait``.
@@ -111,6 +117,7 @@ class MicroBatcher(Generic[Item, Out]):
         max_items: int = MAX_BATCH_ITEMS,
         max_tokens: int | None = MAX_BATCH_TOKENS,
         max_pending: int | None = None,
+        workers: int = 1,
         name: str = "milvus-rerank-batcher",
     ) -> None:
         if (
@@ -124,8 +131,9 @@ class MicroBatcher(Generic[Item, Out]):
             ("max_items", max_items),
             ("max_tokens", max_tokens),
             ("max_pending", max_pending),
+            ("workers", workers),
         ):
-            if (value is not None or what == "max_items") and (
+            if (value is not None or what in ("max_items", "workers")) and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
             ):
                 raise ConfigurationError(f"{what} must be a positive int, got {value!r}")
@@ -134,6 +142,7 @@ class MicroBatcher(Generic[Item, Out]):
         self.max_items = max_items
         self.max_tokens = max_tokens
         self.max_pending = max_pending
+        self.workers = workers
         self.name = name
         #: ``forward`` calls that succeeded, and callers finished, since creation.
         self.batches = 0
@@ -144,7 +153,8 @@ class MicroBatcher(Generic[Item, Out]):
     def _reset(self) -> None:
         self._cond = threading.Condition()
         self._jobs: deque[_Job] = deque()
-        self._worker: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []  # live worker threads
+        self._idle = 0  # workers waiting for work
         self._pending = 0  # rows queued and not yet taken
         self._pending_tokens = 0
         self._last_jobs = 0  # callers in the last forward
@@ -158,7 +168,7 @@ class MicroBatcher(Generic[Item, Out]):
     def running(self) -> bool:
         """Whether the worker thread is alive (it ends once idle)."""
         with self._cond:
-            return self._worker is not None and self._worker.is_alive()
+            return any(thread.is_alive() for thread in self._threads)
 
     def check_room(self, count: int) -> None:
         """Raise ``Overloaded`` if ``count`` more rows would pass ``max_pending``.
@@ -202,11 +212,9 @@ class MicroBatcher(Generic[Item, Out]):
             self._pending += len(items)
             self._pending_tokens += sum(costs)
             self._jobs.append(job)
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._run, name=self.name, daemon=True)
-                self._worker.start()
-            else:
-                self._cond.notify()
+            if not self._idle:
+                self._start_worker()
+            self._cond.notify_all()  # an idle worker, or one waiting for company to fill up
         future.add_done_callback(lambda done: self._drop(job) if done.cancelled() else None)
         return future
 
@@ -230,17 +238,30 @@ class MicroBatcher(Generic[Item, Out]):
             self.max_tokens is not None and self._pending_tokens >= self.max_tokens
         )
 
+    def _start_worker(self) -> None:
+        """Another worker thread, if fewer than ``workers`` are alive; under the lock."""
+        self._threads = [thread for thread in self._threads if thread.is_alive()]
+        if len(self._threads) < self.workers:
+            thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
     def _run(self) -> None:
         fresh = True
         while True:
             with self._cond:
                 if not self._jobs:
                     idle_until = time.monotonic() + IDLE_EXIT
-                    while not self._jobs and (left := idle_until - time.monotonic()) > 0:
-                        self._cond.wait(left)
+                    self._idle += 1
+                    try:
+                        while not self._jobs and (left := idle_until - time.monotonic()) > 0:
+                            self._cond.wait(left)
+                    finally:
+                        self._idle -= 1
                     if not self._jobs:
-                        if self._worker is threading.current_thread():
-                            self._worker = None
+                        me = threading.current_thread()
+                        if me in self._threads:
+                            self._threads.remove(me)
                         return
                     fresh = True
                 if fresh and self.max_wait > 0 and self._last_jobs > 1:
@@ -252,6 +273,8 @@ class MicroBatcher(Generic[Item, Out]):
                         self._cond.wait(left)
                 fresh = False
                 chunks = self._take()
+                if self._jobs and not self._idle:
+                    self._start_worker()  # rows left over: another forward can run beside this
             if chunks:
                 self._run_batch(chunks)
 
@@ -389,8 +412,9 @@ def runner_batcher(runner: RowRunner) -> MicroBatcher[Row, float]:
     A micro-batch holds ``PASSES_PER_BATCH`` forward passes' worth of tokens where passes
     have a token budget (CPUs: 4 x 1,024), enough rows to sort by length while callers finish
     a few passes apart; else (GPUs) at least ``batch_size`` rows of the full window, so full
-    batches still form. Its wait is the runner's ``batch_wait_ms``. The batcher holds the
-    runner weakly: a runner and its batcher go away together.
+    batches still form. Its wait is the runner's ``batch_wait_ms``, its ``workers`` the
+    runner's ``batch_workers`` (2 on CPUs, 1 on GPUs). The batcher holds the runner weakly:
+    a runner and its batcher go away together.
     """
     with _RUNNERS_LOCK:
         batcher = _RUNNERS.get(runner)
@@ -412,9 +436,21 @@ def runner_batcher(runner: RowRunner) -> MicroBatcher[Row, float]:
                 max_tokens=PASSES_PER_BATCH * budget
                 if budget is not None
                 else max(MAX_BATCH_TOKENS, runner.batch_size * int(loaded.max_length)),
+                workers=_workers(runner.options.get("batch_workers"), loaded.device == "cpu"),
             )
             _RUNNERS[runner] = batcher
     return batcher
+
+
+#: Shared batches a local runner's batcher runs at once by default, on CPUs and on GPUs.
+CPU_WORKERS, GPU_WORKERS = 2, 1
+
+
+def _workers(asked: object, cpu: bool) -> int:
+    """``batch_workers`` as asked, else the device's default."""
+    if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
+        return asked
+    return CPU_WORKERS if cpu else GPU_WORKERS
 
 
 def _wait_seconds(milliseconds: object) -> float:

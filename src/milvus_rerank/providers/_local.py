@@ -86,6 +86,10 @@ class LocalOptions(TypedDict, total=False):
             call on its own, in its own thread.
         batch_wait_ms: While calls do come together, how long a batch may wait for more
             (0: never wait); a lone caller never waits.
+        batch_workers: Shared batches that may run their forward passes at once while more
+            rows wait (None: 2 on CPUs, where a second pass keeps busy the cores one pass
+            leaves idle between and within its operations, measured in
+            ``benchmarks/batching.py``; 1 on GPUs). A lone call that fits one batch uses one.
     """
 
     device: str | None
@@ -104,6 +108,7 @@ class LocalOptions(TypedDict, total=False):
     split_special_tokens: bool
     batch_across_calls: bool
     batch_wait_ms: float
+    batch_workers: int | None
 
 
 #: The default of every ``LocalOptions`` key, in one place.
@@ -124,6 +129,7 @@ LOCAL_DEFAULTS: LocalOptions = {
     "split_special_tokens": False,
     "batch_across_calls": True,
     "batch_wait_ms": 2.0,
+    "batch_workers": None,
 }
 
 _TRUTHY = {"1", "true", "yes", "on"}
@@ -149,7 +155,13 @@ def _check_options(options: dict[str, Any]) -> LocalOptions:
             f"the options are {', '.join(LOCAL_DEFAULTS)}"
         )
     merged: dict[str, Any] = {**LOCAL_DEFAULTS, **options}
-    for name in ("batch_size", "max_length", "max_tokens_per_batch", "max_passages"):
+    for name in (
+        "batch_size",
+        "max_length",
+        "max_tokens_per_batch",
+        "max_passages",
+        "batch_workers",
+    ):
         value = merged[name]
         if (value is not None or name in ("batch_size", "max_passages")) and (
             isinstance(value, bool) or not isinstance(value, int) or value < 1
@@ -784,7 +796,7 @@ class LocalReranker(Reranker):
             "split_special_tokens": runner.split_special_tokens,
         }
         fields.update({k: v for k, v in passages.items() if v != LOCAL_DEFAULTS.get(k)})
-        for name in ("batch_across_calls", "batch_wait_ms"):
+        for name in ("batch_across_calls", "batch_wait_ms", "batch_workers"):
             if runner.options[name] != LOCAL_DEFAULTS[name]:
                 fields[name] = runner.options[name]
         return {**fields, **self.family.describe()}
