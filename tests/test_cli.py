@@ -183,6 +183,44 @@ def test_unavailable_device(
     assert left_behind(fresh_tmpdir) == []
 
 
+def test_device_errors_speak_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    docs = write_docs(tmp_path / "docs.jsonl", ['{"text": "a"}'])
+    # A model that does not exist: the device is checked first, before any load.
+    argv = ["rerank", "--reranker", "bge", "--model", str(tmp_path / "none"), "q", str(docs)]
+    err = error_of([*argv, "--device", "cuda"], capsys)
+    assert "'cuda'" in err and "--device cpu" in err and "device='cpu'" not in err
+
+
+def test_model_path_errors_name_the_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("torch")
+    monkeypatch.chdir(tmp_path)
+    docs = write_docs(tmp_path / "docs.jsonl", ['{"text": "a"}'])
+    err = error_of(
+        ["rerank", "--reranker", "bge", "--model", "./doesnotexist", "q", str(docs)], capsys
+    )
+    assert "no such directory" in err and "hf download" not in err
+    (tmp_path / "emptydir").mkdir()
+    err = error_of(["rerank", "--reranker", "bge", "--model", "./emptydir", "q", str(docs)], capsys)
+    assert "holds no model" in err and "sentencepiece" not in err
+
+
+@pytest.mark.parametrize("query", ["", "   "])
+def test_the_query_is_checked_before_the_model(
+    query: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docs = write_docs(tmp_path / "docs.jsonl", ['{"text": "a"}'])
+    argv = ["rerank", "--reranker", "cross-encoder", "--model", str(tmp_path / "no-model")]
+    err = error_of([*argv, query, str(docs)], capsys)  # no model there: a load would fail first
+    assert "query must be a non-empty string" in err
+
+
 def test_options_the_reranker_does_not_take(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -5,7 +5,8 @@ reader (``documents``, ``question``, ``snippets``, a LangChain ``vector_store``,
 ``index``), with the LLM reranker classes building tiny random checkpoints on the CPU instead of
 downloading the real ones. Each ``milvus-rerank`` line of the ``bash`` blocks must parse; the
 ``rerank`` lines run. A block that cannot run here (it needs a live server) is marked by a line
-``<!-- docs-test: skip (why) -->`` right before it.
+``<!-- docs-test: skip (why) -->`` right before it. The README's table of local options holds
+every ``LocalOptions`` key with its default.
 """
 
 from __future__ import annotations
@@ -152,3 +153,21 @@ def test_rerank_command_lines_run(
             assert len(capsys.readouterr().out.splitlines()) == len(TEXTS)
             ran += 1
     assert ran >= 2
+
+
+README = DOC.parents[1] / "README.md"
+_OPTION_ROW = re.compile(r"^\| `(\w+)` \| `([^`]*)` \|", re.MULTILINE)
+
+
+def test_the_readme_lists_every_local_option_with_its_default() -> None:
+    """The README's local options table holds every ``LocalOptions`` key, each with its default."""
+    import ast
+
+    from milvus_rerank.providers._local import LOCAL_DEFAULTS
+
+    text = README.read_text("utf-8")
+    table = text[text.index("| local option | default |") :].split("\n\n", 1)[0]
+    rows = {key: ast.literal_eval(default) for key, default in _OPTION_ROW.findall(table)}
+    assert sorted(rows) == sorted(LOCAL_DEFAULTS), "README local options table"
+    for key, default in LOCAL_DEFAULTS.items():
+        assert rows[key] == default and type(rows[key]) is type(default), key

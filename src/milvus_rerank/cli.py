@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from ._version import __version__
-from .base import Reranker
+from .base import Reranker, validate_request
 from .errors import ConfigurationError, InvalidInputError, RerankError
 from .providers._passages import DEFAULT_MAX_PASSAGES, DEFAULT_PASSAGE_OVERLAP, LONG_DOCUMENTS
 from .registry import (
@@ -161,6 +161,11 @@ def open_reranker(
             raise ConfigurationError(f"a key is for API rerankers; {provider!r} runs a local model")
         kwargs["api_key"] = api_key
     reranker = create_reranker(provider, **kwargs)
+    if spec.kind == "local" and device is not None:
+        from .providers._local import resolve_device
+
+        # Before the weights load (seconds for a real model), in the command line's terms.
+        resolve_device(device, fix="use --device cpu, or leave --device out")
     with contextlib.ExitStack() as cleanup:
         tiny = False
         if spec.kind == "local":
@@ -274,8 +279,9 @@ def _read_documents(name: str, text_field: str) -> tuple[list[Any], list[str]]:
 
 def _cmd_rerank(args: argparse.Namespace) -> int:
     rows, texts = _read_documents(args.documents, args.text_field)
+    query, texts, top_n = validate_request(args.query, texts, args.top_n)  # before the load
     with _open_from_args(args) as (reranker, _):
-        results = reranker.rerank(args.query, texts, top_n=args.top_n)
+        results = reranker.rerank(query, texts, top_n=top_n)
     for result in results:
         row = rows[result.index]
         record = dict(row) if isinstance(row, dict) else {args.text_field: row}

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .providers._local import _import_torch
+from .providers._local import _import_torch, quiet_progress
 
 __all__ = [
     "QWEN3_RERANKER_CHAT_TEMPLATE",
@@ -120,7 +120,8 @@ def build_tiny_cross_encoder(
         config.sentence_transformers = {"activation_fn": names[activation]}
     torch.manual_seed(seed)
     model = BertForSequenceClassification(config).eval()
-    model.save_pretrained(out)
+    with quiet_progress():  # no "Writing model shards" bar
+        model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 
@@ -185,7 +186,8 @@ def build_tiny_bge(
     )
     torch.manual_seed(seed)
     model = XLMRobertaForSequenceClassification(config).eval()
-    model.save_pretrained(out)
+    with quiet_progress():  # no "Writing model shards" bar
+        model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 
@@ -335,7 +337,8 @@ def _save_causal(
         **architecture,
     )
     torch.manual_seed(seed)
-    model_class(config).eval().save_pretrained(out)
+    with quiet_progress():  # no "Writing model shards" bar
+        model_class(config).eval().save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,6 +79,113 @@ def test_truncated_weights_name_the_directory(tiny_models: dict[str, Path], tmp_
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(ConfigurationError, match=str(folder)):
         BGEReranker(str(folder)).rerank(QUERY, DOCS)
+
+
+# -- where the model is --------------------------------------------------------------------
+
+
+def test_a_missing_path_says_no_such_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("./doesnotexist", "../elsewhere/model", "models/a/b", str(tmp_path / "gone")):
+        with pytest.raises(ConfigurationError, match="no such directory") as info:
+            BGEReranker(name).load()
+        assert "hf download" not in str(info.value), name  # not a hub name: no hub hint
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ConfigurationError, match="is a file, not a model directory"):
+        CrossEncoderReranker("weights.bin").load()
+
+
+def test_a_hub_name_still_gets_the_download_hint(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="hf download") as info:
+        BGEReranker("milvus-rerank-tests/no-such-model", cache_dir=str(tmp_path)).load()
+    assert "no such directory" not in str(info.value)
+
+
+def test_a_directory_without_config_holds_no_model(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigurationError, match="it is empty, so it holds no model") as info:
+        BGEReranker(str(empty)).load()
+    assert "sentencepiece" not in str(info.value) and str(empty) in str(info.value)
+    (empty / "README.md").write_text("weights elsewhere")
+    with pytest.raises(ConfigurationError, match="holds no config.json"):
+        CrossEncoderReranker(str(empty)).load()
+
+
+# -- no progress bars ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bars_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """transformers' progress bars switched on (the tests run with them off)."""
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.setattr(hf_logging, "_tqdm_active", True)
+
+
+@pytest.mark.usefixtures("bars_on")
+def test_loading_and_building_print_no_progress_bar(
+    tiny_models: dict[str, Path], tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from transformers.utils import logging as hf_logging
+
+    from milvus_rerank.tiny import build_tiny_cross_encoder
+
+    path = build_tiny_cross_encoder(tmp_path / "m")
+    CrossEncoderReranker(str(path), device="cpu").load()
+    BGEReranker(str(tiny_models["bge"]), device="cpu").load()
+    captured = capfd.readouterr()
+    assert "Loading weights" not in captured.err and "Writing model shards" not in captured.err
+    assert captured.out == ""
+    # The caller's own bars are untouched: the setting was not switched off for good.
+    assert hf_logging.is_progress_bar_enabled()
+    for _ in hf_logging.tqdm(range(2), desc="caller's bar"):
+        pass
+    assert "caller's bar" in capfd.readouterr().err
+
+
+@pytest.mark.usefixtures("bars_on")
+def test_quiet_loads_leave_other_threads_and_hooks_alone(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    import threading
+
+    from transformers.utils import logging as hf_logging
+
+    from milvus_rerank.providers._local import quiet_progress
+
+    seen: list[str] = []
+
+    def callers_hook(factory: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        seen.append(kwargs.get("desc", ""))
+        return factory(*args, **kwargs)
+
+    previous = hf_logging.set_tqdm_hook(callers_hook)
+    try:
+        inside, outside = threading.Event(), threading.Event()
+
+        def other_thread() -> None:
+            inside.wait(10)
+            for _ in hf_logging.tqdm(range(2), desc="other thread"):
+                pass
+            outside.set()
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        with quiet_progress():
+            inside.set()
+            outside.wait(10)
+            for _ in hf_logging.tqdm(range(2), desc="quiet thread"):
+                pass
+        thread.join(10)
+        err = capfd.readouterr().err
+        assert "other thread" in err and "quiet thread" not in err
+        assert seen == ["other thread"]  # the caller's hook still sees what is not ours
+        assert hf_logging.set_tqdm_hook(callers_hook) is callers_hook  # and is back in place
+    finally:
+        hf_logging.set_tqdm_hook(previous)
 
 
 # -- max_length ----------------------------------------------------------------------------

@@ -13,9 +13,11 @@ import difflib
 import inspect
 import math
 import os
+import re
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict
@@ -45,6 +47,7 @@ __all__ = [
     "LocalOptions",
     "LocalReranker",
     "plan_batches",
+    "quiet_progress",
     "resolve_device",
     "resolve_dtype",
     "sigmoid",
@@ -133,6 +136,14 @@ LOCAL_DEFAULTS: LocalOptions = {
 }
 
 _TRUTHY = {"1", "true", "yes", "on"}
+#: A long document is first tried cut at this many characters per token the model may read of
+#: it (a generous multiple of the ~4 an English token covers; ``serve`` cuts at the same).
+CHARS_PER_TOKEN = 32
+#: A cut is kept only where it yields this many times the tokens that can be read.
+CUT_MARGIN = 2
+#: A name the Hugging Face hub takes as a repo id (``huggingface_hub``'s ``validate_repo_id``
+#: rule, which also refuses ``..`` and ``--``): ``name`` or ``owner/name``.
+_HUB_NAME = re.compile(r"^(?:\w(?:[\w.-]*\w)?/)?\w(?:[\w.-]*\w)?$", re.ASCII)
 #: Default padded tokens per forward pass on CPUs (see ``LocalModelRunner.token_budget``).
 CPU_TOKEN_BUDGET = 1024
 
@@ -144,6 +155,59 @@ def _import_torch() -> Any:
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
         raise MissingDependencyError("Local rerankers", "local", exc.name or "torch") from exc
     return torch
+
+
+#: Threads inside ``quiet_progress`` (a per-thread depth), and the hook that makes them quiet.
+_QUIET = threading.local()
+_HOOK_LOCK = threading.Lock()
+_hook_users = 0
+_hook_previous: Any = None
+
+
+def _quiet_hook(factory: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A tqdm hook: a disabled bar in a quiet thread, else what was there before."""
+    if getattr(_QUIET, "depth", 0) > 0:
+        return factory(*args, **{**kwargs, "disable": True})
+    previous = _hook_previous
+    return previous(factory, args, kwargs) if previous is not None else factory(*args, **kwargs)
+
+
+@contextmanager
+def quiet_progress() -> Iterator[None]:
+    """No transformers progress bars ("Loading weights", "Writing model shards") from this thread.
+
+    A library's load should not write bars to a service's stderr, and the caller's own
+    settings (``disable_progress_bar``, ``HF_HUB_DISABLE_PROGRESS_BARS``) stay as they are:
+    a tqdm hook (``transformers.utils.logging.set_tqdm_hook``, transformers 5) is installed
+    while any thread is inside, and it silences only the threads inside; other threads' bars
+    go to the hook that was there before (or show as usual). The hook itself is process-wide
+    state while installed: a hook set by someone else meanwhile is kept, not overwritten.
+    Hub download bars (huggingface_hub's own) are not touched. With a transformers that has
+    no hook (4.x), this does nothing: its bars show as before.
+    """
+    global _hook_users, _hook_previous
+    from transformers.utils import logging as hf_logging
+
+    set_hook = getattr(hf_logging, "set_tqdm_hook", None)
+    if set_hook is None:
+        yield
+        return
+    with _HOOK_LOCK:
+        if _hook_users == 0:
+            _hook_previous = set_hook(_quiet_hook)
+        _hook_users += 1
+    _QUIET.depth = getattr(_QUIET, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _QUIET.depth -= 1
+        with _HOOK_LOCK:
+            _hook_users -= 1
+            if _hook_users == 0:
+                current = set_hook(_hook_previous)
+                if current is not _quiet_hook:  # replaced meanwhile: leave the new one
+                    set_hook(current)
+                _hook_previous = None
 
 
 def _check_options(options: dict[str, Any]) -> LocalOptions:
@@ -233,8 +297,15 @@ def _unknown_options(cls: type[LocalReranker], unknown: Sequence[str]) -> str:
     )
 
 
-def resolve_device(device: str | None) -> str:
+#: What ``resolve_device`` tells a Python caller to do instead of a device that is not here.
+DEVICE_FIX = "use device='cpu' or None"
+
+
+def resolve_device(device: str | None, fix: str = DEVICE_FIX) -> str:
     """The torch device to use: the one asked for, else CUDA when present, else the CPU.
+
+    ``fix`` ends the message about a device this machine lacks (the command line says it in
+    its own terms: ``--device cpu``).
 
     Raises:
         ConfigurationError: ``device`` is not a device name, or not one this machine has.
@@ -253,7 +324,7 @@ def resolve_device(device: str | None) -> str:
         if not torch.cuda.is_available():
             raise ConfigurationError(
                 f"device {device!r} asks for CUDA, which this torch ({torch.__version__}) "
-                "cannot use here (no CUDA build or no GPU visible); use device='cpu' or None"
+                f"cannot use here (no CUDA build or no GPU visible); {fix}"
             )
         count = int(torch.cuda.device_count())
         if parsed.index is not None and parsed.index >= count:
@@ -265,9 +336,7 @@ def resolve_device(device: str | None) -> str:
     if kind in ("mps", "xpu"):
         available = backend is not None and bool(backend.is_available())
         if not available:
-            raise ConfigurationError(
-                f"device {device!r} is not available on this machine; use device='cpu' or None"
-            )
+            raise ConfigurationError(f"device {device!r} is not available on this machine; {fix}")
         return str(parsed)
     raise ConfigurationError(
         f"device {device!r} cannot run a reranker ({kind!r} devices hold no usable weights "
@@ -414,7 +483,8 @@ class LocalModelRunner:
         }
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
         factory = getattr(transformers, self.family.auto_class)
-        model = factory.from_pretrained(source, **common, **_dtype_kwargs(transformers, dtype))
+        with quiet_progress():  # transformers 5 draws a "Loading weights" bar
+            model = factory.from_pretrained(source, **common, **_dtype_kwargs(transformers, dtype))
         return tokenizer, model
 
     def _load(self) -> _Loaded:
@@ -423,6 +493,15 @@ class LocalModelRunner:
         dtype = resolve_dtype(self.dtype, self.use_fp16, device, self.family.half_dtype)
         path = Path(self.model_name).expanduser()
         local_dir = path if path.is_dir() else None
+        if local_dir is None:
+            self._check_hub_name(path)
+        elif not (local_dir / "config.json").is_file():
+            what = "is empty" if not any(local_dir.iterdir()) else "holds no config.json"
+            raise ConfigurationError(
+                f"Cannot load a reranker model from the directory {str(local_dir)!r}: it {what}, "
+                "so it holds no model (a model directory has config.json, the weights and the "
+                "tokenizer files)"
+            )
         if local_dir is not None:
             try:
                 tokenizer, model = self._load_pair(str(local_dir), True, dtype)
@@ -468,6 +547,25 @@ class LocalModelRunner:
             pad_id=int(pad_id),
             head=head,
         )
+
+    def _check_hub_name(self, path: Path) -> None:
+        """Refuse a model name that is no directory and cannot be a hub name (a mistyped path).
+
+        Raises:
+            ConfigurationError: ``path`` is a file, or the name is no valid hub repo id.
+        """
+        if path.exists():
+            raise ConfigurationError(
+                f"Cannot load reranker model {self.model_name!r}: it is a file, not a model "
+                "directory (one that holds config.json, the weights and the tokenizer files)"
+            )
+        name = self.model_name
+        if not _HUB_NAME.match(name) or ".." in name or "--" in name:
+            raise ConfigurationError(
+                f"Cannot load reranker model {self.model_name!r}: no such directory "
+                f"({str(path.absolute())!r} does not exist), and the name is no Hugging Face "
+                "hub name (such as 'BAAI/bge-reranker-v2-m3') either"
+            )
 
     def _load_from_hub(self, dtype: str) -> tuple[Any, Any]:
         try:
@@ -531,7 +629,51 @@ class LocalModelRunner:
         loaded = self.load()
         encoder = family or self.family
         with self._tokenizer_lock:
+            documents = self.clip_documents(loaded.tokenizer, documents, loaded.max_length)
             return encoder.encode(loaded.tokenizer, queries, documents, loaded.max_length)
+
+    def clip_documents(
+        self, tokenizer: Any, documents: Sequence[str], max_length: int
+    ) -> Sequence[str]:
+        """``documents``, a long one cut where no text past the cut can be read.
+
+        The model reads at most ``max_length`` tokens of a document per window (the families
+        keep the head of a document, with the tokenizer's right-side truncation), and at most
+        ``max_passages`` windows (``max_passage``; else one): ``read`` tokens in all. Rather
+        than tokenize megabytes to read those, a longer document is cut at
+        ``CHARS_PER_TOKEN * read`` characters, and the cut is kept only if it alone tokenizes
+        to ``CUT_MARGIN * read`` tokens or more: then the document's first ``read`` tokens,
+        and so the rows and scores, are those of the whole text. (This holds where a text's
+        prefix tokenizes like the whole text away from the cut, as tokenizers that split
+        words before their model do; a difference at the cut would have to reach back over
+        ``read`` tokens.) A cut short of that (whitespace runs, long tokens) grows fourfold
+        until it is kept or reaches the whole text, so such a document is tokenized whole, as
+        before, at a third more cost at most.
+        """
+        if getattr(tokenizer, "truncation_side", "right") != "right":
+            return documents  # the tail is what is read
+        passages = self.max_passages if self.long_documents == "max_passage" else 1
+        read = max_length * passages
+        limit = CHARS_PER_TOKEN * read
+        out = list(documents)
+        pending = [i for i, d in enumerate(out) if len(d) > limit]
+        while pending:
+            cuts = [out[i][:limit] for i in pending]
+            counts = tokenizer(
+                cuts,
+                add_special_tokens=False,
+                return_attention_mask=False,
+                verbose=False,
+                split_special_tokens=self.split_special_tokens,
+            )["input_ids"]
+            kept = set()
+            for i, cut, ids in zip(pending, cuts, counts, strict=True):
+                if len(ids) >= CUT_MARGIN * read:
+                    out[i] = cut
+                    kept.add(i)
+            limit *= 4
+            pending = [i for i in pending if i not in kept and len(out[i]) > limit]
+        return out
 
     # -- inference -----------------------------------------------------------------------
 
@@ -582,6 +724,7 @@ class LocalModelRunner:
         loaded = self.load()
         encoder = family or self.family
         with self._tokenizer_lock:
+            documents = self.clip_documents(loaded.tokenizer, documents, loaded.max_length)
             located = encoder.locate(loaded.tokenizer, queries, documents, loaded.max_length)
         rows, owners = [], []
         for pair, item in enumerate(located):
