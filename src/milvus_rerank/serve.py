@@ -519,6 +519,15 @@ def model_window(reranker: Reranker) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
+def document_passages(reranker: Reranker) -> int:
+    """Windows of a document the reranker reads (``Reranker.passages_per_document``); else 1."""
+    try:
+        value = reranker.passages_per_document()
+    except RerankError:
+        return 1
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
+
+
 def check_api_key(value: object, source: str = "api_key") -> str:
     """The server's API key from ``source``, stripped; refused as the clients' keys are.
 
@@ -734,9 +743,9 @@ def create_app(
     if hosts is not None and "*" in hosts:
         hosts = None
     window = model_window(reranker)
-    # A local reranker scoring long documents by their best passage reads up to
-    # max_passages windows of each: the cap lets that many through.
-    passages = reranker.passages_per_document() if isinstance(reranker, LocalReranker) else 1
+    # A reranker scoring long documents by their best passage reads several windows of each
+    # (a local one with max_passage, or a fallback or cache over one): the cap lets them in.
+    passages = document_passages(reranker)
     max_chars = max_document_chars or CHARS_PER_TOKEN * (window or UNKNOWN_WINDOW) * passages
     with_instruction = getattr(reranker, "with_instruction", None)
     views: OrderedDict[str, Reranker] = OrderedDict()
