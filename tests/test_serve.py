@@ -256,6 +256,13 @@ def test_a_body_instruction_scores_with_that_instruction(
         assert _scores(answer) == pytest.approx(want, abs=1e-6), path
         plain = httpx.post(url + path, json={"query": QUERY, "instruction": None, **body})
         assert _scores(plain) == pytest.approx(default, abs=1e-6), path
+    # The view's tokens (its instruction's prompt) are what the request is reported to use.
+    tokens = qwen3.with_instruction(LEGAL).rerank_response(QUERY, DOCS).usage.tokens
+    assert tokens != qwen3.rerank_response(QUERY, DOCS).usage.tokens
+    answer = httpx.post(
+        url + "/v1/rerank", json={"query": QUERY, "documents": DOCS, "instruction": LEGAL}
+    )
+    assert answer.json()["usage"]["total_tokens"] == tokens
 
 
 async def test_requests_with_different_instructions_batch_apart(

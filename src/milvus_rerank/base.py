@@ -357,6 +357,15 @@ class Reranker(ABC):
         """
         return None
 
+    def passages_per_document(self) -> int:
+        """How many windows (``input_window`` tokens each) of one document this reranker reads.
+
+        1 by default: the document is cut to one window. A local reranker with
+        ``long_documents="max_passage"`` reads up to ``max_passages``; wrappers answer for what
+        they wrap. ``serve`` sizes its per-document character cap by window times this.
+        """
+        return 1
+
     def close(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
         """Release held resources (HTTP connections); the reranker stays usable."""
 

@@ -142,6 +142,10 @@ class CachedReranker(Reranker):
         """The wrapped reranker's token window."""
         return self.reranker.input_window()
 
+    def passages_per_document(self) -> int:
+        """The wrapped reranker's windows read per document."""
+        return self.reranker.passages_per_document()
+
     def close(self) -> None:
         """Close the wrapped reranker."""
         self.reranker.close()

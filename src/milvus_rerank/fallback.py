@@ -295,12 +295,22 @@ class FallbackReranker(Reranker):
         return self
 
     def input_window(self) -> int | None:
-        """The smallest window among the rerankers that know theirs (None if none does).
+        """The largest window among the rerankers that know theirs (None if none does).
 
-        ``serve`` cuts documents to fit this, so whichever reranker answers reads them whole.
+        Each reranker gets the same text and truncates it to its own window, so ``serve``'s
+        character cap (window times ``passages_per_document``) and its check of a client's
+        token limit follow the largest: any smaller one would cut what another member reads.
         """
         windows = [w for w in (m.input_window() for m in self.rerankers) if w is not None]
-        return min(windows) if windows else None
+        return max(windows) if windows else None
+
+    def passages_per_document(self) -> int:
+        """The most windows any member reads of one document (see ``input_window``).
+
+        With the largest window, every member reads all it can within ``input_window()`` times
+        this many tokens of a document.
+        """
+        return max(member.passages_per_document() for member in self.rerankers)
 
     def close(self) -> None:
         """Close every reranker (all of them, even when one fails; then its error is raised)."""

@@ -29,10 +29,11 @@ Limits (``create_app`` keyword / ``serve`` flag, default):
   4 JSON arrays and objects a document (plus 256) is answered 400 before it is parsed: parsing
   2 MB of ``[[],[],...]`` would hold the event loop for seconds.
 * ``max_document_chars`` / ``--max-document-chars`` (None: 32 characters per token of the model
-  window, e.g. 16,384 for a 512-token model; 262,144 where the window is unknown; times
-  ``max_passages`` for a local reranker with ``long_documents="max_passage"``): the query
-  and each document are cut to this many characters before tokenization, so a 50 MB document
-  is never tokenized whole. A text that fits the window is far shorter, and scores the same.
+  window, e.g. 16,384 for a 512-token model; 262,144 where the window is unknown; times the
+  windows the reranker reads of a document, ``passages_per_document()``: ``max_passages`` for
+  a local reranker with ``long_documents="max_passage"``, or a fallback or cache over one):
+  the query and each document are cut to this many characters before tokenization, so a
+  50 MB document is never tokenized whole. A text that fits is far shorter, and scores the same.
 * ``max_batch_pairs`` (256) and ``max_batch_tokens`` / ``--max-batch-tokens`` (8,192 tokens): one
   model call holds at most this much. A local reranker's pairs count the tokens they encode to
   (each request is tokenized first, in a worker thread); any other reranker's pair counts an
@@ -72,10 +73,20 @@ server always truncates pairs to the window; -1 is vLLM's "the window"); smaller
 answered 400 (unsupported). TEI's ``raw_scores=true`` is answered 422 (the reranker's public
 interface gives activated scores only; ``null`` is the default, false), ``truncation_direction=
 "Left"`` 422, and ``truncate=false`` answers 413 for a text longer than ``max_document_chars``
-(TEI's answer to an input past the window; shorter ones are truncated to the window, since the
-server does not count tokens). vLLM's ``usage`` reports ``documents`` and ``characters``
-scored; ``total_tokens`` is ``null``: the reranker does not expose its tokenizer, and the
-server invents no count.
+(TEI's answer to an input past the window; shorter ones are truncated to the window: the
+server checks characters, not tokens, before scoring).
+
+Usage: each answer reports what scoring that request consumed, as counted, never guessed. For
+a local reranker it is the tokens its model read for the request's own rows (every window of a
+``max_passage`` document, padding not counted), what ``rerank_response(...).usage.tokens``
+gives for the same call; for any other reranker, what its ``rerank_response`` reported (a
+fallback's answering member, a cache's newly scored documents, an upstream API's own figure).
+Each route puts it where its format does: vLLM/Jina ``usage.total_tokens`` (``null`` where
+nothing was counted; ``documents`` and ``characters`` scored beside it); Cohere v2
+``meta.tokens.input_tokens``, and ``meta.billed_units.search_units`` only when an upstream
+billed them (this server bills no search units, so none are made up); TEI, whose body is a
+bare array, the ``x-compute-tokens`` header as TEI sends it. A reranker with a ``score_pairs``
+of its own (a batched pass that counts nothing) is served through it and reports nothing.
 
 Instructions: a body's ``instruction`` (any route; vLLM's Qwen3 template reads that name)
 scores the request with ``reranker.with_instruction(instruction)`` where the reranker has
@@ -111,7 +122,11 @@ and its HTTP status, not its text (which may echo the upstream key).
 Concurrent requests are batched together for the model by the library's micro-batcher
 (``providers/_batching.py``, the one every local reranker uses across its callers): the
 requests waiting are scored together, and while requests do come together it waits up to
-``max_wait_ms`` to gather them (a lone request never waits). One worker thread serves every
+``max_wait_ms`` to gather them (a lone request never waits). A local reranker's rows (and an
+instruction view's, encoded with the view's prompt) share its model's forward passes; over any
+other reranker each request's pairs in a micro-batch are one ``rerank_response`` call of the
+reranker (so its usage is the request's own), or one ``score_pairs`` call per micro-batch for a
+reranker with a ``score_pairs`` of its own. One worker thread serves every
 event loop running the app. ``run_server`` freezes the objects alive after loading the model
 (``gc.freeze``), so garbage collections during requests do not walk the model's.
 """
@@ -139,17 +154,19 @@ from .errors import (
     AuthenticationError,
     ConfigurationError,
     InvalidInputError,
+    InvalidResponseError,
     MissingDependencyError,
     ProviderError,
     ProviderUnavailableError,
     RateLimitError,
     RerankError,
 )
+from .fallback import FallbackReranker, unreranked_error
 from .providers._batching import Overloaded
 from .providers._batching import RequestBatcher as Batcher
 from .providers._http import _check_key
 from .providers._local import LocalReranker
-from .results import RerankResult
+from .results import RerankResult, Usage
 
 __all__ = [
     "BackgroundServer",
@@ -267,31 +284,66 @@ class BackgroundServer:
         self.stop()
 
 
-ScorePairs = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
+def _answers_with_usage(scorer: Reranker) -> bool:
+    """Whether serve scores ``scorer``'s requests through ``rerank_response`` (usage counted).
+
+    A reranker with a ``score_pairs`` of its own (a batched pass) keeps it, counting nothing.
+    """
+    own = type(scorer).score_pairs
+    return own is Reranker.score_pairs or own is FallbackReranker.score_pairs
 
 
-class _InstructedQuery(str):
-    """A query that carries the reranker scoring it (a request's instruction view)."""
+def _response_scores(
+    scorer: Reranker, query: str, documents: Sequence[str]
+) -> tuple[list[float], Usage]:
+    """One request's scores, in order, and the ``Usage`` its ``rerank_response`` reported."""
+    response = scorer.rerank_response(query, documents)
+    if not response.reranked:  # a fail-open fallback has no scores to give
+        raise unreranked_error(response)
+    scores: list[float | None] = [None] * len(documents)
+    for result in response.results:
+        if 0 <= result.index < len(scores) and scores[result.index] is None:
+            scores[result.index] = result.score
+    if any(score is None for score in scores) or len(response.results) != len(documents):
+        raise InvalidResponseError(
+            f"{scorer.label} answered {len(response.results)} results that are not each of "
+            f"the {len(documents)} documents once",
+            provider=scorer.provider,
+        )
+    return [float(score) for score in scores if score is not None], response.usage
 
-    reranker: Reranker
 
+def _score_groups(
+    groups: Sequence[tuple[Reranker, str, Sequence[str]]],
+) -> list[tuple[list[float], Usage | None]]:
+    """Each request's scores and usage in one micro-batch: ``serve``'s pairs path.
 
-def _instructed_score_pairs(reranker: Reranker) -> ScorePairs:
-    """``reranker.score_pairs``, sending the pairs of an ``_InstructedQuery`` to its own view."""
-
-    def score_pairs(queries: Sequence[str], documents: Sequence[str]) -> list[float]:
-        groups: dict[int, tuple[Reranker, list[int]]] = {}
-        for i, query in enumerate(queries):
-            scorer = query.reranker if isinstance(query, _InstructedQuery) else reranker
-            groups.setdefault(id(scorer), (scorer, []))[1].append(i)
-        scores = [0.0] * len(queries)
-        for scorer, rows in groups.values():
-            part = scorer.score_pairs([str(queries[i]) for i in rows], [documents[i] for i in rows])
-            for i, score in zip(rows, part, strict=True):
-                scores[i] = score
-        return scores
-
-    return score_pairs
+    A request goes to its scorer (the served reranker, or a request's instruction view) through
+    ``rerank_response``, so its usage is its own; the requests of a scorer with its own
+    ``score_pairs`` go through one call of it, counting nothing.
+    """
+    answers: list[tuple[list[float], Usage | None] | None] = [None] * len(groups)
+    batched: dict[int, list[int]] = {}
+    for i, (scorer, query, documents) in enumerate(groups):
+        if _answers_with_usage(scorer):
+            answers[i] = _response_scores(scorer, query, documents)
+        else:
+            batched.setdefault(id(scorer), []).append(i)
+    for places in batched.values():
+        scorer = groups[places[0]][0]
+        queries = [groups[i][1] for i in places for _ in groups[i][2]]
+        scores = scorer.score_pairs(queries, [d for i in places for d in groups[i][2]])
+        if len(scores) != len(queries):
+            raise InvalidResponseError(
+                f"{scorer.label} returned {len(scores)} scores for {len(queries)} pairs",
+                provider=scorer.provider,
+            )
+        start = 0
+        for i in places:
+            end = start + len(groups[i][2])
+            answers[i] = ([float(s) for s in scores[start:end]], None)
+            start = end
+    return [answer for answer in answers if answer is not None]
 
 
 def _open_file_limit() -> int | None:
@@ -519,6 +571,15 @@ def model_window(reranker: Reranker) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
+def document_passages(reranker: Reranker) -> int:
+    """Windows of a document the reranker reads (``Reranker.passages_per_document``); else 1."""
+    try:
+        value = reranker.passages_per_document()
+    except RerankError:
+        return 1
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
+
+
 def check_api_key(value: object, source: str = "api_key") -> str:
     """The server's API key from ``source``, stripped; refused as the clients' keys are.
 
@@ -734,9 +795,9 @@ def create_app(
     if hosts is not None and "*" in hosts:
         hosts = None
     window = model_window(reranker)
-    # A local reranker scoring long documents by their best passage reads up to
-    # max_passages windows of each: the cap lets that many through.
-    passages = reranker.passages_per_document() if isinstance(reranker, LocalReranker) else 1
+    # A reranker scoring long documents by their best passage reads several windows of each
+    # (a local one with max_passage, or a fallback or cache over one): the cap lets them in.
+    passages = document_passages(reranker)
     max_chars = max_document_chars or CHARS_PER_TOKEN * (window or UNKNOWN_WINDOW) * passages
     with_instruction = getattr(reranker, "with_instruction", None)
     views: OrderedDict[str, Reranker] = OrderedDict()
@@ -750,7 +811,7 @@ def create_app(
         else None
     )
     batcher = Batcher(
-        _instructed_score_pairs(reranker) if callable(with_instruction) else reranker.score_pairs,
+        reranker.score_pairs,
         wait_ms / 1000.0,
         max_batch_pairs,
         max_tokens=max_batch_tokens,
@@ -758,6 +819,7 @@ def create_app(
         window=window,
         runner=local.runner if local is not None else None,
         family=local.family if local is not None else None,
+        score_groups=_score_groups,
     )
     served_name = served_model_name(reranker, model_name)
     expected_key = api_key.encode() if api_key is not None else None
@@ -877,16 +939,18 @@ def create_app(
             _log.debug("serve: the reranker's failure", exc_info=exc)
         return _HTTPError(status, what, headers)
 
-    async def scores(request: Request, shape: str, query: str, documents: list[str]) -> list[float]:
-        """The batcher's scores, unless the client leaves first (then its work is dropped)."""
+    async def scores(
+        request: Request, shape: str, scorer: Reranker, query: str, documents: list[str]
+    ) -> tuple[list[float], Usage | None]:
+        """The batcher's scores and usage, unless the client leaves first (its work dropped)."""
         cut = [d[:max_chars] for d in documents]
         gone = asyncio.ensure_future(until_gone(request))
-        family = None
-        if local is not None:  # rows: a view's family encodes them, the query as plain text
-            view = query.reranker if isinstance(query, _InstructedQuery) else None
-            family, query = getattr(view, "family", None), str(query)
-        # (pairs: _instructed_score_pairs sends an instructed query to its view)
-        work = asyncio.ensure_future(batcher.score(query, cut, abandoned=gone, family=family))
+        # One path for the reranker and a request's instruction view: the runner encodes the
+        # rows with the scorer's family, anything else scores them with the scorer itself.
+        family = scorer.family if local is not None and isinstance(scorer, LocalReranker) else None
+        work = asyncio.ensure_future(
+            batcher.score_counted(query, cut, abandoned=gone, family=family, scorer=scorer)
+        )
         try:
             await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -902,10 +966,10 @@ def create_app(
         except Exception as exc:
             raise failed(exc, shape) from None
 
-    def instructed(query: str, instruction: object, status: int) -> str:
-        """``query``, carrying the view for the body's ``instruction`` when it names one."""
+    def instructed(instruction: object, status: int) -> Reranker:
+        """Who scores the request: the view for the body's ``instruction``, else the reranker."""
         if instruction is None:
-            return query
+            return reranker
         if not callable(with_instruction):
             from .registry import providers_taking
 
@@ -922,7 +986,7 @@ def create_app(
                 f"null, got {describe_value(instruction)}",
             )
         if instruction == getattr(reranker, "instruction", None):
-            return query
+            return reranker
         view = views.pop(instruction, None)
         if view is None:
             try:
@@ -936,9 +1000,7 @@ def create_app(
         views[instruction] = view  # the most recent last; the oldest go past the bound
         while len(views) > MAX_INSTRUCTION_VIEWS:
             views.popitem(last=False)
-        tagged = _InstructedQuery(query)
-        tagged.reranker = view
-        return tagged
+        return view
 
     async def ranked(
         request: Request,
@@ -947,8 +1009,8 @@ def create_app(
         documents: object,
         top_n: object,
         instruction: object = None,
-    ) -> tuple[list[RerankResult], int, int]:
-        """The ranked results, with the documents scored and their characters kept."""
+    ) -> tuple[list[RerankResult], int, int, Usage | None]:
+        """The ranked results, the documents scored, their characters kept, and the usage."""
         if isinstance(documents, list) and len(documents) > max_documents:
             raise _HTTPError(
                 422, f"documents holds {len(documents)} items; at most {max_documents} a request"
@@ -958,13 +1020,13 @@ def create_app(
             q, docs, n = validate_request(query, _texts(documents), top_n)
         except InvalidInputError as exc:
             raise _HTTPError(status, str(exc)) from None
-        q = instructed(q[:max_chars], instruction, status)  # cut first: a cut drops the view
+        scorer = instructed(instruction, status)
         if not docs:
-            return [], 0, 0
-        found = await scores(request, shape, q, docs)
+            return [], 0, 0, None
+        found, usage = await scores(request, shape, scorer, q[:max_chars], docs)
         results = rank(docs, found, n, provider=reranker.provider)
         characters = sum(min(len(d), max_chars) for d in docs)
-        return results, len(docs), characters
+        return results, len(docs), characters, usage
 
     def window_option(name: str, value: object, none_values: tuple[object, ...]) -> None:
         """Token limits are honoured when they reach the window (the server truncates there)."""
@@ -990,9 +1052,14 @@ def create_app(
         window_option("max_tokens_per_doc", body.get("max_tokens_per_doc"), (None,))
         with_documents = flag(body, "return_documents", 400)
         query, documents = body.get("query"), body.get("documents")
-        results, _, _ = await ranked(
+        results, _, _, usage = await ranked(
             request, "cohere", query, documents, body.get("top_n"), body.get("instruction")
         )
+        meta: dict[str, Any] = {"api_version": {"version": "2"}}
+        if usage is not None and usage.search_units is not None:  # an upstream's own bill
+            meta["billed_units"] = {"search_units": usage.search_units}
+        if usage is not None and usage.tokens is not None:
+            meta["tokens"] = {"input_tokens": usage.tokens}
         return {
             "id": str(uuid.uuid4()),
             "results": [
@@ -1003,21 +1070,21 @@ def create_app(
                 }
                 for r in results
             ],
-            "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
+            "meta": meta,
         }
 
     async def vllm(request: Request, body: dict[str, Any]) -> dict[str, Any]:
         window_option("truncate_prompt_tokens", body.get("truncate_prompt_tokens"), (None, -1))
         top_n = body.get("top_n") or None  # vLLM: 0 or absent means all
         query, documents = body.get("query"), body.get("documents")
-        results, scored, characters = await ranked(
+        results, scored, characters, usage = await ranked(
             request, "vllm", query, documents, top_n, body.get("instruction")
         )
         return {
             "id": f"rerank-{uuid.uuid4().hex}",
             "model": served_name,
             "usage": {
-                "total_tokens": None,
+                "total_tokens": usage.tokens if usage is not None else None,
                 "documents": scored,
                 "characters": characters,
             },
@@ -1027,7 +1094,7 @@ def create_app(
             ],
         }
 
-    async def tei(request: Request, body: dict[str, Any]) -> list[dict[str, Any]]:
+    async def tei(request: Request, body: dict[str, Any]) -> JSONResponse:
         if flag(body, "raw_scores", 422):
             raise _HTTPError(
                 422,
@@ -1051,13 +1118,17 @@ def create_app(
                         f"texts[{i}] has {len(text)} characters, more than the {max_chars} this "
                         "server tokenizes; pass truncate=true to truncate it",
                     )
-        results, _, _ = await ranked(
+        results, _, _, usage = await ranked(
             request, "tei", body.get("query"), texts, None, body.get("instruction")
         )
-        return [
+        answer = [
             {"index": r.index, "score": r.score, **({"text": r.text} if with_text else {})}
             for r in results
         ]
+        tokens = usage.tokens if usage is not None else None
+        # TEI's own place for the tokens a request used (its body is a bare array).
+        headers = {"x-compute-tokens": str(tokens)} if tokens is not None else None
+        return JSONResponse(answer, headers=headers)
 
     Handler = Callable[[Request, dict[str, Any]], Any]
 
@@ -1086,7 +1157,7 @@ def create_app(
                         return JSONResponse(await answer(request, body))
                     if "texts" in body:  # /rerank: TEI's format, else vLLM's
                         current = "tei"
-                        return JSONResponse(await tei(request, body))
+                        return await tei(request, body)
                     return JSONResponse(await vllm(request, body))
                 finally:
                     active -= 1
@@ -1143,7 +1214,8 @@ def run_server(
     """``milvus-rerank serve``: serve ``reranker`` (already loaded) until interrupted.
 
     Args:
-        reranker: The reranker to serve; requests are batched through its ``score_pairs``.
+        reranker: The reranker to serve; requests are batched through its model's forward
+            passes (a local reranker), its ``rerank_response`` or its own ``score_pairs``.
         host: Bind address; a non-loopback one needs ``api_key`` or ``insecure_no_auth``.
         port: TCP port.
         api_key: The bearer key every rerank request must carry (None: no key).

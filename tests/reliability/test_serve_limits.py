@@ -186,8 +186,9 @@ def test_long_documents_are_cut_before_tokenizing_and_fitting_ones_score_the_sam
     assert got == pytest.approx({r.index: r.score for r in want}, abs=1e-5)
     assert answer.json()["results"][0]["document"]["text"] in docs  # the text as sent
     usage = answer.json()["usage"]
+    direct = local.rerank_response(QUERY, [*DOCS, huge[:keep]]).usage.tokens
     assert usage == {
-        "total_tokens": None,
+        "total_tokens": direct,  # the tokens the model read, of the cut text
         "documents": 4,
         "characters": sum(len(d) for d in DOCS) + keep,
     }

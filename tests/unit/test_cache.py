@@ -142,3 +142,16 @@ def test_it_wraps_any_reranker_and_says_which() -> None:
         CachedReranker(inner, max_entries=0)
     with pytest.raises(ConfigurationError, match="'nope'"):
         CachedReranker("nope")  # type: ignore[arg-type]
+
+
+def test_it_reads_as_much_of_a_document_as_what_it_wraps() -> None:
+    class Passages(Counting):
+        def input_window(self) -> int:
+            return 128
+
+        def passages_per_document(self) -> int:
+            return 6
+
+    cached = CachedReranker(Passages())
+    assert (cached.input_window(), cached.passages_per_document()) == (128, 6)
+    assert CachedReranker(Counting()).passages_per_document() == 1  # the base contract: 1

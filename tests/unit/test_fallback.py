@@ -42,6 +42,7 @@ class Table(ScoreTableReranker):
         super().__init__(TABLE)
         self.model_name = name
         self.window = window
+        self.passages = 1
         self.closed = 0
         self.loaded = 0
 
@@ -54,6 +55,9 @@ class Table(ScoreTableReranker):
 
     def input_window(self) -> int | None:
         return self.window
+
+    def passages_per_document(self) -> int:
+        return self.passages
 
 
 class Failing(Reranker):
@@ -469,8 +473,12 @@ def test_load_window_pickle_and_milvus() -> None:
     first, second, third = Table("one"), Table("two", window=512), Table("three", window=256)
     chain = FallbackReranker([first, second, third])
     assert chain.load() is chain and first.loaded == second.loaded == third.loaded == 1
-    assert chain.input_window() == 256
+    assert chain.input_window() == 512  # the largest: serve lets every member read its all
     assert FallbackReranker([first]).input_window() is None
+    # Each member gets the same text: the chain reads as much as its longest-reading member.
+    assert chain.passages_per_document() == 1
+    second.passages = 7
+    assert chain.passages_per_document() == 7
     with pytest.raises(TypeError, match="cannot be pickled"):
         pickle.dumps(chain)
     with pytest.raises(ConfigurationError, match="cannot be a Milvus server-side Function"):

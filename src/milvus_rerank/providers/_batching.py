@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from ..errors import ConfigurationError, RerankError
+from ..results import Usage, bounded_count
 
 __all__ = [
     "IDLE_EXIT",
@@ -51,6 +52,7 @@ __all__ = [
     "Overloaded",
     "RequestBatcher",
     "RowRunner",
+    "ScoreGroups",
     "ascore_rows",
     "runner_batcher",
     "score_rows",
@@ -62,6 +64,11 @@ Out = TypeVar("Out")
 R = TypeVar("R")
 Row = dict[str, list[int]]
 ScorePairs = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
+#: Scores of a micro-batch's requests, one (scorer, query, documents) group each, answered
+#: with the group's scores and what scoring it consumed (None: nothing counted).
+ScoreGroups = Callable[
+    [Sequence[tuple[Any, str, Sequence[str]]]], Sequence[tuple[Sequence[float], Usage | None]]
+]
 
 #: Defaults of one micro-batch (one ``forward`` call): rows, and tokens (real, unpadded).
 MAX_BATCH_ITEMS = 256
@@ -503,14 +510,24 @@ async def ascore_rows(
 # -- serve --------------------------------------------------------------------------------------
 
 
+@dataclass(eq=False)
+class _Request:
+    """One request's query and the scorer it asked for (its rows share batches with others)."""
+
+    scorer: Any
+    query: str
+
+
 class RequestBatcher:
     """Requests (one query, its documents) scored in shared micro-batches: ``serve``'s batcher.
 
     Over a local runner (``runner`` and ``family`` given) a request is encoded in a worker
     thread and its rows, with their real token counts, go through ``runner.forward``. Over
-    anything else its pairs go through ``score_pairs``, a pair costing an estimate of
-    ``cost``'s. One micro-batch holds at most ``max_pairs`` rows and ``max_tokens`` tokens;
-    past ``max_pending`` rows waiting, ``score`` raises ``Overloaded``.
+    anything else its pairs go through ``score_groups`` (each request's pairs of a micro-batch
+    as one group, so what scoring them consumed is the request's own), or where that is not
+    given through ``score_pairs`` in one call per micro-batch, nothing counted; a pair costs
+    an estimate of ``cost``'s. One micro-batch holds at most ``max_pairs`` rows and
+    ``max_tokens`` tokens; past ``max_pending`` rows waiting, ``score`` raises ``Overloaded``.
     """
 
     def __init__(
@@ -524,8 +541,10 @@ class RequestBatcher:
         window: int | None = None,
         runner: RowRunner | None = None,
         family: Any = None,
+        score_groups: ScoreGroups | None = None,
     ) -> None:
         self.score_pairs = score_pairs
+        self.score_groups = score_groups if score_groups is not None else self._pairs_groups
         self.window = window or UNKNOWN_WINDOW
         self.runner = runner
         self.family = family
@@ -537,7 +556,7 @@ class RequestBatcher:
             "name": "milvus-rerank-batcher-serve",
         }
         forward = runner.forward if runner is not None else self._score_chunk
-        self._batcher: MicroBatcher[Any, float] = MicroBatcher(forward, **limits)
+        self._batcher: MicroBatcher[Any, Any] = MicroBatcher(forward, **limits)
 
     @property
     def max_wait(self) -> float:
@@ -563,9 +582,35 @@ class RequestBatcher:
         """Estimated tokens of a pair (where rows are not seen): 4 characters a token, 3 more."""
         return min(self.window, -(-(len(query) + len(document)) // 4) + 3)
 
-    def _score_chunk(self, pairs: list[tuple[str, str]]) -> list[float]:
-        scores = self.score_pairs([q for q, _ in pairs], [d for _, d in pairs])
-        return [float(s) for s in scores]
+    def _pairs_groups(
+        self, groups: Sequence[tuple[Any, str, Sequence[str]]]
+    ) -> list[tuple[list[float], Usage | None]]:
+        """Every group's pairs in one ``score_pairs`` call (its scorer unused, nothing counted)."""
+        sizes = [len(documents) for _, _, documents in groups]
+        queries = [query for _, query, documents in groups for _ in documents]
+        scores = list(self.score_pairs(queries, [d for _, _, docs in groups for d in docs]))
+        if len(scores) != len(queries):
+            raise RuntimeError(f"score_pairs returned {len(scores)} scores for {len(queries)}")
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        return [(scores[a : a + n], None) for a, n in zip(starts, sizes, strict=True)]
+
+    def _score_chunk(self, pairs: list[tuple[_Request, str]]) -> list[tuple[float, Usage | None]]:
+        """A micro-batch's scores, each request's usage on its first row there."""
+        groups: list[tuple[_Request, list[str]]] = []
+        for request, document in pairs:
+            if groups and groups[-1][0] is request:
+                groups[-1][1].append(document)
+            else:
+                groups.append((request, [document]))
+        answers = self.score_groups([(r.scorer, r.query, docs) for r, docs in groups])
+        if len(answers) != len(groups):
+            raise RuntimeError(f"score_groups answered {len(answers)} of {len(groups)} groups")
+        out: list[tuple[float, Usage | None]] = []
+        for (_, documents), (scores, usage) in zip(groups, answers, strict=True):
+            if len(scores) != len(documents):
+                raise RuntimeError(f"{len(scores)} scores for a group of {len(documents)} pairs")
+            out += [(float(s), usage if i == 0 else None) for i, s in enumerate(scores)]
+        return out
 
     async def score(
         self,
@@ -574,23 +619,50 @@ class RequestBatcher:
         *,
         abandoned: asyncio.Future[Any] | None = None,
         family: Any = None,
+        scorer: Any = None,
     ) -> list[float]:
-        """Scores of ``documents`` for ``query``, computed in shared batches.
+        """Scores of ``documents`` for ``query``, computed in shared batches (``score_counted``).
 
+        Raises:
+            Overloaded: more than ``max_pending`` rows would be waiting.
+        """
+        found = await self.score_counted(
+            query, documents, abandoned=abandoned, family=family, scorer=scorer
+        )
+        return found[0]
+
+    async def score_counted(
+        self,
+        query: str,
+        documents: list[str],
+        *,
+        abandoned: asyncio.Future[Any] | None = None,
+        family: Any = None,
+        scorer: Any = None,
+    ) -> tuple[list[float], Usage | None]:
+        """Scores of ``documents`` for ``query``, and what scoring this request consumed.
+
+        Over a runner the usage counts the tokens of this request's own rows (real tokens,
+        every window, no padding); otherwise it sums what ``score_groups`` answered for this
+        request's groups; None where nothing was counted (no documents, or ``score_pairs``).
         ``abandoned`` (e.g. a watcher of the client's disconnect) drops the rows not yet
         taken the moment it completes, before the worker can form another batch with them.
-        ``family`` (over a local runner) encodes this request another way than the batcher's
-        own family, e.g. an instruction view's; its rows still share batches with the rest.
+        ``family`` (over a runner) encodes this request another way than the batcher's own
+        family, e.g. an instruction view's; ``scorer`` (otherwise) is handed to
+        ``score_groups`` with this request's pairs. Either way its rows share batches.
 
         Raises:
             Overloaded: more than ``max_pending`` rows would be waiting.
         """
         if not documents:
-            return []
+            return [], None
         runner = self.runner
         if runner is None:
+            request = _Request(scorer, query)
             pairs = self._batcher.submit(
-                [(query, d) for d in documents], [self.cost(query, d) for d in documents], list
+                [(request, d) for d in documents],
+                [self.cost(query, d) for d in documents],
+                _scores_and_usage,
             )
             return await _until(pairs, abandoned)
         self._batcher.check_room(len(documents))  # before the work of encoding
@@ -600,8 +672,19 @@ class RequestBatcher:
             documents,
             self.family if family is None else family,
         )
-        scores, _ = await _until(submit_prepared(self._batcher, runner, prepared), abandoned)
-        return scores
+        scores, tokens = await _until(submit_prepared(self._batcher, runner, prepared), abandoned)
+        return scores, Usage(tokens=bounded_count(sum(tokens)))
+
+
+def _scores_and_usage(
+    outputs: list[tuple[float, Usage | None]],
+) -> tuple[list[float], Usage | None]:
+    """A request's scores and the sum of the usage its groups reported (None: none did)."""
+    total: Usage | None = None
+    for _, usage in outputs:
+        if usage is not None:
+            total = usage if total is None else total + usage
+    return [score for score, _ in outputs], total
 
 
 async def _until(future: concurrent.futures.Future[R], abandoned: asyncio.Future[Any] | None) -> R:

@@ -122,7 +122,7 @@ class VLLMReranker(HTTPReranker):
         return payload
 
     def _usage(self, body: Any) -> Usage:
-        """``usage.total_tokens`` (``milvus-rerank serve`` answers null: it counts no tokens)."""
+        """``usage.total_tokens`` (null where the server counted none)."""
         return Usage(tokens=self._usage_count(body, "usage", "total_tokens"))
 
 
