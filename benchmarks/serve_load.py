@@ -69,7 +69,10 @@ def _rows(reranker: CrossEncoderReranker, name: str, count: int, chars: int) -> 
         results = {}
         for mode, app in (
             ("batched", create_app(reranker, max_wait_ms=2.0, max_batch_pairs=256)),
-            ("one at a time", create_app(reranker, max_wait_ms=0.0, max_batch_pairs=1)),
+            (
+                "one at a time",
+                create_app(reranker, max_wait_ms=0.0, max_batch_pairs=1, batch_workers=1),
+            ),
         ):
             with BackgroundServer(app) as server:
                 results[mode] = asyncio.run(_load(server.url, clients, count, chars))

@@ -45,6 +45,8 @@ Limits (``create_app`` keyword / ``serve`` flag, default):
   request is answered 429 with ``Retry-After: 1``. A request counts against the latter once
   its body is in: a client still uploading holds a connection, never a scoring slot.
 * ``max_wait_ms`` / ``--max-wait-ms`` (2 ms, 0 to 1,000): see batching below.
+* ``batch_workers`` (None: a local reranker's own ``batch_workers``, 2 on CPUs and 1 on GPUs;
+  1 for any other reranker): micro-batches scored at once.
 * A client that disconnects has its pending work dropped, quietly (no traceback per abort).
 * JSON nested too deeply for the parser is a 400, never a 500.
 
@@ -757,6 +759,7 @@ def create_app(
     body_timeout: float = BODY_TIMEOUT,
     api_key: str | None = None,
     allowed_hosts: Sequence[str] | None = None,
+    batch_workers: int | None = None,
 ) -> Any:
     """The Starlette app that serves ``reranker`` over the Cohere v2, vLLM/Jina and TEI formats.
 
@@ -783,6 +786,8 @@ def create_app(
         ("max_concurrent_requests", max_concurrent_requests),
     ):
         _positive(name, value)
+    if batch_workers is not None:
+        _positive("batch_workers", batch_workers)
     _positive("body_timeout", body_timeout, float)
     if max_document_chars is not None:
         _positive("max_document_chars", max_document_chars)
@@ -820,6 +825,7 @@ def create_app(
         runner=local.runner if local is not None else None,
         family=local.family if local is not None else None,
         score_groups=_score_groups,
+        workers=batch_workers,
     )
     served_name = served_model_name(reranker, model_name)
     expected_key = api_key.encode() if api_key is not None else None

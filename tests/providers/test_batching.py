@@ -278,6 +278,23 @@ def test_batch_workers_is_the_batchers_worker_count(tiny_models: dict[str, Path]
             CrossEncoderReranker(path, batch_workers=bad)  # type: ignore[arg-type]
 
 
+def test_serve_scores_as_many_batches_at_once_as_the_reranker(
+    tiny_models: dict[str, Path],
+) -> None:
+    pytest.importorskip("starlette")
+    from milvus_rerank.serve import create_app
+
+    path = str(tiny_models["ce"])
+    local = CrossEncoderReranker(path, device="cpu").load()
+    assert create_app(local).state.batcher.workers == 2  # the reranker's CPU default
+    three = CrossEncoderReranker(path, device="cpu", batch_workers=3).load()
+    assert create_app(three).state.batcher.workers == 3
+    assert create_app(three, batch_workers=1).state.batcher.workers == 1
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ConfigurationError, match=f"batch_workers.*{bad!r}"):
+            create_app(local, batch_workers=bad)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_second_worker_scores_the_next_batch_beside_a_held_one(
     tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, workers: int

@@ -8,7 +8,6 @@ counts the same tokens) as the whole text, and text whose cut would not hold eno
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -109,10 +108,8 @@ def test_a_five_megabyte_document_is_not_tokenized_whole(
     reranker = make(family_dirs, "cross-encoder", **MODES[mode]).load()
     seen = Seen(reranker)
     huge = ("milvus is a vector database for similarity search " * 110_000)[:5_000_000]
-    start = time.perf_counter()
     response = reranker.rerank_response(QUERY, [huge, "paris is the capital of france"])
-    elapsed = time.perf_counter() - start
+    # The tokenizer saw only the cut (whole, the document took about 6 s and 1 GB here).
     assert seen.lengths[len(huge)] == _local.CHARS_PER_TOKEN * read_tokens(reranker)
-    assert elapsed < 3.0, f"{elapsed:.1f} s for one 5 MB document"  # whole: about 6 s
     tokens = response.usage.tokens
     assert tokens is not None and tokens <= 2 * read_tokens(reranker)

@@ -330,6 +330,8 @@ async def test_request_batcher_scores_pairs_through_score_pairs() -> None:
         return [float(len(q) + len(d)) for q, d in pairs]
 
     batcher = RequestBatcher(score_pairs, max_wait=0.01, max_tokens=20, window=10)
+    assert batcher.workers == 1  # no local runner: one micro-batch at a time
+    assert RequestBatcher(score_pairs, workers=3).workers == 3
     assert batcher.cost("q", "x" * 400) == 10  # the estimate stops at the window
     got = await asyncio.gather(batcher.score("ab", ["c", "dd"]), batcher.score("q", ["e" * 30]))
     assert list(got) == [[3.0, 4.0], [31.0]]

@@ -528,6 +528,8 @@ class RequestBatcher:
     given through ``score_pairs`` in one call per micro-batch, nothing counted; a pair costs
     an estimate of ``cost``'s. One micro-batch holds at most ``max_pairs`` rows and
     ``max_tokens`` tokens; past ``max_pending`` rows waiting, ``score`` raises ``Overloaded``.
+    Up to ``workers`` micro-batches run at once (None: the runner's ``batch_workers``, 2 on
+    CPUs and 1 on GPUs; 1 over anything but a local runner).
     """
 
     def __init__(
@@ -542,6 +544,7 @@ class RequestBatcher:
         runner: RowRunner | None = None,
         family: Any = None,
         score_groups: ScoreGroups | None = None,
+        workers: int | None = None,
     ) -> None:
         self.score_pairs = score_pairs
         self.score_groups = score_groups if score_groups is not None else self._pairs_groups
@@ -554,6 +557,11 @@ class RequestBatcher:
             "max_tokens": max_tokens,
             "max_pending": max_pending,
             "name": "milvus-rerank-batcher-serve",
+            "workers": workers
+            if workers is not None
+            else 1
+            if runner is None
+            else _workers(runner.options.get("batch_workers"), runner.load().device == "cpu"),
         }
         forward = runner.forward if runner is not None else self._score_chunk
         self._batcher: MicroBatcher[Any, Any] = MicroBatcher(forward, **limits)
@@ -562,6 +570,11 @@ class RequestBatcher:
     def max_wait(self) -> float:
         """Seconds a batch waits for company while requests come together."""
         return self._batcher.max_wait
+
+    @property
+    def workers(self) -> int:
+        """Micro-batches scored at once."""
+        return self._batcher.workers
 
     @property
     def pending_pairs(self) -> int:
