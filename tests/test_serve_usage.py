@@ -183,8 +183,8 @@ def test_each_route_puts_the_tokens_in_its_own_field(
     tei = httpx.post(server.url + "/rerank", json={"query": QUERY, "texts": DOCS})
     assert isinstance(tei.json(), list)
     assert tei.headers["x-compute-tokens"] == str(tokens)  # TEI's place: its body is an array
-    with TEIReranker(base_url=server.url) as client:  # reads no header: counts nothing
-        assert client.rerank_response(QUERY, DOCS).usage == Usage(requests=1)
+    with TEIReranker(base_url=server.url) as client:  # our TEI client reads that header
+        assert client.rerank_response(QUERY, DOCS).usage == Usage(tokens=tokens, requests=1)
 
 
 async def test_requests_sharing_batches_each_get_their_own_tokens(

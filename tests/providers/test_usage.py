@@ -278,3 +278,40 @@ async def test_owned_async_client_sums_too(
         response = await reranker.arerank_response(QUERY, DOCS * 2)
     assert len(fault_plan.requests) == 4
     assert response.usage == Usage(search_units=4, requests=4)
+
+
+def tei_counting(header: str | None) -> Callable[[httpx.Request], httpx.Response]:
+    """TEI's answer (a bare array) with ``header`` as its ``x-compute-tokens``, as TEI sends."""
+    handle, _ = serve(SPECS["tei"])
+
+    def counted(request: httpx.Request) -> httpx.Response:
+        answer = handle(request)
+        if header is not None:
+            answer.headers["x-compute-tokens"] = header
+        return answer
+
+    return counted
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_tei_reads_tokens_from_its_x_compute_tokens_header(asynchronous: bool) -> None:
+    reranker = make(SPECS["tei"], tei_counting("57"), max_batch=3)
+    docs = DOCS * 2  # 3 chunks, each answered with 57 tokens
+    if asynchronous:
+        response = asyncio.run(reranker.arerank_response(QUERY, docs))
+    else:
+        response = reranker.rerank_response(QUERY, docs)
+    assert [r.index for r in response.results] == expected_indices(docs)
+    assert response.usage == Usage(tokens=3 * 57, requests=3)
+
+
+@pytest.mark.parametrize("header", [None, "", "-3", "4x2", "1e3", "9" * 20, " "])
+def test_a_missing_or_bad_tei_token_header_is_unreported(
+    header: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="milvus_rerank")
+    response = make(SPECS["tei"], tei_counting(header)).rerank_response(QUERY, DOCS)
+    assert [r.index for r in response.results] == expected_indices(DOCS)
+    assert response.usage == Usage(requests=1)
+    if header and header.strip():
+        assert header.strip() not in caplog.text  # logged by type only

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
+import httpx
+
 from ..base import MilvusTarget, describe_value
 from ..errors import ConfigurationError
+from ..results import Usage
 from ._http import HTTPReranker, server_root
 
 __all__ = ["TEIReranker"]
+
+
+class _Counted(list[Any]):
+    """TEI's answer (a bare JSON array) with the token count of its ``x-compute-tokens``."""
+
+    tokens: object = None
 
 
 class TEIReranker(HTTPReranker):
@@ -16,7 +25,8 @@ class TEIReranker(HTTPReranker):
 
     ``base_url`` is required. TEI refuses more than ``--max-client-batch-size`` texts per
     request (32 by default) with a 422, so longer lists go out in chunks of
-    ``max_client_batch_size``.
+    ``max_client_batch_size``. ``Usage.tokens`` is what TEI reports in its
+    ``x-compute-tokens`` answer header (its body carries no usage).
 
     Args:
         raw_scores: Ask for raw logits instead of TEI's sigmoid scores.
@@ -87,3 +97,25 @@ class TEIReranker(HTTPReranker):
             "truncate": self.truncate,
             "truncation_direction": self.truncation_direction,
         }
+
+    def _answer(self, response: httpx.Response, content: bytes, count: int) -> Any:
+        """The parsed array, carrying the ``x-compute-tokens`` header TEI's router sends."""
+        body = super()._answer(response, content, count)
+        if not isinstance(body, list):
+            return body
+        counted = _Counted(body)
+        header = response.headers.get("x-compute-tokens", "").strip()
+        # Digits only (at most 19, the size of a count): anything else is no count.
+        counted.tokens = (
+            int(header)
+            if header.isascii() and header.isdigit() and len(header) < 20
+            else header or None
+        )
+        return counted
+
+    def _usage(self, body: Any) -> Usage:
+        return Usage(
+            tokens=self._usage_count(
+                {"x-compute-tokens": getattr(body, "tokens", None)}, "x-compute-tokens"
+            )
+        )
