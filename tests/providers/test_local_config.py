@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,12 @@ def test_a_missing_path_says_no_such_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    for name in ("./doesnotexist", "../elsewhere/model", "models/a/b", str(tmp_path / "gone")):
+    for name in (
+        "./doesnotexist",
+        os.path.join("..", "elsewhere", "model"),
+        "models/a/b",
+        str(tmp_path / "gone"),
+    ):
         with pytest.raises(ConfigurationError, match="no such directory") as info:
             BGEReranker(name).load()
         assert "hf download" not in str(info.value), name  # not a hub name: no hub hint
