@@ -230,14 +230,28 @@ def test_batching_off_scores_each_call_on_its_own(tiny_models: dict[str, Path]) 
 
 
 def test_a_lone_caller_does_not_wait_for_company(tiny_models: dict[str, Path]) -> None:
-    reranker = CrossEncoderReranker(str(tiny_models["ce"]), device="cpu", batch_wait_ms=60_000)
-    assert "batch_wait_ms=60000" in repr(reranker)
+    reranker = CrossEncoderReranker(str(tiny_models["ce"]), device="cpu", batch_wait_ms=1000)
+    assert "batch_wait_ms=1000" in repr(reranker)
     started = time.monotonic()
     for query in QUERIES:
         reranker.rerank(query, DOCS)
         asyncio.run(reranker.arerank(query, DOCS))
-    assert time.monotonic() - started < 30  # a wait would take 60 s
-    assert _batching.runner_batcher(reranker.runner).max_wait == 60.0
+    assert time.monotonic() - started < 6  # waits would take 8 s
+    batcher = _batching.runner_batcher(reranker.runner)
+    assert batcher.max_wait == 1.0
+    # After callers did come together, and then nothing came for a while, a lone caller
+    # is served at once again (the workers went idle: callers no longer come together).
+
+    async def together() -> None:
+        await asyncio.gather(*(reranker.arerank(q, DOCS) for q in QUERIES * 4))
+
+    asyncio.run(together())
+    assert batcher._last_jobs >= 1  # the last batch's callers (more than one: a wait)
+    _settle_workers()
+    assert batcher._last_jobs == 0
+    started = time.monotonic()
+    reranker.rerank(QUERIES[0], DOCS)
+    assert time.monotonic() - started < 0.9  # a wait for company would take 1 s
 
 
 @pytest.mark.parametrize(
@@ -246,6 +260,7 @@ def test_a_lone_caller_does_not_wait_for_company(tiny_models: dict[str, Path]) -
         ({"batch_wait_ms": -1}, "-1"),
         ({"batch_wait_ms": float("nan")}, "nan"),
         ({"batch_wait_ms": float("inf")}, "inf"),
+        ({"batch_wait_ms": 1000.5}, "1000.5"),
         ({"batch_wait_ms": "2"}, "'2'"),
         ({"batch_wait_ms": True}, "True"),
         ({"batch_across_calls": "yes"}, "'yes'"),

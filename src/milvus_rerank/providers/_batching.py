@@ -10,10 +10,11 @@ A worker cuts the queued rows into micro-batches of at most ``max_items`` rows a
 ``max_tokens`` tokens, taking as much of each waiting caller as fits, in turn (a caller with
 rows left goes to the back), so a small call never waits for a large one to finish; it runs
 ``forward`` on each micro-batch and a caller's ``finish`` once all its rows are done. While
-callers do come together (the last batch held more than one), it waits up to ``max_wait``
-for company (less once a batch is full); a lone caller is served at once. While rows are left
-over after a worker took its micro-batch, another worker (up to ``workers``) takes the next
-one and runs it at the same time: on a CPU, two forward passes at once keep busy the cores
+callers do come together (the last batch held more than one, and no worker has been idle
+for ``IDLE_EXIT`` since), it waits up to ``max_wait`` for company (less once a batch is
+full); a lone caller is served at once. While rows are left over after a worker took its
+micro-batch, another worker (up to ``workers``) takes the next one and runs it at the same
+time: on a CPU, two forward passes at once keep busy the cores
 that one pass leaves idle (its single-threaded operations, its threads' waits), which gains
 more than fuller passes alone (``benchmarks/batching.py`` measures both). Past
 ``max_pending`` rows queued, ``submit`` raises ``Overloaded``. Cancelling a future drops its
@@ -266,6 +267,9 @@ class MicroBatcher(Generic[Item, Out]):
                     finally:
                         self._idle -= 1
                     if not self._jobs:
+                        # Nothing came for IDLE_EXIT: callers are no longer coming together,
+                        # so the next one is served at once, not after a wait for company.
+                        self._last_jobs = 0
                         me = threading.current_thread()
                         if me in self._threads:
                             self._threads.remove(me)

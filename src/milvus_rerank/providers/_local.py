@@ -88,7 +88,7 @@ class LocalOptions(TypedDict, total=False):
             views) together in shared forward passes (``_batching.py``); False scores each
             call on its own, in its own thread.
         batch_wait_ms: While calls do come together, how long a batch may wait for more
-            (0: never wait); a lone caller never waits.
+            (0 to 1,000; 0: never wait); a lone caller never waits.
         batch_workers: Shared batches that may run their forward passes at once while more
             rows wait (None: 2 on CPUs, where a second pass keeps busy the cores one pass
             leaves idle between and within its operations, measured in
@@ -262,8 +262,8 @@ def _check_options(options: dict[str, Any]) -> LocalOptions:
         if value is not None and not (isinstance(value, str) and value.strip()):
             raise ConfigurationError(f"{name} must be a non-empty str or None, got {value!r}")
     wait = merged["batch_wait_ms"]
-    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < math.inf:
-        raise ConfigurationError(f"batch_wait_ms must be milliseconds, 0 or more, got {wait!r}")
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 1000:
+        raise ConfigurationError(f"batch_wait_ms must be milliseconds, 0 to 1,000, got {wait!r}")
     if merged["dtype"] not in DTYPES:
         raise ConfigurationError(
             f"dtype must be one of {', '.join(map(repr, DTYPES))}, got {merged['dtype']!r}"
@@ -412,6 +412,41 @@ class _Loaded:
     pad_id: int
     #: The family's forward and activation for this model.
     head: Head
+
+
+#: Characters a tokenizer may split words at, tried in turn by ``word_breaks``.
+BREAK_CANDIDATES = (" ", "\n")
+
+
+def word_breaks(tokenizer: Any) -> tuple[str, ...]:
+    """The ``BREAK_CANDIDATES`` at which ``tokenizer`` splits words before its model runs.
+
+    A character is a break where the fast tokenizer's normalizer and pre-tokenizer cut
+    ``"ab<char>cd"`` into pieces with a boundary right before or after it: then no text after
+    a break changes how the words before it tokenize. None for a slow tokenizer or one with
+    no pre-tokenizer (a Unigram or BPE model over whole runs of text, where a change far
+    ahead can reach back).
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pre = getattr(backend, "pre_tokenizer", None)
+    if pre is None:
+        return ()
+    normalizer = getattr(backend, "normalizer", None)
+    found = []
+    for char in BREAK_CANDIDATES:
+        text = f"ab{char}cd"
+        try:
+            if normalizer is not None:
+                text = normalizer.normalize_str(text)
+            pieces = pre.pre_tokenize_str(text)
+        except Exception:  # noqa: BLE001, S112 - an unknown tokenizer: no cut, exact as before
+            continue
+        at = text.find("cd")
+        ends = {end for _, (_, end) in pieces}
+        starts = {start for _, (start, _) in pieces}
+        if at > 0 and len(pieces) > 1 and (at in starts or at - 1 in ends):
+            found.append(char)
+    return tuple(found)
 
 
 class LocalModelRunner:
@@ -640,34 +675,42 @@ class LocalModelRunner:
         The model reads at most ``max_length`` tokens of a document per window (the families
         keep the head of a document, with the tokenizer's right-side truncation), and at most
         ``max_passages`` windows (``max_passage``; else one): ``read`` tokens in all. Rather
-        than tokenize megabytes to read those, a longer document is cut at
+        than tokenize megabytes to read those, a longer document is cut at the last break
+        (a character the tokenizer splits words at, see ``word_breaks``) before
         ``CHARS_PER_TOKEN * read`` characters, and the cut is kept only if it alone tokenizes
-        to ``CUT_MARGIN * read`` tokens or more: then the document's first ``read`` tokens,
-        and so the rows and scores, are those of the whole text. (This holds where a text's
-        prefix tokenizes like the whole text away from the cut, as tokenizers that split
-        words before their model do; a difference at the cut would have to reach back over
-        ``read`` tokens.) A cut short of that (whitespace runs, long tokens) grows fourfold
-        until it is kept or reaches the whole text, so such a document is tokenized whole, as
-        before, at a third more cost at most.
+        to ``CUT_MARGIN * read`` tokens or more. Words before a break tokenize the same
+        whatever follows it, so the document's first ``read`` tokens, and so the rows and
+        scores, are those of the whole text. A cut short of that (whitespace runs, long
+        tokens) grows fourfold until it is kept or reaches the whole text; a document with no
+        break to cut at (a tokenizer that splits no words first, or one long word) is
+        tokenized whole, as before.
         """
         if getattr(tokenizer, "truncation_side", "right") != "right":
             return documents  # the tail is what is read
+        breaks = word_breaks(tokenizer)
+        if not breaks:
+            return documents
         passages = self.max_passages if self.long_documents == "max_passage" else 1
         read = max_length * passages
         limit = CHARS_PER_TOKEN * read
         out = list(documents)
         pending = [i for i, d in enumerate(out) if len(d) > limit]
         while pending:
-            cuts = [out[i][:limit] for i in pending]
-            counts = tokenizer(
-                cuts,
-                add_special_tokens=False,
-                return_attention_mask=False,
-                verbose=False,
-                split_special_tokens=self.split_special_tokens,
-            )["input_ids"]
+            at = {i: max(out[i].rfind(b, 0, limit + 1) for b in breaks) for i in pending}
+            cuts = {i: out[i][:end] for i, end in at.items() if end > 0}  # -1: no break
+            counts = (
+                tokenizer(
+                    list(cuts.values()),
+                    add_special_tokens=False,
+                    return_attention_mask=False,
+                    verbose=False,
+                    split_special_tokens=self.split_special_tokens,
+                )["input_ids"]
+                if cuts
+                else []
+            )
             kept = set()
-            for i, cut, ids in zip(pending, cuts, counts, strict=True):
+            for (i, cut), ids in zip(cuts.items(), counts, strict=True):
                 if len(ids) >= CUT_MARGIN * read:
                     out[i] = cut
                     kept.add(i)
