@@ -261,6 +261,7 @@ def test_a_lone_caller_does_not_wait_for_company(tiny_models: dict[str, Path]) -
         ({"batch_wait_ms": float("nan")}, "nan"),
         ({"batch_wait_ms": float("inf")}, "inf"),
         ({"batch_wait_ms": 1000.5}, "1000.5"),
+        ({"batch_wait_ms": 1e13}, "10000000000000"),
         ({"batch_wait_ms": "2"}, "'2'"),
         ({"batch_wait_ms": True}, "True"),
         ({"batch_across_calls": "yes"}, "'yes'"),

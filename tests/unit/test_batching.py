@@ -69,7 +69,7 @@ def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
 
 def test_a_lone_caller_never_waits_for_company() -> None:
     recorder = Recorder()
-    batcher: MicroBatcher[int, float] = MicroBatcher(recorder, max_wait=3600)
+    batcher: MicroBatcher[int, float] = MicroBatcher(recorder, max_wait=60)
     assert submit(batcher, [1, 2]).result(timeout=30) == [2.0, 4.0]
     assert submit(batcher, [3]).result(timeout=30) == [6.0]
     assert batcher.batches == 2 and batcher.requests == 2 and batcher.pending == 0
@@ -258,6 +258,24 @@ def test_at_most_workers_forwards_run_at_once_and_only_while_rows_are_left() -> 
         assert peak == count
 
 
+def test_a_worker_dying_of_a_bug_fails_the_queued_callers_not_hangs_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    batcher: MicroBatcher[int, float] = MicroBatcher(Recorder(), max_wait=0, workers=1)
+
+    def broken() -> list[object]:
+        raise OverflowError("timestamp out of range for platform time_t")
+
+    monkeypatch.setattr(batcher, "_take", broken)
+    future = submit(batcher, [1, 2])
+    with pytest.raises(OverflowError, match="time_t"):
+        future.result(10)
+    until(lambda: not batcher.running)
+    assert batcher.pending == 0
+    monkeypatch.undo()
+    assert submit(batcher, [3]).result(10) == [6.0]  # a new worker serves the next caller
+
+
 def test_one_batcher_serves_threads_and_many_event_loops() -> None:
     batcher: MicroBatcher[int, float] = MicroBatcher(Recorder(), max_wait=0.001)
 
@@ -312,6 +330,8 @@ async def test_cancelling_the_awaiting_task_drops_its_rows() -> None:
         ({"max_items": 0}, "0"),
         ({"max_tokens": 2.5}, "2.5"),
         ({"max_pending": -3}, "-3"),
+        ({"max_wait": 60.5}, "60.5"),
+        ({"max_wait": 1e13}, "10000000000000"),
         ({"workers": 0}, "0"),
         ({"workers": None}, "None"),
     ],

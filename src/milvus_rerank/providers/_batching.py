@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import math
 import os
 import threading
@@ -60,6 +61,8 @@ __all__ = [
     "submit_prepared",
 ]
 
+logger = logging.getLogger("milvus_rerank.batching")
+
 Item = TypeVar("Item")
 Out = TypeVar("Out")
 R = TypeVar("R")
@@ -76,6 +79,8 @@ MAX_BATCH_ITEMS = 256
 MAX_BATCH_TOKENS = 8192
 #: Forward passes' worth of tokens in a local runner's micro-batch, where passes have a budget.
 PASSES_PER_BATCH = 4
+#: The longest wait for company a batcher takes (seconds).
+MAX_WAIT = 60.0
 #: Seconds an idle worker thread waits for new work before it ends.
 IDLE_EXIT = 0.25
 #: The window assumed for a pair's estimated cost where the reranker does not say.
@@ -132,9 +137,11 @@ class MicroBatcher(Generic[Item, Out]):
             isinstance(max_wait, bool)
             or not isinstance(max_wait, (int, float))
             or not math.isfinite(max_wait)
-            or max_wait < 0
+            or not 0 <= max_wait <= MAX_WAIT
         ):
-            raise ConfigurationError(f"max_wait must be seconds, 0 or more, got {max_wait!r}")
+            raise ConfigurationError(
+                f"max_wait must be seconds, 0 to {MAX_WAIT:g}, got {max_wait!r}"
+            )
         for what, value in (
             ("max_items", max_items),
             ("max_tokens", max_tokens),
@@ -255,6 +262,29 @@ class MicroBatcher(Generic[Item, Out]):
             thread.start()
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # a bug here must not leave callers waiting forever
+            with self._cond:
+                me = threading.current_thread()
+                if me in self._threads:
+                    self._threads.remove(me)
+                # Another live worker goes on with the queue; else its callers get the error.
+                orphans = [] if self._threads else list(self._jobs)
+                for job in orphans:
+                    self._jobs.remove(job)
+                    self._release(job, len(job.items))
+            for job in orphans:
+                _fail(job.future, exc)
+            if not isinstance(exc, Exception):
+                raise
+            logger.error(
+                "%s: a batcher worker failed; its queued callers get the error",
+                self.name,
+                exc_info=True,
+            )
+
+    def _serve(self) -> None:
         fresh = True
         while True:
             with self._cond:
