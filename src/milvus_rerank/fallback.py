@@ -143,31 +143,64 @@ class FallbackReranker(Reranker):
             AllRerankersFailedError: every reranker failed (unless ``fail_open``).
             Exception: a reranker's error that does not fall through, as it was raised.
         """
+        return self._response(query, documents, top_n, self.fail_open)
+
+    def _response(
+        self, query: str, documents: Sequence[str], top_n: int | None, fail_open: bool
+    ) -> RerankResponse:
         query, docs, top_n = validate_request(query, documents, top_n)
         if not docs:
             return RerankResponse([], Usage(), self)
         try:
             position, response, failures = self._first(
-                lambda member: self._reranked(member, member.rerank_response(query, docs, top_n))
+                lambda member: self._member_response(member, query, docs, top_n)
             )
         except AllRerankersFailedError as exc:
+            if not fail_open:
+                raise
             return self._failed_open(docs, top_n, exc)
         return self._answered(position, response, failures)
+
+    def _member_response(
+        self, member: Reranker, query: str, docs: list[str], top_n: int | None
+    ) -> RerankResponse:
+        """A member's response; a nested chain that is not last never fails open.
+
+        The next member is tried instead, and nothing logs a first-stage order not returned.
+        """
+        if isinstance(member, FallbackReranker) and member is not self.rerankers[-1]:
+            return member._response(query, docs, top_n, fail_open=False)
+        return self._reranked(member, member.rerank_response(query, docs, top_n))
 
     async def arerank_response(
         self, query: str, documents: Sequence[str], top_n: int | None = None
     ) -> RerankResponse:
         """Async ``rerank_response``; cancelling the call cancels the reranker being tried."""
+        return await self._aresponse(query, documents, top_n, self.fail_open)
+
+    async def _aresponse(
+        self, query: str, documents: Sequence[str], top_n: int | None, fail_open: bool
+    ) -> RerankResponse:
         query, docs, top_n = validate_request(query, documents, top_n)
         if not docs:
             return RerankResponse([], Usage(), self)
         try:
             position, response, failures = await self._afirst(
-                lambda member: self._areranked(member, member.arerank_response(query, docs, top_n))
+                lambda member: self._amember_response(member, query, docs, top_n)
             )
         except AllRerankersFailedError as exc:
+            if not fail_open:
+                raise
             return self._failed_open(docs, top_n, exc)
         return self._answered(position, response, failures)
+
+    async def _amember_response(
+        self, member: Reranker, query: str, docs: list[str], top_n: int | None
+    ) -> RerankResponse:
+        """Async ``_member_response``."""
+        if isinstance(member, FallbackReranker) and member is not self.rerankers[-1]:
+            return await member._aresponse(query, docs, top_n, fail_open=False)
+        return self._reranked(member, await member.arerank_response(query, docs, top_n))
 
     def score_pairs(self, queries: Sequence[str], documents: Sequence[str]) -> list[float]:
         """The first answering reranker's ``score_pairs`` (never fails open: no order to keep).
@@ -228,11 +261,6 @@ class FallbackReranker(Reranker):
             return response
         raise unreranked_error(response)
 
-    async def _areranked(
-        self, member: Reranker, response: Awaitable[RerankResponse]
-    ) -> RerankResponse:
-        return self._reranked(member, await response)
-
     def _answered(
         self, position: int, response: RerankResponse, failures: list[Exception]
     ) -> RerankResponse:
@@ -250,8 +278,6 @@ class FallbackReranker(Reranker):
         self, docs: list[str], top_n: int | None, error: AllRerankersFailedError
     ) -> RerankResponse:
         """With ``fail_open``: the first-stage order, unscored (NaN), marked unreranked."""
-        if not self.fail_open:
-            raise error
         logger.warning(
             "%s; fail_open: returning the %d documents in their first-stage order, unreranked",
             error,

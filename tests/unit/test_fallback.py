@@ -255,10 +255,15 @@ def test_nested_chains_fall_through_as_a_whole() -> None:
     assert isinstance(nested, AllRerankersFailedError) and len(nested.failures) == 2
 
 
-def test_a_nested_chain_that_failed_open_falls_through_to_the_next_member() -> None:
+def test_a_nested_chain_that_failed_open_falls_through_to_the_next_member(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     inner = FallbackReranker([Failing("a", down())], fail_open=True)
     last = Table("c")
-    response = FallbackReranker([inner, last]).rerank_response("q", DOCS)
+    with caplog.at_level(logging.WARNING, logger="milvus_rerank"):
+        response = FallbackReranker([inner, last]).rerank_response("q", DOCS)
+    # The inner chain never returned the first-stage order, so it does not say it did.
+    assert "first-stage order" not in caplog.text and "answered after" in caplog.text
     assert response.reranker is last and response.reranked
     assert [r.index for r in response.results] == BEST_FIRST
     (nested,) = response.failures
@@ -266,10 +271,14 @@ def test_a_nested_chain_that_failed_open_falls_through_to_the_next_member() -> N
     assert nested.labels == ("failing:a",) and nested.failures == (inner.rerankers[0].error,)  # type: ignore[attr-defined]
 
 
-async def test_a_nested_chain_that_failed_open_falls_through_async() -> None:
+async def test_a_nested_chain_that_failed_open_falls_through_async(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     inner = FallbackReranker([Failing("a", down())], fail_open=True)
     last = Table("c")
-    response = await FallbackReranker([inner, last]).arerank_response("q", DOCS, top_n=1)
+    with caplog.at_level(logging.WARNING, logger="milvus_rerank"):
+        response = await FallbackReranker([inner, last]).arerank_response("q", DOCS, top_n=1)
+    assert "first-stage order" not in caplog.text
     assert response.reranker is last and [r.index for r in response.results] == [1]
     assert [type(e) for e in response.failures] == [AllRerankersFailedError]
 
