@@ -10,11 +10,12 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from typing_extensions import Self
 
-from .base import Reranker
+from .base import Reranker, RerankResponse, rank, validate_request
 from .errors import ConfigurationError
 from .results import Usage
 
@@ -34,6 +35,13 @@ class CachedReranker(Reranker):
     answered from it, and documents scored). A call's ``Usage`` counts only what was scored:
     nothing when every document was cached. Scores are per document (every reranker here is
     pointwise), so a document scores the same whatever the others in its call.
+
+    Only a clean answer is kept: scores from the wrapped reranker itself or, over a
+    ``FallbackReranker``, from its first member with nothing failing before it. An answer from
+    a later member (another model, another score scale) or a fail-open answer (no scores) is
+    returned as it came, with its ``answered_by``, ``reranked`` and ``failures``, and not
+    kept; if some of the call's documents were cached, the whole call is asked of the wrapped
+    reranker again, so one ranking never mixes two members' scores.
 
     Example:
         >>> cached = CachedReranker(CohereReranker(), max_entries=50_000)  # doctest: +SKIP
@@ -111,21 +119,69 @@ class CachedReranker(Reranker):
                 self._entries.popitem(last=False)
         return [fresh_scores[d] if s is None else s for d, s in zip(documents, scores, strict=True)]
 
-    def _score_usage(self, query: str, documents: list[str]) -> tuple[list[float], Usage]:
-        settings, scores, fresh = self._lookup(query, documents)
+    def rerank_response(
+        self, query: str, documents: Sequence[str], top_n: int | None = None
+    ) -> RerankResponse:
+        """The call's ranking: cached scores, and the rest scored by the wrapped reranker.
+
+        Raises:
+            InvalidInputError, ProviderError: as the wrapped reranker's ``rerank_response``.
+        """
+        query, docs, top_n = validate_request(query, documents, top_n)
+        if not docs:
+            return RerankResponse([], Usage(), self)
+        settings, scores, fresh = self._lookup(query, docs)
         if not fresh:
-            return scores, Usage()
+            return RerankResponse(rank(docs, scores, top_n, provider=self.provider), Usage(), self)
         response = self.reranker.rerank_response(query, fresh)
+        if _clean(response):
+            return self._combined(settings, query, docs, top_n, scores, fresh, response)
+        if fresh == docs:  # nothing cached, nothing repeated: this answer is the call's
+            return _cut(response, top_n)
+        whole = self.reranker.rerank_response(query, docs, top_n)
+        return _with_usage(whole, response.usage + whole.usage)
+
+    async def arerank_response(
+        self, query: str, documents: Sequence[str], top_n: int | None = None
+    ) -> RerankResponse:
+        """Async ``rerank_response``."""
+        query, docs, top_n = validate_request(query, documents, top_n)
+        if not docs:
+            return RerankResponse([], Usage(), self)
+        settings, scores, fresh = self._lookup(query, docs)
+        if not fresh:
+            return RerankResponse(rank(docs, scores, top_n, provider=self.provider), Usage(), self)
+        response = await self.reranker.arerank_response(query, fresh)
+        if _clean(response):
+            return self._combined(settings, query, docs, top_n, scores, fresh, response)
+        if fresh == docs:
+            return _cut(response, top_n)
+        whole = await self.reranker.arerank_response(query, docs, top_n)
+        return _with_usage(whole, response.usage + whole.usage)
+
+    def _combined(
+        self,
+        settings: str,
+        query: str,
+        docs: list[str],
+        top_n: int | None,
+        scores: list[Any],
+        fresh: list[str],
+        response: RerankResponse,
+    ) -> RerankResponse:
+        """A clean answer kept, and merged with the cached scores into one ranking."""
         got = {fresh[r.index]: r.score for r in response.results}
-        return self._store(settings, query, documents, scores, fresh, got), response.usage
+        merged = self._store(settings, query, docs, scores, fresh, got)
+        ranked = rank(docs, merged, top_n, provider=self.provider)
+        return RerankResponse(ranked, response.usage, response.reranker)
+
+    def _score_usage(self, query: str, documents: list[str]) -> tuple[list[float], Usage]:
+        response = self.rerank_response(query, documents)
+        return _in_order(response, len(documents)), response.usage
 
     async def _ascore_usage(self, query: str, documents: list[str]) -> tuple[list[float], Usage]:
-        settings, scores, fresh = self._lookup(query, documents)
-        if not fresh:
-            return scores, Usage()
-        response = await self.reranker.arerank_response(query, fresh)
-        got = {fresh[r.index]: r.score for r in response.results}
-        return self._store(settings, query, documents, scores, fresh, got), response.usage
+        response = await self.arerank_response(query, documents)
+        return _in_order(response, len(documents)), response.usage
 
     def _score(self, query: str, documents: list[str]) -> list[float]:
         return self._score_usage(query, documents)[0]
@@ -156,3 +212,26 @@ class CachedReranker(Reranker):
 
     def _repr_fields(self) -> dict[str, Any]:
         return {"reranker": self.reranker, "max_entries": self.max_entries}
+
+
+def _clean(response: RerankResponse) -> bool:
+    """Scores worth keeping: reranked, by the first reranker asked (nothing failed before)."""
+    return response.reranked and not response.failures
+
+
+def _cut(response: RerankResponse, top_n: int | None) -> RerankResponse:
+    if top_n is None or top_n >= len(response.results):
+        return response
+    return replace(response, results=response.results[:top_n])
+
+
+def _with_usage(response: RerankResponse, usage: Usage) -> RerankResponse:
+    return replace(response, usage=usage)
+
+
+def _in_order(response: RerankResponse, count: int) -> list[float]:
+    """The response's scores back in input order (every document is in it: no top_n)."""
+    scores = [0.0] * count
+    for result in response.results:
+        scores[result.index] = result.score
+    return scores

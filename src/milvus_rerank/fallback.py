@@ -321,14 +321,16 @@ class FallbackReranker(Reranker):
         return self
 
     def input_window(self) -> int | None:
-        """The largest window among the rerankers that know theirs (None if none does).
+        """The largest window of the rerankers (None if any cannot say: it may read any length).
 
         Each reranker gets the same text and truncates it to its own window, so ``serve``'s
         character cap (window times ``passages_per_document``) and its check of a client's
         token limit follow the largest: any smaller one would cut what another member reads.
         """
-        windows = [w for w in (m.input_window() for m in self.rerankers) if w is not None]
-        return max(windows) if windows else None
+        windows = [member.input_window() for member in self.rerankers]
+        if any(window is None for window in windows):
+            return None  # a member that cannot say (an API's) may read any length
+        return max(w for w in windows if w is not None)
 
     def passages_per_document(self) -> int:
         """The most windows any member reads of one document (see ``input_window``).

@@ -401,3 +401,29 @@ def test_a_lone_call_gets_its_own_passes(
     assert all(min(a) >= max(b) for a, b in zip(lengths, lengths[1:], strict=False))
     monkeypatch.undo()
     check(reranker, QUERIES[1], many, response)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_the_tokenizer_is_in_use_can_rerank(
+    tiny_models: dict[str, Path],
+) -> None:
+    import signal
+    import warnings
+
+    reranker = CrossEncoderReranker(str(tiny_models["ce"]), device="cpu").load()
+    want = [r.index for r in reranker.rerank(QUERIES[0], DOCS)]
+    runner = reranker.runner
+    # A parent thread is tokenizing (holds the tokenizer's lock) at the moment of the fork;
+    # no thread of the child will ever release it.
+    with runner._tokenizer_lock, runner._load_lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+        if pid == 0:
+            ok = False
+            try:
+                signal.alarm(60)  # a deadlock ends the child, as a failure
+                ok = [r.index for r in reranker.rerank(QUERIES[0], DOCS)] == want
+            finally:
+                os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -155,3 +155,68 @@ def test_it_reads_as_much_of_a_document_as_what_it_wraps() -> None:
     cached = CachedReranker(Passages())
     assert (cached.input_window(), cached.passages_per_document()) == (128, 6)
     assert CachedReranker(Counting()).passages_per_document() == 1  # the base contract: 1
+
+
+class Flaky(Counting):
+    """A ``Counting`` that fails (a provider outage) while ``down`` is set."""
+
+    def __init__(self, weight: float = 1.0, model_name: str = "m") -> None:
+        super().__init__(weight, model_name)
+        self.down = False
+
+    def _score_usage(self, query: str, documents: list[str]) -> tuple[Sequence[float], Usage]:
+        if self.down:
+            from milvus_rerank.errors import ProviderUnavailableError
+
+            raise ProviderUnavailableError("down", provider="flaky", status_code=503)
+        return super()._score_usage(query, documents)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_fail_open_answer_is_passed_through_and_never_kept(asynchronous: bool) -> None:
+    from milvus_rerank import FallbackReranker
+
+    primary = Flaky()
+    cached = CachedReranker(FallbackReranker([primary], fail_open=True))
+
+    def call(docs: list[str]) -> object:
+        if asynchronous:
+            return asyncio.run(cached.arerank_response(QUERY, docs))
+        return cached.rerank_response(QUERY, docs)
+
+    primary.down = True
+    response = call(DOCS)
+    assert not response.reranked and len(response.failures) == 1  # type: ignore[attr-defined]
+    assert [r.index for r in response.results] == [0, 1, 2, 3]  # type: ignore[attr-defined]
+    assert len(cached) == 0  # no placeholder kept
+    primary.down = False
+    again = call(DOCS)
+    assert again.reranked and again.results == primary.rerank(QUERY, DOCS)  # type: ignore[attr-defined]
+    assert len(cached) == 4
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_later_members_scores_are_never_kept_or_mixed_with_the_firsts(
+    asynchronous: bool,
+) -> None:
+    from milvus_rerank import FallbackReranker
+
+    primary, backup = Flaky(weight=100.0, model_name="primary"), Counting(weight=-1.0)
+    cached = CachedReranker(FallbackReranker([primary, backup]))
+
+    def call(docs: list[str]) -> object:
+        if asynchronous:
+            return asyncio.run(cached.arerank_response(QUERY, docs))
+        return cached.rerank_response(QUERY, docs)
+
+    call(DOCS[:2])  # the primary's scores, kept
+    assert len(cached) == 2
+    primary.down = True
+    response = call(DOCS)  # two cached, two new: the backup answers the whole call
+    assert response.reranker is backup and response.failures  # type: ignore[attr-defined]
+    assert response.results == backup.rerank(QUERY, DOCS)  # type: ignore[attr-defined]
+    assert len(cached) == 2  # the backup's scores were not kept
+    primary.down = False
+    back = call(DOCS)
+    assert back.results == primary.rerank(QUERY, DOCS)  # type: ignore[attr-defined]
+    assert back.reranker is primary and not back.failures  # type: ignore[attr-defined]

@@ -482,7 +482,9 @@ def test_load_window_pickle_and_milvus() -> None:
     first, second, third = Table("one"), Table("two", window=512), Table("three", window=256)
     chain = FallbackReranker([first, second, third])
     assert chain.load() is chain and first.loaded == second.loaded == third.loaded == 1
-    assert chain.input_window() == 512  # the largest: serve lets every member read its all
+    # The largest: serve lets every member read its all; unknown (None) if any cannot say.
+    assert FallbackReranker([second, third]).input_window() == 512
+    assert chain.input_window() is None
     assert FallbackReranker([first]).input_window() is None
     # Each member gets the same text: the chain reads as much as its longest-reading member.
     assert chain.passages_per_document() == 1

@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -449,6 +450,19 @@ def word_breaks(tokenizer: Any) -> tuple[str, ...]:
     return tuple(found)
 
 
+#: Every runner alive, so a forked child can free the locks its parent's threads held.
+_LIVE_RUNNERS: weakref.WeakSet[LocalModelRunner] = weakref.WeakSet()
+
+
+def _runners_after_fork() -> None:
+    for runner in list(_LIVE_RUNNERS):
+        runner._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_runners_after_fork)
+
+
 class LocalModelRunner:
     """Scores (query, document) pairs with a Hugging Face model, the way ``family`` says.
 
@@ -484,6 +498,12 @@ class LocalModelRunner:
         self._loaded: _Loaded | None = None
         self._load_lock = threading.Lock()
         # Fast tokenizers keep truncation state on the shared Rust object: one caller at a time.
+        self._tokenizer_lock = threading.Lock()
+        _LIVE_RUNNERS.add(self)
+
+    def _after_fork(self) -> None:
+        """A forked child has none of the parent's threads: locks they held start free."""
+        self._load_lock = threading.Lock()
         self._tokenizer_lock = threading.Lock()
 
     # -- loading -------------------------------------------------------------------------
