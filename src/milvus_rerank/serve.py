@@ -36,17 +36,19 @@ Limits (``create_app`` keyword / ``serve`` flag, default):
   50 MB document is never tokenized whole. A text that fits is far shorter, and scores the same.
 * ``max_batch_pairs`` (256) and ``max_batch_tokens`` / ``--max-batch-tokens`` (8,192 tokens): one
   model call holds at most this much. A local reranker's pairs count the tokens they encode to
-  (each request is tokenized first, in a worker thread); any other reranker's pair counts an
-  estimate, ``ceil(characters / 4) + 3`` tokens, at most the window. A large request is cut
-  into such micro-batches, served round-robin with the other requests waiting, so a small
-  request is never stuck behind a large one.
+  (each request is tokenized first, in a worker thread); a pair for a reranker with its own
+  ``score_pairs`` counts an estimate, ``ceil(characters / 4) + 3`` tokens, at most the window
+  (a reranker answering through ``rerank_response``, e.g. an API, gets each request whole,
+  see below). A large request is cut into such micro-batches, served round-robin with the
+  other requests waiting, so a small request is never stuck behind a large one.
 * ``max_pending_pairs`` / ``--max-pending-pairs`` (16,384) and ``max_concurrent_requests`` /
   ``--max-concurrent-requests`` (512, TEI's ``--max-concurrent-requests``): past either, a
   request is answered 429 with ``Retry-After: 1``. A request counts against the latter once
   its body is in: a client still uploading holds a connection, never a scoring slot.
 * ``max_wait_ms`` / ``--max-wait-ms`` (2 ms, 0 to 1,000): see batching below.
 * ``batch_workers`` (None: a local reranker's own ``batch_workers``, 2 on CPUs and 1 on GPUs;
-  1 for any other reranker): micro-batches scored at once.
+  8 requests for a reranker answering through ``rerank_response``, e.g. an API; 1 for another
+  reranker with its own ``score_pairs``): micro-batches (or whole requests) scored at once.
 * A client that disconnects has its pending work dropped, quietly (no traceback per abort).
 * JSON nested too deeply for the parser is a 400, never a 500.
 
@@ -117,19 +119,23 @@ to a body that is not ``Content-Type: application/json`` and 421 to a ``Host`` t
 Scoring failures: a reranker's error is answered in the route's shape and logged as one line
 (no traceback): an upstream API's rate limit is 429 (with its ``Retry-After`` when it gave
 one), its refusal of this server's key or a malformed answer 502, its unavailability 503,
-invalid input 400 (TEI: 422), anything else 500 (its traceback logged at DEBUG only). Clients
-see the kind of failure, never the upstream's own text, and the log line names the upstream
-and its HTTP status, not its text (which may echo the upstream key).
+invalid input 400 (TEI: 422; also an upstream's own 400, 413 or 422, which refuse the
+request's content, e.g. a pair past its window), anything else 500 (its traceback logged at
+DEBUG only). Clients see the kind of failure, never the upstream's own text, and the log line
+names the upstream and its HTTP status, not its text (which may echo the upstream key).
 
-Concurrent requests are batched together for the model by the library's micro-batcher
-(``providers/_batching.py``, the one every local reranker uses across its callers): the
+Concurrent requests go through the library's micro-batcher (``providers/_batching.py``, the
+one every local reranker uses across its callers). A local reranker's rows (and an
+instruction view's, encoded with the view's prompt) share its model's forward passes: the
 requests waiting are scored together, and while requests do come together it waits up to
-``max_wait_ms`` to gather them (a lone request never waits). A local reranker's rows (and an
-instruction view's, encoded with the view's prompt) share its model's forward passes; over any
-other reranker each request's pairs in a micro-batch are one ``rerank_response`` call of the
-reranker (so its usage is the request's own), or one ``score_pairs`` call per micro-batch for a
-reranker with a ``score_pairs`` of its own. One worker thread serves every
-event loop running the app. ``run_server`` freezes the objects alive after loading the model
+``max_wait_ms`` to gather them (a lone request never waits); so does a reranker with a
+``score_pairs`` of its own (one call per micro-batch). Any other reranker (an API, a
+``FallbackReranker``, a ``CachedReranker``) answers each request whole, with one
+``rerank_response`` call: never cut into micro-batches (a fallback ranks a request with one
+member's scores), never batched with another request (a request's failure is its own; its
+usage is its own), and up to ``batch_workers`` requests at once (8 by default: a slow
+upstream holds only its own requests). The worker threads serve every event loop running the
+app. ``run_server`` freezes the objects alive after loading the model
 (``gc.freeze``), so garbage collections during requests do not walk the model's.
 """
 
@@ -218,6 +224,8 @@ REFUSALS_LINGERING = 64
 #: Longest ``instruction`` a request may carry, and how many instructions' views are kept.
 MAX_INSTRUCTION_CHARS = 4096
 MAX_INSTRUCTION_VIEWS = 64
+#: An upstream's answers that refuse the request's content: the client's bad request here.
+CLIENT_ERRORS = frozenset({400, 413, 422})
 
 
 class BackgroundServer:
@@ -808,13 +816,17 @@ def create_app(
     views: OrderedDict[str, Reranker] = OrderedDict()
     max_containers = CONTAINERS_PER_DOCUMENT * max_documents + EXTRA_CONTAINERS
     # A local reranker's rows go to its runner with their real token counts; any other
-    # reranker (or a local one with its own score_pairs) is served through score_pairs.
+    # reranker (or a local one with its own score_pairs) is served through score_pairs, or,
+    # where it answers through rerank_response (an API, a fallback, a cache), request by
+    # request: never cut (a fallback's members never mix in one ranking), never sharing a
+    # failure, several at once (an upstream's wait holds only its own request).
     local = (
         reranker
         if isinstance(reranker, LocalReranker)
         and type(reranker).score_pairs is LocalReranker.score_pairs
         else None
     )
+    whole = local is None and _answers_with_usage(reranker)
     batcher = Batcher(
         reranker.score_pairs,
         wait_ms / 1000.0,
@@ -826,6 +838,7 @@ def create_app(
         family=local.family if local is not None else None,
         score_groups=_score_groups,
         workers=batch_workers,
+        whole_requests=whole,
     )
     served_name = served_model_name(reranker, model_name)
     expected_key = api_key.encode() if api_key is not None else None
@@ -930,6 +943,11 @@ def create_app(
             what += upstream
         elif isinstance(exc, ProviderUnavailableError):
             status, what = 503, f"the upstream reranker {provider!r} is unavailable{upstream}"
+        elif type(exc) is ProviderError and status_code in CLIENT_ERRORS:
+            # The upstream refused this request's content (e.g. a pair past its window): the
+            # client's bad request, as for any invalid input; its text is not echoed.
+            status = 422 if shape == "tei" else 400
+            what = f"the upstream reranker {provider!r} refused this request as invalid{upstream}"
         elif isinstance(exc, ProviderError):
             status, what = 502, f"the upstream reranker {provider!r} failed{upstream}"
         elif isinstance(exc, InvalidInputError):

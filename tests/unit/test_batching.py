@@ -14,7 +14,13 @@ import pytest
 
 from milvus_rerank.errors import ConfigurationError
 from milvus_rerank.providers import _batching
-from milvus_rerank.providers._batching import MicroBatcher, Overloaded, RequestBatcher
+from milvus_rerank.providers._batching import (
+    REQUEST_WORKERS,
+    MicroBatcher,
+    Overloaded,
+    RequestBatcher,
+)
+from milvus_rerank.results import Usage
 
 
 class Recorder:
@@ -358,6 +364,41 @@ async def test_request_batcher_scores_pairs_through_score_pairs() -> None:
     assert await batcher.score("q", []) == []
     assert batcher.requests == 2 and batcher.pending_pairs == 0
     assert all(sum(batcher.cost(q, d) for q, d in call) <= 20 or len(call) == 1 for call in calls)
+
+
+async def test_request_batcher_scores_whole_requests_alone_and_bounds_their_pairs() -> None:
+    groups: list[list[tuple[object, str, list[str]]]] = []
+    gate = threading.Event()
+
+    def score_groups(
+        batch: Sequence[tuple[object, str, Sequence[str]]],
+    ) -> list[tuple[list[float], Usage | None]]:
+        groups.append([(scorer, query, list(docs)) for scorer, query, docs in batch])
+        gate.wait(10)
+        if "bad" in batch[0][2]:
+            raise ValueError("bad request")
+        return [([float(len(d)) for d in docs], Usage(tokens=len(docs))) for _, _, docs in batch]
+
+    def unused(queries: Sequence[str], documents: Sequence[str]) -> list[float]:
+        raise AssertionError("whole requests never go through score_pairs")
+
+    batcher = RequestBatcher(
+        unused, max_tokens=5, max_pending=6, score_groups=score_groups, whole_requests=True
+    )
+    assert batcher.workers == REQUEST_WORKERS
+    big = asyncio.ensure_future(batcher.score_counted("q", ["x" * 40] * 4, scorer="s"))
+    bad = asyncio.ensure_future(batcher.score_counted("q", ["bad"]))
+    await asyncio.sleep(0.05)
+    assert batcher.pending_pairs == 5  # queued or being scored, until answered
+    with pytest.raises(Overloaded):
+        await batcher.score("q", ["a", "b"])  # 7 pairs would pass max_pending
+    gate.set()
+    assert await big == ([40.0] * 4, Usage(tokens=4))
+    with pytest.raises(ValueError, match="bad request"):
+        await bad
+    # Each request whole, one a call, though its estimate is far past max_tokens.
+    assert sorted(len(g[0][2]) for g in groups) == [1, 4] and all(len(g) == 1 for g in groups)
+    assert batcher.pending_pairs == 0 and batcher.requests == 1
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

@@ -50,6 +50,7 @@ __all__ = [
     "MAX_BATCH_ITEMS",
     "MAX_BATCH_TOKENS",
     "PASSES_PER_BATCH",
+    "REQUEST_WORKERS",
     "MicroBatcher",
     "Overloaded",
     "RequestBatcher",
@@ -85,6 +86,8 @@ MAX_WAIT = 60.0
 IDLE_EXIT = 0.25
 #: The window assumed for a pair's estimated cost where the reranker does not say.
 UNKNOWN_WINDOW = 8192
+#: Whole requests a ``RequestBatcher`` scores at once by default (upstream calls wait on I/O).
+REQUEST_WORKERS = 8
 
 
 class Overloaded(RerankError):
@@ -564,6 +567,12 @@ class RequestBatcher:
     ``max_tokens`` tokens; past ``max_pending`` rows waiting, ``score`` raises ``Overloaded``.
     Up to ``workers`` micro-batches run at once (None: the runner's ``batch_workers``, 2 on
     CPUs and 1 on GPUs; 1 over anything but a local runner).
+
+    With ``whole_requests`` (no runner) a request is never cut nor batched with another: it is
+    one ``score_groups`` group alone, so a scorer that may answer a call from one member of a
+    fallback and the next from another ranks a request with one member's scores, and a
+    request's failure is its own. Up to ``workers`` requests (None: ``REQUEST_WORKERS``, for
+    an upstream API that waits on the network) are scored at once.
     """
 
     def __init__(
@@ -579,25 +588,41 @@ class RequestBatcher:
         family: Any = None,
         score_groups: ScoreGroups | None = None,
         workers: int | None = None,
+        whole_requests: bool = False,
     ) -> None:
         self.score_pairs = score_pairs
         self.score_groups = score_groups if score_groups is not None else self._pairs_groups
         self.window = window or UNKNOWN_WINDOW
         self.runner = runner
         self.family = family
+        self.whole_requests = whole_requests and runner is None
+        self.max_pending = max_pending
+        self._lock = threading.Lock()
+        self._whole_pairs = 0  # pairs of whole requests queued or being scored
+        if self.whole_requests:
+            default_workers = REQUEST_WORKERS
+        elif runner is None:
+            default_workers = 1
+        else:
+            default_workers = _workers(
+                runner.options.get("batch_workers"), runner.load().device == "cpu"
+            )
         limits: dict[str, Any] = {
             "max_wait": max_wait,
-            "max_items": max_pairs,
+            "max_items": 1 if self.whole_requests else max_pairs,
             "max_tokens": max_tokens,
-            "max_pending": max_pending,
+            # Whole requests are bounded by their pairs here, not by the batcher's rows.
+            "max_pending": None if self.whole_requests else max_pending,
             "name": "milvus-rerank-batcher-serve",
-            "workers": workers
-            if workers is not None
-            else 1
-            if runner is None
-            else _workers(runner.options.get("batch_workers"), runner.load().device == "cpu"),
+            "workers": workers if workers is not None else default_workers,
         }
-        forward = runner.forward if runner is not None else self._score_chunk
+        forward: Callable[[list[Any]], Sequence[Any]]
+        if runner is not None:
+            forward = runner.forward
+        elif self.whole_requests:
+            forward = self._score_requests
+        else:
+            forward = self._score_chunk
         self._batcher: MicroBatcher[Any, Any] = MicroBatcher(forward, **limits)
 
     @property
@@ -612,8 +637,8 @@ class RequestBatcher:
 
     @property
     def pending_pairs(self) -> int:
-        """Rows queued and not yet handed to the model."""
-        return self._batcher.pending
+        """Rows queued and not yet handed to the model (whole requests: until answered)."""
+        return self._whole_pairs if self.whole_requests else self._batcher.pending
 
     @property
     def batches(self) -> int:
@@ -640,6 +665,47 @@ class RequestBatcher:
             raise RuntimeError(f"score_pairs returned {len(scores)} scores for {len(queries)}")
         starts = [sum(sizes[:i]) for i in range(len(sizes))]
         return [(scores[a : a + n], None) for a, n in zip(starts, sizes, strict=True)]
+
+    def _score_requests(
+        self, requests: list[tuple[_Request, Sequence[str]]]
+    ) -> list[tuple[list[float], Usage | None]]:
+        """Whole requests' scores and usage (one each: a micro-batch of one request)."""
+        answers = self.score_groups([(r.scorer, r.query, docs) for r, docs in requests])
+        if len(answers) != len(requests):
+            raise RuntimeError(f"score_groups answered {len(answers)} of {len(requests)} groups")
+        out: list[tuple[list[float], Usage | None]] = []
+        for (_, documents), (scores, usage) in zip(requests, answers, strict=True):
+            if len(scores) != len(documents):
+                raise RuntimeError(f"{len(scores)} scores for a group of {len(documents)} pairs")
+            out.append(([float(s) for s in scores], usage))
+        return out
+
+    def _submit_whole(
+        self, request: _Request, documents: list[str]
+    ) -> concurrent.futures.Future[tuple[list[float], Usage | None]]:
+        """Queue one request as one item, its cost its pairs' estimates, its pairs counted."""
+        count = len(documents)
+        with self._lock:
+            # As MicroBatcher.check_room: a request of any size is let in while none waits.
+            if self.max_pending is not None and self._whole_pairs:
+                if self._whole_pairs + count > self.max_pending:
+                    raise Overloaded(
+                        f"{self._whole_pairs} pairs are already waiting to be scored (at most "
+                        f"{self.max_pending}); retry later"
+                    )
+            self._whole_pairs += count
+        cost = sum(self.cost(request.query, d) for d in documents)
+        try:
+            future = self._batcher.submit([(request, documents)], [cost], _whole_answer)
+        except BaseException:
+            self._done_whole(count)
+            raise
+        future.add_done_callback(lambda _: self._done_whole(count))
+        return future
+
+    def _done_whole(self, count: int) -> None:
+        with self._lock:
+            self._whole_pairs -= count
 
     def _score_chunk(self, pairs: list[tuple[_Request, str]]) -> list[tuple[float, Usage | None]]:
         """A micro-batch's scores, each request's usage on its first row there."""
@@ -704,6 +770,8 @@ class RequestBatcher:
         if not documents:
             return [], None
         runner = self.runner
+        if self.whole_requests:
+            return await _until(self._submit_whole(_Request(scorer, query), documents), abandoned)
         if runner is None:
             request = _Request(scorer, query)
             pairs = self._batcher.submit(
@@ -721,6 +789,13 @@ class RequestBatcher:
         )
         scores, tokens = await _until(submit_prepared(self._batcher, runner, prepared), abandoned)
         return scores, Usage(tokens=bounded_count(sum(tokens)))
+
+
+def _whole_answer(
+    outputs: list[tuple[list[float], Usage | None]],
+) -> tuple[list[float], Usage | None]:
+    """A whole request's answer: its one item's scores and usage."""
+    return outputs[0]
 
 
 def _scores_and_usage(
