@@ -175,3 +175,46 @@ async def test_batch_workers_bounds_the_requests_scored_at_once() -> None:
             answers = await asyncio.gather(*posts)
     assert [a.status_code for a in answers] == [200] * 5
     assert scorer.peak == 2
+
+
+class Failing(Reranker):
+    """Always raises ``error`` (an upstream that is down or rate limited)."""
+
+    provider = "failing"
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def _score(self, query: str, documents: list[str]) -> Sequence[float]:
+        raise self.error
+
+
+def limited(wait: float | None) -> Exception:
+    from milvus_rerank.errors import RateLimitError
+
+    return RateLimitError("slow down", provider="api", retry_after=wait)
+
+
+@pytest.mark.parametrize(
+    ("errors", "status", "retry_after"),
+    [
+        ([limited(7), limited(3)], 429, "3"),  # every member rate limited: the soonest
+        ([limited(None)], 429, "1"),
+        ([ProviderUnavailableError("down", provider="a"), limited(2)], 503, None),
+        ([ProviderUnavailableError("down", provider="a")], 503, None),
+        ([ProviderError("broken", provider="a", status_code=500), limited(2)], 502, None),
+    ],
+)
+def test_a_failed_fallback_is_answered_as_its_members_failures_mean(
+    errors: list[Exception], status: int, retry_after: str | None
+) -> None:
+    members: list[Reranker] = [Failing(error) for error in errors]
+    if len(members) > 1:  # nested chains are read through
+        members = [FallbackReranker(members[:1]), *members[1:]]
+    app = create_app(FallbackReranker(members), max_wait_ms=0)
+    with BackgroundServer(app) as running:
+        answer = httpx.post(
+            running.url + "/v1/rerank", json={"query": "q", "documents": ["a", "b"]}, timeout=30
+        )
+    assert answer.status_code == status, answer.text
+    assert answer.headers.get("retry-after") == retry_after

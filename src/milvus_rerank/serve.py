@@ -159,6 +159,7 @@ from typing import Any
 
 from .base import Reranker, describe_value, rank, validate_request
 from .errors import (
+    AllRerankersFailedError,
     AuthenticationError,
     ConfigurationError,
     InvalidInputError,
@@ -724,6 +725,42 @@ def _positive(name: str, value: object, kind: type = int) -> None:
         raise ConfigurationError(f"{name} must be a positive {kind.__name__}, got {value!r}")
 
 
+def _member_failures(exc: Exception) -> list[Exception]:
+    """The failures of a ``FallbackReranker``'s members, nested chains flattened."""
+    if not isinstance(exc, AllRerankersFailedError):
+        return [exc]
+    return [leaf for failure in exc.failures for leaf in _member_failures(failure)]
+
+
+def _as_one_failure(exc: Exception) -> Exception:
+    """A fallback's failure answered as its members' failures mean, so clients back off.
+
+    Every member rate limited: a ``RateLimitError`` with the soonest ``Retry-After`` (429);
+    every member rate limited or unavailable: a ``ProviderUnavailableError`` (503); else the
+    error itself (502).
+    """
+    if not isinstance(exc, AllRerankersFailedError):
+        return exc
+    leaves = _member_failures(exc)
+    if leaves and all(isinstance(leaf, RateLimitError) for leaf in leaves):
+        waits = [
+            wait
+            for leaf in leaves
+            if isinstance(leaf, RateLimitError)
+            and (wait := leaf.retry_after) is not None
+            and math.isfinite(wait)
+            and wait >= 0
+        ]
+        return RateLimitError(
+            str(exc), provider="fallback", retry_after=min(waits) if waits else None
+        )
+    if leaves and all(
+        isinstance(leaf, (RateLimitError, ProviderUnavailableError)) for leaf in leaves
+    ):
+        return ProviderUnavailableError(str(exc), provider="fallback")
+    return exc
+
+
 def _check_wait(max_wait_ms: object) -> float:
     if (
         isinstance(max_wait_ms, bool)
@@ -927,6 +964,7 @@ def create_app(
 
     def failed(exc: Exception, shape: str) -> _HTTPError:
         """The answer to a reranker's failure, logged as one line without a traceback."""
+        exc = _as_one_failure(exc)
         provider = getattr(exc, "provider", None) or reranker.provider
         status_code = getattr(exc, "status_code", None)
         upstream = f" (HTTP {status_code})" if status_code else ""
