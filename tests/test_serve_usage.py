@@ -232,11 +232,12 @@ def test_a_fallback_app_reports_the_answering_members_usage(
                 got = client.rerank_response(QUERY, DOCS)
             assert got.usage.tokens == want.usage.tokens
             assert [r.index for r in got.results] == [r.index for r in want.results]
-    # Failing open has no scores to serve: the failure is answered, never NaN.
+    # Failing open has no scores to serve: the failure is answered as what it
+    # was (every member unavailable: 503), never with NaN scores.
     failing = FallbackReranker([Down()], fail_open=True)
     with BackgroundServer(create_app(failing)) as running:
         answer = httpx.post(running.url + "/v1/rerank", json={"query": QUERY, "documents": DOCS})
-    assert answer.status_code == 502 and "nan" not in answer.text.lower()
+    assert answer.status_code == 503 and "nan" not in answer.text.lower()
 
 
 async def test_concurrent_wrapped_requests_each_get_their_own_usage(
