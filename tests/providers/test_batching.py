@@ -19,7 +19,12 @@ pytest.importorskip("torch")
 
 from milvus_rerank import ConfigurationError, CrossEncoderReranker, Qwen3Reranker  # noqa: E402
 from milvus_rerank.providers import _batching  # noqa: E402
-from milvus_rerank.providers._local import LOCAL_DEFAULTS, LocalReranker  # noqa: E402
+from milvus_rerank.providers._local import (  # noqa: E402
+    LOCAL_DEFAULTS,
+    LocalReranker,
+    spread,
+    unique_pairs,
+)
 from tests.conftest import CORPUS  # noqa: E402
 
 QUERIES = [
@@ -45,8 +50,13 @@ def qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def alone(reranker: LocalReranker, query: str, docs: Sequence[str]) -> tuple[list[float], int]:
-    """The unbatched scores and tokens: one prepare, forward and finish of this call only."""
-    scores, tokens = reranker.runner.scores_and_tokens([query] * len(docs), docs, reranker.family)
+    """The unbatched scores and tokens: one prepare, forward and finish of this call only.
+
+    Of its distinct documents: a repeated pair is scored, and its tokens counted, once.
+    """
+    queries, distinct, where = unique_pairs([query] * len(docs), docs)
+    scored = reranker.runner.scores_and_tokens(queries, distinct, reranker.family)
+    scores, tokens = spread(scored, where)
     return scores, sum(tokens)
 
 
@@ -394,7 +404,7 @@ def test_a_lone_call_gets_its_own_passes(
         return forward(rows)
 
     monkeypatch.setattr(reranker.runner, "forward", recording)
-    many = [" ".join([DOCS[i % len(DOCS)]] * (1 + i % 9)) for i in range(400)]
+    many = [f"{i} " + " ".join([DOCS[i % len(DOCS)]] * (1 + i % 9)) for i in range(400)]
     response = reranker.rerank_response(QUERIES[1], many)
     assert len(lengths) > 1
     lengths.sort(key=max, reverse=True)  # two workers may start their passes in either order

@@ -882,6 +882,36 @@ def _dtype_kwargs(transformers: Any, dtype: str) -> dict[str, Any]:
     return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": getattr(torch, dtype)}
 
 
+def unique_pairs(
+    queries: Sequence[str], documents: Sequence[str]
+) -> tuple[list[str], list[str], list[int]]:
+    """The distinct (query, document) pairs in first-seen order, and where each pair went.
+
+    A pair scored twice in one call could land in passes of other shapes and get scores a
+    float32 rounding apart; scored once, duplicates (the same chunk from two retrievers) tie
+    and keep their input order, and cost nothing.
+    """
+    seen: dict[tuple[str, str], int] = {}
+    where = [seen.setdefault((q, d), len(seen)) for q, d in zip(queries, documents, strict=True)]
+    if len(seen) == len(where):
+        return list(queries), list(documents), where
+    pairs = list(seen)
+    return [q for q, _ in pairs], [d for _, d in pairs], where
+
+
+def spread(
+    scored: tuple[Sequence[float], Sequence[int]], where: Sequence[int]
+) -> tuple[list[float], list[int]]:
+    """Per-pair scores and tokens from the unique pairs' (a repeat's tokens count as 0)."""
+    scores, tokens = scored
+    first: set[int] = set()
+    out_tokens = []
+    for j in where:
+        out_tokens.append(0 if j in first else tokens[j])
+        first.add(j)
+    return [scores[j] for j in where], out_tokens
+
+
 class LocalReranker(Reranker):
     """A ``Reranker`` over a ``LocalModelRunner`` and a ``ModelFamily``.
 
@@ -957,10 +987,17 @@ class LocalReranker(Reranker):
     def _scores_and_tokens(
         self, queries: Sequence[str], documents: Sequence[str]
     ) -> tuple[list[float], list[int]]:
-        """Scores and tokens per pair: in shared batches (``batch_across_calls``) or alone."""
+        """Scores and tokens per pair: in shared batches (``batch_across_calls``) or alone.
+
+        Identical pairs are scored once (``unique_pairs``): they share one score, so equal
+        texts keep their input order, and their tokens count once.
+        """
+        unique_queries, unique_documents, where = unique_pairs(queries, documents)
         if self.runner.options["batch_across_calls"]:
-            return score_rows(self.runner, self.family, queries, documents)
-        return self.runner.scores_and_tokens(queries, documents, self.family)
+            scored = score_rows(self.runner, self.family, unique_queries, unique_documents)
+        else:
+            scored = self.runner.scores_and_tokens(unique_queries, unique_documents, self.family)
+        return spread(scored, where)
 
     def _score(self, query: str, documents: list[str]) -> list[float]:
         return self._scores_and_tokens([query] * len(documents), documents)[0]
@@ -972,8 +1009,9 @@ class LocalReranker(Reranker):
     async def _ascore_usage(self, query: str, documents: list[str]) -> tuple[list[float], Usage]:
         if not self.runner.options["batch_across_calls"]:
             return await asyncio.to_thread(self._score_usage, query, documents)
-        queries = [query] * len(documents)
-        scores, tokens = await ascore_rows(self.runner, self.family, queries, documents)
+        queries, unique_documents, where = unique_pairs([query] * len(documents), documents)
+        scored = await ascore_rows(self.runner, self.family, queries, unique_documents)
+        scores, tokens = spread(scored, where)
         return scores, Usage(tokens=sum(tokens))
 
     def score_pairs(self, queries: Sequence[str], documents: Sequence[str]) -> list[float]:
