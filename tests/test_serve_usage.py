@@ -312,3 +312,19 @@ def test_a_reranker_that_counts_nothing_is_reported_as_counting_nothing() -> Non
         answer = httpx.post(running.url + "/v1/rerank", json=body)
     assert scores(answer) == {1: 0.9, 0: 0.0}
     assert answer.json()["usage"]["total_tokens"] is None
+
+
+def test_copies_of_a_document_share_one_score_and_count_once_through_serve(
+    local: CrossEncoderReranker,
+) -> None:
+    # The same chunk twice (two retrievers found it): served as the library scores it.
+    docs = [*DOCS, DOCS[0], DOCS[2], DOCS[0]]
+    want = local.rerank_response(QUERY, docs)
+    assert want.usage.tokens == local.rerank_response(QUERY, DOCS).usage.tokens
+    with BackgroundServer(create_app(local, max_batch_pairs=2)) as running:
+        answer = httpx.post(running.url + "/v1/rerank", json={"query": QUERY, "documents": docs})
+    got = scores(answer)
+    assert got[0] == got[4] == got[6] and got[2] == got[5]
+    want_scores = {r.index: r.score for r in want.results}
+    assert got == pytest.approx(want_scores, abs=1e-5)  # other batch shapes: float32 noise
+    assert answer.json()["usage"]["total_tokens"] == want.usage.tokens

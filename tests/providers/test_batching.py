@@ -19,12 +19,8 @@ pytest.importorskip("torch")
 
 from milvus_rerank import ConfigurationError, CrossEncoderReranker, Qwen3Reranker  # noqa: E402
 from milvus_rerank.providers import _batching  # noqa: E402
-from milvus_rerank.providers._local import (  # noqa: E402
-    LOCAL_DEFAULTS,
-    LocalReranker,
-    spread,
-    unique_pairs,
-)
+from milvus_rerank.providers._batching import spread, unique_pairs  # noqa: E402
+from milvus_rerank.providers._local import LOCAL_DEFAULTS, LocalReranker  # noqa: E402
 from tests.conftest import CORPUS  # noqa: E402
 
 QUERIES = [

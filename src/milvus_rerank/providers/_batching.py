@@ -59,7 +59,9 @@ __all__ = [
     "ascore_rows",
     "runner_batcher",
     "score_rows",
+    "spread",
     "submit_prepared",
+    "unique_pairs",
 ]
 
 logger = logging.getLogger("milvus_rerank.batching")
@@ -781,14 +783,44 @@ class RequestBatcher:
             )
             return await _until(pairs, abandoned)
         self._batcher.check_room(len(documents))  # before the work of encoding
+        # Copies of a document are scored once, as ``LocalReranker`` scores them.
+        queries, distinct, where = unique_pairs([query] * len(documents), documents)
         prepared = await asyncio.to_thread(
-            runner.prepare,
-            [query] * len(documents),
-            documents,
-            self.family if family is None else family,
+            runner.prepare, queries, distinct, self.family if family is None else family
         )
-        scores, tokens = await _until(submit_prepared(self._batcher, runner, prepared), abandoned)
+        scored = await _until(submit_prepared(self._batcher, runner, prepared), abandoned)
+        scores, tokens = spread(scored, where)
         return scores, Usage(tokens=bounded_count(sum(tokens)))
+
+
+def unique_pairs(
+    queries: Sequence[str], documents: Sequence[str]
+) -> tuple[list[str], list[str], list[int]]:
+    """The distinct (query, document) pairs in first-seen order, and where each pair went.
+
+    A pair scored twice in one call could land in passes of other shapes and get scores a
+    float32 rounding apart; scored once, duplicates (the same chunk from two retrievers) tie
+    and keep their input order, and cost nothing.
+    """
+    seen: dict[tuple[str, str], int] = {}
+    where = [seen.setdefault((q, d), len(seen)) for q, d in zip(queries, documents, strict=True)]
+    if len(seen) == len(where):
+        return list(queries), list(documents), where
+    pairs = list(seen)
+    return [q for q, _ in pairs], [d for _, d in pairs], where
+
+
+def spread(
+    scored: tuple[Sequence[float], Sequence[int]], where: Sequence[int]
+) -> tuple[list[float], list[int]]:
+    """Per-pair scores and tokens from the unique pairs' (a repeat's tokens count as 0)."""
+    scores, tokens = scored
+    first: set[int] = set()
+    out_tokens = []
+    for j in where:
+        out_tokens.append(0 if j in first else tokens[j])
+        first.add(j)
+    return [scores[j] for j in where], out_tokens
 
 
 def _whole_answer(

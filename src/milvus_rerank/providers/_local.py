@@ -29,7 +29,7 @@ from typing_extensions import Self, Unpack
 from ..base import Reranker, validate_pairs
 from ..errors import ConfigurationError, MissingDependencyError, RerankError
 from ..results import Usage
-from ._batching import ascore_rows, score_rows
+from ._batching import ascore_rows, score_rows, spread, unique_pairs
 from ._family import Head, ModelFamily, ModelSource, Rows
 from ._passages import (
     DEFAULT_MAX_PASSAGES,
@@ -880,36 +880,6 @@ def _dtype_kwargs(transformers: Any, dtype: str) -> dict[str, Any]:
 
     major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
     return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": getattr(torch, dtype)}
-
-
-def unique_pairs(
-    queries: Sequence[str], documents: Sequence[str]
-) -> tuple[list[str], list[str], list[int]]:
-    """The distinct (query, document) pairs in first-seen order, and where each pair went.
-
-    A pair scored twice in one call could land in passes of other shapes and get scores a
-    float32 rounding apart; scored once, duplicates (the same chunk from two retrievers) tie
-    and keep their input order, and cost nothing.
-    """
-    seen: dict[tuple[str, str], int] = {}
-    where = [seen.setdefault((q, d), len(seen)) for q, d in zip(queries, documents, strict=True)]
-    if len(seen) == len(where):
-        return list(queries), list(documents), where
-    pairs = list(seen)
-    return [q for q, _ in pairs], [d for _, d in pairs], where
-
-
-def spread(
-    scored: tuple[Sequence[float], Sequence[int]], where: Sequence[int]
-) -> tuple[list[float], list[int]]:
-    """Per-pair scores and tokens from the unique pairs' (a repeat's tokens count as 0)."""
-    scores, tokens = scored
-    first: set[int] = set()
-    out_tokens = []
-    for j in where:
-        out_tokens.append(0 if j in first else tokens[j])
-        first.add(j)
-    return [scores[j] for j in where], out_tokens
 
 
 class LocalReranker(Reranker):
