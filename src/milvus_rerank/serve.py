@@ -33,7 +33,9 @@ Limits (``create_app`` keyword / ``serve`` flag, default):
   windows the reranker reads of a document, ``passages_per_document()``: ``max_passages`` for
   a local reranker with ``long_documents="max_passage"``, or a fallback or cache over one):
   the query and each document are cut to this many characters before tokenization, so a
-  50 MB document is never tokenized whole. A text that fits is far shorter, and scores the same.
+  50 MB document is never tokenized whole. A text that fits is far shorter, and scores the same;
+  only a text far sparser than 32 characters a token (thousands of padding spaces) can lose
+  words past the cap that the library, which cuts by tokens, would read.
 * ``max_batch_pairs`` (256) and ``max_batch_tokens`` / ``--max-batch-tokens`` (8,192 tokens): one
   model call holds at most this much. A local reranker's pairs count the tokens they encode to
   (each request is tokenized first, in a worker thread); a pair for a reranker with its own
