@@ -18,13 +18,13 @@ import logging
 import random
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from milvus_rerank import HTTPReranker, RetryPolicy
+from milvus_rerank import HTTPReranker, Reranker, RetryPolicy
 from milvus_rerank.serve import BackgroundServer
 from tests.providers.specs import SPECS, answer_items, request_documents, request_query, score_key
 
@@ -358,3 +358,18 @@ def api_reranker(provider: str, url: str, **kwargs: Any) -> HTTPReranker:
 def fast_retry(**changes: Any) -> RetryPolicy:
     """``FAST_RETRY`` with some fields changed."""
     return dataclasses.replace(FAST_RETRY, **changes)
+
+
+class Failing(Reranker):
+    """Every scoring raises ``error`` (an upstream that is down, rate limited or broken)."""
+
+    provider = "failing"
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def _score(self, query: str, documents: list[str]) -> Sequence[float]:
+        raise self.error
+
+    def score_pairs(self, queries: Sequence[str], documents: Sequence[str]) -> list[float]:
+        raise self.error

@@ -25,6 +25,7 @@ from milvus_rerank.errors import (  # noqa: E402
 )
 from milvus_rerank.serve import BackgroundServer, create_app  # noqa: E402
 from tests.conftest import ScoreTableReranker  # noqa: E402
+from tests.fakes import Failing  # noqa: E402
 
 
 class Flaky(Reranker):
@@ -175,18 +176,6 @@ async def test_batch_workers_bounds_the_requests_scored_at_once() -> None:
             answers = await asyncio.gather(*posts)
     assert [a.status_code for a in answers] == [200] * 5
     assert scorer.peak == 2
-
-
-class Failing(Reranker):
-    """Always raises ``error`` (an upstream that is down or rate limited)."""
-
-    provider = "failing"
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-    def _score(self, query: str, documents: list[str]) -> Sequence[float]:
-        raise self.error
 
 
 def limited(wait: float | None) -> Exception:

@@ -32,6 +32,7 @@ from milvus_rerank.serve import (  # noqa: E402
     run_server,
     served_model_name,
 )
+from tests.fakes import Failing  # noqa: E402
 
 QUERY = "what is milvus"
 JSON = {"Content-Type": "application/json"}
@@ -642,21 +643,6 @@ async def test_past_max_connections_inside_requests_a_new_one_gets_503() -> None
             assert [(await h).status_code for h in held] == [200, 200]
     assert "connections are inside requests" in assert_shape("/v1/rerank", "d", refused, 503)
     assert refused.headers["retry-after"] == "1"
-
-
-class Failing(Reranker):
-    """Every scoring raises ``error``."""
-
-    provider = "failing"
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-    def _score(self, query: str, documents: list[str]) -> Sequence[float]:
-        raise self.error
-
-    def score_pairs(self, queries: Sequence[str], documents: Sequence[str]) -> list[float]:
-        raise self.error
 
 
 @pytest.mark.parametrize(
