@@ -16,11 +16,11 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict, TypeVar
 from urllib.parse import urlsplit
 
 from typing_extensions import Self, Unpack
@@ -138,12 +138,16 @@ LOCAL_DEFAULTS: LocalOptions = {
     "batch_workers": None,
 }
 
+_T = TypeVar("_T")
 _TRUTHY = {"1", "true", "yes", "on"}
 #: A long document is first tried cut at this many characters per token the model may read of
 #: it (a generous multiple of the ~4 an English token covers; ``serve`` cuts at the same).
 CHARS_PER_TOKEN = 32
 #: A cut is kept only where it yields this many times the tokens that can be read.
 CUT_MARGIN = 2
+#: Pairs tokenized per hold of a runner's tokenizer lock: another caller's tokenization waits
+#: for one slice of a large call, not the whole of it.
+TOKENIZE_SLICE = 128
 #: A name the Hugging Face hub takes as a repo id (``huggingface_hub``'s ``validate_repo_id``
 #: rule, which also refuses ``..`` and ``--``): ``name`` or ``owner/name``.
 _HUB_NAME = re.compile(r"^(?:\w(?:[\w.-]*\w)?/)?\w(?:[\w.-]*\w)?$", re.ASCII)
@@ -802,11 +806,33 @@ class LocalModelRunner:
         ``family`` (default: the runner's) lets a view encode its own way over the same model,
         e.g. an LLM reranker with another instruction.
         """
-        loaded = self.load()
         encoder = family or self.family
-        with self._tokenizer_lock:
-            queries, documents = self._clip(loaded, encoder, queries, documents)
-            return encoder.encode(loaded.tokenizer, queries, documents, loaded.max_length)
+        return self._tokenize(encoder, encoder.encode, queries, documents)
+
+    def _tokenize(
+        self,
+        family: ModelFamily,
+        step: Callable[[Any, Sequence[str], Sequence[str], int], Sequence[_T]],
+        queries: Sequence[str],
+        documents: Sequence[str],
+    ) -> list[_T]:
+        """``step`` (the family's encode or locate) over the pairs, cut, a slice at a time.
+
+        Each slice of ``TOKENIZE_SLICE`` pairs takes the tokenizer lock alone, so another
+        caller's small call is tokenized between two slices of a large one, not after it all.
+        A family tokenizes each pair on its own, so the rows are those of one whole call.
+        """
+        loaded = self.load()
+        size = max(len(queries), len(documents))
+        out: list[_T] = []
+        for start in range(0, size, TOKENIZE_SLICE):  # no pairs: no rows, no tokenizer call
+            part = slice(start, start + TOKENIZE_SLICE)
+            with self._tokenizer_lock:
+                cut_queries, cut_documents = self._clip(
+                    loaded, family, queries[part], documents[part]
+                )
+                out += step(loaded.tokenizer, cut_queries, cut_documents, loaded.max_length)
+        return out
 
     def _clip(
         self,
@@ -900,11 +926,8 @@ class LocalModelRunner:
         if self.long_documents == "truncate":
             rows = self.encode_many(queries, documents, family)
             return Prepared(rows=rows, owners=list(range(len(rows))), pairs=len(rows))
-        loaded = self.load()
         encoder = family or self.family
-        with self._tokenizer_lock:
-            queries, documents = self._clip(loaded, encoder, queries, documents)
-            located = encoder.locate(loaded.tokenizer, queries, documents, loaded.max_length)
+        located = self._tokenize(encoder, encoder.locate, queries, documents)
         rows, owners = [], []
         for pair, item in enumerate(located):
             passages = passage_rows(item, self.passage_overlap, self.max_passages)
