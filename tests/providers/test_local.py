@@ -309,3 +309,44 @@ def test_a_causal_family_plugs_in_without_runner_changes(
     _close(got, expected)
     with pytest.raises(ConfigurationError, match="max_length=257"):
         LocalReranker(str(tmp_path / "lm"), _LastTokenFamily(), max_length=257).load()
+
+
+def _no_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if any weights load: a refused checkpoint is read from config.json only."""
+    import transformers
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("weights loaded before the checkpoint was checked")
+
+    for name in ("AutoModelForSequenceClassification", "AutoModelForCausalLM"):
+        monkeypatch.setattr(getattr(transformers, name), "from_pretrained", refuse)
+
+
+def test_a_wrong_family_checkpoint_is_refused_before_its_weights_load(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from milvus_rerank import Qwen3Reranker
+    from milvus_rerank.tiny import build_tiny_qwen3_reranker
+
+    qwen3 = build_tiny_qwen3_reranker(tmp_path / "qwen3", num_layers=1)
+    _no_weights(monkeypatch)
+    with pytest.raises(ConfigurationError, match="is a 'bert' checkpoint"):
+        Qwen3Reranker(str(tiny_models["ce"]), device="cpu").load()
+    with pytest.raises(ConfigurationError, match="2 output labels"):  # a causal LM's config
+        CrossEncoderReranker(str(qwen3), device="cpu").load()
+
+
+def test_a_multi_label_checkpoint_is_refused_before_its_weights_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import BertConfig
+
+    from milvus_rerank.tiny import build_tiny_cross_encoder
+
+    path = build_tiny_cross_encoder(tmp_path / "m", num_layers=1)
+    config = BertConfig.from_pretrained(path)
+    config.num_labels = 3
+    config.save_pretrained(path)  # the config says it: no weights need reading
+    _no_weights(monkeypatch)
+    with pytest.raises(ConfigurationError, match="3 output labels"):
+        CrossEncoderReranker(str(path), device="cpu").load()

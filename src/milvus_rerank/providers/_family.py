@@ -231,6 +231,22 @@ class ModelFamily(ABC):
             "this model (milvus-rerank --help lists them with their default models)"
         )
 
+    def check_config(self, config: Any, source: ModelSource) -> None:
+        """Refuse a checkpoint from its config alone, before its weights load.
+
+        ``check_model_type`` by default; a family adds what else its config decides.
+        """
+        self.check_model_type(config, source)
+
+    def query_tokens_read(self, max_length: int) -> int | None:
+        """The most tokens of a query (read from its head) any row of this family holds.
+
+        The runner cuts a longer query where no token of those can change
+        (``LocalModelRunner.clip_queries``). None (the default): no bound is known, so a
+        query is never cut.
+        """
+        return None
+
     @abstractmethod
     def encode(
         self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
@@ -269,14 +285,19 @@ class SequenceClassifierFamily(ModelFamily):
     ``[CLS]`` only (``_cls_forward``), the one position they read.
     """
 
-    def bind(self, model: Any, tokenizer: Any, source: ModelSource) -> Head:
-        """Refuse multi-label heads; use the ``[CLS]``-only forward where the layout allows."""
-        num_labels = int(getattr(model.config, "num_labels", 1))
+    def check_config(self, config: Any, source: ModelSource) -> None:
+        """The model type, and one output label (a multi-label head cannot rank)."""
+        super().check_config(config, source)
+        num_labels = int(getattr(config, "num_labels", 1))
         if num_labels != 1:
             raise ConfigurationError(
                 f"model {source.model_name!r} has {num_labels} output labels; a reranker needs "
                 "a model with one relevance logit (num_labels=1)"
             )
+
+    def bind(self, model: Any, tokenizer: Any, source: ModelSource) -> Head:
+        """Refuse multi-label heads; use the ``[CLS]``-only forward where the layout allows."""
+        self.check_config(model.config, source)
         return Head(ClassifierForward(model), self.activation(model, source))
 
     def activation(self, model: Any, source: ModelSource) -> Callable[[list[float]], list[float]]:

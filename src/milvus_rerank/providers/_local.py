@@ -17,11 +17,11 @@ import re
 import socket
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict, TypeVar
 from urllib.parse import urlsplit
 
 from typing_extensions import Self, Unpack
@@ -46,7 +46,10 @@ __all__ = [
     "Dtype",
     "LocalModelRunner",
     "LocalOptions",
+    "ClippedText",
     "LocalReranker",
+    "clip_texts",
+    "longer_cuts",
     "plan_batches",
     "quiet_progress",
     "resolve_device",
@@ -136,12 +139,16 @@ LOCAL_DEFAULTS: LocalOptions = {
     "batch_workers": None,
 }
 
+_T = TypeVar("_T")
 _TRUTHY = {"1", "true", "yes", "on"}
 #: A long document is first tried cut at this many characters per token the model may read of
 #: it (a generous multiple of the ~4 an English token covers; ``serve`` cuts at the same).
 CHARS_PER_TOKEN = 32
 #: A cut is kept only where it yields this many times the tokens that can be read.
 CUT_MARGIN = 2
+#: Pairs tokenized per hold of a runner's tokenizer lock: another caller's tokenization waits
+#: for one slice of a large call, not the whole of it.
+TOKENIZE_SLICE = 128
 #: A name the Hugging Face hub takes as a repo id (``huggingface_hub``'s ``validate_repo_id``
 #: rule, which also refuses ``..`` and ``--``): ``name`` or ``owner/name``.
 _HUB_NAME = re.compile(r"^(?:\w(?:[\w.-]*\w)?/)?\w(?:[\w.-]*\w)?$", re.ASCII)
@@ -463,6 +470,133 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_runners_after_fork)
 
 
+class ClippedText(str):
+    """A text cut by ``clip_texts``: the cut itself, with the whole text and the cut's tokens.
+
+    It is the cut wherever a ``str`` goes; a family that needs more of the whole text than
+    its first tokens (the cross-encoder's ``longest_first``, which compares whole lengths)
+    reads ``whole`` (see ``longer_cuts``).
+    """
+
+    whole: str
+    tokens: int
+
+    @classmethod
+    def of(cls, cut: str, whole: str, tokens: int) -> ClippedText:
+        """``cut`` of ``whole``, which alone tokenizes to ``tokens`` tokens."""
+        text = cls(cut)
+        text.whole, text.tokens = whole, tokens
+        return text
+
+
+def _count(tokenizer: Any, texts: Sequence[str], split: bool) -> list[int]:
+    """Tokens of each text alone, without added special tokens."""
+    if not texts:
+        return []
+    ids = tokenizer(
+        list(texts),
+        add_special_tokens=False,
+        return_attention_mask=False,
+        verbose=False,  # whole on purpose: no "longer than the maximum" warning
+        split_special_tokens=split,
+    )["input_ids"]
+    return [len(i) for i in ids]
+
+
+def _cut_at_break(text: str, breaks: Sequence[str], limit: int) -> str | None:
+    """``text`` up to its last break before ``limit`` characters (None: no break there)."""
+    end = max(text.rfind(b, 0, limit + 1) for b in breaks)
+    return text[:end] if end > 0 else None
+
+
+def clip_texts(tokenizer: Any, texts: Sequence[str], read: int, split: bool) -> list[str]:
+    """``texts``, each long one cut where none of the ``read`` tokens read of it can change.
+
+    A model reading the head of a text (the tokenizer's right-side truncation) reads at most
+    ``read`` of its tokens. Rather than tokenize megabytes to read those, a longer text is
+    cut at the last break (a character the tokenizer splits words at, see ``word_breaks``)
+    before ``CHARS_PER_TOKEN * read`` characters, and the cut is kept only if it alone
+    tokenizes to ``CUT_MARGIN * read`` tokens or more. Words before a break tokenize the same
+    whatever follows it, so the text's first ``read`` tokens, and so the rows and scores, are
+    those of the whole text. A cut short of that (whitespace runs, long tokens) grows fourfold
+    until it is kept or reaches the whole text; a text with no break to cut at (a tokenizer
+    that splits no words first, or one long word) is tokenized whole, as before. A kept cut
+    is a ``ClippedText``.
+    """
+    out = list(texts)
+    if getattr(tokenizer, "truncation_side", "right") != "right":
+        return out  # the tail is what is read
+    breaks = word_breaks(tokenizer)
+    if not breaks:
+        return out
+    limit = CHARS_PER_TOKEN * read
+    pending = [i for i, t in enumerate(out) if len(t) > limit]
+    while pending:
+        cuts = {i: c for i in pending if (c := _cut_at_break(out[i], breaks, limit)) is not None}
+        counts = _count(tokenizer, list(cuts.values()), split)
+        kept = set()
+        for (i, cut), tokens in zip(cuts.items(), counts, strict=True):
+            if tokens >= CUT_MARGIN * read:
+                out[i] = ClippedText.of(cut, texts[i], tokens)
+                kept.add(i)
+        limit *= 4
+        pending = [i for i in pending if i not in kept and len(out[i]) > limit]
+    return out
+
+
+def longer_cuts(tokenizer: Any, first: str, second: str, split: bool) -> tuple[str, str]:
+    """Cuts of two texts whose token counts compare as the whole texts' do.
+
+    ``first`` and ``second`` may be ``ClippedText`` cuts: for each, a longer cut (or the whole
+    text) replaces it until the counts decide whether the whole ``first`` has more tokens than
+    the whole ``second``. A cut's head tokens are the whole text's (``clip_texts``), and its
+    count never exceeds the whole text's; the side with fewer tokens grows, fourfold each
+    time, so the work is bounded by the shorter text.
+    """
+    breaks = word_breaks(tokenizer)
+    sides = [_Side.of(tokenizer, text, split) for text in (first, second)]
+    while True:
+        a, b = sides
+        if (a.whole and b.whole) or (b.whole and a.tokens > b.tokens):
+            break
+        if a.whole and b.tokens >= a.tokens:
+            break
+        side = a if not a.whole and (a.tokens <= b.tokens or b.whole) else b
+        side.grow(tokenizer, breaks, split)
+    return sides[0].cut, sides[1].cut
+
+
+@dataclass
+class _Side:
+    """A text being read further for ``longer_cuts``: its cut so far and the cut's tokens."""
+
+    text: str
+    cut: str
+    tokens: int
+    limit: int
+
+    @property
+    def whole(self) -> bool:
+        return len(self.cut) == len(self.text)
+
+    @classmethod
+    def of(cls, tokenizer: Any, text: str, split: bool) -> _Side:
+        if isinstance(text, ClippedText):
+            return cls(text.whole, str(text), text.tokens, len(text))
+        return cls(str(text), str(text), _count(tokenizer, [text], split)[0], len(text))
+
+    def grow(self, tokenizer: Any, breaks: Sequence[str], split: bool) -> None:
+        """A cut at a break before four times the characters, or the whole text."""
+        self.limit *= 4
+        cut = (
+            self.text
+            if len(self.text) <= self.limit
+            else _cut_at_break(self.text, breaks, self.limit)
+        )
+        if cut is not None and len(cut) > len(self.cut):
+            self.cut, self.tokens = cut, _count(tokenizer, [cut], split)[0]
+
+
 class LocalModelRunner:
     """Scores (query, document) pairs with a Hugging Face model, the way ``family`` says.
 
@@ -527,7 +661,10 @@ class LocalModelRunner:
                 loaded = self._loaded
         return loaded
 
-    def _load_pair(self, source: str, local_only: bool, dtype: str) -> tuple[Any, Any]:
+    def _load_pair(
+        self, source: str, local_only: bool, dtype: str, model: ModelSource
+    ) -> tuple[Any, Any]:
+        """The tokenizer and model; the family checks the config before any weight is read."""
         import transformers
 
         common = {
@@ -536,11 +673,15 @@ class LocalModelRunner:
             "cache_dir": self.cache_dir,
             "local_files_only": local_only,
         }
+        # config.json alone says a checkpoint is another family's: refuse it before its
+        # weights load (gigabytes, and transformers' report of heads that do not fit).
+        config = transformers.AutoConfig.from_pretrained(source, **common)
+        self.family.check_config(config, model)
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
         factory = getattr(transformers, self.family.auto_class)
         with quiet_progress():  # transformers 5 draws a "Loading weights" bar
-            model = factory.from_pretrained(source, **common, **_dtype_kwargs(transformers, dtype))
-        return tokenizer, model
+            loaded = factory.from_pretrained(source, **common, **_dtype_kwargs(transformers, dtype))
+        return tokenizer, loaded
 
     def _load(self) -> _Loaded:
         torch = _import_torch()
@@ -557,9 +698,16 @@ class LocalModelRunner:
                 "so it holds no model (a model directory has config.json, the weights and the "
                 "tokenizer files)"
             )
+        source = ModelSource(
+            model_name=self.model_name,
+            path=local_dir,
+            revision=self.revision,
+            cache_dir=self.cache_dir,
+            trust_remote_code=self.trust_remote_code,
+        )
         if local_dir is not None:
             try:
-                tokenizer, model = self._load_pair(str(local_dir), True, dtype)
+                tokenizer, model = self._load_pair(str(local_dir), True, dtype, source)
             except RerankError:
                 raise
             except Exception as exc:  # noqa: BLE001 - OSError, ValueError, SafetensorError...
@@ -568,18 +716,11 @@ class LocalModelRunner:
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
         else:
-            tokenizer, model = self._load_from_hub(dtype)
+            tokenizer, model = self._load_from_hub(dtype, source)
         if not getattr(tokenizer, "is_fast", False):
             raise ConfigurationError(
                 f"model {self.model_name!r} has no fast (Rust) tokenizer; one is required"
             )
-        source = ModelSource(
-            model_name=self.model_name,
-            path=local_dir,
-            revision=self.revision,
-            cache_dir=self.cache_dir,
-            trust_remote_code=self.trust_remote_code,
-        )
         self.family.check_model_type(model.config, source)
         head = self.family.bind(model, tokenizer, source)
         pad_id = tokenizer.pad_token_id
@@ -622,9 +763,11 @@ class LocalModelRunner:
                 "hub name (such as 'BAAI/bge-reranker-v2-m3') either"
             )
 
-    def _load_from_hub(self, dtype: str) -> tuple[Any, Any]:
+    def _load_from_hub(self, dtype: str, source: ModelSource) -> tuple[Any, Any]:
         try:
-            return self._load_pair(self.model_name, True, dtype)
+            return self._load_pair(self.model_name, True, dtype, source)
+        except RerankError:
+            raise
         except (OSError, ValueError):
             pass  # not in the local cache: try the hub below, if allowed and reachable
         except Exception as exc:  # noqa: BLE001 - corrupt cached weights, for one
@@ -645,7 +788,9 @@ class LocalModelRunner:
                 f"({reason}). {hint}"
             )
         try:
-            return self._load_pair(self.model_name, False, dtype)
+            return self._load_pair(self.model_name, False, dtype, source)
+        except RerankError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any failure to fetch or read the weights
             raise ConfigurationError(
                 f"Cannot load reranker model {self.model_name!r} from {_hub_endpoint()}: "
@@ -681,11 +826,48 @@ class LocalModelRunner:
         ``family`` (default: the runner's) lets a view encode its own way over the same model,
         e.g. an LLM reranker with another instruction.
         """
-        loaded = self.load()
         encoder = family or self.family
-        with self._tokenizer_lock:
-            documents = self.clip_documents(loaded.tokenizer, documents, loaded.max_length)
-            return encoder.encode(loaded.tokenizer, queries, documents, loaded.max_length)
+        return self._tokenize(encoder, encoder.encode, queries, documents)
+
+    def _tokenize(
+        self,
+        family: ModelFamily,
+        step: Callable[[Any, Sequence[str], Sequence[str], int], Sequence[_T]],
+        queries: Sequence[str],
+        documents: Sequence[str],
+    ) -> list[_T]:
+        """``step`` (the family's encode or locate) over the pairs, cut, a slice at a time.
+
+        Each slice of ``TOKENIZE_SLICE`` pairs takes the tokenizer lock alone, so another
+        caller's small call is tokenized between two slices of a large one, not after it all.
+        A family tokenizes each pair on its own, so the rows are those of one whole call.
+        """
+        loaded = self.load()
+        size = max(len(queries), len(documents))
+        out: list[_T] = []
+        for start in range(0, size, TOKENIZE_SLICE):  # no pairs: no rows, no tokenizer call
+            part = slice(start, start + TOKENIZE_SLICE)
+            with self._tokenizer_lock:
+                cut_queries, cut_documents = self._clip(
+                    loaded, family, queries[part], documents[part]
+                )
+                out += step(loaded.tokenizer, cut_queries, cut_documents, loaded.max_length)
+        return out
+
+    def _clip(
+        self,
+        loaded: _Loaded,
+        family: ModelFamily,
+        queries: Sequence[str],
+        documents: Sequence[str],
+    ) -> tuple[Sequence[str], Sequence[str]]:
+        """Queries and documents cut where no text past the cut can be read (tokenizer lock)."""
+        tokenizer, max_length = loaded.tokenizer, loaded.max_length
+        read = family.query_tokens_read(max_length)
+        return (
+            self.clip_queries(tokenizer, queries, read),
+            self.clip_documents(tokenizer, documents, max_length),
+        )
 
     def clip_documents(
         self, tokenizer: Any, documents: Sequence[str], max_length: int
@@ -695,48 +877,28 @@ class LocalModelRunner:
         The model reads at most ``max_length`` tokens of a document per window (the families
         keep the head of a document, with the tokenizer's right-side truncation), and at most
         ``max_passages`` windows (``max_passage``; else one): ``read`` tokens in all. Rather
-        than tokenize megabytes to read those, a longer document is cut at the last break
-        (a character the tokenizer splits words at, see ``word_breaks``) before
-        ``CHARS_PER_TOKEN * read`` characters, and the cut is kept only if it alone tokenizes
-        to ``CUT_MARGIN * read`` tokens or more. Words before a break tokenize the same
-        whatever follows it, so the document's first ``read`` tokens, and so the rows and
-        scores, are those of the whole text. A cut short of that (whitespace runs, long
-        tokens) grows fourfold until it is kept or reaches the whole text; a document with no
-        break to cut at (a tokenizer that splits no words first, or one long word) is
-        tokenized whole, as before.
+        than tokenize megabytes to read those, a longer document is cut (``clip_texts``).
         """
-        if getattr(tokenizer, "truncation_side", "right") != "right":
-            return documents  # the tail is what is read
-        breaks = word_breaks(tokenizer)
-        if not breaks:
-            return documents
         passages = self.max_passages if self.long_documents == "max_passage" else 1
-        read = max_length * passages
-        limit = CHARS_PER_TOKEN * read
-        out = list(documents)
-        pending = [i for i, d in enumerate(out) if len(d) > limit]
-        while pending:
-            at = {i: max(out[i].rfind(b, 0, limit + 1) for b in breaks) for i in pending}
-            cuts = {i: out[i][:end] for i, end in at.items() if end > 0}  # -1: no break
-            counts = (
-                tokenizer(
-                    list(cuts.values()),
-                    add_special_tokens=False,
-                    return_attention_mask=False,
-                    verbose=False,
-                    split_special_tokens=self.split_special_tokens,
-                )["input_ids"]
-                if cuts
-                else []
-            )
-            kept = set()
-            for (i, cut), ids in zip(cuts.items(), counts, strict=True):
-                if len(ids) >= CUT_MARGIN * read:
-                    out[i] = cut
-                    kept.add(i)
-            limit *= 4
-            pending = [i for i in pending if i not in kept and len(out[i]) > limit]
-        return out
+        return clip_texts(tokenizer, documents, max_length * passages, self.split_special_tokens)
+
+    def clip_queries(
+        self, tokenizer: Any, queries: Sequence[str], read: int | None
+    ) -> Sequence[str]:
+        """``queries``, each distinct long one cut once (``clip_texts``) where ``read`` is set.
+
+        ``read`` is the most tokens of a query the family reads (``query_tokens_read``; None:
+        the family may read any of it, so nothing is cut). Every window of a document repeats
+        the query, so windows do not multiply it. Callers pass ``[query] * n``: each distinct
+        query is tokenized (to check its cut) once, not once per document.
+        """
+        if read is None:
+            return queries
+        unique = list(dict.fromkeys(queries))
+        cut = dict(
+            zip(unique, clip_texts(tokenizer, unique, read, self.split_special_tokens), strict=True)
+        )
+        return [cut[q] for q in queries]
 
     # -- inference -----------------------------------------------------------------------
 
@@ -784,11 +946,8 @@ class LocalModelRunner:
         if self.long_documents == "truncate":
             rows = self.encode_many(queries, documents, family)
             return Prepared(rows=rows, owners=list(range(len(rows))), pairs=len(rows))
-        loaded = self.load()
         encoder = family or self.family
-        with self._tokenizer_lock:
-            documents = self.clip_documents(loaded.tokenizer, documents, loaded.max_length)
-            located = encoder.locate(loaded.tokenizer, queries, documents, loaded.max_length)
+        located = self._tokenize(encoder, encoder.locate, queries, documents)
         rows, owners = [], []
         for pair, item in enumerate(located):
             passages = passage_rows(item, self.passage_overlap, self.max_passages)

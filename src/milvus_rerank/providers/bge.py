@@ -56,6 +56,10 @@ class BGEFamily(SequenceClassifierFamily):
         """Tokens the query alone may keep."""
         return self.query_max_length or max_length * 3 // 4
 
+    def query_tokens_read(self, max_length: int) -> int | None:
+        """The query alone is cut to ``query_limit`` tokens, from its head."""
+        return self.query_limit(max_length)
+
     def check_max_length(self, tokenizer: Any, max_length: int) -> None:
         """A query at its full budget plus the special tokens must leave room for a passage.
 

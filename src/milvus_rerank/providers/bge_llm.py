@@ -66,6 +66,10 @@ class BGELLMFamily(CausalFamily):
         """FlagLLMReranker's default, 512."""
         return BGE_LLM_MAX_LENGTH
 
+    def query_tokens_read(self, max_length: int) -> int | None:
+        """``"A: " + query`` keeps its head, ``query_max_length`` tokens (3/4 of max_length)."""
+        return self.query_max_length or max_length * 3 // 4
+
     def check_max_length(self, tokenizer: Any, max_length: int) -> None:
         """Any positive limit works (the prompt comes after truncation); ``check_prompt`` runs."""
         self.check_prompt(tokenizer)

@@ -21,7 +21,7 @@ from ._family import (
     identity,
     text_controls,
 )
-from ._local import LocalOptions, LocalReranker, sigmoid_all
+from ._local import ClippedText, LocalOptions, LocalReranker, longer_cuts, sigmoid_all
 
 __all__ = ["CrossEncoderFamily", "CrossEncoderReranker"]
 
@@ -55,6 +55,10 @@ class CrossEncoderFamily(SequenceClassifierFamily):
             limit = min(limit, int(positions))
         return limit
 
+    def query_tokens_read(self, max_length: int) -> int | None:
+        """``longest_first`` keeps the query's head, fewer than ``max_length`` tokens."""
+        return max_length
+
     def encode(
         self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
     ) -> Rows:
@@ -70,7 +74,7 @@ class CrossEncoderFamily(SequenceClassifierFamily):
         again, alone (a pair's two texts are tokenized apart, so the ids are the same). The
         windows keep the query as ``longest_first`` cut it for the whole document.
         """
-        rows, encoded = self._encode(tokenizer, queries, documents, max_length)
+        rows, sequences, documents = self._encode(tokenizer, queries, documents, max_length)
         full = [i for i, row in enumerate(rows) if len(row["input_ids"]) >= max_length]
         located = [Located(row) for row in rows]
         if not full:
@@ -85,14 +89,48 @@ class CrossEncoderFamily(SequenceClassifierFamily):
         controls = text_controls(tokenizer) if self.split_special_tokens else None
         for i, ids in zip(full, alone, strict=True):
             ids = ids if controls is None else controls_as_unk(ids, controls)
-            kept = [j for j, seq in enumerate(encoded.sequence_ids(i)) if seq == 1]
+            kept = [j for j, seq in enumerate(sequences[i]) if seq == 1]
             if kept and len(kept) < len(ids):
                 located[i] = Located(rows[i], ids, kept[0], kept[-1] + 1)
         return located
 
     def _encode(
         self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
-    ) -> tuple[Rows, Any]:
+    ) -> tuple[Rows, list[list[int | None]], list[str]]:
+        """Rows, each row's sequence ids, and the documents as tokenized (cuts grown, below).
+
+        ``longest_first`` gives the longer text the odd token when both must be cut, so a
+        cut text (``ClippedText``) must compare with its partner as the whole text does: where
+        that decides a row, the pair is tokenized again from cuts that do (``longer_cuts``).
+        """
+        queries, documents = list(queries), list(documents)
+        rows, sequences = self._encode_pairs(tokenizer, queries, documents, max_length)
+        room = max_length - int(tokenizer.num_special_tokens_to_add(pair=True))
+        halves = {room // 2, room - room // 2}
+        again = []
+        for i, seqs in enumerate(sequences):
+            if room % 2 and (
+                isinstance(queries[i], ClippedText) or isinstance(documents[i], ClippedText)
+            ):
+                kept = (seqs.count(0), seqs.count(1))
+                if set(kept) <= halves and sum(kept) == room:  # both cut to halves
+                    cuts = longer_cuts(
+                        tokenizer, queries[i], documents[i], self.split_special_tokens
+                    )
+                    if cuts != (queries[i], documents[i]):
+                        queries[i], documents[i] = cuts
+                        again.append(i)
+        if again:
+            fixed = self._encode_pairs(
+                tokenizer, [queries[i] for i in again], [documents[i] for i in again], max_length
+            )
+            for i, row, seqs in zip(again, *fixed, strict=True):
+                rows[i], sequences[i] = row, seqs
+        return rows, sequences, documents
+
+    def _encode_pairs(
+        self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
+    ) -> tuple[Rows, list[list[int | None]]]:
         want_types = "token_type_ids" in tokenizer.model_input_names
         encoded = tokenizer(
             list(queries),
@@ -107,13 +145,12 @@ class CrossEncoderFamily(SequenceClassifierFamily):
         names = ["input_ids", "token_type_ids"] if want_types else ["input_ids"]
         columns = [encoded[name] for name in names]
         rows = [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+        sequences = [list(encoded.sequence_ids(i)) for i in range(len(rows))]
         if self.split_special_tokens:  # what a vocabulary holding the specials matched anyway
             controls = text_controls(tokenizer)
-            for i, row in enumerate(rows):
-                row["input_ids"] = controls_as_unk(
-                    row["input_ids"], controls, encoded.sequence_ids(i)
-                )
-        return rows, encoded
+            for row, seqs in zip(rows, sequences, strict=True):
+                row["input_ids"] = controls_as_unk(row["input_ids"], controls, seqs)
+        return rows, sequences
 
     def activation(self, model: Any, source: ModelSource) -> Callable[[list[float]], list[float]]:
         """The activation sentence-transformers would apply to this checkpoint."""

@@ -80,6 +80,10 @@ class MxbaiV2Family(CausalFamily):
         """
         return MXBAI_MAX_LENGTH
 
+    def query_tokens_read(self, max_length: int) -> int | None:
+        """The query part keeps its head, 3/4 of the window (at most ``max_length``)."""
+        return max_length * 3 // 4
+
     def check_max_length(self, tokenizer: Any, max_length: int) -> None:
         """The instruction line must leave the query part (3/4 of the window) a query token.
 

@@ -63,6 +63,11 @@ class Qwen3Family(CausalFamily):
         """The model card's 8192 (capped at the position table by the runner)."""
         return QWEN3_MAX_LENGTH
 
+    def query_tokens_read(self, max_length: int) -> int | None:
+        """The body keeps its head, fewer than ``max_length`` tokens (``query_max_length``)."""
+        qml = self.query_max_length
+        return max_length if qml is None else min(qml, max_length)
+
     def body_limit(self, tokenizer: Any, max_length: int) -> int:
         """Tokens left for the body once the prefix and suffix are in."""
         frame = self.ids(tokenizer, QWEN3_PREFIX) + self.ids(tokenizer, QWEN3_SUFFIX)
