@@ -17,6 +17,7 @@ import re
 import socket
 import threading
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -470,6 +471,57 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_runners_after_fork)
 
 
+class FairLock:
+    """A lock taken in the order it was asked for: a release hands it to the longest waiter.
+
+    A plain ``threading.Lock`` lets the thread that releases it take it straight back, so a
+    large call tokenizing slice after slice would keep another caller waiting until its end.
+    A waiter interrupted (``KeyboardInterrupt``) leaves the queue, or passes the lock on if it
+    was already handed to it.
+    """
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._waiters: deque[threading.Lock] = deque()
+        self._held = False
+
+    def acquire(self) -> None:
+        """Take the lock, after every caller that asked for it before."""
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiters.append(turn)
+        try:
+            turn.acquire()  # released by ``release``, which hands the lock over held
+        except BaseException:
+            with self._mutex:
+                handed = turn not in self._waiters
+                if not handed:
+                    self._waiters.remove(turn)
+            if handed:
+                self.release()
+            raise
+
+    def release(self) -> None:
+        """Hand the lock to the longest waiter, or free it."""
+        with self._mutex:
+            if not self._held:
+                raise RuntimeError("release of an unheld FairLock")
+            if self._waiters:
+                self._waiters.popleft().release()
+            else:
+                self._held = False
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class ClippedText(str):
     """A text cut by ``clip_texts``: the cut itself, with the whole text and the cut's tokens.
 
@@ -631,14 +683,15 @@ class LocalModelRunner:
         self.split_special_tokens = family.split_special_tokens = settings["split_special_tokens"]
         self._loaded: _Loaded | None = None
         self._load_lock = threading.Lock()
-        # Fast tokenizers keep truncation state on the shared Rust object: one caller at a time.
-        self._tokenizer_lock = threading.Lock()
+        # Fast tokenizers keep truncation state on the shared Rust object: one caller at a time,
+        # in turn (a large call takes it a slice at a time and queues behind waiting callers).
+        self._tokenizer_lock = FairLock()
         _LIVE_RUNNERS.add(self)
 
     def _after_fork(self) -> None:
         """A forked child has none of the parent's threads: locks they held start free."""
         self._load_lock = threading.Lock()
-        self._tokenizer_lock = threading.Lock()
+        self._tokenizer_lock = FairLock()
 
     # -- loading -------------------------------------------------------------------------
 
