@@ -332,8 +332,9 @@ def test_a_wrong_family_checkpoint_is_refused_before_its_weights_load(
     _no_weights(monkeypatch)
     with pytest.raises(ConfigurationError, match="is a 'bert' checkpoint"):
         Qwen3Reranker(str(tiny_models["ce"]), device="cpu").load()
-    with pytest.raises(ConfigurationError, match="2 output labels"):  # a causal LM's config
-        CrossEncoderReranker(str(qwen3), device="cpu").load()
+    for cls in (CrossEncoderReranker, BGEReranker):  # named as what it is, not by its labels
+        with pytest.raises(ConfigurationError, match="'qwen3' causal LM checkpoint.*qwen3"):
+            cls(str(qwen3), device="cpu").load()
 
 
 def test_a_multi_label_checkpoint_is_refused_before_its_weights_load(
@@ -350,3 +351,30 @@ def test_a_multi_label_checkpoint_is_refused_before_its_weights_load(
     _no_weights(monkeypatch)
     with pytest.raises(ConfigurationError, match="3 output labels"):
         CrossEncoderReranker(str(path), device="cpu").load()
+
+
+def test_weights_of_another_model_under_a_borrowed_config_are_refused(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from milvus_rerank.tiny import build_tiny_qwen3_reranker
+
+    # A BERT cross-encoder's config and tokenizer beside a Qwen3 checkpoint's weights: every
+    # BERT weight would be random (before: it loaded and ranked, or crashed in the embedding).
+    qwen3 = build_tiny_qwen3_reranker(tmp_path / "qwen3", num_layers=1)
+    borrowed = tmp_path / "borrowed"
+    shutil.copytree(tiny_models["ce"], borrowed)
+    for weights in borrowed.glob("*.safetensors"):
+        weights.unlink()
+    shutil.copy(qwen3 / "model.safetensors", borrowed / "model.safetensors")
+    with pytest.raises(ConfigurationError, match="100% of the parameters.*config.json"):
+        CrossEncoderReranker(str(borrowed), device="cpu").load()
+    # A checkpoint missing only its head loads, with transformers' warning, as the references.
+    from transformers import BertModel
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_models["ce"], base)
+    BertModel.from_pretrained(tiny_models["ce"]).save_pretrained(base)
+    (base / "config.json").write_text((tiny_models["ce"] / "config.json").read_text())
+    assert len(CrossEncoderReranker(str(base), device="cpu").rerank("q", ["a", "b"])) == 2

@@ -286,8 +286,16 @@ class SequenceClassifierFamily(ModelFamily):
     """
 
     def check_config(self, config: Any, source: ModelSource) -> None:
-        """The model type, and one output label (a multi-label head cannot rank)."""
+        """The model type, a classifier's architecture, and one output label."""
         super().check_config(config, source)
+        causal = [a for a in getattr(config, "architectures", None) or () if "CausalLM" in str(a)]
+        if causal:  # an LLM reranker's checkpoint: it has no classifier head to read
+            raise ConfigurationError(
+                f"model {source.model_name!r} is a {getattr(config, 'model_type', None)!r} "
+                f"causal LM checkpoint ({causal[0]}), an LLM reranker's, not a sequence "
+                f"classifier as {type(self).__name__} reads; choose the reranker made for this "
+                "model, e.g. qwen3, bge-llm or mxbai-v2 (milvus-rerank --help lists them)"
+            )
         num_labels = int(getattr(config, "num_labels", 1))
         if num_labels != 1:
             raise ConfigurationError(

@@ -18,7 +18,7 @@ import socket
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +93,7 @@ class LocalOptions(TypedDict, total=False):
             views) together in shared forward passes (``_batching.py``); False scores each
             call on its own, in its own thread.
         batch_wait_ms: While calls do come together, how long a batch may wait for more
-            (0 to 1,000; 0: never wait); a lone caller never waits.
+            (0 to 1,000; 0: never wait); a caller alone for ``IDLE_EXIT`` (0.25 s) never waits.
         batch_workers: Shared batches that may run their forward passes at once while more
             rows wait (None: 2 on CPUs, where a second pass keeps busy the cores one pass
             leaves idle between and within its operations, measured in
@@ -471,6 +471,36 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_runners_after_fork)
 
 
+#: A checkpoint missing more than this share of its model's weights is another model's.
+MAX_MISSING_WEIGHTS = 0.5
+
+
+def check_weights_found(model: Any, missing: Iterable[str], source: ModelSource) -> None:
+    """Refuse a model most of whose weights the checkpoint did not hold.
+
+    transformers fills missing weights with random ones and only logs it: weights of another
+    architecture under a borrowed ``config.json`` would load, and rank at random. A missing
+    head (a base model's checkpoint) is left to transformers' warning, as the references do.
+
+    Raises:
+        ConfigurationError: naming the checkpoint and how much of it was missing.
+    """
+    missing = set(missing)
+    if not missing:
+        return
+    sizes = {name: int(p.numel()) for name, p in model.named_parameters()}
+    total = sum(sizes.values())
+    lost = sum(size for name, size in sizes.items() if name in missing)
+    if total and lost > MAX_MISSING_WEIGHTS * total:
+        kind = getattr(model.config, "model_type", "this")
+        raise ConfigurationError(
+            f"the weights of model {source.model_name!r} are not a {kind!r} model's: "
+            f"{len(missing)} of {len(sizes)} weight tensors ({lost / total:.0%} of the "
+            "parameters) are missing from the checkpoint, so they would be random; check that "
+            "config.json and the weights come from the same model"
+        )
+
+
 class FairLock:
     """A lock taken in the order it was asked for: a release hands it to the longest waiter.
 
@@ -733,7 +763,10 @@ class LocalModelRunner:
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
         factory = getattr(transformers, self.family.auto_class)
         with quiet_progress():  # transformers 5 draws a "Loading weights" bar
-            loaded = factory.from_pretrained(source, **common, **_dtype_kwargs(transformers, dtype))
+            loaded, info = factory.from_pretrained(
+                source, **common, **_dtype_kwargs(transformers, dtype), output_loading_info=True
+            )
+        check_weights_found(loaded, info.get("missing_keys") or (), model)
         return tokenizer, loaded
 
     def _load(self) -> _Loaded:
