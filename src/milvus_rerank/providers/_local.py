@@ -423,8 +423,9 @@ class _Loaded:
     head: Head
 
 
-#: Characters a tokenizer may split words at, tried in turn by ``word_breaks``.
-BREAK_CANDIDATES = (" ", "\n")
+#: Characters a tokenizer may split words at, tried in turn by ``word_breaks``: spaces, and the
+#: full-width punctuation that ends clauses in Chinese and Japanese text, which has no spaces.
+BREAK_CANDIDATES = (" ", "\n", "。", "，", "、", "！", "？", "；")
 
 
 def word_breaks(tokenizer: Any) -> tuple[str, ...]:
