@@ -672,11 +672,17 @@ class RequestBatcher:
         self, requests: list[tuple[_Request, Sequence[str]]]
     ) -> list[tuple[list[float], Usage | None]]:
         """Whole requests' scores and usage (one each: a micro-batch of one request)."""
-        answers = self.score_groups([(r.scorer, r.query, docs) for r, docs in requests])
-        if len(answers) != len(requests):
-            raise RuntimeError(f"score_groups answered {len(answers)} of {len(requests)} groups")
+        return self._answer_groups(requests)
+
+    def _answer_groups(
+        self, groups: Sequence[tuple[_Request, Sequence[str]]]
+    ) -> list[tuple[list[float], Usage | None]]:
+        """``score_groups`` over requests' documents, checked: a score per document, as floats."""
+        answers = self.score_groups([(r.scorer, r.query, docs) for r, docs in groups])
+        if len(answers) != len(groups):
+            raise RuntimeError(f"score_groups answered {len(answers)} of {len(groups)} groups")
         out: list[tuple[list[float], Usage | None]] = []
-        for (_, documents), (scores, usage) in zip(requests, answers, strict=True):
+        for (_, documents), (scores, usage) in zip(groups, answers, strict=True):
             if len(scores) != len(documents):
                 raise RuntimeError(f"{len(scores)} scores for a group of {len(documents)} pairs")
             out.append(([float(s) for s in scores], usage))
@@ -717,14 +723,9 @@ class RequestBatcher:
                 groups[-1][1].append(document)
             else:
                 groups.append((request, [document]))
-        answers = self.score_groups([(r.scorer, r.query, docs) for r, docs in groups])
-        if len(answers) != len(groups):
-            raise RuntimeError(f"score_groups answered {len(answers)} of {len(groups)} groups")
         out: list[tuple[float, Usage | None]] = []
-        for (_, documents), (scores, usage) in zip(groups, answers, strict=True):
-            if len(scores) != len(documents):
-                raise RuntimeError(f"{len(scores)} scores for a group of {len(documents)} pairs")
-            out += [(float(s), usage if i == 0 else None) for i, s in enumerate(scores)]
+        for scores, usage in self._answer_groups(groups):
+            out += [(s, usage if i == 0 else None) for i, s in enumerate(scores)]
         return out
 
     async def score(

@@ -764,8 +764,12 @@ class LocalModelRunner:
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
         factory = getattr(transformers, self.family.auto_class)
         with quiet_progress():  # transformers 5 draws a "Loading weights" bar
-            loaded, info = factory.from_pretrained(
-                source, **common, **_dtype_kwargs(transformers, dtype), output_loading_info=True
+            loaded, info = factory.from_pretrained(  # the config checked above, not read again
+                source,
+                config=config,
+                **common,
+                **_dtype_kwargs(transformers, dtype),
+                output_loading_info=True,
             )
         check_weights_found(loaded, info.get("missing_keys") or (), model)
         return tokenizer, loaded
@@ -808,8 +812,7 @@ class LocalModelRunner:
             raise ConfigurationError(
                 f"model {self.model_name!r} has no fast (Rust) tokenizer; one is required"
             )
-        self.family.check_model_type(model.config, source)
-        head = self.family.bind(model, tokenizer, source)
+        head = self.family.bind(model, tokenizer, source)  # model.config: checked in _load_pair
         pad_id = tokenizer.pad_token_id
         if pad_id is None:
             raise ConfigurationError(f"the tokenizer of {self.model_name!r} has no pad token")
