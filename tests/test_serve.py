@@ -392,3 +392,56 @@ def test_serve_command_strips_the_key_and_refuses_a_bad_one_before_loading(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "MILVUS_RERANK_API_KEY is shorter than 8" in err and "abc12" not in err
+
+
+class _Stuck(Reranker):
+    """Scores only once released: a scoring path that hangs (a deadlocked worker)."""
+
+    provider = "stuck"
+
+    def __init__(self) -> None:
+        import threading
+
+        self.release = threading.Event()
+
+    def _score(self, query: str, documents: list[str]) -> Sequence[float]:
+        self.release.wait(30)
+        return [0.0] * len(documents)
+
+
+def test_health_reports_a_scoring_path_that_makes_no_progress() -> None:
+    """Requests waiting on a stuck scorer: /health answers 503, then ok once it moves again."""
+    import threading
+    import time
+
+    stuck = _Stuck()
+    with BackgroundServer(create_app(stuck, stall_after=0.3)) as running:
+        assert httpx.get(f"{running.url}/health").json()["status"] == "ok"
+        answers: list[int] = []
+        waiter = threading.Thread(
+            target=lambda: answers.append(
+                httpx.post(
+                    f"{running.url}/v2/rerank", json={"query": "q", "documents": ["a"]}, timeout=30
+                ).status_code
+            )
+        )
+        waiter.start()
+        deadline = time.monotonic() + 10
+        health = httpx.get(f"{running.url}/health")
+        while health.status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            health = httpx.get(f"{running.url}/health")
+        assert health.status_code == 503
+        assert health.json()["status"] == "stalled"
+        assert health.json()["waiting_requests"] == 1
+        stuck.release.set()
+        waiter.join(10)
+        assert answers == [200]
+        assert httpx.get(f"{running.url}/health").status_code == 200
+
+
+def test_stall_after_must_be_positive() -> None:
+    from milvus_rerank import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="stall_after"):
+        create_app(_Stuck(), stall_after=0)

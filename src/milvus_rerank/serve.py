@@ -7,7 +7,9 @@ Routes (all ``POST``, JSON):
 * ``/v1/rerank`` — vLLM / Jina (``results`` with ``document.text``, ``usage``).
 * ``/rerank`` — a body with ``texts`` gets TEI's bare array; a body with ``documents`` gets
   vLLM's answer. Milvus 2.6's ``tei`` and ``vllm`` providers both post to ``{endpoint}/rerank``.
-* ``GET /health`` — ``{"status": "ok", "model": <served name>}`` (never needs the API key).
+* ``GET /health`` — ``{"status": "ok", "model": <served name>}`` (never needs the API key);
+  503 ``{"status": "stalled", ...}`` while requests wait on a scoring path that has made no
+  progress for ``stall_after`` seconds (60): a stuck worker, which no request would report.
 
 The served model name (``model_name`` / ``--served-model-name``; vLLM's answers and ``/health``
 carry it) defaults to the reranker's ``model_name``, cut to its last component when that is a
@@ -218,6 +220,8 @@ FREE_BODY_PIECES = 1024
 BYTES_PER_BODY_PIECE = 256
 #: h11's limit on a request's headers (and on any incomplete event), in bytes.
 MAX_HEADER_BYTES = 16 * 1024
+#: Seconds without progress, while requests wait on scoring, after which ``/health`` says 503.
+STALL_AFTER = 60.0
 #: The longest error message sent; echoed values are clipped much shorter.
 MAX_MESSAGE_CHARS = 1000
 _LOOPBACK_NAMES = {"localhost", "ip6-localhost", "ip6-loopback"}
@@ -807,6 +811,7 @@ def create_app(
     api_key: str | None = None,
     allowed_hosts: Sequence[str] | None = None,
     batch_workers: int | None = None,
+    stall_after: float = STALL_AFTER,
 ) -> Any:
     """The Starlette app that serves ``reranker`` over the Cohere v2, vLLM/Jina and TEI formats.
 
@@ -838,6 +843,7 @@ def create_app(
     _positive("body_timeout", body_timeout, float)
     if max_document_chars is not None:
         _positive("max_document_chars", max_document_chars)
+    _positive("stall_after", stall_after, float)
     wait_ms = _check_wait(max_wait_ms)
     if api_key is not None:
         api_key = check_api_key(api_key)
@@ -1246,6 +1252,17 @@ def create_app(
             check_origin(request, with_body=False)
         except _HTTPError as exc:
             return JSONResponse(_error_body("vllm", exc.status, str(exc)), exc.status)
+        stalled = batcher.stalled_for()
+        if stalled > stall_after:  # requests wait on a scoring path that does not move
+            return JSONResponse(
+                {
+                    "status": "stalled",
+                    "model": served_name,
+                    "waiting_requests": batcher.active,
+                    "seconds_without_progress": round(stalled, 1),
+                },
+                status_code=503,
+            )
         return JSONResponse({"status": "ok", "model": served_name})
 
     app = Starlette(

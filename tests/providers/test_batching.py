@@ -433,3 +433,40 @@ def test_a_child_forked_while_the_tokenizer_is_in_use_can_rerank(
                 os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+FORK_WITH_PARALLEL_TOKENIZERS = """
+import os, signal, sys, warnings
+os.environ["TOKENIZERS_PARALLELISM"] = "true"  # turns off the tokenizers library's fork guard
+from milvus_rerank import CrossEncoderReranker
+reranker = CrossEncoderReranker(sys.argv[1], device="cpu")
+docs = [f"milvus vector database document number {i} " * 5 for i in range(64)]
+want = [r.index for r in reranker.rerank("milvus", docs)]  # the parent's Rust pool is used
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    pid = os.fork()
+if pid == 0:
+    signal.alarm(30)  # a deadlock ends the child, as a failure
+    ok = [r.index for r in reranker.rerank("milvus", docs)] == want
+    os._exit(0 if ok and os.environ["TOKENIZERS_PARALLELISM"] == "false" else 1)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_reranks_with_tokenizers_parallelism_on(
+    tiny_models: dict[str, Path],
+) -> None:
+    """gunicorn --preload with TOKENIZERS_PARALLELISM=true: the child's first encode hung."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_WITH_PARALLEL_TOKENIZERS, str(tiny_models["ce"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

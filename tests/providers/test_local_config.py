@@ -123,6 +123,56 @@ def test_a_directory_without_config_holds_no_model(tmp_path: Path) -> None:
 # -- no progress bars ------------------------------------------------------------------------
 
 
+# -- tokenizer files (issue 23, item 1) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["ce", "bge"])
+def test_a_directory_without_tokenizer_files_is_refused(
+    tiny_models: dict[str, Path], tmp_path: Path, family: str
+) -> None:
+    """Weights and config alone (a partial download) load a specials-only tokenizer: refused."""
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_models[family] / name, folder / name)
+    cls = {"ce": CrossEncoderReranker, "bge": BGEReranker}[family]
+    with pytest.raises(ConfigurationError, match="no tokenizer file.*tokenizer.json") as info:
+        cls(str(folder)).load()
+    assert str(folder) in str(info.value)
+
+
+def test_a_tokenizer_far_smaller_than_the_vocabulary_is_refused(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Another model's (small) tokenizer files beside these weights: refused, sizes named."""
+    folder = tmp_path / "mixed"
+    shutil.copytree(tiny_models["ce"], folder)
+    config = folder / "config.json"
+    import json
+
+    settings = json.loads(config.read_text())
+    settings["vocab_size"] = 30522  # a real BERT vocabulary; the tokenizer here knows ~300
+    config.write_text(json.dumps(settings))
+    with pytest.raises(ConfigurationError, match=r"tokenizer knows \d+ tokens.*30522"):
+        CrossEncoderReranker(str(folder)).load()
+
+
+def test_the_cli_names_the_missing_tokenizer(
+    tiny_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from milvus_rerank.cli import main
+
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_models["ce"] / name, folder / name)
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('"milvus is a vector database"\n"paris france"\n')
+    code = main(["rerank", "--reranker", "cross-encoder", "--model", str(folder), "q", str(docs)])
+    assert code == 2
+    assert "no tokenizer file" in capsys.readouterr().err
+
+
 @pytest.fixture
 def bars_on(monkeypatch: pytest.MonkeyPatch) -> None:
     """transformers' progress bars switched on (the tests run with them off)."""

@@ -178,6 +178,8 @@ class MicroBatcher(Generic[Item, Out]):
         self._pending = 0  # rows queued and not yet taken
         self._pending_tokens = 0
         self._last_jobs = 0  # callers in the last forward
+        #: When a ``forward`` last finished (``time.monotonic()``), or the batcher was made.
+        self.last_progress = time.monotonic()
 
     @property
     def pending(self) -> int:
@@ -375,6 +377,7 @@ class MicroBatcher(Generic[Item, Out]):
         finished: list[_Job] = []
         with self._cond:
             self.batches += 1
+            self.last_progress = time.monotonic()
             self._last_jobs = len(chunks)
             offset = 0
             for job, start, end in chunks:
@@ -601,6 +604,8 @@ class RequestBatcher:
         self.max_pending = max_pending
         self._lock = threading.Lock()
         self._whole_pairs = 0  # pairs of whole requests queued or being scored
+        self._active = 0  # requests in score_counted
+        self._last_done = time.monotonic()  # a request answered, or the first one arrived
         if self.whole_requests:
             default_workers = REQUEST_WORKERS
         elif runner is None:
@@ -651,6 +656,24 @@ class RequestBatcher:
     def requests(self) -> int:
         """Requests answered so far."""
         return self._batcher.requests
+
+    @property
+    def active(self) -> int:
+        """Requests being scored now (tokenizing, queued or in a forward pass)."""
+        return self._active
+
+    def stalled_for(self) -> float:
+        """Seconds the scoring path has made no progress while requests wait on it (0: none).
+
+        Progress is a request answered (or failed) or a forward pass finished. A request that
+        waits while nothing moves for long means a worker is stuck (a deadlocked tokenizer in a
+        forked worker, a hung device): ``serve``'s ``/health`` reports it.
+        """
+        with self._lock:
+            if not self._active:
+                return 0.0
+            since = max(self._last_done, self._batcher.last_progress)
+        return max(0.0, time.monotonic() - since)
 
     def cost(self, query: str, document: str) -> int:
         """Estimated tokens of a pair (where rows are not seen): 4 characters a token, 3 more."""
@@ -772,6 +795,25 @@ class RequestBatcher:
         """
         if not documents:
             return [], None
+        with self._lock:
+            if not self._active:
+                self._last_done = time.monotonic()  # an idle path has not stalled
+            self._active += 1
+        try:
+            return await self._score_counted(query, documents, abandoned, family, scorer)
+        finally:
+            with self._lock:
+                self._active -= 1
+                self._last_done = time.monotonic()
+
+    async def _score_counted(
+        self,
+        query: str,
+        documents: list[str],
+        abandoned: asyncio.Future[Any] | None,
+        family: Any,
+        scorer: Any,
+    ) -> tuple[list[float], Usage | None]:
         runner = self.runner
         if self.whole_requests:
             return await _until(self._submit_whole(_Request(scorer, query), documents), abandoned)

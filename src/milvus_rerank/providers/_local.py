@@ -464,8 +464,14 @@ _LIVE_RUNNERS: weakref.WeakSet[LocalModelRunner] = weakref.WeakSet()
 
 
 def _runners_after_fork() -> None:
-    for runner in list(_LIVE_RUNNERS):
+    runners = list(_LIVE_RUNNERS)
+    for runner in runners:
         runner._after_fork()
+    if any(runner.loaded for runner in runners):
+        # The parent's tokenizers may have used their Rust thread pool, whose threads a child
+        # does not have: with TOKENIZERS_PARALLELISM=true (which turns off the library's own
+        # fork guard) the child's first encode waits on them forever. Encode serially here.
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
 if hasattr(os, "register_at_fork"):
@@ -499,6 +505,51 @@ def check_weights_found(model: Any, missing: Iterable[str], source: ModelSource)
             f"{len(missing)} of {len(sizes)} weight tensors ({lost / total:.0%} of the "
             "parameters) are missing from the checkpoint, so they would be random; check that "
             "config.json and the weights come from the same model"
+        )
+
+
+#: Files a tokenizer is read from: one of them must be in a local model directory.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+)
+#: A tokenizer knowing under this share of the model's vocabulary is not the model's.
+MIN_VOCABULARY_SHARE = 0.5
+
+
+def check_tokenizer(tokenizer: Any, config: Any, source: ModelSource) -> None:
+    """Refuse a tokenizer that cannot read text the way its model was trained to.
+
+    transformers builds a tokenizer of only its special tokens from a directory without the
+    tokenizer files: every word becomes the unknown token, and documents score by length.
+
+    Raises:
+        ConfigurationError: naming the directory and the files missing, or how small the
+            tokenizer's vocabulary is beside the model's.
+    """
+    if source.path is not None and not any(
+        (source.path / name).is_file() for name in TOKENIZER_FILES
+    ):
+        raise ConfigurationError(
+            f"Cannot load reranker model {source.model_name!r}: the directory holds no "
+            f"tokenizer file (one of {', '.join(TOKENIZER_FILES)}), so every word would read "
+            "as unknown; copy the checkpoint's tokenizer files beside config.json and the weights"
+        )
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    expected = getattr(text_config, "vocab_size", None)
+    try:
+        known = len(tokenizer)
+    except TypeError:
+        return
+    if isinstance(expected, int) and expected > 0 and known < MIN_VOCABULARY_SHARE * expected:
+        raise ConfigurationError(
+            f"Cannot load reranker model {source.model_name!r}: its tokenizer knows {known} "
+            f"tokens but the model's vocabulary has {expected}, so most words would read as "
+            "unknown; the tokenizer files are missing or belong to another model"
         )
 
 
@@ -762,6 +813,7 @@ class LocalModelRunner:
         config = transformers.AutoConfig.from_pretrained(source, **common)
         self.family.check_config(config, model)
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
+        check_tokenizer(tokenizer, config, model)
         factory = getattr(transformers, self.family.auto_class)
         with quiet_progress():  # transformers 5 draws a "Loading weights" bar
             loaded, info = factory.from_pretrained(  # the config checked above, not read again
