@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from benchmarks.common import Row, interleaved
-from milvus_rerank.base import Reranker
+from milvus_rerank.core.base import Reranker
 
 N = 100
 TOP_N = 10
@@ -30,8 +30,8 @@ def run() -> list[Row]:
     from langchain_core.documents import Document
     from llama_index.core.schema import NodeWithScore, TextNode
 
-    from milvus_rerank.langchain import RerankCompressor, RerankCrossEncoder
-    from milvus_rerank.llama_index import RerankPostprocessor
+    from milvus_rerank.integrations.langchain import RerankCompressor, RerankCrossEncoder
+    from milvus_rerank.integrations.llama_index import RerankPostprocessor
 
     texts = [f"document {i} " + "word " * (i % 30) for i in range(N)]
     metadata = [{"pk": i, "source": "bench.jsonl", "chunk": i % 4} for i in range(N)]

@@ -45,7 +45,7 @@ Run = tuple[float, list[float]]
 
 def make_calls(low: int, high: int, seed: int = 7) -> Calls:
     """``CALLERS`` calls, each with its own query and ``DOCS_PER_CALL`` documents."""
-    from milvus_rerank.tiny import default_vocabulary
+    from milvus_rerank.providers.local.tiny import default_vocabulary
 
     words = default_vocabulary()
     rng = random.Random(seed)
@@ -165,7 +165,7 @@ def measure(modes: dict[str, Callable[[], Run]], repeats: int) -> dict[str, Meas
 def run(repeats: int = 5) -> list[Row]:
     """The batching rows."""
     from milvus_rerank import CrossEncoderReranker
-    from milvus_rerank.tiny import build_tiny_cross_encoder
+    from milvus_rerank.providers.local.tiny import build_tiny_cross_encoder
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     path = build_tiny_cross_encoder(Path(tempfile.mkdtemp()) / "minilm", **MINILM_SHAPE)

@@ -34,7 +34,7 @@ GEMMA_VOCAB = 256_000
 
 def documents(count: int, seed: int = 0) -> list[str]:
     """Documents of 40 to 200 words of the tiny vocabulary (one token per word)."""
-    from milvus_rerank.tiny import default_vocabulary
+    from milvus_rerank.providers.local.tiny import default_vocabulary
 
     words = default_vocabulary()
     rng = random.Random(seed)
@@ -44,7 +44,7 @@ def documents(count: int, seed: int = 0) -> list[str]:
 def build_checkpoints(root: Path) -> dict[str, Path]:
     from transformers.utils import logging as hf_logging
 
-    from milvus_rerank.tiny import (
+    from milvus_rerank.providers.local.tiny import (
         QWEN3_RERANKER_CHAT_TEMPLATE,
         build_tiny_gemma_reranker,
         build_tiny_qwen3_reranker,

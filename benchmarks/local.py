@@ -29,7 +29,7 @@ MINILM_SHAPE = {"num_layers": 6, "hidden_size": 384, "num_heads": 12, "intermedi
 
 def documents(count: int, seed: int = 0) -> list[str]:
     """Documents of 20 to 400 words of the tiny vocabulary (one token per word)."""
-    from milvus_rerank.tiny import default_vocabulary
+    from milvus_rerank.providers.local.tiny import default_vocabulary
 
     words = default_vocabulary()
     rng = random.Random(seed)
@@ -39,7 +39,7 @@ def documents(count: int, seed: int = 0) -> list[str]:
 def build_checkpoints(root: Path) -> dict[str, Path]:
     from transformers.utils import logging as hf_logging
 
-    from milvus_rerank.tiny import build_tiny_bge, build_tiny_cross_encoder
+    from milvus_rerank.providers.local.tiny import build_tiny_bge, build_tiny_cross_encoder
 
     hf_logging.disable_progress_bar()
     return {

@@ -32,7 +32,7 @@ import psutil
 
 from benchmarks.common import Row
 from milvus_rerank import CrossEncoderReranker
-from milvus_rerank.serve import BackgroundServer, create_app
+from milvus_rerank.app.serve import BackgroundServer, create_app
 
 MIB = 1024 * 1024
 SMALL = {"query": "what is milvus", "documents": ["milvus is a vector database", "cat", "paris"]}
@@ -127,7 +127,7 @@ def _serve_child(model: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, in
     def limit_files() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
 
-    command = [sys.executable, "-m", "milvus_rerank.cli", "serve", "--reranker"]
+    command = [sys.executable, "-m", "milvus_rerank.app.cli", "serve", "--reranker"]
     command += ["cross-encoder", "--model", str(model), "--device", "cpu", "--port", str(port)]
     env = {**os.environ, "MILVUS_RERANK_API_KEY": KEY}
     child = subprocess.Popen(
@@ -290,7 +290,7 @@ def attack_rows(model: Path) -> list[Row]:
 def run() -> list[Row]:
     """The serve-limits rows."""
     from benchmarks.local import MINILM_SHAPE
-    from milvus_rerank.tiny import build_tiny_cross_encoder
+    from milvus_rerank.providers.local.tiny import build_tiny_cross_encoder
 
     logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
     path = build_tiny_cross_encoder(Path(tempfile.mkdtemp()) / "ce", **MINILM_SHAPE)
@@ -339,7 +339,7 @@ if __name__ == "__main__":
     from benchmarks.common import table
 
     if sys.argv[1:] == ["--attacks"]:  # the attack rows only, over a fresh tiny checkpoint
-        from milvus_rerank.tiny import build_tiny_cross_encoder
+        from milvus_rerank.providers.local.tiny import build_tiny_cross_encoder
 
         print(table(attack_rows(build_tiny_cross_encoder(Path(tempfile.mkdtemp()) / "tiny"))))
     else:

@@ -19,7 +19,7 @@ import httpx
 from benchmarks.common import Row
 from benchmarks.local import MINILM_SHAPE, documents
 from milvus_rerank import CrossEncoderReranker
-from milvus_rerank.serve import BackgroundServer, create_app
+from milvus_rerank.app.serve import BackgroundServer, create_app
 
 REQUESTS_PER_CLIENT = 8
 MIN_REQUESTS = 32  # per measurement, so one client's p99 is not one stray request
@@ -52,7 +52,7 @@ async def _load(url: str, clients: int, count: int, chars: int) -> tuple[float, 
 
 def run() -> list[Row]:
     """The serve rows."""
-    from milvus_rerank.tiny import build_tiny_cross_encoder
+    from milvus_rerank.providers.local.tiny import build_tiny_cross_encoder
 
     logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
     path = build_tiny_cross_encoder(Path(tempfile.mkdtemp()) / "ce", **MINILM_SHAPE)

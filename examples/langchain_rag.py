@@ -18,7 +18,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnablePassthrough
 from langchain_milvus import Milvus
 
-from milvus_rerank.demo import DEMO_QUERY, load_demo_corpus
+from milvus_rerank.app.demo import DEMO_QUERY, load_demo_corpus
 from milvus_rerank.langchain import RerankCompressor
 
 

@@ -15,7 +15,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.llms import MockLLM
 from llama_index.vector_stores.milvus import MilvusVectorStore
 
-from milvus_rerank.demo import DEMO_QUERY, load_demo_corpus
+from milvus_rerank.app.demo import DEMO_QUERY, load_demo_corpus
 from milvus_rerank.llama_index import RerankPostprocessor
 
 

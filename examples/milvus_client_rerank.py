@@ -12,7 +12,7 @@ from pathlib import Path
 from _common import DIM, embed, offline_reranker
 from pymilvus import MilvusClient
 
-from milvus_rerank.demo import DEMO_QUERY, load_demo_corpus
+from milvus_rerank.app.demo import DEMO_QUERY, load_demo_corpus
 from milvus_rerank.milvus import rerank_hits
 
 

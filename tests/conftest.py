@@ -103,7 +103,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     pytest.importorskip("torch")
     from transformers.utils import logging as hf_logging
 
-    from milvus_rerank.tiny import build_tiny_bge, build_tiny_cross_encoder
+    from milvus_rerank.providers.local.tiny import build_tiny_bge, build_tiny_cross_encoder
 
     hf_logging.disable_progress_bar()
     root = tmp_path_factory.mktemp("tiny-models")
@@ -157,7 +157,7 @@ def _vllm_python() -> str:
 def live_vllm(tmp_path_factory: pytest.TempPathFactory) -> object:
     """A real vLLM server (``make test-vllm``); the tests that need it skip without one."""
     python = _vllm_python()
-    from milvus_rerank.demo import DEMO_QUERY, load_demo_corpus
+    from milvus_rerank.app.demo import DEMO_QUERY, load_demo_corpus
     from tests.vllm_server import VLLMStartError, build_model, running_vllm
 
     root = tmp_path_factory.mktemp("vllm")

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from milvus_rerank import __version__
-from milvus_rerank.cli import main, make_parser
-from milvus_rerank.registry import PROVIDERS
+from milvus_rerank.app.cli import main, make_parser
+from milvus_rerank.core.registry import PROVIDERS
 
 
 def left_behind(tmpdir: Path) -> list[str]:
@@ -347,8 +347,8 @@ def test_model_options_the_reranker_does_not_take(
 def test_serve_and_eval_take_the_model_options(
     llm_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import milvus_rerank.evaluate
-    import milvus_rerank.serve
+    import milvus_rerank.app.evaluate
+    import milvus_rerank.app.serve
     from milvus_rerank import Reranker
 
     seen: list[Reranker] = []
@@ -357,8 +357,8 @@ def test_serve_and_eval_take_the_model_options(
         seen.append(reranker)
         return 0
 
-    monkeypatch.setattr(milvus_rerank.serve, "run_server", capture)
-    monkeypatch.setattr(milvus_rerank.evaluate, "run_eval", capture)
+    monkeypatch.setattr(milvus_rerank.app.serve, "run_server", capture)
+    monkeypatch.setattr(milvus_rerank.app.evaluate, "run_eval", capture)
     monkeypatch.delenv("MILVUS_RERANK_API_KEY", raising=False)
     beir = str(Path(__file__).parent / "fixtures" / "beir-mini")
     options = ["--device", "cpu", "--instruction", "be strict", "--max-length", "96"]

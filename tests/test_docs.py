@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("torch")
 
 import milvus_rerank  # noqa: E402
-from milvus_rerank.cli import main, make_parser  # noqa: E402
+from milvus_rerank.app.cli import main, make_parser  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "llm_rerankers.md"
 _BLOCK = re.compile(r"(<!-- docs-test: skip[^>]*-->\s*)?```(\w+)\n(.*?)```", re.DOTALL)
@@ -163,7 +163,7 @@ def test_the_readme_lists_every_local_option_with_its_default() -> None:
     """The README's local options table holds every ``LocalOptions`` key, each with its default."""
     import ast
 
-    from milvus_rerank.providers._local import LOCAL_DEFAULTS
+    from milvus_rerank.providers.local.runner import LOCAL_DEFAULTS
 
     text = README.read_text("utf-8")
     table = text[text.index("| local option | default |") :].split("\n\n", 1)[0]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from milvus_rerank import ConfigurationError, InvalidInputError
-from milvus_rerank.base import Reranker
-from milvus_rerank.cli import main
-from milvus_rerank.evaluate import evaluate, load_beir, mrr_at_k, ndcg_at_k
+from milvus_rerank.app.cli import main
+from milvus_rerank.app.evaluate import evaluate, load_beir, mrr_at_k, ndcg_at_k
+from milvus_rerank.core.base import Reranker
 from tests.test_cli import NO_SUCH_MODEL, left_behind
 
 BEIR = Path(__file__).parent / "fixtures" / "beir-mini"

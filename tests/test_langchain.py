@@ -17,7 +17,7 @@ from langchain_core.documents import Document  # noqa: E402
 from langchain_core.retrievers import BaseRetriever  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-import milvus_rerank.langchain  # noqa: E402
+import milvus_rerank.integrations.langchain  # noqa: E402
 from milvus_rerank import (  # noqa: E402
     AllRerankersFailedError,
     CohereReranker,
@@ -27,7 +27,7 @@ from milvus_rerank import (  # noqa: E402
     RerankResult,
     Usage,
 )
-from milvus_rerank.langchain import (  # noqa: E402
+from milvus_rerank.integrations.langchain import (  # noqa: E402
     RERANK_EVENT,
     RerankCompressor,
     RerankCrossEncoder,
@@ -201,8 +201,11 @@ def test_one_way_to_wrap_a_provider() -> None:
     assert compressor.top_n == 4 and compressor.reranker.provider == "cohere"
     assert "sk-secret-value-123" not in repr(compressor)
     # No provider-named shortcuts (CohereRerank, BGERerank...) beside the generic adapter.
-    assert sorted(milvus_rerank.langchain.__all__) == ["RerankCompressor", "RerankCrossEncoder"]
-    assert not hasattr(milvus_rerank.langchain, "CohereRerank")
+    assert sorted(milvus_rerank.integrations.langchain.__all__) == [
+        "RerankCompressor",
+        "RerankCrossEncoder",
+    ]
+    assert not hasattr(milvus_rerank.integrations.langchain, "CohereRerank")
 
 
 # -- who answered, fail-open and usage -------------------------------------------------------

@@ -25,7 +25,7 @@ from llama_index.core.schema import (  # noqa: E402
     TextNode,
 )
 
-import milvus_rerank.llama_index  # noqa: E402
+import milvus_rerank.integrations.llama_index  # noqa: E402
 from milvus_rerank import (  # noqa: E402
     ConfigurationError,
     FallbackReranker,
@@ -35,7 +35,7 @@ from milvus_rerank import (  # noqa: E402
     Usage,
     VoyageReranker,
 )
-from milvus_rerank.llama_index import RerankPostprocessor  # noqa: E402
+from milvus_rerank.integrations.llama_index import RerankPostprocessor  # noqa: E402
 from tests.conftest import ScoreTableReranker  # noqa: E402
 
 TABLE = {"alpha": 0.2, "beta": 0.9, "gamma": 0.5, "delta": 0.1}
@@ -62,7 +62,7 @@ class Events(BaseEventHandler):
 @pytest.fixture
 def events() -> Events:
     handler = Events(names=[])
-    dispatcher = get_dispatcher("milvus_rerank.llama_index")
+    dispatcher = get_dispatcher("milvus_rerank.integrations.llama_index")
     dispatcher.add_event_handler(handler)
     yield handler
     dispatcher.event_handlers.remove(handler)
@@ -155,8 +155,8 @@ def test_new_nodes_own_their_metadata() -> None:
 
 def test_no_provider_named_shortcuts() -> None:
     # One way to wrap a provider: RerankPostprocessor(reranker=VoyageReranker(...)).
-    assert milvus_rerank.llama_index.__all__ == ["RerankPostprocessor"]
-    assert not hasattr(milvus_rerank.llama_index, "VoyageRerank")
+    assert milvus_rerank.integrations.llama_index.__all__ == ["RerankPostprocessor"]
+    assert not hasattr(milvus_rerank.integrations.llama_index, "VoyageRerank")
 
 
 def test_retrieval_score_stays_out_of_llm_and_embed_text() -> None:
@@ -306,7 +306,7 @@ class Kept(BaseEventHandler):
 @pytest.fixture
 def kept() -> Kept:
     handler = Kept(events=[])
-    dispatcher = get_dispatcher("milvus_rerank.llama_index")
+    dispatcher = get_dispatcher("milvus_rerank.integrations.llama_index")
     dispatcher.add_event_handler(handler)
     yield handler
     dispatcher.event_handlers.remove(handler)

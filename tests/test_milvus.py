@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from milvus_rerank import InvalidInputError
-from milvus_rerank.milvus import arerank_hits, rerank_hits
+from milvus_rerank.integrations.milvus import arerank_hits, rerank_hits
 from tests.conftest import ScoreTableReranker
 
 TABLE = {"alpha": 0.2, "beta": 0.9, "gamma": 0.5}
@@ -163,7 +163,12 @@ def test_real_milvus_lite_bm25_search_reranked(
     from pymilvus import MilvusClient
 
     from milvus_rerank import BGEReranker
-    from milvus_rerank.demo import COLLECTION, DEMO_QUERY, build_demo_collection, load_demo_corpus
+    from milvus_rerank.app.demo import (
+        COLLECTION,
+        DEMO_QUERY,
+        build_demo_collection,
+        load_demo_corpus,
+    )
 
     logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
     client = MilvusClient(str(tmp_path / "hits.db"))

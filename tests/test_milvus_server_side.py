@@ -26,7 +26,7 @@ from milvus_rerank import (  # noqa: E402
     VLLMReranker,
     VoyageReranker,
 )
-from milvus_rerank.milvus import rerank_hits, server_side_params, server_side_ranker  # noqa: E402
+from milvus_rerank.integrations.milvus import rerank_hits, server_side_params, server_side_ranker  # noqa: E402
 
 Q = ["what is milvus"]
 KEY = "sk-live-abcdefghijklmnopqrstuvwxyz"
@@ -239,9 +239,9 @@ def test_a_self_hosted_cohere_or_voyage_is_never_swapped_for_the_public_api(
 
 def test_milvus_module_names_no_provider() -> None:
     """Provider knowledge lives in the providers: milvus.py asks the reranker's hook."""
-    import milvus_rerank.milvus
+    import milvus_rerank.integrations.milvus
 
-    source = Path(milvus_rerank.milvus.__file__).read_text(encoding="utf-8").lower()
+    source = Path(milvus_rerank.integrations.milvus.__file__).read_text(encoding="utf-8").lower()
     providers = ("cohere", "vllm", "tei", "voyage", "jina", "siliconflow", "dashscope")
     named = [p for p in (*providers, "pinecone", "nvidia", "mixedbread") if p in source]
     assert named == []
@@ -280,8 +280,13 @@ def test_milvus_lite_reranks_through_serve_like_rerank_hits(
 ) -> None:
     from pymilvus import MilvusClient
 
-    from milvus_rerank.demo import COLLECTION, DEMO_QUERY, build_demo_collection, load_demo_corpus
-    from milvus_rerank.serve import BackgroundServer, create_app
+    from milvus_rerank.app.demo import (
+        COLLECTION,
+        DEMO_QUERY,
+        build_demo_collection,
+        load_demo_corpus,
+    )
+    from milvus_rerank.app.serve import BackgroundServer, create_app
 
     logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
     local = CrossEncoderReranker(str(tiny_models["ce"]))
@@ -321,7 +326,7 @@ def test_full_milvus_server_reranks_through_an_endpoint(tmp_path: Path) -> None:
         )
     from pymilvus import MilvusClient
 
-    from milvus_rerank.demo import DEMO_QUERY, build_demo_collection, load_demo_corpus
+    from milvus_rerank.app.demo import DEMO_QUERY, build_demo_collection, load_demo_corpus
 
     client = MilvusClient(uri=uri, token=os.environ.get("MILVUS_TOKEN", ""))
     name = "milvus_rerank_test"

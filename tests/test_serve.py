@@ -22,8 +22,8 @@ from milvus_rerank import (  # noqa: E402
     TEIReranker,
     VLLMReranker,
 )
-from milvus_rerank.cli import main  # noqa: E402
-from milvus_rerank.serve import BackgroundServer, Batcher, create_app  # noqa: E402
+from milvus_rerank.app.cli import main  # noqa: E402
+from milvus_rerank.app.serve import BackgroundServer, Batcher, create_app  # noqa: E402
 from tests.conftest import ScoreTableReranker  # noqa: E402
 
 QUERY = "what is milvus"
@@ -178,7 +178,7 @@ def test_any_reranker_is_served_through_score_pairs() -> None:
 def test_serve_command_hands_a_loaded_reranker_and_options(
     tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import milvus_rerank.serve
+    import milvus_rerank.app.serve
 
     seen: dict[str, Any] = {}
 
@@ -186,7 +186,7 @@ def test_serve_command_hands_a_loaded_reranker_and_options(
         seen.update(options, scores=reranker.rerank(QUERY, DOCS), reranker=reranker)
         return 0
 
-    monkeypatch.setattr(milvus_rerank.serve, "run_server", run_server)
+    monkeypatch.setattr(milvus_rerank.app.serve, "run_server", run_server)
     monkeypatch.delenv("MILVUS_RERANK_API_KEY", raising=False)
     argv = ["serve", "--reranker", "cross-encoder", "--model", str(tiny_models["ce"])]
     assert main([*argv, "--port", "9001", "--max-wait-ms", "7"]) == 0
@@ -306,9 +306,9 @@ def test_bad_instructions_get_each_formats_error(qwen3_server: BackgroundServer)
 def test_the_instruction_views_kept_are_bounded(
     qwen3: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import milvus_rerank.serve
+    import milvus_rerank.app.serve
 
-    monkeypatch.setattr(milvus_rerank.serve, "MAX_INSTRUCTION_VIEWS", 2)
+    monkeypatch.setattr(milvus_rerank.app.serve, "MAX_INSTRUCTION_VIEWS", 2)
     app = create_app(qwen3)
     with BackgroundServer(app) as running:
         for text in ("one", "two", "one", "three"):
@@ -359,12 +359,12 @@ def test_serve_command_strips_the_key_and_refuses_a_bad_one_before_loading(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import milvus_rerank.cli
-    import milvus_rerank.serve
+    import milvus_rerank.app.cli
+    import milvus_rerank.app.serve
 
     seen: dict[str, Any] = {}
     monkeypatch.setattr(
-        milvus_rerank.serve, "run_server", lambda reranker, **options: seen.update(options) or 0
+        milvus_rerank.app.serve, "run_server", lambda reranker, **options: seen.update(options) or 0
     )
     argv = ["serve", "--reranker", "cross-encoder", "--model", str(tiny_models["ce"])]
     monkeypatch.setenv("MILVUS_RERANK_API_KEY", "serve-key-123456\n")
@@ -379,7 +379,7 @@ def test_serve_command_strips_the_key_and_refuses_a_bad_one_before_loading(
     def no_model(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model was loaded before the key was checked")
 
-    monkeypatch.setattr(milvus_rerank.cli, "_open_from_args", no_model)
+    monkeypatch.setattr(milvus_rerank.app.cli, "_open_from_args", no_model)
     capsys.readouterr()
     for bad, source in (
         (["--api-key", "k3y-x"], "--api-key"),

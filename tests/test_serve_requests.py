@@ -18,12 +18,12 @@ import pytest
 pytest.importorskip("starlette")
 
 from milvus_rerank import FallbackReranker, Reranker  # noqa: E402
-from milvus_rerank.errors import (  # noqa: E402
+from milvus_rerank.app.serve import BackgroundServer, create_app  # noqa: E402
+from milvus_rerank.core.errors import (  # noqa: E402
     InvalidInputError,
     ProviderError,
     ProviderUnavailableError,
 )
-from milvus_rerank.serve import BackgroundServer, create_app  # noqa: E402
 from tests.conftest import ScoreTableReranker  # noqa: E402
 from tests.fakes import Failing  # noqa: E402
 
@@ -179,7 +179,7 @@ async def test_batch_workers_bounds_the_requests_scored_at_once() -> None:
 
 
 def limited(wait: float | None) -> Exception:
-    from milvus_rerank.errors import RateLimitError
+    from milvus_rerank.core.errors import RateLimitError
 
     return RateLimitError("slow down", provider="api", retry_after=wait)
 

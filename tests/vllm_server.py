@@ -56,7 +56,7 @@ class VLLMStartError(RuntimeError):
 
 def build_model(path: Path, texts: Iterable[str]) -> Path:
     """A tiny BERT cross-encoder vLLM's CPU backend can run (hidden 64, 2 heads: head_dim 32)."""
-    from milvus_rerank.tiny import build_tiny_cross_encoder
+    from milvus_rerank.providers.local.tiny import build_tiny_cross_encoder
 
     return build_tiny_cross_encoder(
         path,
@@ -76,7 +76,7 @@ def build_qwen3_model(path: Path, texts: Iterable[str]) -> Path:
     The build is deterministic (seeded weights, a BPE trained on sorted words), so the
     offline replay of ``cassettes/vllm/rerank_qwen3*.yaml`` rebuilds the recorded checkpoint.
     """
-    from milvus_rerank.tiny import build_tiny_qwen3_reranker
+    from milvus_rerank.providers.local.tiny import build_tiny_qwen3_reranker
 
     return build_tiny_qwen3_reranker(
         path, texts=texts, num_layers=2, hidden_size=64, initializer_range=0.2

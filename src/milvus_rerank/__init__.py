@@ -9,9 +9,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
-from .base import Reranker, RerankResponse
-from .errors import (
+from milvus_rerank._version import __version__
+from milvus_rerank.core.base import Reranker, RerankResponse
+from milvus_rerank.core.errors import (
     AllRerankersFailedError,
     AuthenticationError,
     ConfigurationError,
@@ -23,49 +23,49 @@ from .errors import (
     RateLimitError,
     RerankError,
 )
-from .fallback import FallbackReranker
-from .results import RerankResult, Usage
-from .retry import RetryPolicy
+from milvus_rerank.core.results import RerankResult, Usage
+from milvus_rerank.core.retry import RetryPolicy
+from milvus_rerank.wrappers.fallback import FallbackReranker
 
 if TYPE_CHECKING:
-    from .providers._http import HTTPReranker, Secret
-    from .providers.bge import BGEReranker
-    from .providers.bge_llm import BGELLMReranker
-    from .providers.cohere import CohereReranker
-    from .providers.cross_encoder import CrossEncoderReranker
-    from .providers.dashscope import DashScopeReranker
-    from .providers.jina import JinaReranker
-    from .providers.mixedbread import MixedbreadReranker
-    from .providers.mxbai import MxbaiV2Reranker
-    from .providers.nvidia import NVIDIAReranker
-    from .providers.pinecone import PineconeReranker
-    from .providers.qwen3 import Qwen3Reranker
-    from .providers.siliconflow import SiliconFlowReranker
-    from .providers.tei import TEIReranker
-    from .providers.vllm import VLLMReranker
-    from .providers.voyage import VoyageReranker
-    from .registry import create_reranker
+    from milvus_rerank.core.registry import create_reranker
+    from milvus_rerank.providers.api.cohere import CohereReranker
+    from milvus_rerank.providers.api.dashscope import DashScopeReranker
+    from milvus_rerank.providers.api.http import HTTPReranker, Secret
+    from milvus_rerank.providers.api.jina import JinaReranker
+    from milvus_rerank.providers.api.mixedbread import MixedbreadReranker
+    from milvus_rerank.providers.api.nvidia import NVIDIAReranker
+    from milvus_rerank.providers.api.pinecone import PineconeReranker
+    from milvus_rerank.providers.api.siliconflow import SiliconFlowReranker
+    from milvus_rerank.providers.api.tei import TEIReranker
+    from milvus_rerank.providers.api.vllm import VLLMReranker
+    from milvus_rerank.providers.api.voyage import VoyageReranker
+    from milvus_rerank.providers.local.bge import BGEReranker
+    from milvus_rerank.providers.local.bge_llm import BGELLMReranker
+    from milvus_rerank.providers.local.cross_encoder import CrossEncoderReranker
+    from milvus_rerank.providers.local.mxbai import MxbaiV2Reranker
+    from milvus_rerank.providers.local.qwen3 import Qwen3Reranker
 
 
 _LAZY = {
-    "BGELLMReranker": "milvus_rerank.providers.bge_llm",
-    "BGEReranker": "milvus_rerank.providers.bge",
-    "CohereReranker": "milvus_rerank.providers.cohere",
-    "CrossEncoderReranker": "milvus_rerank.providers.cross_encoder",
-    "DashScopeReranker": "milvus_rerank.providers.dashscope",
-    "HTTPReranker": "milvus_rerank.providers._http",
-    "JinaReranker": "milvus_rerank.providers.jina",
-    "MixedbreadReranker": "milvus_rerank.providers.mixedbread",
-    "MxbaiV2Reranker": "milvus_rerank.providers.mxbai",
-    "NVIDIAReranker": "milvus_rerank.providers.nvidia",
-    "PineconeReranker": "milvus_rerank.providers.pinecone",
-    "Qwen3Reranker": "milvus_rerank.providers.qwen3",
-    "Secret": "milvus_rerank.providers._http",
-    "SiliconFlowReranker": "milvus_rerank.providers.siliconflow",
-    "TEIReranker": "milvus_rerank.providers.tei",
-    "VLLMReranker": "milvus_rerank.providers.vllm",
-    "VoyageReranker": "milvus_rerank.providers.voyage",
-    "create_reranker": "milvus_rerank.registry",
+    "BGELLMReranker": "milvus_rerank.providers.local.bge_llm",
+    "BGEReranker": "milvus_rerank.providers.local.bge",
+    "CohereReranker": "milvus_rerank.providers.api.cohere",
+    "CrossEncoderReranker": "milvus_rerank.providers.local.cross_encoder",
+    "DashScopeReranker": "milvus_rerank.providers.api.dashscope",
+    "HTTPReranker": "milvus_rerank.providers.api.http",
+    "JinaReranker": "milvus_rerank.providers.api.jina",
+    "MixedbreadReranker": "milvus_rerank.providers.api.mixedbread",
+    "MxbaiV2Reranker": "milvus_rerank.providers.local.mxbai",
+    "NVIDIAReranker": "milvus_rerank.providers.api.nvidia",
+    "PineconeReranker": "milvus_rerank.providers.api.pinecone",
+    "Qwen3Reranker": "milvus_rerank.providers.local.qwen3",
+    "Secret": "milvus_rerank.providers.api.http",
+    "SiliconFlowReranker": "milvus_rerank.providers.api.siliconflow",
+    "TEIReranker": "milvus_rerank.providers.api.tei",
+    "VLLMReranker": "milvus_rerank.providers.api.vllm",
+    "VoyageReranker": "milvus_rerank.providers.api.voyage",
+    "create_reranker": "milvus_rerank.core.registry",
 }
 
 __all__ = [

@@ -19,9 +19,9 @@ from langchain_core.runnables import RunnableLambda, RunnablePassthrough  # noqa
 from langchain_milvus import Milvus  # noqa: E402
 
 from milvus_rerank import CohereReranker, CrossEncoderReranker  # noqa: E402
-from milvus_rerank.demo import DEMO_QUERY, load_demo_corpus  # noqa: E402
-from milvus_rerank.langchain import RerankCompressor  # noqa: E402
-from milvus_rerank.tiny import word_vector  # noqa: E402
+from milvus_rerank.app.demo import DEMO_QUERY, load_demo_corpus  # noqa: E402
+from milvus_rerank.integrations.langchain import RerankCompressor  # noqa: E402
+from milvus_rerank.providers.local.tiny import word_vector  # noqa: E402
 from tests.integration.conftest import ordered_vectors  # noqa: E402
 from tests.providers.test_cassettes import recorded, request_of  # noqa: E402
 

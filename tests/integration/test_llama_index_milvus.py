@@ -16,9 +16,9 @@ from llama_index.core.llms import MockLLM  # noqa: E402
 from llama_index.vector_stores.milvus import MilvusVectorStore  # noqa: E402
 
 from milvus_rerank import CohereReranker, CrossEncoderReranker  # noqa: E402
-from milvus_rerank.demo import DEMO_QUERY, load_demo_corpus  # noqa: E402
-from milvus_rerank.llama_index import RerankPostprocessor  # noqa: E402
-from milvus_rerank.tiny import word_vector  # noqa: E402
+from milvus_rerank.app.demo import DEMO_QUERY, load_demo_corpus  # noqa: E402
+from milvus_rerank.integrations.llama_index import RerankPostprocessor  # noqa: E402
+from milvus_rerank.providers.local.tiny import word_vector  # noqa: E402
 from tests.integration.conftest import DIM, ordered_vectors  # noqa: E402
 from tests.providers.test_cassettes import recorded, request_of  # noqa: E402
 

@@ -19,10 +19,10 @@ pytest.importorskip("torch")
 httpx = pytest.importorskip("httpx")
 
 from milvus_rerank import CohereReranker, Qwen3Reranker, Reranker  # noqa: E402
-from milvus_rerank.demo import DEMO_QUERY, load_demo_corpus  # noqa: E402
-from milvus_rerank.milvus import rerank_hits, server_side_ranker  # noqa: E402
-from milvus_rerank.serve import BackgroundServer, create_app  # noqa: E402
-from milvus_rerank.tiny import build_tiny_qwen3_reranker, word_vector  # noqa: E402
+from milvus_rerank.app.demo import DEMO_QUERY, load_demo_corpus  # noqa: E402
+from milvus_rerank.app.serve import BackgroundServer, create_app  # noqa: E402
+from milvus_rerank.integrations.milvus import rerank_hits, server_side_ranker  # noqa: E402
+from milvus_rerank.providers.local.tiny import build_tiny_qwen3_reranker, word_vector  # noqa: E402
 
 NAME = "llm_rerank"
 DIM = 64
@@ -39,8 +39,8 @@ def qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def served(qwen3_dir: Path) -> Iterator[tuple[BackgroundServer, Reranker]]:
     """``milvus-rerank serve --reranker qwen3 --model DIR``, served on a loopback port."""
-    import milvus_rerank.serve
-    from milvus_rerank.cli import main
+    import milvus_rerank.app.serve
+    from milvus_rerank.app.cli import main
 
     started: list[tuple[BackgroundServer, Reranker]] = []
 
@@ -52,7 +52,7 @@ def served(qwen3_dir: Path) -> Iterator[tuple[BackgroundServer, Reranker]]:
         return 0
 
     patch = pytest.MonkeyPatch()
-    patch.setattr(milvus_rerank.serve, "run_server", run_server)
+    patch.setattr(milvus_rerank.app.serve, "run_server", run_server)
     try:
         argv = ["serve", "--reranker", "qwen3", "--model", str(qwen3_dir), "--device", "cpu"]
         assert main(argv) == 0
@@ -176,7 +176,7 @@ def _rrf() -> Any:
 
 
 def test_eval_falls_back_to_a_tiny_qwen3(capsys: pytest.CaptureFixture[str]) -> None:
-    from milvus_rerank.cli import main
+    from milvus_rerank.app.cli import main
 
     data = Path(__file__).resolve().parents[1] / "fixtures" / "beir-mini"
     argv = ["eval", "--reranker", "qwen3", "--model", "milvus-rerank-tests/no-such-model"]

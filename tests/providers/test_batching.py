@@ -18,9 +18,9 @@ import pytest
 pytest.importorskip("torch")
 
 from milvus_rerank import ConfigurationError, CrossEncoderReranker, Qwen3Reranker  # noqa: E402
-from milvus_rerank.providers import _batching  # noqa: E402
-from milvus_rerank.providers._batching import spread, unique_pairs  # noqa: E402
-from milvus_rerank.providers._local import LOCAL_DEFAULTS, LocalReranker  # noqa: E402
+from milvus_rerank.providers.local import batching as _batching  # noqa: E402
+from milvus_rerank.providers.local.batching import spread, unique_pairs  # noqa: E402
+from milvus_rerank.providers.local.runner import LOCAL_DEFAULTS, LocalReranker  # noqa: E402
 from tests.conftest import CORPUS  # noqa: E402
 
 QUERIES = [
@@ -34,7 +34,10 @@ DOCS = [*CORPUS, "milvus", "a much longer document about vector databases " * 6,
 
 @pytest.fixture(scope="module")
 def qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from milvus_rerank.tiny import QWEN3_RERANKER_CHAT_TEMPLATE, build_tiny_qwen3_reranker
+    from milvus_rerank.providers.local.tiny import (
+        QWEN3_RERANKER_CHAT_TEMPLATE,
+        build_tiny_qwen3_reranker,
+    )
 
     root = tmp_path_factory.mktemp("tiny-qwen3-batching")
     return build_tiny_qwen3_reranker(
@@ -304,7 +307,7 @@ def test_serve_scores_as_many_batches_at_once_as_the_reranker(
     tiny_models: dict[str, Path],
 ) -> None:
     pytest.importorskip("starlette")
-    from milvus_rerank.serve import create_app
+    from milvus_rerank.app.serve import create_app
 
     path = str(tiny_models["ce"])
     local = CrossEncoderReranker(path, device="cpu").load()
@@ -357,7 +360,7 @@ def test_serve_batches_local_rows_by_their_real_tokens(
     tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("starlette")
-    from milvus_rerank.serve import create_app
+    from milvus_rerank.app.serve import create_app
 
     reranker = CrossEncoderReranker(str(tiny_models["ce"]), device="cpu").load()
     docs = [f"{DOCS[i % len(DOCS)]} {i}" for i in range(30)]

@@ -9,8 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from milvus_rerank import BGEReranker, CrossEncoderReranker  # noqa: E402
-from milvus_rerank.providers._cls_forward import DISABLE_ENV, cls_only_forward  # noqa: E402
-from milvus_rerank.tiny import build_tiny_cross_encoder  # noqa: E402
+from milvus_rerank.providers.local.cls_forward import DISABLE_ENV, cls_only_forward  # noqa: E402
+from milvus_rerank.providers.local.tiny import build_tiny_cross_encoder  # noqa: E402
 
 QUERY = "the birth of artificial intelligence"
 DOCS = [

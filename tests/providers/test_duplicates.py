@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from milvus_rerank.providers._batching import spread, unique_pairs  # noqa: E402
+from milvus_rerank.providers.local.batching import spread, unique_pairs  # noqa: E402
 from tests.providers.test_passages import FAMILIES, LONG, family_dirs, make  # noqa: E402, F401
 
 QUERY = "what is the capital of france"

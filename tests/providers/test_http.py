@@ -23,7 +23,7 @@ from milvus_rerank import (
     Secret,
     VLLMReranker,
 )
-from milvus_rerank.providers._http import HTTPReranker, parse_retry_after
+from milvus_rerank.providers.api.http import HTTPReranker, parse_retry_after
 from tests.fakes import FAST_RETRY, fast_retry
 from tests.providers.specs import (
     KEY_VARS,

@@ -27,14 +27,14 @@ from milvus_rerank import (  # noqa: E402
     Qwen3Reranker,
     create_reranker,
 )
-from milvus_rerank.providers._causal import LastLayerAtLastPosition, label_logits  # noqa: E402
-from milvus_rerank.providers._local import (  # noqa: E402
+from milvus_rerank.core.registry import provider_spec, providers_taking  # noqa: E402
+from milvus_rerank.providers.local.causal import LastLayerAtLastPosition, label_logits  # noqa: E402
+from milvus_rerank.providers.local.qwen3 import Qwen3Family  # noqa: E402
+from milvus_rerank.providers.local.runner import (  # noqa: E402
     INSTRUCTION_PROVIDERS,
     LocalModelRunner,
     resolve_dtype,
 )
-from milvus_rerank.providers.qwen3 import Qwen3Family  # noqa: E402
-from milvus_rerank.registry import provider_spec, providers_taking  # noqa: E402
 from tests.conftest import CORPUS  # noqa: E402
 
 QUERY = "What is the capital of France?"
@@ -60,7 +60,7 @@ QWEN3_INSTRUCTION = "Given a web search query, retrieve relevant passages that a
 
 @pytest.fixture(scope="module")
 def llm_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from milvus_rerank.tiny import (
+    from milvus_rerank.providers.local.tiny import (
         QWEN3_RERANKER_CHAT_TEMPLATE,
         build_tiny_gemma_reranker,
         build_tiny_mxbai_v2_reranker,
@@ -683,7 +683,7 @@ def test_long_text_raises_no_false_transformers_length_warning(
 
 
 def test_mxbai_estimated_max_follows_the_model_name() -> None:
-    from milvus_rerank.providers.mxbai import estimated_max_for
+    from milvus_rerank.providers.local.mxbai import estimated_max_for
 
     assert estimated_max_for("mixedbread-ai/mxbai-rerank-base-v2") == 9.0
     assert estimated_max_for("mixedbread-ai/mxbai-rerank-large-v2") == 12.0
@@ -726,7 +726,7 @@ def test_tiny_stand_ins_load_and_score(cls: type[Any], tmp_path: Path) -> None:
 def test_cli_reranks_with_qwen3(
     llm_dirs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from milvus_rerank.cli import main
+    from milvus_rerank.app.cli import main
 
     docs = tmp_path / "docs.jsonl"
     docs.write_text("\n".join(json.dumps({"text": d}) for d in DOCS[:4]) + "\n", encoding="utf-8")
@@ -745,8 +745,8 @@ def test_langchain_and_llama_index_adapters_over_qwen3(llm_dirs: dict[str, Path]
     from langchain_core.documents import Document
     from llama_index.core.schema import NodeWithScore, TextNode
 
-    from milvus_rerank.langchain import RerankCompressor
-    from milvus_rerank.llama_index import RerankPostprocessor
+    from milvus_rerank.integrations.langchain import RerankCompressor
+    from milvus_rerank.integrations.llama_index import RerankPostprocessor
 
     reranker = Qwen3Reranker(str(llm_dirs["qwen3"]), device="cpu")
     expected = reranker.rerank(QUERY, DOCS[:5], top_n=3)

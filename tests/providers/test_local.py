@@ -13,9 +13,9 @@ import pytest
 pytest.importorskip("torch")
 
 from milvus_rerank import BGEReranker, ConfigurationError, CrossEncoderReranker  # noqa: E402
-from milvus_rerank.providers._family import Head, ModelFamily, ModelSource  # noqa: E402
-from milvus_rerank.providers._local import LocalReranker, plan_batches  # noqa: E402
-from milvus_rerank.results import RerankResult  # noqa: E402
+from milvus_rerank.core.results import RerankResult  # noqa: E402
+from milvus_rerank.providers.local.family import Head, ModelFamily, ModelSource  # noqa: E402
+from milvus_rerank.providers.local.runner import LocalReranker, plan_batches  # noqa: E402
 
 QUERY = "what event in 1956 marked the birth of artificial intelligence"
 DOCS = [
@@ -204,7 +204,7 @@ def test_bad_device_is_a_configuration_error(tiny_models: dict[str, Path]) -> No
 def test_multi_label_models_are_refused(tmp_path: Path) -> None:
     from transformers import BertConfig, BertForSequenceClassification
 
-    from milvus_rerank.tiny import build_tiny_cross_encoder
+    from milvus_rerank.providers.local.tiny import build_tiny_cross_encoder
 
     path = build_tiny_cross_encoder(tmp_path / "m")
     config = BertConfig.from_pretrained(path)
@@ -326,7 +326,7 @@ def test_a_wrong_family_checkpoint_is_refused_before_its_weights_load(
     tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from milvus_rerank import Qwen3Reranker
-    from milvus_rerank.tiny import build_tiny_qwen3_reranker
+    from milvus_rerank.providers.local.tiny import build_tiny_qwen3_reranker
 
     qwen3 = build_tiny_qwen3_reranker(tmp_path / "qwen3", num_layers=1)
     _no_weights(monkeypatch)
@@ -342,7 +342,7 @@ def test_a_multi_label_checkpoint_is_refused_before_its_weights_load(
 ) -> None:
     from transformers import BertConfig
 
-    from milvus_rerank.tiny import build_tiny_cross_encoder
+    from milvus_rerank.providers.local.tiny import build_tiny_cross_encoder
 
     path = build_tiny_cross_encoder(tmp_path / "m", num_layers=1)
     config = BertConfig.from_pretrained(path)
@@ -358,7 +358,7 @@ def test_weights_of_another_model_under_a_borrowed_config_are_refused(
 ) -> None:
     import shutil
 
-    from milvus_rerank.tiny import build_tiny_qwen3_reranker
+    from milvus_rerank.providers.local.tiny import build_tiny_qwen3_reranker
 
     # A BERT cross-encoder's config and tokenizer beside a Qwen3 checkpoint's weights: every
     # BERT weight would be random (before: it loaded and ranked, or crashed in the embedding).

@@ -13,8 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from milvus_rerank import BGEReranker, ConfigurationError, CrossEncoderReranker  # noqa: E402
-from milvus_rerank.errors import InvalidInputError  # noqa: E402
-from milvus_rerank.providers._local import (  # noqa: E402
+from milvus_rerank.core.errors import InvalidInputError  # noqa: E402
+from milvus_rerank.providers.local.runner import (  # noqa: E402
     LOCAL_DEFAULTS,
     LocalOptions,
     LocalReranker,
@@ -160,7 +160,7 @@ def test_a_tokenizer_far_smaller_than_the_vocabulary_is_refused(
 def test_the_cli_names_the_missing_tokenizer(
     tiny_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from milvus_rerank.cli import main
+    from milvus_rerank.app.cli import main
 
     folder = tmp_path / "partial"
     folder.mkdir()
@@ -187,7 +187,7 @@ def test_loading_and_building_print_no_progress_bar(
 ) -> None:
     from transformers.utils import logging as hf_logging
 
-    from milvus_rerank.tiny import build_tiny_cross_encoder
+    from milvus_rerank.providers.local.tiny import build_tiny_cross_encoder
 
     path = build_tiny_cross_encoder(tmp_path / "m")
     CrossEncoderReranker(str(path), device="cpu").load()
@@ -210,7 +210,7 @@ def test_quiet_loads_leave_other_threads_and_hooks_alone(
 
     from transformers.utils import logging as hf_logging
 
-    from milvus_rerank.providers._local import quiet_progress
+    from milvus_rerank.providers.local.runner import quiet_progress
 
     seen: list[str] = []
 

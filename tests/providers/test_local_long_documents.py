@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from milvus_rerank.providers import _local  # noqa: E402
+from milvus_rerank.providers.local import runner as _local  # noqa: E402
 from tests.providers.test_passages import FAMILIES, QUERY, family_dirs, make  # noqa: E402, F401
 
 PROSE = "paris is the capital of france. " + "milvus is a vector database, berlin a city. " * 600

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from milvus_rerank.providers import _local  # noqa: E402
+from milvus_rerank.providers.local import runner as _local  # noqa: E402
 from tests.providers.test_local_long_documents import MODES  # noqa: E402
 from tests.providers.test_passages import FAMILIES, family_dirs, make  # noqa: E402, F401
 

@@ -26,7 +26,7 @@ from milvus_rerank import (
     VLLMReranker,
     create_reranker,
 )
-from milvus_rerank.registry import provider_spec
+from milvus_rerank.core.registry import provider_spec
 from tests.providers.specs import KEY_VARS, SPECS
 
 QUERY = "what is milvus"

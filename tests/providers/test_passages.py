@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from milvus_rerank.errors import ConfigurationError
-from milvus_rerank.providers._family import Located
-from milvus_rerank.providers._passages import (
+from milvus_rerank.core.errors import ConfigurationError
+from milvus_rerank.providers.local.family import Located
+from milvus_rerank.providers.local.passages import (
     DEFAULT_MAX_PASSAGES,
     DEFAULT_PASSAGE_OVERLAP,
     passage_rows,
@@ -102,7 +102,7 @@ def test_rows_that_cannot_be_split_stay_one_row(located: Located) -> None:
 def family_dirs(
     tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
-    from milvus_rerank.tiny import (
+    from milvus_rerank.providers.local.tiny import (
         build_tiny_gemma_reranker,
         build_tiny_mxbai_v2_reranker,
         build_tiny_qwen3_reranker,
@@ -372,7 +372,7 @@ def test_the_command_line_passes_the_options_to_local_rerankers_only(
 ) -> None:
     import json
 
-    from milvus_rerank.cli import main, open_reranker
+    from milvus_rerank.app.cli import main, open_reranker
 
     path = str(family_dirs["ce"])
     with open_reranker(
@@ -408,7 +408,7 @@ def test_the_command_line_passes_the_options_to_local_rerankers_only(
 
 def test_serve_lets_max_passages_windows_through(family_dirs: dict[str, Path]) -> None:
     pytest.importorskip("starlette")
-    from milvus_rerank.serve import CHARS_PER_TOKEN, create_app
+    from milvus_rerank.app.serve import CHARS_PER_TOKEN, create_app
 
     plain = make(family_dirs, "bge")
     assert create_app(plain).state.max_document_chars == CHARS_PER_TOKEN * 40
@@ -420,7 +420,7 @@ def test_langchain_compressor_over_a_max_passage_reranker(family_dirs: dict[str,
     pytest.importorskip("langchain_core")
     from langchain_core.documents import Document
 
-    from milvus_rerank.langchain import RerankCompressor
+    from milvus_rerank.integrations.langchain import RerankCompressor
 
     reranker = make(family_dirs, "bge", long_documents="max_passage")
     docs = [*SHORT, LONG, f"{LONG} paris is the capital of france"]

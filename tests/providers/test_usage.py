@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from milvus_rerank import InvalidResponseError, Usage
-from milvus_rerank.providers._http import MAX_USAGE_COUNT, HTTPReranker
+from milvus_rerank.providers.api.http import MAX_USAGE_COUNT, HTTPReranker
 from tests.fakes import FAST_RETRY, FaultPlan, FaultServer, api_reranker, fake_score
 from tests.providers.specs import SPECS, Spec, reported_usage, request_documents, request_query
 

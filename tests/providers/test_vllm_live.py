@@ -127,9 +127,14 @@ def test_milvus_lite_reranks_through_vllm_like_rerank_hits(
     pytest.importorskip("pymilvus")
     from pymilvus import MilvusClient
 
-    from milvus_rerank.demo import COLLECTION, DEMO_QUERY, build_demo_collection, load_demo_corpus
-    from milvus_rerank.milvus import rerank_hits, server_side_ranker
-    from milvus_rerank.serve import BackgroundServer, create_app
+    from milvus_rerank.app.demo import (
+        COLLECTION,
+        DEMO_QUERY,
+        build_demo_collection,
+        load_demo_corpus,
+    )
+    from milvus_rerank.app.serve import BackgroundServer, create_app
+    from milvus_rerank.integrations.milvus import rerank_hits, server_side_ranker
 
     logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
     search = {
@@ -350,7 +355,7 @@ def test_record_rerank(live_vllm: LiveVLLM, local: CrossEncoderReranker) -> None
 @pytest.mark.vcr
 @pytest.mark.default_cassette("rerank_chunked.yaml")
 def test_record_chunked_rerank(live_vllm: LiveVLLM, local: CrossEncoderReranker) -> None:
-    from milvus_rerank.demo import DEMO_QUERY
+    from milvus_rerank.app.demo import DEMO_QUERY
 
     with VLLMReranker(live_vllm.model, base_url=live_vllm.url, max_batch=2) as live:
         results = live.rerank(DEMO_QUERY, PYMILVUS_DOCUMENTS)
@@ -381,7 +386,7 @@ def test_record_qwen3_rerank(live_vllm_qwen3: LiveVLLM, local_qwen3: Qwen3Rerank
 def test_record_qwen3_instruction_chunked(
     live_vllm_qwen3: LiveVLLM, local_qwen3: Qwen3Reranker
 ) -> None:
-    from milvus_rerank.demo import DEMO_QUERY
+    from milvus_rerank.app.demo import DEMO_QUERY
 
     with qwen3_on_vllm(live_vllm_qwen3, QWEN3_INSTRUCTION, max_batch=2) as live:
         results = live.rerank(DEMO_QUERY, PYMILVUS_DOCUMENTS)

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("torch")
 
 from milvus_rerank import Qwen3Reranker, RerankResult, VLLMReranker  # noqa: E402
-from milvus_rerank.demo import DEMO_QUERY  # noqa: E402
+from milvus_rerank.app.demo import DEMO_QUERY  # noqa: E402
 from tests.conftest import (  # noqa: E402
     LIVE_DOCUMENTS,
     LIVE_QUERY,

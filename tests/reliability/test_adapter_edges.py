@@ -21,8 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from milvus_rerank import ConfigurationError, InvalidInputError, Reranker
-from milvus_rerank.milvus import rerank_hits
-from milvus_rerank.results import copy_metadata
+from milvus_rerank.core.results import copy_metadata
+from milvus_rerank.integrations.milvus import rerank_hits
 from tests.conftest import ScoreTableReranker
 from tests.reliability.conftest import KINDS
 
@@ -42,8 +42,8 @@ def _mutables(value: Any) -> list[Any]:
 
 
 def _adapters(reranker: Reranker) -> list[object]:
-    from milvus_rerank.langchain import RerankCompressor, RerankCrossEncoder
-    from milvus_rerank.llama_index import RerankPostprocessor
+    from milvus_rerank.integrations.langchain import RerankCompressor, RerankCrossEncoder
+    from milvus_rerank.integrations.llama_index import RerankPostprocessor
 
     return [
         RerankCompressor(reranker=reranker),
@@ -153,10 +153,10 @@ def test_rerank_hits_rejects_bad_top_n_naming_it(value: object) -> None:
 
 def _adapter_class(adapter: str) -> Any:
     if adapter == "langchain":
-        from milvus_rerank.langchain import RerankCompressor
+        from milvus_rerank.integrations.langchain import RerankCompressor
 
         return RerankCompressor
-    from milvus_rerank.llama_index import RerankPostprocessor
+    from milvus_rerank.integrations.llama_index import RerankPostprocessor
 
     return RerankPostprocessor
 
@@ -178,7 +178,7 @@ def test_langchain_compressor_names_an_item_that_is_no_document(
 ) -> None:
     from langchain_core.documents import Document
 
-    from milvus_rerank.langchain import RerankCompressor
+    from milvus_rerank.integrations.langchain import RerankCompressor
 
     reranker = ScoreTableReranker(TABLE)
     compressor = RerankCompressor(reranker=reranker)

@@ -129,7 +129,7 @@ def test_langchain_documents_with_nested_metadata_and_no_id(
 ) -> None:
     from langchain_core.documents import Document
 
-    from milvus_rerank.langchain import RerankCompressor
+    from milvus_rerank.integrations.langchain import RerankCompressor
 
     docs = [
         Document(page_content="milvus db", metadata={"a": {"b": [1, {"c": 2}]}}),
@@ -151,7 +151,7 @@ def test_llama_index_nodes_without_text_and_without_scores(
 ) -> None:
     from llama_index.core.schema import ImageNode, NodeWithScore, TextNode
 
-    from milvus_rerank.llama_index import RerankPostprocessor
+    from milvus_rerank.integrations.llama_index import RerankPostprocessor
 
     nodes = [
         NodeWithScore(node=ImageNode(image="aGk=", text=""), score=None),
@@ -167,7 +167,7 @@ def test_llama_index_nodes_without_text_and_without_scores(
 
 
 def test_milvus_hit_without_the_text_field(make_reranker: Callable[..., Reranker]) -> None:
-    from milvus_rerank.milvus import rerank_hits
+    from milvus_rerank.integrations.milvus import rerank_hits
 
     hits = [[{"id": 42, "distance": 0.3, "entity": {"title": "no text here"}}]]
     with pytest.raises(InvalidInputError, match="hit id=42"):

@@ -45,7 +45,7 @@ from milvus_rerank import (
     VLLMReranker,
     VoyageReranker,
 )
-from milvus_rerank.serve import BackgroundServer
+from milvus_rerank.app.serve import BackgroundServer
 from tests.fakes import FaultPlan, FaultServer, fake_score
 from tests.providers.specs import SPECS
 
@@ -1154,7 +1154,7 @@ def test_the_cli_sends_a_key_to_a_custom_base_url_only_from_key_env(
     tmp_path: Any,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from milvus_rerank.cli import main
+    from milvus_rerank.app.cli import main
 
     docs = tmp_path / "docs.jsonl"
     docs.write_text("\n".join(json.dumps(d) for d in DOCS))

@@ -19,18 +19,18 @@ import pytest
 pytest.importorskip("starlette")
 
 from milvus_rerank import CrossEncoderReranker, Reranker  # noqa: E402
-from milvus_rerank.errors import (  # noqa: E402
+from milvus_rerank.app.serve import (  # noqa: E402
+    BackgroundServer,
+    create_app,
+    run_server,
+    served_model_name,
+)
+from milvus_rerank.core.errors import (  # noqa: E402
     AuthenticationError,
     ConfigurationError,
     InvalidResponseError,
     ProviderUnavailableError,
     RateLimitError,
-)
-from milvus_rerank.serve import (  # noqa: E402
-    BackgroundServer,
-    create_app,
-    run_server,
-    served_model_name,
 )
 from tests.fakes import Failing  # noqa: E402
 
@@ -430,7 +430,7 @@ def test_run_server_refuses_a_public_host_without_a_key(
 def test_the_connection_cap_leaves_descriptors_for_a_burst_of_accepts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import milvus_rerank.serve as serve
+    import milvus_rerank.app.serve as serve
 
     limits = {}
     for files in (None, 256, 1024, 100_000, 100):
@@ -684,7 +684,7 @@ def test_a_scoring_failure_is_answered_in_the_routes_shape_and_logged_once(
         message = assert_shape(path, key, answer, status)
         assert "SECRET" not in message
         assert answer.headers.get("retry-after") == retry_after
-    lines = [r for r in caplog.records if r.name == "milvus_rerank.serve" and r.levelno >= 30]
+    lines = [r for r in caplog.records if r.name == "milvus_rerank.app.serve" and r.levelno >= 30]
     assert len(lines) == len(SHAPES)
     assert all(r.exc_info is None and str(status) in r.getMessage() for r in lines)
     assert "SECRET" not in caplog.text and "Traceback" not in caplog.text
@@ -699,7 +699,7 @@ def test_serve_over_an_api_reranker_answers_the_upstreams_failures(
     from starlette.routing import Route
 
     from milvus_rerank import CohereReranker
-    from milvus_rerank.retry import RetryPolicy
+    from milvus_rerank.core.retry import RetryPolicy
 
     upstream_key = "co-UPSTREAM-KEY-0123456789"
     answers = iter([(401, {}), (429, {"Retry-After": "3"})])

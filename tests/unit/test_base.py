@@ -17,7 +17,7 @@ from milvus_rerank import (
     RerankResult,
     Usage,
 )
-from milvus_rerank.base import Reranker
+from milvus_rerank.core.base import Reranker
 from tests.conftest import ScoreTableReranker
 
 
@@ -216,7 +216,7 @@ def test_ranking_properties(scores: list[float], top_n: int | None) -> None:
 
 
 def test_copy_metadata_is_independent_of_its_source() -> None:
-    from milvus_rerank.results import copy_metadata
+    from milvus_rerank.core.results import copy_metadata
 
     flat = {"pk": 1, "source": "a.txt", "score": 0.5, "tag": None}
     nested = {"pk": 2, "tags": ["x"], "extra": {"page": 3}}

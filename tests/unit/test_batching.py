@@ -12,15 +12,15 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from milvus_rerank.errors import ConfigurationError
-from milvus_rerank.providers import _batching
-from milvus_rerank.providers._batching import (
+from milvus_rerank.core.errors import ConfigurationError
+from milvus_rerank.core.results import Usage
+from milvus_rerank.providers.local import batching as _batching
+from milvus_rerank.providers.local.batching import (
     REQUEST_WORKERS,
     MicroBatcher,
     Overloaded,
     RequestBatcher,
 )
-from milvus_rerank.results import Usage
 
 
 class Recorder:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from milvus_rerank import ConfigurationError, Reranker, Usage
-from milvus_rerank.cache import CachedReranker
+from milvus_rerank.wrappers.cache import CachedReranker
 
 
 class Counting(Reranker):
@@ -166,7 +166,7 @@ class Flaky(Counting):
 
     def _score_usage(self, query: str, documents: list[str]) -> tuple[Sequence[float], Usage]:
         if self.down:
-            from milvus_rerank.errors import ProviderUnavailableError
+            from milvus_rerank.core.errors import ProviderUnavailableError
 
             raise ProviderUnavailableError("down", provider="flaky", status_code=503)
         return super()._score_usage(query, documents)

@@ -10,7 +10,7 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 
 from milvus_rerank import FallbackReranker, Reranker
-from milvus_rerank.errors import (
+from milvus_rerank.core.errors import (
     AllRerankersFailedError,
     AuthenticationError,
     ConfigurationError,

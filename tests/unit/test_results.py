@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from milvus_rerank import InvalidInputError
-from milvus_rerank.base import RerankResponse
-from milvus_rerank.results import MAX_USAGE_COUNT, Usage
+from milvus_rerank.core.base import RerankResponse
+from milvus_rerank.core.results import MAX_USAGE_COUNT, Usage
 from tests.conftest import ScoreTableReranker
 
 

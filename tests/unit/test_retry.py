@@ -13,7 +13,7 @@ from milvus_rerank import (
     RateLimitError,
     RetryPolicy,
 )
-from milvus_rerank.retry import DEFAULT_RETRY_STATUSES, FailedAttempt
+from milvus_rerank.core.retry import DEFAULT_RETRY_STATUSES, FailedAttempt
 
 
 def failure(status: int | None = 503, **fields: Any) -> FailedAttempt:

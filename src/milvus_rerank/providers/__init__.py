@@ -1,1 +1,4 @@
-"""Reranking backends: one module per provider over shared HTTP and local-model runners."""
+"""The backends: API rerankers (``api``) and local models (``local``).
+
+API rerankers share one HTTP layer; local ones share one runner and batcher.
+"""

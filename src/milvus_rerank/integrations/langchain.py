@@ -1,0 +1,220 @@
+"""LangChain adapter: a document compressor and a cross-encoder over any ``Reranker``.
+
+``RerankCompressor`` goes into ``ContextualCompressionRetriever`` (``langchain_classic``) or an
+LCEL chain; ``RerankCrossEncoder`` goes into LangChain's own ``CrossEncoderReranker``. Both
+only move data between LangChain's types and the reranker: no ranking logic lives here.
+
+What a call consumed and who answered reach LangChain's callbacks as a custom event,
+``RERANK_EVENT`` (``on_custom_event`` of a handler; ``astream_events`` shows it as
+``on_custom_event`` under the retriever's run): a ``BaseDocumentCompressor`` has no run of its
+own and LangChain no rerank callback, and a custom event is the one a component may send.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from milvus_rerank.core.base import Reranker, RerankResponse, describe_value
+from milvus_rerank.core.errors import ConfigurationError, InvalidInputError, MissingDependencyError
+from milvus_rerank.core.results import (
+    RerankResult,
+    checked_threshold,
+    checked_top_n,
+    copy_metadata,
+    scoring_at_least,
+)
+from milvus_rerank.wrappers.fallback import unreranked_error
+
+try:
+    from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Callbacks
+    from langchain_core.cross_encoders import BaseCrossEncoder
+    from langchain_core.documents import BaseDocumentCompressor, Document
+    from pydantic import ConfigDict, field_serializer, field_validator
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependencyError(
+        "milvus_rerank.integrations.langchain", "langchain", "langchain-core"
+    ) from exc
+
+__all__ = [
+    "RerankCompressor",
+    "RerankCrossEncoder",
+]
+
+#: The metadata key of who answered: the reranker's label (``RerankResponse.answered_by``).
+RERANKED_BY_KEY = "reranked_by"
+#: The metadata key that is False when a fail-open ``FallbackReranker`` kept the input order.
+RERANKED_KEY = "reranked"
+#: The name of the custom callback event each call sends (see ``rerank_event_data``).
+RERANK_EVENT = "milvus_rerank.rerank"
+
+
+def rerank_event_data(response: RerankResponse) -> dict[str, Any]:
+    """The ``RERANK_EVENT`` payload: who answered, whether it reranked, usage, failures.
+
+    ``usage`` holds the reported ``Usage`` fields only (``Usage.to_dict``); ``failures`` the
+    class names of the errors of rerankers tried before the one that answered.
+    """
+    return {
+        "answered_by": response.answered_by,
+        "reranked": response.reranked,
+        "usage": response.usage.to_dict(),
+        "failures": [type(error).__name__ for error in response.failures],
+    }
+
+
+class RerankCompressor(BaseDocumentCompressor):
+    """Rerank retrieved ``Document``s with any ``Reranker`` and keep the best.
+
+    Returns new documents, best first, with ``page_content``, ``id`` and a copy of the
+    metadata, plus the rerank score under ``score_key``, who answered (the reranker's label,
+    ``RERANKED_BY_KEY``) and ``RERANKED_KEY`` (True); the input documents are untouched. With
+    a ``FallbackReranker(..., fail_open=True)`` whose rerankers all failed, the documents
+    keep their input order (cut to ``top_n``, ``score_threshold`` not applied: there are no
+    rerank scores to compare), ``score_key`` is None and ``RERANKED_KEY`` False. Each call
+    also sends ``RERANK_EVENT`` with its ``Usage`` to the ``callbacks`` it is given.
+    Nested metadata is deep-copied; a value that cannot be copied at all (a lock, a generator)
+    is passed through by reference rather than failing the retrieval (``copy_metadata``).
+
+    Options are checked when set, at construction or assignment: a ``top_n`` that is not a
+    positive int (``True`` included) or a ``score_threshold`` that is not a finite number (NaN
+    would drop every document) raises ``ConfigurationError`` naming the value.
+
+    Pickling fails at once with the reranker's ``TypeError`` (rerankers hold models, clients
+    and keys); ``copy.deepcopy`` works and shares the reranker.
+
+    Example:
+        >>> compressor = RerankCompressor(reranker=BGEReranker(), top_n=3)  # doctest: +SKIP
+        >>> retriever = ContextualCompressionRetriever(  # doctest: +SKIP
+        ...     base_compressor=compressor, base_retriever=vector_store.as_retriever())
+    """
+
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True, extra="forbid", validate_assignment=True
+    )
+
+    reranker: Reranker
+    """The reranker that scores (query, document) pairs."""
+    top_n: int | None = 3
+    """How many documents to keep (None keeps all)."""
+    score_threshold: float | None = None
+    """Drop documents scoring below this, after ``top_n``."""
+    score_key: str = "relevance_score"
+    """The metadata key of the rerank score."""
+
+    def __getstate__(self) -> dict[Any, Any]:
+        """Pickle state, refusing at once, with a message, when the reranker cannot be pickled."""
+        try:
+            pickle.dumps(self.reranker)
+        except Exception as exc:
+            raise TypeError(
+                f"RerankCompressor cannot be pickled because its reranker cannot: {exc}"
+            ) from exc
+        return super().__getstate__()
+
+    @field_serializer("reranker", when_used="json")
+    def _serialize_reranker(self, reranker: Reranker) -> str:
+        return repr(reranker)  # settings only, as the LlamaIndex adapter: a repr shows no key
+
+    @field_validator("top_n", mode="before")
+    @classmethod
+    def _check_top_n(cls, value: object) -> int | None:
+        return checked_top_n(value, what="RerankCompressor top_n", error=ConfigurationError)
+
+    @field_validator("score_threshold", mode="before")
+    @classmethod
+    def _check_threshold(cls, value: object) -> float | None:
+        what = "RerankCompressor score_threshold"
+        return checked_threshold(value, what=what, error=ConfigurationError)
+
+    def compress_documents(
+        self,
+        documents: Sequence[Document],
+        query: str,
+        callbacks: Callbacks | None = None,
+    ) -> Sequence[Document]:
+        """Rerank ``documents`` for ``query``, best first; send ``RERANK_EVENT`` to callbacks."""
+        docs, texts = _page_contents(documents)
+        response = self.reranker.rerank_response(query, texts, top_n=self.top_n)
+        if callbacks is not None:
+            manager = CallbackManager.configure(inheritable_callbacks=callbacks)
+            data = rerank_event_data(response)
+            manager.on_custom_event(RERANK_EVENT, data, run_id=manager.parent_run_id)
+        return self._documents(docs, response)
+
+    async def acompress_documents(
+        self,
+        documents: Sequence[Document],
+        query: str,
+        callbacks: Callbacks | None = None,
+    ) -> Sequence[Document]:
+        """Async ``compress_documents``, awaiting ``Reranker.arerank_response``."""
+        docs, texts = _page_contents(documents)
+        response = await self.reranker.arerank_response(query, texts, top_n=self.top_n)
+        if callbacks is not None:
+            manager = AsyncCallbackManager.configure(inheritable_callbacks=callbacks)
+            data = rerank_event_data(response)
+            await manager.on_custom_event(RERANK_EVENT, data, run_id=manager.parent_run_id)
+        return self._documents(docs, response)
+
+    def _documents(self, docs: list[Document], response: RerankResponse) -> list[Document]:
+        results: list[RerankResult] = response.results
+        if response.reranked:
+            results = scoring_at_least(results, self.score_threshold)
+        out = []
+        for result in results:
+            source = docs[result.index]
+            metadata = copy_metadata(source.metadata)
+            metadata[self.score_key] = result.score if response.reranked else None
+            metadata[RERANKED_BY_KEY] = response.answered_by
+            metadata[RERANKED_KEY] = response.reranked
+            out.append(Document(page_content=source.page_content, metadata=metadata, id=source.id))
+        return out
+
+
+def _page_contents(documents: object) -> tuple[list[Document], list[str]]:
+    """The documents as a list, and their texts; anything but a ``Document`` is named."""
+    if isinstance(documents, (str, bytes)) or not isinstance(documents, Iterable):
+        raise InvalidInputError(
+            f"documents must be a sequence of langchain Documents, got {describe_value(documents)}"
+        )
+    docs = list(documents)
+    for position, doc in enumerate(docs):
+        if not isinstance(doc, Document):
+            raise InvalidInputError(
+                f"documents[{position}] must be a langchain Document, got {describe_value(doc)}"
+            )
+    return docs, [d.page_content for d in docs]
+
+
+class RerankCrossEncoder(BaseCrossEncoder):
+    """LangChain's ``BaseCrossEncoder`` over any ``Reranker``, for its ``CrossEncoderReranker``.
+
+    A cross-encoder must return real scores, and LangChain's ``CrossEncoderReranker`` has no
+    way to mark documents unreranked: over a fail-open ``FallbackReranker`` whose rerankers
+    all failed, ``score`` raises ``AllRerankersFailedError`` rather than hand it NaN scores.
+    Use ``RerankCompressor`` to fail open (it keeps the order and sets ``reranked``).
+    """
+
+    def __init__(self, reranker: Reranker) -> None:
+        self.reranker = reranker
+
+    def score(self, text_pairs: list[tuple[str, str]]) -> list[float]:
+        """One score per (query, document) pair, in order; pairs are grouped by query.
+
+        Raises:
+            AllRerankersFailedError: a fail-open fallback chain answered unreranked.
+        """
+        by_query: dict[str, list[int]] = defaultdict(list)
+        for position, (query, _) in enumerate(text_pairs):
+            by_query[query].append(position)
+        scores = [0.0] * len(text_pairs)
+        for query, positions in by_query.items():
+            response = self.reranker.rerank_response(query, [text_pairs[p][1] for p in positions])
+            if not response.reranked:
+                raise unreranked_error(response)
+            for result in response.results:
+                scores[positions[result.index]] = result.score
+        return scores

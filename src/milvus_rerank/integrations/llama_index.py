@@ -1,0 +1,242 @@
+"""LlamaIndex adapter: a node postprocessor over any ``Reranker``.
+
+Use it as ``index.as_query_engine(node_postprocessors=[RerankPostprocessor(...)])``. It only
+moves data between ``NodeWithScore`` and ``Reranker.rerank_response``, emits LlamaIndex's
+rerank instrumentation events and callback event (with who answered and the call's usage),
+and never mutates the nodes it is given.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from milvus_rerank.core.base import Reranker, RerankResponse
+from milvus_rerank.core.errors import ConfigurationError, MissingDependencyError
+from milvus_rerank.core.results import (
+    RerankResult,
+    checked_threshold,
+    checked_top_n,
+    copy_metadata,
+    scoring_at_least,
+)
+
+try:
+    from llama_index.core.bridge.pydantic import (
+        ConfigDict,
+        Field,
+        field_serializer,
+        field_validator,
+    )
+    from llama_index.core.callbacks import CBEventType, EventPayload
+    from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
+    from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+    from llama_index.core.postprocessor.types import BaseNodePostprocessor
+    from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependencyError(
+        "milvus_rerank.integrations.llama_index", "llama-index", "llama-index-core"
+    ) from exc
+
+__all__ = [
+    "RerankPostprocessor",
+]
+
+dispatcher = get_dispatcher(__name__)
+
+#: The metadata key the retrieval score moves to; kept out of the LLM and embedding text.
+RETRIEVAL_SCORE_KEY = "retrieval_score"
+#: The metadata key of who answered: the reranker's label (``RerankResponse.answered_by``).
+RERANKED_BY_KEY = "reranked_by"
+#: The metadata key that is False when a fail-open ``FallbackReranker`` kept the input order.
+RERANKED_KEY = "reranked"
+
+
+class RerankPostprocessor(BaseNodePostprocessor):
+    """Rerank retrieved nodes with any ``Reranker``; keep the best ``top_n``.
+
+    Returned nodes are new ``NodeWithScore``s, best first, whose ``score`` is the rerank score;
+    the retrieval score moves to the new node's metadata under ``retrieval_score``, next to who
+    answered (``reranked_by``, the reranker's label) and ``reranked`` (True). These keys are
+    excluded from the LLM and embedding text, so ``get_content(MetadataMode.LLM)`` and
+    ``(MetadataMode.EMBED)`` read as the input node's did. Text is read like LlamaIndex's own
+    rerankers: ``node.get_content(metadata_mode=MetadataMode.EMBED)``.
+
+    With a ``FallbackReranker(..., fail_open=True)`` whose rerankers all failed, the nodes keep
+    their input order (cut to ``top_n``; ``score_threshold`` is not applied, there being no
+    rerank score) and their retrieval score as ``score``, with ``reranked`` False.
+
+    ``ReRankEndEvent.tags`` and the ``RERANKING`` callback event's end payload (under
+    ``EventPayload.ADDITIONAL_KWARGS``) carry ``answered_by``, ``reranked``, ``usage``
+    (``Usage.to_dict``) and ``failures`` (error class names) of each call that reached a
+    reranker.
+
+    The new node's metadata, its excluded-key lists and its embedding are copies; nested
+    metadata is deep-copied, and a value that cannot be copied at all (a lock, a generator) is
+    passed through by reference rather than failing the query (``results.copy_metadata``).
+    Text and relationships are shared read-only with the input, as LlamaIndex itself does.
+
+    Options are checked when set, at construction or assignment: a ``top_n`` that is not a
+    positive int (``True`` included) or a ``score_threshold`` that is not a finite number (NaN
+    would drop every node) raises ``ConfigurationError`` naming the value.
+
+    Pickling fails at once with a ``TypeError`` when the reranker cannot be pickled (none of
+    this package's can: they hold models, clients and keys), where LlamaIndex would otherwise
+    drop the reranker and unpickle a postprocessor that fails later; ``copy.deepcopy`` works
+    and shares the reranker.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, validate_assignment=True)
+
+    reranker: Reranker = Field(description="The reranker that scores (query, node) pairs.")
+    top_n: int | None = Field(default=3, description="Nodes to keep (None keeps all).")
+    score_threshold: float | None = Field(
+        default=None, description="Drop nodes scoring below this, after top_n."
+    )
+
+    @field_validator("top_n", mode="before")
+    @classmethod
+    def _check_top_n(cls, value: object) -> int | None:
+        return checked_top_n(value, what="RerankPostprocessor top_n", error=ConfigurationError)
+
+    @field_validator("score_threshold", mode="before")
+    @classmethod
+    def _check_threshold(cls, value: object) -> float | None:
+        what = "RerankPostprocessor score_threshold"
+        return checked_threshold(value, what=what, error=ConfigurationError)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle state, refusing at once when the reranker cannot be pickled.
+
+        LlamaIndex's ``BaseComponent`` drops unpicklable fields with a warning, which would
+        unpickle into a postprocessor without a reranker that fails only when first used.
+        """
+        try:
+            pickle.dumps(self.reranker)
+        except Exception as exc:
+            raise TypeError(
+                f"RerankPostprocessor cannot be pickled because its reranker cannot: {exc}"
+            ) from exc
+        state: dict[str, Any] = super().__getstate__()
+        return state
+
+    @field_serializer("reranker")
+    def _serialize_reranker(self, reranker: Reranker) -> str:
+        return repr(reranker)  # settings only: a reranker's repr never shows a key
+
+    @classmethod
+    def class_name(cls) -> str:
+        """The name LlamaIndex serializes this postprocessor under."""
+        return "MilvusRerankPostprocessor"
+
+    @contextmanager
+    def _reranking(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None
+    ) -> Iterator[tuple[str, list[NodeWithScore], dict[str, Any]]]:
+        """LlamaIndex's rerank events around one call: yields the query and what to fill.
+
+        ``ReRankStartEvent`` and the ``RERANKING`` callback event open it; the callback event
+        ends with the new nodes on success, and ``ReRankEndEvent`` fires on every path. The
+        yielded dict receives the call's summary (``_summary``) for both end events.
+        """
+        if query_bundle is None:
+            raise ValueError("RerankPostprocessor needs the query: pass query_bundle or query_str")
+        query = query_bundle.query_str
+        model_name = repr(self.reranker)
+        top_n = self.top_n or len(nodes)
+        dispatcher.event(
+            ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=top_n, model_name=model_name)
+        )
+        payload: dict[str, Any] = {
+            EventPayload.NODES: nodes,
+            EventPayload.MODEL_NAME: model_name,
+            EventPayload.QUERY_STR: query,
+            EventPayload.TOP_K: self.top_n,
+        }
+        new_nodes: list[NodeWithScore] = []
+        summary: dict[str, Any] = {}
+        try:
+            with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
+                yield query, new_nodes, summary
+                end: dict[str, Any] = {EventPayload.NODES: new_nodes}
+                if summary:
+                    end[EventPayload.ADDITIONAL_KWARGS] = summary
+                event.on_end(payload=end)
+        finally:
+            dispatcher.event(ReRankEndEvent(nodes=new_nodes, tags=summary))
+
+    @dispatcher.span
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        with self._reranking(nodes, query_bundle) as (query, new_nodes, summary):
+            if nodes:
+                response = self.reranker.rerank_response(query, _texts(nodes), top_n=self.top_n)
+                summary.update(_summary(response))
+                new_nodes += self._nodes(nodes, response)
+        return new_nodes
+
+    @dispatcher.span
+    async def _apostprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        with self._reranking(nodes, query_bundle) as (query, new_nodes, summary):
+            if nodes:
+                response = await self.reranker.arerank_response(
+                    query, _texts(nodes), top_n=self.top_n
+                )
+                summary.update(_summary(response))
+                new_nodes += self._nodes(nodes, response)
+        return new_nodes
+
+    def _nodes(self, nodes: list[NodeWithScore], response: RerankResponse) -> list[NodeWithScore]:
+        results: list[RerankResult] = response.results
+        if response.reranked:
+            results = scoring_at_least(results, self.score_threshold)
+        out = []
+        for result in results:
+            source = nodes[result.index]
+            node = _scored_copy(
+                source,
+                {RERANKED_BY_KEY: response.answered_by, RERANKED_KEY: response.reranked},
+            )
+            score = result.score if response.reranked else source.score
+            out.append(NodeWithScore(node=node, score=score))
+        return out
+
+
+def _summary(response: RerankResponse) -> dict[str, Any]:
+    """Who answered, whether it reranked, the reported usage, the failures' error classes."""
+    return {
+        "answered_by": response.answered_by,
+        "reranked": response.reranked,
+        "usage": response.usage.to_dict(),
+        "failures": [type(error).__name__ for error in response.failures],
+    }
+
+
+def _scored_copy(source: NodeWithScore, extra: dict[str, Any]) -> Any:
+    """A copy of ``source.node`` whose metadata holds the retrieval score and ``extra``.
+
+    Those keys are hidden from prompts and embeddings (the excluded-key lists). A shallow copy
+    with metadata, excluded-key lists and embedding of its own: text and relationships are
+    shared read-only, as in the input; deep-copying them costs more than the rerank.
+    """
+    node = source.node
+    metadata = copy_metadata(node.metadata)
+    added = {RETRIEVAL_SCORE_KEY: source.score, **extra}
+    metadata.update(added)
+    update: dict[str, Any] = {"metadata": metadata}
+    for field in ("excluded_llm_metadata_keys", "excluded_embed_metadata_keys"):
+        keys = list(getattr(node, field))
+        keys += [key for key in added if key not in keys]
+        update[field] = keys
+    if node.embedding is not None:
+        update["embedding"] = list(node.embedding)
+    return node.model_copy(update=update)
+
+
+def _texts(nodes: list[NodeWithScore]) -> list[str]:
+    return [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]

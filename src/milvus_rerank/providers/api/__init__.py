@@ -1,0 +1,1 @@
+"""API rerankers: one short module per provider over the shared HTTP layer."""

@@ -1,0 +1,86 @@
+"""Cohere's v2 rerank API (``POST /v2/rerank``), and any server that speaks it."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from milvus_rerank.core.base import MilvusTarget
+from milvus_rerank.core.results import Usage, bounded_count
+from milvus_rerank.providers.api.http import HTTPReranker, _check_int
+
+__all__ = ["CohereReranker"]
+
+
+class CohereReranker(HTTPReranker):
+    """Cohere Rerank v2 (``rerank-v3.5``, ``rerank-v4.0-pro``...), or a Cohere-compatible server.
+
+    The key comes from ``api_key``, else ``COHERE_API_KEY``, else ``CO_API_KEY``; it is only
+    required for Cohere's own API, so a self-hosted Cohere-compatible ``/v2/rerank`` (vLLM,
+    ``milvus-rerank serve``) works with ``base_url`` alone. The variables are sent to Cohere's
+    API only: a keyed compatible server gets its key from ``api_key``.
+
+    Args:
+        model_name: Cohere model name.
+        max_tokens_per_doc: Cohere truncates each document to this many tokens (server
+            default 4096); None leaves the field out.
+        **kwargs: ``api_key``, ``base_url``, ``timeout``, ``retry``, ``max_response_bytes``,
+            ``max_batch`` (default 1,000, Cohere's recommended maximum), ``max_concurrency``,
+            ``http_client``, ``http_async_client``, ``headers``; see ``HTTPReranker``.
+    """
+
+    provider: ClassVar[str] = "cohere"
+    path: ClassVar[str] = "/v2/rerank"
+    default_base_url: ClassVar[str | None] = "https://api.cohere.com"
+    env_vars: ClassVar[tuple[str, ...]] = ("COHERE_API_KEY", "CO_API_KEY")
+    default_model: ClassVar[str | None] = "rerank-v3.5"
+    default_max_batch: ClassVar[int | None] = 1000
+
+    def __init__(
+        self, model_name: str | None = None, *, max_tokens_per_doc: int | None = None, **kwargs: Any
+    ) -> None:
+        if max_tokens_per_doc is not None:
+            _check_int("CohereReranker", "max_tokens_per_doc", max_tokens_per_doc, minimum=1)
+        super().__init__(model_name, **kwargs)
+        self.max_tokens_per_doc = max_tokens_per_doc
+
+    def _milvus_params(
+        self, target: MilvusTarget, *, credential: str | None = None
+    ) -> dict[str, Any]:
+        """Milvus's ``cohere`` provider (public API only), or Milvus Lite's, at this server.
+
+        A Milvus server finds the Cohere key itself (its milvus.yaml or environment) unless
+        ``credential`` names one. A self-hosted ``base_url`` is refused for ``"milvus"``.
+        """
+        if target == "milvus-lite":
+            return self._milvus_lite_cohere_params()
+        self._public_api_for_milvus("cohere")
+        params: dict[str, Any] = {"provider": "cohere", "model_name": self.model_name}
+        if self.max_batch is not None:
+            params["max_client_batch_size"] = self.max_batch
+        if self.max_tokens_per_doc is not None:
+            params["max_tokens_per_doc"] = self.max_tokens_per_doc
+        return self._with_milvus_credential(params, credential, server_knows_key=True)
+
+    def _payload(self, query: str, documents: list[str]) -> dict[str, Any]:
+        # top_n is left out: Cohere then returns every document, which chunks need.
+        payload: dict[str, Any] = {"model": self.model_name, "query": query, "documents": documents}
+        if self.max_tokens_per_doc is not None:
+            payload["max_tokens_per_doc"] = self.max_tokens_per_doc
+        return payload
+
+    def _usage(self, body: Any) -> Usage:
+        """``meta.billed_units.search_units``, and tokens from ``meta.tokens`` when present.
+
+        A Cohere-compatible server that answers vLLM's ``usage.total_tokens`` instead (vLLM's
+        ``/v2/rerank``) has its tokens read from there.
+        """
+        tokens = self._usage_count(body, "meta", "tokens", "input_tokens")
+        if tokens is not None:
+            output = self._usage_count(body, "meta", "tokens", "output_tokens")
+            tokens = bounded_count(tokens + (output or 0))
+        else:
+            tokens = self._usage_count(body, "usage", "total_tokens")
+        return Usage(
+            tokens=tokens,
+            search_units=self._usage_count(body, "meta", "billed_units", "search_units"),
+        )

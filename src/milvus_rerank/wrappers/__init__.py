@@ -1,0 +1,1 @@
+"""Rerankers built over other rerankers: ``FallbackReranker`` and ``CachedReranker``."""
