@@ -163,7 +163,7 @@ def test_the_readme_lists_every_local_option_with_its_default() -> None:
     """The README's local options table holds every ``LocalOptions`` key, each with its default."""
     import ast
 
-    from milvus_rerank.providers.local.runner import LOCAL_DEFAULTS
+    from milvus_rerank.providers.local.options import LOCAL_DEFAULTS
 
     text = README.read_text("utf-8")
     table = text[text.index("| local option | default |") :].split("\n\n", 1)[0]

@@ -20,7 +20,8 @@ pytest.importorskip("torch")
 from milvus_rerank import ConfigurationError, CrossEncoderReranker, Qwen3Reranker  # noqa: E402
 from milvus_rerank.providers.local import batching as _batching  # noqa: E402
 from milvus_rerank.providers.local.batching import spread, unique_pairs  # noqa: E402
-from milvus_rerank.providers.local.runner import LOCAL_DEFAULTS, LocalReranker  # noqa: E402
+from milvus_rerank.providers.local.options import LOCAL_DEFAULTS  # noqa: E402
+from milvus_rerank.providers.local.reranker import LocalReranker  # noqa: E402
 from tests.conftest import CORPUS  # noqa: E402
 
 QUERIES = [

@@ -29,12 +29,10 @@ from milvus_rerank import (  # noqa: E402
 )
 from milvus_rerank.core.registry import provider_spec, providers_taking  # noqa: E402
 from milvus_rerank.providers.local.causal import LastLayerAtLastPosition, label_logits  # noqa: E402
+from milvus_rerank.providers.local.devices import resolve_dtype  # noqa: E402
+from milvus_rerank.providers.local.options import INSTRUCTION_PROVIDERS  # noqa: E402
 from milvus_rerank.providers.local.qwen3 import Qwen3Family  # noqa: E402
-from milvus_rerank.providers.local.runner import (  # noqa: E402
-    INSTRUCTION_PROVIDERS,
-    LocalModelRunner,
-    resolve_dtype,
-)
+from milvus_rerank.providers.local.runner import LocalModelRunner  # noqa: E402
 from tests.conftest import CORPUS  # noqa: E402
 
 QUERY = "What is the capital of France?"

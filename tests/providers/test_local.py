@@ -15,7 +15,8 @@ pytest.importorskip("torch")
 from milvus_rerank import BGEReranker, ConfigurationError, CrossEncoderReranker  # noqa: E402
 from milvus_rerank.core.results import RerankResult  # noqa: E402
 from milvus_rerank.providers.local.family import Head, ModelFamily, ModelSource  # noqa: E402
-from milvus_rerank.providers.local.runner import LocalReranker, plan_batches  # noqa: E402
+from milvus_rerank.providers.local.reranker import LocalReranker  # noqa: E402
+from milvus_rerank.providers.local.runner import plan_batches  # noqa: E402
 
 QUERY = "what event in 1956 marked the birth of artificial intelligence"
 DOCS = [

@@ -14,12 +14,9 @@ torch = pytest.importorskip("torch")
 
 from milvus_rerank import BGEReranker, ConfigurationError, CrossEncoderReranker  # noqa: E402
 from milvus_rerank.core.errors import InvalidInputError  # noqa: E402
-from milvus_rerank.providers.local.runner import (  # noqa: E402
-    LOCAL_DEFAULTS,
-    LocalOptions,
-    LocalReranker,
-    resolve_dtype,
-)
+from milvus_rerank.providers.local.devices import resolve_dtype  # noqa: E402
+from milvus_rerank.providers.local.options import LOCAL_DEFAULTS, LocalOptions  # noqa: E402
+from milvus_rerank.providers.local.reranker import LocalReranker  # noqa: E402
 
 QUERY = "what event in 1956 marked the birth of artificial intelligence"
 DOCS = [
@@ -210,7 +207,7 @@ def test_quiet_loads_leave_other_threads_and_hooks_alone(
 
     from transformers.utils import logging as hf_logging
 
-    from milvus_rerank.providers.local.runner import quiet_progress
+    from milvus_rerank.providers.local.loading import quiet_progress
 
     seen: list[str] = []
 

@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from milvus_rerank.providers.local import runner as _local  # noqa: E402
+from milvus_rerank.providers.local import clipping as _clipping  # noqa: E402
 from tests.providers.test_passages import FAMILIES, QUERY, family_dirs, make  # noqa: E402, F401
 
 PROSE = "paris is the capital of france. " + "milvus is a vector database, berlin a city. " * 600
@@ -85,9 +85,9 @@ def test_a_cut_document_scores_as_the_whole_text(
         (r.index, r.score) for r in expected.results
     ]
     assert got.usage == expected.usage
-    limit = _local.CHARS_PER_TOKEN * read_tokens(ours)
+    limit = _clipping.CHARS_PER_TOKEN * read_tokens(ours)
     cut = {name: seen.lengths[len(text)] for name, text in DOCUMENTS.items()}
-    breaks = _local.word_breaks(ours.runner.load().tokenizer)
+    breaks = _clipping.word_breaks(ours.runner.load().tokenizer)
     assert cut["cjk"] == len(DOCUMENTS["cjk"])  # no break to cut at: read whole
     if not breaks:  # a tokenizer that splits no words first (Gemma's): never cut
         assert cut == {name: len(text) for name, text in DOCUMENTS.items()}
@@ -108,7 +108,7 @@ def test_a_document_is_cut_only_between_words(
     # (where it holds too few tokens, so not at all), never inside it.
     reranker = make(family_dirs, key).load()
     seen = Seen(reranker)
-    limit = _local.CHARS_PER_TOKEN * read_tokens(reranker)
+    limit = _clipping.CHARS_PER_TOKEN * read_tokens(reranker)
     documents = ["ab" * limit + "c", "paris " + "ab" * limit + " is the capital " * 10]
     got = reranker.rerank_response(QUERY, documents)
     expected = whole(make(family_dirs, key)).rerank_response(QUERY, documents)
@@ -120,13 +120,14 @@ def test_a_document_is_cut_only_between_words(
 
 def test_word_breaks_come_from_the_tokenizer(family_dirs: dict[str, Path]) -> None:  # noqa: F811
     found = {
-        key: _local.word_breaks(make(family_dirs, key).runner.load().tokenizer) for key in FAMILIES
+        key: _clipping.word_breaks(make(family_dirs, key).runner.load().tokenizer)
+        for key in FAMILIES
     }
     # BERT's and the byte-level tokenizers split at clause punctuation too; XLM-R's Unigram
     # (BGE) segments a run without spaces as a whole, so only spaces break it.
-    assert found["cross-encoder"] == found["qwen3"] == _local.BREAK_CANDIDATES
+    assert found["cross-encoder"] == found["qwen3"] == _clipping.BREAK_CANDIDATES
     assert found["bge"] == (" ", "\n") and found["bge-llm"] == ()
-    assert _local.word_breaks(object()) == ()  # a slow or unknown tokenizer: none
+    assert _clipping.word_breaks(object()) == ()  # a slow or unknown tokenizer: none
 
 
 def test_a_left_truncating_tokenizer_is_never_cut(family_dirs: dict[str, Path]) -> None:  # noqa: F811
@@ -149,7 +150,7 @@ def test_a_five_megabyte_document_is_not_tokenized_whole(
     huge = ("milvus is a vector database for similarity search " * 110_000)[:5_000_000]
     response = reranker.rerank_response(QUERY, [huge, "paris is the capital of france"])
     # The tokenizer saw only the cut (whole, the document took about 6 s and 1 GB here).
-    limit = _local.CHARS_PER_TOKEN * read_tokens(reranker)
+    limit = _clipping.CHARS_PER_TOKEN * read_tokens(reranker)
     assert limit - 60 < seen.lengths[len(huge)] <= limit
     tokens = response.usage.tokens
     assert tokens is not None and tokens <= 2 * read_tokens(reranker)

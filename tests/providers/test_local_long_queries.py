@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from milvus_rerank.providers.local import runner as _local  # noqa: E402
+from milvus_rerank.providers.local import clipping as _clipping  # noqa: E402
 from tests.providers.test_local_long_documents import MODES  # noqa: E402
 from tests.providers.test_passages import FAMILIES, family_dirs, make  # noqa: E402, F401
 
@@ -95,11 +95,11 @@ def test_a_cut_query_scores_as_the_whole_query(
                 reference.runner.prepare(queries, documents).rows
             ), name
     read = ours.family.query_tokens_read(ours.runner.load().max_length)
-    limit = _local.CHARS_PER_TOKEN * read
+    limit = _clipping.CHARS_PER_TOKEN * read
     cut = {len(q[0]): len(o[0]) for q, o in seen.calls}
-    if _local.word_breaks(ours.runner.load().tokenizer):
+    if _clipping.word_breaks(ours.runner.load().tokenizer):
         assert limit - 60 < cut[len(PROSE)] <= limit  # the prose query was cut, at a break
-        assert PROSE[cut[len(PROSE)]] in _local.word_breaks(ours.runner.load().tokenizer)
+        assert PROSE[cut[len(PROSE)]] in _clipping.word_breaks(ours.runner.load().tokenizer)
     else:
         assert all(k == v for k, v in cut.items())  # Gemma's tokenizer: never cut
     assert cut[len(QUERIES["cjk"])] == len(QUERIES["cjk"])  # no break to cut at
@@ -116,8 +116,8 @@ def test_query_max_length_bounds_the_cut(family_dirs: dict[str, Path], key: str)
     assert scored(ours, PROSE, documents) == scored(reference, PROSE, documents)
     assert ours.family.query_tokens_read(ours.runner.load().max_length) == 5
     [(_, out)] = seen.calls
-    if _local.word_breaks(ours.runner.load().tokenizer):  # cut for 5 tokens, not the window
-        assert len(out[0]) <= _local.CHARS_PER_TOKEN * 5
+    if _clipping.word_breaks(ours.runner.load().tokenizer):  # cut for 5 tokens, not the window
+        assert len(out[0]) <= _clipping.CHARS_PER_TOKEN * 5
 
 
 def test_the_cross_encoder_odd_token_follows_the_whole_lengths(
@@ -148,7 +148,7 @@ def test_a_five_megabyte_query_is_tokenized_cut_and_once(
 ) -> None:
     reranker = make(family_dirs, key, **MODES[mode]).load()
     tokenizer = reranker.runner.load().tokenizer
-    if not _local.word_breaks(tokenizer):
+    if not _clipping.word_breaks(tokenizer):
         pytest.skip("this tokenizer splits no words first: a query is read whole, as before")
     longest: list[int] = []
     calls: list[int] = []
@@ -172,5 +172,5 @@ def test_a_five_megabyte_query_is_tokenized_cut_and_once(
         tokenizer.__class__ = Spy.__mro__[1]
     assert len(response.results) == 20
     read = reranker.family.query_tokens_read(reranker.runner.load().max_length)
-    assert max(longest) <= _local.CHARS_PER_TOKEN * read + 200  # only cuts went in
+    assert max(longest) <= _clipping.CHARS_PER_TOKEN * read + 200  # only cuts went in
     assert not any(calls)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from milvus_rerank.providers.local.runner import FairLock
+from milvus_rerank.providers.local.locks import FairLock
 
 
 def wait_for(condition: object, timeout: float = 10.0) -> None:

@@ -52,7 +52,8 @@ def _flag(option: str) -> str:
 
 def _check_model_options(provider: str, options: Mapping[str, Any]) -> None:
     """Refuse options ``provider``'s class does not take, naming the rerankers that do."""
-    from milvus_rerank.providers.local.runner import LOCAL_DEFAULTS, LocalReranker
+    from milvus_rerank.providers.local.options import LOCAL_DEFAULTS
+    from milvus_rerank.providers.local.reranker import LocalReranker
 
     cls = reranker_class(provider)
     taken = {*cls.family_options(), *LOCAL_DEFAULTS} if issubclass(cls, LocalReranker) else set()
@@ -166,7 +167,7 @@ def open_reranker(
         kwargs["api_key"] = api_key
     reranker = create_reranker(provider, **kwargs)
     if spec.kind == "local" and device is not None:
-        from milvus_rerank.providers.local.runner import resolve_device
+        from milvus_rerank.providers.local.devices import resolve_device
 
         # Before the weights load (seconds for a real model), in the command line's terms.
         resolve_device(device, fix="use --device cpu, or leave --device out")
@@ -198,7 +199,7 @@ def _tiny_stand_in(
     It is announced only once it loads: where it cannot either (a device that is not there),
     its error is the one the user sees, without notes about a stand-in that never ran.
     """
-    from milvus_rerank.providers.local.runner import LocalReranker
+    from milvus_rerank.providers.local.reranker import LocalReranker
 
     cls = reranker_class(provider)
     if not issubclass(cls, LocalReranker):
@@ -408,7 +409,7 @@ def _providers_epilog() -> str:
 
 
 def _add_reranker_options(parser: argparse.ArgumentParser, default: str) -> None:
-    from milvus_rerank.providers.local.runner import DTYPES
+    from milvus_rerank.providers.local.options import DTYPES
 
     parser.add_argument(
         "--reranker",

@@ -178,7 +178,7 @@ from milvus_rerank.core.results import RerankResult, Usage
 from milvus_rerank.providers.api.http import _check_key
 from milvus_rerank.providers.local.batching import Overloaded
 from milvus_rerank.providers.local.batching import RequestBatcher as Batcher
-from milvus_rerank.providers.local.runner import LocalReranker
+from milvus_rerank.providers.local.reranker import LocalReranker
 from milvus_rerank.wrappers.fallback import FallbackReranker, unreranked_error
 
 __all__ = [

@@ -16,9 +16,11 @@ from milvus_rerank.providers.local.family import (
     SequenceClassifierFamily,
     controls_as_unk,
     identity,
+    sigmoid_all,
     text_controls,
 )
-from milvus_rerank.providers.local.runner import LocalOptions, LocalReranker, sigmoid_all
+from milvus_rerank.providers.local.options import LocalOptions
+from milvus_rerank.providers.local.reranker import LocalReranker
 
 __all__ = ["BGEFamily", "BGEReranker"]
 

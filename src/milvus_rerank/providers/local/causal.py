@@ -18,7 +18,7 @@ from typing_extensions import Self
 
 from milvus_rerank.core.errors import ConfigurationError
 from milvus_rerank.providers.local.family import HalfDtype, ModelFamily
-from milvus_rerank.providers.local.runner import LocalReranker
+from milvus_rerank.providers.local.reranker import LocalReranker
 
 __all__ = [
     "FEW_TOKENS",

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from typing_extensions import Unpack
 
 from milvus_rerank.core.errors import ConfigurationError
+from milvus_rerank.providers.local.clipping import ClippedText, longer_cuts
 from milvus_rerank.providers.local.family import (
     Located,
     ModelSource,
@@ -19,15 +20,11 @@ from milvus_rerank.providers.local.family import (
     SequenceClassifierFamily,
     controls_as_unk,
     identity,
+    sigmoid_all,
     text_controls,
 )
-from milvus_rerank.providers.local.runner import (
-    ClippedText,
-    LocalOptions,
-    LocalReranker,
-    longer_cuts,
-    sigmoid_all,
-)
+from milvus_rerank.providers.local.options import LocalOptions
+from milvus_rerank.providers.local.reranker import LocalReranker
 
 __all__ = ["CrossEncoderFamily", "CrossEncoderReranker"]
 

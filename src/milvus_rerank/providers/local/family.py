@@ -1,6 +1,6 @@
 """What a local model family decides: how pairs become tokens, and model outputs become scores.
 
-``LocalModelRunner`` (``_local.py``) owns everything families share: loading from a directory or
+``LocalModelRunner`` (``runner.py``) owns everything families share: loading from a directory or
 the hub, device and dtype, length-sorted token-budget batching, padding, inference mode, and
 the thread-safe lazy load. A ``ModelFamily`` fills in the rest from its own module:
 
@@ -56,6 +56,7 @@ A family instance belongs to one reranker; ``bind`` runs once, under the runner'
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -76,6 +77,8 @@ __all__ = [
     "SequenceClassifierFamily",
     "controls_as_unk",
     "identity",
+    "sigmoid",
+    "sigmoid_all",
     "text_controls",
 ]
 
@@ -118,6 +121,19 @@ def controls_as_unk(
 def identity(scores: list[float]) -> list[float]:
     """The activation that keeps raw scores."""
     return scores
+
+
+def sigmoid(x: float) -> float:
+    """The logistic function, without overflow for large negative logits."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+def sigmoid_all(logits: list[float]) -> list[float]:
+    """``sigmoid`` of each logit (the probability form of one-logit rerankers)."""
+    return [sigmoid(x) for x in logits]
 
 
 @dataclass(frozen=True)

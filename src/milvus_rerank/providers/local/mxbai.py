@@ -18,8 +18,15 @@ from milvus_rerank.providers.local.causal import (
     label_logits,
     text_tokens,
 )
-from milvus_rerank.providers.local.family import Head, Located, ModelSource, Rows, identity
-from milvus_rerank.providers.local.runner import LocalOptions, sigmoid_all
+from milvus_rerank.providers.local.family import (
+    Head,
+    Located,
+    ModelSource,
+    Rows,
+    identity,
+    sigmoid_all,
+)
+from milvus_rerank.providers.local.options import LocalOptions
 
 __all__ = ["MxbaiV2Family", "MxbaiV2Reranker", "estimated_max_for"]
 

@@ -20,7 +20,7 @@ from milvus_rerank.providers.local.causal import (
     text_tokens,
 )
 from milvus_rerank.providers.local.family import Head, Located, ModelSource, Rows
-from milvus_rerank.providers.local.runner import LocalOptions
+from milvus_rerank.providers.local.options import LocalOptions
 
 __all__ = ["QWEN3_DEFAULT_INSTRUCTION", "Qwen3Family", "Qwen3Reranker"]
 

@@ -16,7 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from milvus_rerank.providers.local.runner import _import_torch, quiet_progress
+from milvus_rerank.providers.local.devices import import_torch
+from milvus_rerank.providers.local.loading import quiet_progress
 
 __all__ = [
     "QWEN3_RERANKER_CHAT_TEMPLATE",
@@ -89,7 +90,7 @@ def build_tiny_cross_encoder(
         initializer_range: Std of the random weights; larger spreads the scores apart.
         seed: Torch seed, so the same call builds the same weights.
     """
-    torch = _import_torch()
+    torch = import_torch()
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
     out = Path(path)
@@ -151,7 +152,7 @@ def build_tiny_bge(
         initializer_range: Std of the random weights; larger spreads the scores apart.
         seed: Torch seed, so the same call builds the same weights.
     """
-    torch = _import_torch()
+    torch = import_torch()
     from transformers import (
         XLMRobertaConfig,
         XLMRobertaForSequenceClassification,
@@ -323,7 +324,7 @@ def _save_causal(
     **architecture: Any,
 ) -> Path:
     """Build and save a tiny decoder with heads of 32 dimensions and one key/value head."""
-    torch = _import_torch()
+    torch = import_torch()
     config = config_class(
         vocab_size=max(vocab_size or 0, len(tokenizer)),
         hidden_size=hidden_size,

@@ -1,0 +1,229 @@
+"""The options every local reranker takes: declared once, with their defaults and their checks.
+
+``LocalOptions`` types a reranker's ``**options``; ``LOCAL_DEFAULTS`` holds each default;
+``check_options`` checks a reranker's options and ``unknown_options`` says why a name is not
+one. The checks of options several families share (``normalize``, ``query_max_length``) live
+here too, so each family states them the same way.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Sequence
+from typing import Any, Literal, TypedDict
+
+from milvus_rerank.core.checks import int_at_least, positive_number
+from milvus_rerank.core.errors import ConfigurationError
+from milvus_rerank.providers.local.passages import (
+    DEFAULT_MAX_PASSAGES,
+    DEFAULT_PASSAGE_OVERLAP,
+    LONG_DOCUMENTS,
+    LongDocuments,
+)
+
+__all__ = [
+    "DTYPES",
+    "INSTRUCTION_PROVIDERS",
+    "LOCAL_DEFAULTS",
+    "Dtype",
+    "LocalOptions",
+    "check_bool",
+    "check_options",
+    "check_query_max_length",
+    "unknown_options",
+]
+
+Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+#: The ``dtype`` values, in ``Dtype``'s order.
+DTYPES: tuple[Dtype, ...] = ("auto", "float32", "float16", "bfloat16")
+
+
+class LocalOptions(TypedDict, total=False):
+    """Options every local reranker takes (``**options: Unpack[LocalOptions]``).
+
+    Attributes:
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...; None picks CUDA when present.
+        dtype: ``"auto"`` (half precision on CUDA when ``use_fp16``, the family's fp16 or bf16;
+            float32 elsewhere), or ``"float32"``, ``"float16"``, ``"bfloat16"`` on any device.
+        use_fp16: With ``dtype="auto"``, run in half precision on CUDA (ignored on the CPU).
+        batch_size: Upper bound of pairs per forward pass.
+        max_length: Token limit of a pair; None takes the family's default (its reference's).
+        max_tokens_per_batch: Upper bound of padded tokens per forward pass (None: 1,024 on
+            CPUs, where small length-sorted batches run fastest, and no bound on GPUs).
+        trust_remote_code: Allow custom modelling code (and custom activations) from the hub.
+        revision: Hub revision (branch, tag or commit).
+        cache_dir: Hugging Face cache directory.
+        local_files_only: Never contact the hub.
+        long_documents: ``"truncate"`` (score what fits, like the references) or
+            ``"max_passage"`` (score every window of a long document, keep the best; see
+            ``passages.py``). A document that fits scores the same either way.
+        passage_overlap: Tokens neighbouring windows share (``max_passage``; 64).
+        max_passages: Windows scored per document at most (``max_passage``; 10); the rest of
+            a longer document is not read.
+        split_special_tokens: Read special-token strings (``<|im_end|>``, ``</s>``...) in
+            queries, documents and instructions as plain text, so untrusted text cannot
+            inject control tokens (chat turns) into a row. Off by default, as the references.
+        batch_across_calls: Score concurrent calls (threads, ``arerank`` tasks, instruction
+            views) together in shared forward passes (``batching.py``); False scores each
+            call on its own, in its own thread.
+        batch_wait_ms: While calls do come together, how long a batch may wait for more
+            (0 to 1,000; 0: never wait); a caller alone for ``IDLE_EXIT`` (0.25 s) never waits.
+        batch_workers: Shared batches that may run their forward passes at once while more
+            rows wait (None: 2 on CPUs, where a second pass keeps busy the cores one pass
+            leaves idle between and within its operations, measured in
+            ``benchmarks/batching.py``; 1 on GPUs). A lone call that fits one batch uses one.
+    """
+
+    device: str | None
+    dtype: Dtype
+    use_fp16: bool
+    batch_size: int
+    max_length: int | None
+    max_tokens_per_batch: int | None
+    trust_remote_code: bool
+    revision: str | None
+    cache_dir: str | None
+    local_files_only: bool
+    long_documents: LongDocuments
+    passage_overlap: int
+    max_passages: int
+    split_special_tokens: bool
+    batch_across_calls: bool
+    batch_wait_ms: float
+    batch_workers: int | None
+
+
+#: The default of every ``LocalOptions`` key, in one place.
+LOCAL_DEFAULTS: LocalOptions = {
+    "device": None,
+    "dtype": "auto",
+    "use_fp16": True,
+    "batch_size": 32,
+    "max_length": None,
+    "max_tokens_per_batch": None,
+    "trust_remote_code": False,
+    "revision": None,
+    "cache_dir": None,
+    "local_files_only": False,
+    "long_documents": "truncate",
+    "passage_overlap": DEFAULT_PASSAGE_OVERLAP,
+    "max_passages": DEFAULT_MAX_PASSAGES,
+    "split_special_tokens": False,
+    "batch_across_calls": True,
+    "batch_wait_ms": 2.0,
+    "batch_workers": None,
+}
+
+#: Options that are positive ints (those that may be None mean "the default").
+_POSITIVE_INTS = (
+    "batch_size",
+    "max_length",
+    "max_tokens_per_batch",
+    "max_passages",
+    "batch_workers",
+)
+_NOT_NONE = ("batch_size", "max_passages")
+_FLAGS = ("use_fp16", "trust_remote_code", "local_files_only", "split_special_tokens")
+_NAMES = ("device", "revision", "cache_dir")
+
+#: The local rerankers that take an ``instruction`` (the LLM rerankers). The registry cannot be
+#: read from here (it imports the providers); a test keeps this equal to its answer.
+INSTRUCTION_PROVIDERS = ("qwen3", "bge-llm", "mxbai-v2")
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` if it is True or False.
+
+    Raises:
+        ConfigurationError: naming ``name`` and the value.
+    """
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_query_max_length(value: object) -> int | None:
+    """``value`` if it is a positive int or None (a family's ``query_max_length``).
+
+    Raises:
+        ConfigurationError: naming ``query_max_length`` and the value.
+    """
+    if value is not None:
+        positive_number("query_max_length", value, kind=int)
+    return value  # type: ignore[return-value]
+
+
+def check_options(options: dict[str, Any]) -> LocalOptions:
+    """``options`` over ``LOCAL_DEFAULTS``, each checked.
+
+    Raises:
+        ConfigurationError: naming the first option that is unknown or wrong, and its value.
+    """
+    unknown = sorted(set(options) - set(LOCAL_DEFAULTS))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for a local reranker; "
+            f"the options are {', '.join(LOCAL_DEFAULTS)}"
+        )
+    merged: dict[str, Any] = {**LOCAL_DEFAULTS, **options}
+    for name in _POSITIVE_INTS:
+        if merged[name] is not None or name in _NOT_NONE:
+            positive_number(name, merged[name], kind=int)
+    int_at_least("passage_overlap", merged["passage_overlap"], 0)
+    _check_long_documents(merged, set(options))
+    for name in (*_FLAGS, "batch_across_calls"):
+        check_bool(name, merged[name])
+    for name in _NAMES:
+        value = merged[name]
+        if isinstance(value, os.PathLike) and name == "cache_dir":
+            merged[name] = value = os.fspath(value)
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            raise ConfigurationError(f"{name} must be a non-empty str or None, got {value!r}")
+    wait = merged["batch_wait_ms"]
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 1000:
+        raise ConfigurationError(f"batch_wait_ms must be milliseconds, 0 to 1,000, got {wait!r}")
+    if merged["dtype"] not in DTYPES:
+        raise ConfigurationError(
+            f"dtype must be one of {', '.join(map(repr, DTYPES))}, got {merged['dtype']!r}"
+        )
+    checked: LocalOptions = merged  # type: ignore[assignment]
+    return checked
+
+
+def _check_long_documents(merged: dict[str, Any], given: set[str]) -> None:
+    """``long_documents`` is known, and window options come only with ``max_passage``."""
+    if merged["long_documents"] not in LONG_DOCUMENTS:
+        raise ConfigurationError(
+            f"long_documents must be one of {', '.join(map(repr, LONG_DOCUMENTS))}, "
+            f"got {merged['long_documents']!r}"
+        )
+    windowing = sorted({"passage_overlap", "max_passages"} & given)
+    if windowing and merged["long_documents"] != "max_passage":
+        raise ConfigurationError(
+            f"{' and '.join(windowing)} {'apply' if len(windowing) > 1 else 'applies'} only "
+            f"with long_documents='max_passage' (windows of long documents); long_documents "
+            f"is {merged['long_documents']!r}"
+        )
+
+
+def unknown_options(owner: str, own: Sequence[str], unknown: Sequence[str]) -> str:
+    """Why ``unknown`` options are refused by ``owner`` (whose own options are ``own``).
+
+    It names what was probably meant and every option that is taken.
+    """
+    known = [*own, *LOCAL_DEFAULTS]
+    hints = []
+    for name in unknown:
+        close = ["model_name"] if name == "model" else difflib.get_close_matches(name, known, 1)
+        if name == "instruction":
+            hints.append(f"only {', '.join(INSTRUCTION_PROVIDERS)} take an instruction")
+        elif close:
+            hints.append(f"{name!r}: did you mean {close[0]!r}?")
+    mine = f"its own options: {', '.join(own)}; " if own else ""
+    rest = f"{mine}every local reranker's options: {', '.join(LOCAL_DEFAULTS)}"
+    return (
+        f"unknown option(s) {', '.join(map(repr, unknown))} for {owner}"
+        + (f" ({'; '.join(hints)})" if hints else "")
+        + f". {rest[0].upper()}{rest[1:]}"
+    )
