@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("torch")
 
 from milvus_rerank import ConfigurationError, CrossEncoderReranker, Qwen3Reranker  # noqa: E402
+from milvus_rerank.core.errors import RerankError  # noqa: E402
 from milvus_rerank.providers.local import batching as _batching  # noqa: E402
 from milvus_rerank.providers.local.batching import spread, unique_pairs  # noqa: E402
 from milvus_rerank.providers.local.options import LOCAL_DEFAULTS  # noqa: E402
@@ -474,3 +475,102 @@ def test_a_forked_child_reranks_with_tokenizers_parallelism_on(
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+EXIT_WHILE_SCORING = """
+import os, signal, sys, threading, time
+from milvus_rerank import CrossEncoderReranker
+from milvus_rerank.providers.local import batching
+from milvus_rerank.providers.local.tiny import build_tiny_cross_encoder
+
+path = build_tiny_cross_encoder(
+    sys.argv[1], num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024
+)
+reranker = CrossEncoderReranker(str(path), device="cpu").load()
+runner = reranker.runner
+docs = [f"milvus vector database document number {i} " * 12 for i in range(400)]
+encoded = []
+original = runner.prepare
+
+
+def prepare(*args, **kwargs):
+    out = original(*args, **kwargs)
+    encoded.append(len(out.rows))
+    return out
+
+
+runner.prepare = prepare  # counts the calls whose rows are about to be queued
+
+
+def busy(calls):
+    # Every call's rows are queued (or in a pass) and the workers run forward passes.
+    deadline = time.monotonic() + 60
+    while len(encoded) < calls or batching.runner_batcher(runner).batches < 1:
+        if time.monotonic() > deadline:
+            os._exit(3)
+        time.sleep(0.001)
+
+
+if sys.argv[2] == "exit":  # many calls queued from daemon threads; the main thread exits
+    for _ in range(6):
+        threading.Thread(target=reranker.rerank, args=("milvus", docs), daemon=True).start()
+    busy(6)
+    sys.exit(0)
+# Ctrl-C in the main thread during one large call, exiting 130 as the command line does
+threading.Thread(target=lambda: (busy(1), os.kill(os.getpid(), signal.SIGINT)), daemon=True).start()
+try:
+    reranker.rerank("milvus", docs * 6)
+except KeyboardInterrupt:
+    sys.exit(130)
+sys.exit(4)  # the interrupt never came
+"""
+
+
+@pytest.mark.parametrize(("how", "code"), [("exit", 0), ("interrupt", 130)])
+def test_exiting_while_forward_passes_run_exits_cleanly(
+    tmp_path: Path, how: str, code: int
+) -> None:
+    """Daemon batcher workers torn down inside torch's forward aborted the process (134)."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_WHILE_SCORING, str(tmp_path / "model"), how],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert "terminate called" not in done.stderr
+    assert done.returncode == code, done.stderr[-2000:]
+
+
+def test_a_closed_batcher_fails_queued_callers_and_refuses_new_rows(
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reranker = CrossEncoderReranker(str(tiny_models["ce"]), device="cpu", batch_workers=1).load()
+    batcher = _batching.runner_batcher(reranker.runner)
+    entered, release = threading.Event(), threading.Event()
+    original = reranker.runner.forward
+
+    def gate(rows: Sequence[dict[str, list[int]]]) -> list[float]:
+        entered.set()
+        release.wait(30)
+        return original(rows)
+
+    monkeypatch.setattr(reranker.runner, "forward", gate)
+    first = reranker.runner.prepare([QUERIES[0]] * 3, DOCS[:3], reranker.family)
+    second = reranker.runner.prepare([QUERIES[1]] * 3, DOCS[:3], reranker.family)
+    running = _batching.submit_prepared(batcher, reranker.runner, first)
+    assert entered.wait(30)
+    queued = _batching.submit_prepared(batcher, reranker.runner, second)
+    closing = threading.Thread(target=batcher.close, kwargs={"timeout": 30})
+    closing.start()
+    with pytest.raises(RerankError, match="closed"):
+        queued.result(timeout=30)  # failed at once, while the running pass goes on
+    assert not running.done()
+    release.set()
+    closing.join(30)
+    assert running.result(timeout=30)[0] == pytest.approx(alone(reranker, QUERIES[0], DOCS[:3])[0])
+    assert not batcher.running
+    with pytest.raises(RerankError, match="closed"):
+        _batching.submit_prepared(batcher, reranker.runner, second)

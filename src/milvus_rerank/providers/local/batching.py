@@ -20,7 +20,8 @@ more than fuller passes alone (``benchmarks/batching.py`` measures both). Past
 ``max_pending`` rows queued, ``submit`` raises ``Overloaded``. Cancelling a future drops its
 rows not yet taken, at once; a failing ``forward`` fails exactly the callers with rows in
 that batch. A worker thread ends after ``IDLE_EXIT`` seconds without work; workers start
-again on demand.
+again on demand. At interpreter exit every batcher is closed (``close``): the forward passes
+running end, the rows still queued fail, so no worker is torn down inside torch.
 
 Every local reranker scores through its runner's batcher (``runner_batcher``: one per runner,
 so an LLM reranker's instruction views share batches with it); ``serve`` builds a
@@ -30,10 +31,10 @@ so an LLM reranker's instruction views share batches with it); ``serve`` builds 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import logging
 import math
-import os
 import threading
 import time
 import weakref
@@ -42,7 +43,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from milvus_rerank.core.checks import positive_number
 from milvus_rerank.core.errors import ConfigurationError, RerankError
+from milvus_rerank.core.forks import after_fork
 from milvus_rerank.core.results import Usage, bounded_count
 
 __all__ = [
@@ -86,6 +89,8 @@ PASSES_PER_BATCH = 4
 MAX_WAIT = 60.0
 #: Seconds an idle worker thread waits for new work before it ends.
 IDLE_EXIT = 0.25
+#: Seconds interpreter exit waits, at most, for the forward passes running to end.
+EXIT_WAIT = 60.0
 #: The window assumed for a pair's estimated cost where the reranker does not say.
 UNKNOWN_WINDOW = 8192
 #: Whole requests a ``RequestBatcher`` scores at once by default (upstream calls wait on I/O).
@@ -153,10 +158,8 @@ class MicroBatcher(Generic[Item, Out]):
             ("max_pending", max_pending),
             ("workers", workers),
         ):
-            if (value is not None or what in ("max_items", "workers")) and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ConfigurationError(f"{what} must be a positive int, got {value!r}")
+            if value is not None or what in ("max_items", "workers"):
+                positive_number(what, value, kind=int)
         self._forward = forward
         self.max_wait = float(max_wait)
         self.max_items = max_items
@@ -178,6 +181,7 @@ class MicroBatcher(Generic[Item, Out]):
         self._pending = 0  # rows queued and not yet taken
         self._pending_tokens = 0
         self._last_jobs = 0  # callers in the last forward
+        self._closed = False  # ``close`` ran: no rows are taken any more
         #: When a ``forward`` last finished (``time.monotonic()``), or the batcher was made.
         self.last_progress = time.monotonic()
 
@@ -217,6 +221,7 @@ class MicroBatcher(Generic[Item, Out]):
 
         Raises:
             Overloaded: more than ``max_pending`` rows would be waiting.
+            RerankError: the batcher is closed (the interpreter is exiting).
             ValueError: ``costs`` and ``items`` differ in length.
         """
         if len(costs) != len(items):
@@ -230,6 +235,8 @@ class MicroBatcher(Generic[Item, Out]):
             return future
         job = _Job(items, costs, finish, future, [None] * len(items))
         with self._cond:
+            if self._closed:
+                raise self._closed_error()
             self.check_room(len(items))
             self._pending += len(items)
             self._pending_tokens += sum(costs)
@@ -239,6 +246,40 @@ class MicroBatcher(Generic[Item, Out]):
             self._cond.notify_all()  # an idle worker, or one waiting for company to fill up
         future.add_done_callback(lambda done: self._drop(job) if done.cancelled() else None)
         return future
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Take no more rows: fail the callers still queued, wait for the passes running.
+
+        A forward pass already running ends, and its callers whose rows are all done get
+        their outputs; every other caller's future fails with a ``RerankError``, and later
+        ``submit`` calls raise one. Run for every batcher at interpreter exit, so no worker
+        thread is torn down inside a forward pass (which aborts the process).
+
+        Args:
+            timeout: Seconds to wait for the worker threads to end (None: no bound; 0: none).
+
+        Returns:
+            Whether every worker thread has ended.
+        """
+        with self._cond:
+            self._closed = True
+            orphans = list(self._jobs)
+            self._jobs.clear()
+            for job in orphans:
+                self._release(job, len(job.items))
+            threads = [t for t in self._threads if t is not threading.current_thread()]
+            self._cond.notify_all()  # idle workers and those waiting for company end now
+        for job in orphans:
+            _fail(job.future, self._closed_error())
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in threads)
+
+    def _closed_error(self) -> RerankError:
+        return RerankError(
+            f"{self.name}: closed (the interpreter is exiting) before these rows were scored"
+        )
 
     def _drop(self, job: _Job) -> None:
         """A cancelled caller: its rows not yet taken leave the queue now."""
@@ -273,9 +314,7 @@ class MicroBatcher(Generic[Item, Out]):
             self._serve()
         except BaseException as exc:  # a bug here must not leave callers waiting forever
             with self._cond:
-                me = threading.current_thread()
-                if me in self._threads:
-                    self._threads.remove(me)
+                self._leave()
                 # Another live worker goes on with the queue; else its callers get the error.
                 orphans = [] if self._threads else list(self._jobs)
                 for job in orphans:
@@ -291,15 +330,27 @@ class MicroBatcher(Generic[Item, Out]):
                 exc_info=True,
             )
 
+    def _leave(self) -> None:
+        """This worker thread ends; under the lock."""
+        me = threading.current_thread()
+        if me in self._threads:
+            self._threads.remove(me)
+
     def _serve(self) -> None:
         fresh = True
         while True:
             with self._cond:
+                if self._closed:
+                    self._leave()
+                    return
                 if not self._jobs:
                     idle_until = time.monotonic() + IDLE_EXIT
                     self._idle += 1
                     try:
-                        while not self._jobs and (left := idle_until - time.monotonic()) > 0:
+                        while (
+                            not (self._jobs or self._closed)
+                            and (left := idle_until - time.monotonic()) > 0
+                        ):
                             self._cond.wait(left)
                     finally:
                         self._idle -= 1
@@ -307,9 +358,7 @@ class MicroBatcher(Generic[Item, Out]):
                         # Nothing came for IDLE_EXIT: callers are no longer coming together,
                         # so the next one is served at once, not after a wait for company.
                         self._last_jobs = 0
-                        me = threading.current_thread()
-                        if me in self._threads:
-                            self._threads.remove(me)
+                        self._leave()
                         return
                     fresh = True
                 if fresh and self.max_wait > 0 and self._last_jobs > 1:
@@ -416,6 +465,7 @@ def _fail(future: concurrent.futures.Future[Any], exc: BaseException) -> None:
 _ALL: weakref.WeakSet[MicroBatcher[Any, Any]] = weakref.WeakSet()
 
 
+@after_fork
 def _after_fork() -> None:
     """A forked child has none of the parent's threads: its batchers start empty."""
     global _RUNNERS_LOCK
@@ -424,8 +474,20 @@ def _after_fork() -> None:
         batcher._reset()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
+@atexit.register
+def _close_all() -> None:
+    """At interpreter exit, before daemon threads are torn down: close every batcher.
+
+    A worker thread torn down inside torch's C++ forward aborts the process ("terminate
+    called without an active exception", exit 134). Non-daemon threads have been joined
+    already, so their calls were served; what still waits belongs to daemon threads.
+    """
+    batchers = list(_ALL)
+    for batcher in batchers:
+        batcher.close(timeout=0)  # every queue emptied first: no pass starts anywhere
+    deadline = time.monotonic() + EXIT_WAIT
+    for batcher in batchers:
+        batcher.close(timeout=max(0.0, deadline - time.monotonic()))
 
 
 # -- local runners ----------------------------------------------------------------------------
