@@ -79,6 +79,53 @@ def test_truncated_weights_name_the_directory(tiny_models: dict[str, Path], tmp_
         BGEReranker(str(folder)).rerank(QUERY, DOCS)
 
 
+def test_weights_overwritten_under_a_loaded_model_change_nothing(tmp_path: Path) -> None:
+    """``cp`` of other weights over a running model's file changed its scores (item 5)."""
+    from milvus_rerank.providers.local.tiny import build_tiny_cross_encoder
+
+    folder = build_tiny_cross_encoder(tmp_path / "served", initializer_range=0.2)
+    other = build_tiny_cross_encoder(tmp_path / "other", initializer_range=0.2, seed=1)
+    reranker = CrossEncoderReranker(str(folder), device="cpu").load()
+    before = reranker.score_pairs([QUERY] * len(DOCS), DOCS)
+    weights = folder / "model.safetensors"
+    inode = weights.stat().st_ino
+    shutil.copyfile(other / "model.safetensors", weights)  # in place, as cp writes it
+    assert weights.stat().st_ino == inode
+    assert CrossEncoderReranker(str(folder), device="cpu").score_pairs([QUERY], DOCS[:1]) != [
+        before[0]
+    ], "the file does hold other weights now"
+    assert reranker.score_pairs([QUERY] * len(DOCS), DOCS) == before
+
+
+TRUNCATE_UNDER_A_LOADED_MODEL = """
+import os, sys
+from milvus_rerank import CrossEncoderReranker
+from milvus_rerank.providers.local.tiny import build_tiny_cross_encoder
+
+folder = build_tiny_cross_encoder(sys.argv[1], num_layers=4, hidden_size=256, num_heads=4)
+reranker = CrossEncoderReranker(str(folder), device="cpu", batch_across_calls=False).load()
+docs = ["paris is the capital of france", "berlin is a city in germany"]
+before = reranker.score_pairs(["capital of france"] * 2, docs)
+os.truncate(folder / "model.safetensors", 0)
+sys.exit(0 if reranker.score_pairs(["capital of france"] * 2, docs) == before else 1)
+"""
+
+
+def test_weights_truncated_under_a_loaded_model_do_not_kill_it(tmp_path: Path) -> None:
+    """Truncating a running model's weights file killed the process with SIGBUS (item 5)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", TRUNCATE_UNDER_A_LOADED_MODEL, str(tmp_path / "model")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+
+
 # -- where the model is --------------------------------------------------------------------
 
 

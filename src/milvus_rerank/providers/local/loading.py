@@ -3,8 +3,10 @@
 ``ModelLoader`` reads the config first (the family refuses another family's checkpoint before
 any weight is read), then the tokenizer, then the weights, and refuses what would load and
 rank at random: a tokenizer without its files, weights another model's (``check_tokenizer``,
-``check_weights_found``). ``quiet_progress`` keeps transformers' progress bars off a
-service's stderr.
+``check_weights_found``). The loaded weights are then copied out of their files
+(``detach_from_files``), so a file replaced or cut under a running model cannot change its
+scores or crash it. ``quiet_progress`` keeps transformers' progress bars off a service's
+stderr.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "ModelLoader",
     "check_tokenizer",
     "check_weights_found",
+    "detach_from_files",
     "quiet_progress",
 ]
 
@@ -209,6 +212,23 @@ def check_tokenizer(tokenizer: Any, config: Any, source: ModelSource) -> None:
         )
 
 
+def detach_from_files(model: Any) -> None:
+    """Copy the model's CPU weights out of the checkpoint files they may still map.
+
+    transformers (5.x, safetensors on Linux; ``torch.load(mmap=True)`` for ``.bin``) leaves
+    weights that need no conversion as views of the memory-mapped file: a file overwritten
+    under a running model would change its scores, and one truncated would kill the process
+    with SIGBUS on the next forward. Each CPU tensor is cloned once (a shared, tied weight
+    once for all its users); weights moved to an accelerator are copies already. The mapped
+    pages are clean file cache the kernel can drop, so the transient cost is one copy.
+    """
+    torch = import_torch()
+    with torch.no_grad():
+        for tensor in (*model.parameters(), *model.buffers()):
+            if tensor.device.type == "cpu":
+                tensor.data = tensor.data.clone()
+
+
 class ModelLoader:
     """Loads one model for a runner: the tokenizer, the weights, the device and the limits.
 
@@ -224,7 +244,7 @@ class ModelLoader:
         self.options = options
 
     def load(self) -> Loaded:
-        """The tokenizer and model, checked, on their device.
+        """The tokenizer and model, checked, on their device, detached from their files.
 
         Raises:
             ConfigurationError: the device, dtype, weights or ``max_length`` cannot work.
@@ -255,6 +275,7 @@ class ModelLoader:
             raise ConfigurationError(
                 f"Cannot move model {self.model_name!r} to device {device!r}: {exc}"
             ) from exc
+        detach_from_files(model)
         return Loaded(
             model=model,
             tokenizer=tokenizer,
