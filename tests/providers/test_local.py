@@ -93,6 +93,33 @@ def test_bge_matches_flag_reranker(
     _close(ours._score(query, DOCS), expected)
 
 
+#: A query past 256 tokens of the tiny BGE vocabulary (one token a word), under 384.
+QUERY_300 = "what is the history of artificial intelligence research " * 38
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_bge_query_max_length_256_matches_pymilvus_models_flag_reranker(
+    tiny_models: dict[str, Path], normalize: bool
+) -> None:
+    """pymilvus-model's BGERerankFunction runs FlagReranker with query_max_length=256."""
+    from FlagEmbedding import FlagReranker
+
+    path = str(tiny_models["bge"])
+    pairs = [(QUERY_300, d) for d in DOCS]
+    reference = FlagReranker(path, use_fp16=False, devices="cpu", query_max_length=256)
+    expected = reference.compute_score(pairs, normalize=normalize)
+    ours = BGEReranker(path, normalize=normalize, query_max_length=256, device="cpu")
+    _close(ours._score(QUERY_300, DOCS), expected)
+    default = BGEReranker(path, normalize=normalize, device="cpu")._score(QUERY_300, DOCS)
+    flag_default = FlagReranker(path, use_fp16=False, devices="cpu").compute_score(
+        pairs, normalize=normalize
+    )
+    _close(default, flag_default)  # FlagEmbedding's own default: 3/4 of max_length, 384
+    assert max(abs(a - b) for a, b in zip(default, expected, strict=True)) > TOL, (
+        "the query is long enough for 256 and 384 to differ"
+    )
+
+
 def test_bge_tokenizes_unknown_characters_once(tiny_models: dict[str, Path]) -> None:
     """Text with <unk> pieces: we tokenize once, as FlagEmbedding means to (and does on
     transformers 4); on transformers 5 its compat path decodes ids to text and tokenizes
