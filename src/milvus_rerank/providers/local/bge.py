@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 from typing_extensions import Unpack
@@ -19,7 +18,11 @@ from milvus_rerank.providers.local.family import (
     sigmoid_all,
     text_controls,
 )
-from milvus_rerank.providers.local.options import LocalOptions
+from milvus_rerank.providers.local.options import (
+    LocalOptions,
+    check_bool,
+    check_query_max_length,
+)
 from milvus_rerank.providers.local.reranker import LocalReranker
 
 __all__ = ["BGEFamily", "BGEReranker"]
@@ -37,18 +40,8 @@ class BGEFamily(SequenceClassifierFamily):
     """
 
     def __init__(self, *, normalize: bool = True, query_max_length: int | None = None) -> None:
-        if not isinstance(normalize, bool):
-            raise ConfigurationError(f"normalize must be True or False, got {normalize!r}")
-        if query_max_length is not None and (
-            isinstance(query_max_length, bool)
-            or not isinstance(query_max_length, int)
-            or query_max_length < 1
-        ):
-            raise ConfigurationError(
-                f"query_max_length must be a positive int, got {query_max_length!r}"
-            )
-        self.normalize = normalize
-        self.query_max_length = query_max_length
+        self.normalize = check_bool("normalize", normalize)
+        self.query_max_length = check_query_max_length(query_max_length)
 
     def default_max_length(self, tokenizer: Any, config: Any) -> int:
         """FlagEmbedding's default, 512."""
@@ -179,6 +172,7 @@ class BGEReranker(LocalReranker):
 
     provider: ClassVar[str] = "bge"
     default_model: ClassVar[str] = "BAAI/bge-reranker-v2-m3"
+    tiny_builder: ClassVar[str | None] = "build_tiny_bge"
 
     def __init__(
         self,
@@ -191,10 +185,3 @@ class BGEReranker(LocalReranker):
         family = BGEFamily(normalize=normalize, query_max_length=query_max_length)
         super().__init__(model_name, family, **options)
         self.normalize = normalize
-
-    @classmethod
-    def build_tiny_checkpoint(cls, path: Path) -> Path:
-        """A tiny random checkpoint of this architecture (see ``LocalReranker``)."""
-        from milvus_rerank.providers.local.tiny import build_tiny_bge
-
-        return build_tiny_bge(path, initializer_range=0.2)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 from typing_extensions import Unpack
@@ -13,7 +12,6 @@ from milvus_rerank.core.errors import ConfigurationError
 from milvus_rerank.providers.local.causal import (
     CausalFamily,
     CausalReranker,
-    check_query_max_length,
     label_logits,
     text_tokens,
 )
@@ -25,7 +23,11 @@ from milvus_rerank.providers.local.family import (
     identity,
     sigmoid_all,
 )
-from milvus_rerank.providers.local.options import LocalOptions
+from milvus_rerank.providers.local.options import (
+    LocalOptions,
+    check_bool,
+    check_query_max_length,
+)
 
 __all__ = ["BGE_LLM_DEFAULT_PROMPT", "BGELLMFamily", "BGELLMReranker"]
 
@@ -64,9 +66,7 @@ class BGELLMFamily(CausalFamily):
         query_max_length: int | None = None,
     ) -> None:
         super().__init__(instruction)
-        if not isinstance(normalize, bool):
-            raise ConfigurationError(f"normalize must be True or False, got {normalize!r}")
-        self.normalize = normalize
+        self.normalize = check_bool("normalize", normalize)
         self.query_max_length = check_query_max_length(query_max_length)
 
     def default_max_length(self, tokenizer: Any, config: Any) -> int:
@@ -240,6 +240,7 @@ class BGELLMReranker(CausalReranker):
 
     provider: ClassVar[str] = "bge-llm"
     default_model: ClassVar[str] = "BAAI/bge-reranker-v2-gemma"
+    tiny_builder: ClassVar[str | None] = "build_tiny_gemma_reranker"
     family: BGELLMFamily
 
     def __init__(
@@ -254,10 +255,3 @@ class BGELLMReranker(CausalReranker):
         family = BGELLMFamily(instruction, normalize=normalize, query_max_length=query_max_length)
         super().__init__(model_name, family, **options)
         self.normalize = normalize
-
-    @classmethod
-    def build_tiny_checkpoint(cls, path: Path) -> Path:
-        """A tiny random checkpoint of this architecture (see ``LocalReranker``)."""
-        from milvus_rerank.providers.local.tiny import build_tiny_gemma_reranker
-
-        return build_tiny_gemma_reranker(path, initializer_range=0.2)

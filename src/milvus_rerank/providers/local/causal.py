@@ -27,7 +27,6 @@ __all__ = [
     "InstructionView",
     "LastLayerAtLastPosition",
     "check_instruction",
-    "check_query_max_length",
     "label_logits",
     "text_tokens",
 ]
@@ -36,13 +35,6 @@ __all__ = [
 #: A pair whose document (Qwen3) or query (mxbai-v2) keeps fewer tokens than this, because
 #: the text before it filled the window, is logged: it is scored on next to nothing of it.
 FEW_TOKENS = 8
-
-
-def check_query_max_length(value: object) -> int | None:
-    """``value`` if it is a positive int or None, else ``ConfigurationError`` naming it."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ConfigurationError(f"query_max_length must be a positive int, got {value!r}")
-    return value
 
 
 def check_instruction(instruction: object, what: str = "instruction") -> str | None:

@@ -229,6 +229,7 @@ class CrossEncoderReranker(LocalReranker):
 
     provider: ClassVar[str] = "cross-encoder"
     default_model: ClassVar[str] = "cross-encoder/ms-marco-MiniLM-L-6-v2"
+    tiny_builder: ClassVar[str | None] = "build_tiny_cross_encoder"
 
     def __init__(
         self,
@@ -238,13 +239,6 @@ class CrossEncoderReranker(LocalReranker):
         **options: Unpack[LocalOptions],
     ) -> None:
         super().__init__(model_name, CrossEncoderFamily(activation=activation), **options)
-
-    @classmethod
-    def build_tiny_checkpoint(cls, path: Path) -> Path:
-        """A tiny random checkpoint of this architecture (see ``LocalReranker``)."""
-        from milvus_rerank.providers.local.tiny import build_tiny_cross_encoder
-
-        return build_tiny_cross_encoder(path, initializer_range=0.2)
 
 
 def _torch_activation(path: str) -> Callable[[list[float]], list[float]]:

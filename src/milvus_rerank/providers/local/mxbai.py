@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 from typing_extensions import Unpack
@@ -26,7 +25,7 @@ from milvus_rerank.providers.local.family import (
     identity,
     sigmoid_all,
 )
-from milvus_rerank.providers.local.options import LocalOptions
+from milvus_rerank.providers.local.options import LocalOptions, check_bool
 
 __all__ = ["MxbaiV2Family", "MxbaiV2Reranker", "estimated_max_for"]
 
@@ -70,8 +69,7 @@ class MxbaiV2Family(CausalFamily):
         estimated_max: float | None = None,
     ) -> None:
         super().__init__(instruction)
-        if not isinstance(normalize, bool):
-            raise ConfigurationError(f"normalize must be True or False, got {normalize!r}")
+        check_bool("normalize", normalize)
         if estimated_max is not None and (
             isinstance(estimated_max, bool)
             or not isinstance(estimated_max, (int, float))
@@ -261,6 +259,7 @@ class MxbaiV2Reranker(CausalReranker):
 
     provider: ClassVar[str] = "mxbai-v2"
     default_model: ClassVar[str] = "mixedbread-ai/mxbai-rerank-base-v2"
+    tiny_builder: ClassVar[str | None] = "build_tiny_mxbai_v2_reranker"
     family: MxbaiV2Family
 
     def __init__(
@@ -275,10 +274,3 @@ class MxbaiV2Reranker(CausalReranker):
         family = MxbaiV2Family(instruction, normalize=normalize, estimated_max=estimated_max)
         super().__init__(model_name, family, **options)
         self.normalize = normalize
-
-    @classmethod
-    def build_tiny_checkpoint(cls, path: Path) -> Path:
-        """A tiny random checkpoint of this architecture (see ``LocalReranker``)."""
-        from milvus_rerank.providers.local.tiny import build_tiny_mxbai_v2_reranker
-
-        return build_tiny_mxbai_v2_reranker(path, initializer_range=0.2)

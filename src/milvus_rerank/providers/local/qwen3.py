@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 from typing_extensions import Unpack
@@ -15,12 +14,11 @@ from milvus_rerank.providers.local.causal import (
     CausalFamily,
     CausalReranker,
     check_instruction,
-    check_query_max_length,
     label_logits,
     text_tokens,
 )
 from milvus_rerank.providers.local.family import Head, Located, ModelSource, Rows
-from milvus_rerank.providers.local.options import LocalOptions
+from milvus_rerank.providers.local.options import LocalOptions, check_query_max_length
 
 __all__ = ["QWEN3_DEFAULT_INSTRUCTION", "Qwen3Family", "Qwen3Reranker"]
 
@@ -263,6 +261,7 @@ class Qwen3Reranker(CausalReranker):
 
     provider: ClassVar[str] = "qwen3"
     default_model: ClassVar[str] = "Qwen/Qwen3-Reranker-0.6B"
+    tiny_builder: ClassVar[str | None] = "build_tiny_qwen3_reranker"
     family: Qwen3Family
 
     def __init__(
@@ -307,10 +306,3 @@ class Qwen3Reranker(CausalReranker):
             + "{query}\n",
             "document_template": "<Document>: {document}" + literal(QWEN3_SUFFIX),
         }
-
-    @classmethod
-    def build_tiny_checkpoint(cls, path: Path) -> Path:
-        """A tiny random checkpoint of this architecture (see ``LocalReranker``)."""
-        from milvus_rerank.providers.local.tiny import build_tiny_qwen3_reranker
-
-        return build_tiny_qwen3_reranker(path, initializer_range=0.2)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -41,6 +41,8 @@ class LocalReranker(Reranker):
     provider: ClassVar[str] = "local"
     #: The model loaded when none is named.
     default_model: ClassVar[str]
+    #: The ``tiny.py`` builder of a random checkpoint of this architecture (None: none).
+    tiny_builder: ClassVar[str | None] = None
 
     def __init__(
         self, model_name: str, family: ModelFamily, **options: Unpack[LocalOptions]
@@ -80,9 +82,18 @@ class LocalReranker(Reranker):
         """Build a tiny randomly initialized checkpoint of this family's architecture at ``path``.
 
         The demo and ``eval`` fall back to it where the real weights cannot be loaded; its
-        scores are meaningless and it must always be labelled as such.
+        scores are meaningless and it must always be labelled as such. The builder is the
+        class's ``tiny_builder``, with weights spread wide enough to rank distinctly.
+
+        Raises:
+            NotImplementedError: the class names no ``tiny_builder``.
         """
-        raise NotImplementedError(f"{cls.__name__} has no tiny stand-in")
+        if cls.tiny_builder is None:
+            raise NotImplementedError(f"{cls.__name__} has no tiny stand-in")
+        from milvus_rerank.providers.local import tiny
+
+        build: Callable[..., Path] = getattr(tiny, cls.tiny_builder)
+        return build(path, initializer_range=0.2)
 
     def load(self) -> Self:
         """Load the model now rather than on the first call (e.g. at service start-up).

@@ -62,6 +62,23 @@ def _extra_chars(texts: Iterable[str] | None) -> list[str]:
     return sorted({c for text in texts or () for c in text if ord(c) > 127 and not c.isspace()})
 
 
+def _directory(path: str | Path) -> Path:
+    """``path`` as a directory, created if missing."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _save(model_class: Any, config: Any, tokenizer: Any, out: Path, seed: int) -> Path:
+    """Build ``model_class(config)`` from seeded random weights; save it and ``tokenizer``."""
+    torch = import_torch()
+    torch.manual_seed(seed)
+    with quiet_progress():  # no "Writing model shards" bar
+        model_class(config).eval().save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def build_tiny_cross_encoder(
     path: str | Path,
     *,
@@ -90,11 +107,9 @@ def build_tiny_cross_encoder(
         initializer_range: Std of the random weights; larger spreads the scores apart.
         seed: Torch seed, so the same call builds the same weights.
     """
-    torch = import_torch()
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _directory(path)
     chars = list(string.ascii_lowercase + string.digits + string.punctuation)
     vocab_list = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     texts = list(texts or ())
@@ -119,12 +134,7 @@ def build_tiny_cross_encoder(
             "sigmoid": "torch.nn.modules.activation.Sigmoid",
         }
         config.sentence_transformers = {"activation_fn": names[activation]}
-    torch.manual_seed(seed)
-    model = BertForSequenceClassification(config).eval()
-    with quiet_progress():  # no "Writing model shards" bar
-        model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return _save(BertForSequenceClassification, config, tokenizer, out, seed)
 
 
 def build_tiny_bge(
@@ -152,15 +162,13 @@ def build_tiny_bge(
         initializer_range: Std of the random weights; larger spreads the scores apart.
         seed: Torch seed, so the same call builds the same weights.
     """
-    torch = import_torch()
     from transformers import (
         XLMRobertaConfig,
         XLMRobertaForSequenceClassification,
         XLMRobertaTokenizer,
     )
 
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _directory(path)
     texts = list(texts or ())
     pieces: list[tuple[str, float]] = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     pieces += [("\u2581" + w, -5.0 - 0.01 * len(w)) for w in _words(texts)]
@@ -185,12 +193,7 @@ def build_tiny_bge(
         num_labels=1,
         initializer_range=initializer_range,
     )
-    torch.manual_seed(seed)
-    model = XLMRobertaForSequenceClassification(config).eval()
-    with quiet_progress():  # no "Writing model shards" bar
-        model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return _save(XLMRobertaForSequenceClassification, config, tokenizer, out, seed)
 
 
 # -- causal LLM rerankers (Qwen3-Reranker, bge-reranker-v2-gemma, mxbai-rerank-v2) -------------
@@ -324,7 +327,6 @@ def _save_causal(
     **architecture: Any,
 ) -> Path:
     """Build and save a tiny decoder with heads of 32 dimensions and one key/value head."""
-    torch = import_torch()
     config = config_class(
         vocab_size=max(vocab_size or 0, len(tokenizer)),
         hidden_size=hidden_size,
@@ -337,11 +339,34 @@ def _save_causal(
         initializer_range=initializer_range,
         **architecture,
     )
-    torch.manual_seed(seed)
-    with quiet_progress():  # no "Writing model shards" bar
-        model_class(config).eval().save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return _save(model_class, config, tokenizer, out, seed)
+
+
+def _save_qwen(
+    model_class: Any,
+    config_class: Any,
+    path: str | Path,
+    texts: Iterable[str] | None,
+    chat_template: str | None,
+    max_position_embeddings: int,
+    **causal: Any,
+) -> Path:
+    """A tiny Qwen-family decoder (tied embeddings, no bos, ``<|im_end|>`` ends a turn)."""
+    out = _directory(path)
+    tok = _qwen_tokenizer(texts, max_position_embeddings)
+    if chat_template is not None:
+        tok.chat_template = chat_template
+    return _save_causal(
+        model_class,
+        config_class,
+        tok,
+        out,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,  # as Qwen3-Reranker-0.6B and Qwen2.5-0.5B (mxbai base)
+        bos_token_id=None,
+        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+        **causal,
+    )
 
 
 def build_tiny_qwen3_reranker(
@@ -373,26 +398,19 @@ def build_tiny_qwen3_reranker(
     """
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    tok = _qwen_tokenizer(texts, max_position_embeddings)
-    if chat_template is not None:
-        tok.chat_template = chat_template
-    return _save_causal(
+    return _save_qwen(
         Qwen3ForCausalLM,
         Qwen3Config,
-        tok,
-        out,
+        path,
+        texts,
+        chat_template,
+        max_position_embeddings,
         num_layers=num_layers,
         hidden_size=hidden_size,
         vocab_size=vocab_size,
-        max_position_embeddings=max_position_embeddings,
         initializer_range=initializer_range,
         seed=seed,
         head_dim=32,
-        tie_word_embeddings=True,  # as Qwen3-Reranker-0.6B
-        bos_token_id=None,
-        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
     )
 
 
@@ -422,8 +440,7 @@ def build_tiny_gemma_reranker(
     """
     from transformers import GemmaConfig, GemmaForCausalLM
 
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _directory(path)
     tok = _gemma_tokenizer(texts, max_position_embeddings)
     return _save_causal(
         GemmaForCausalLM,
@@ -465,23 +482,18 @@ def build_tiny_mxbai_v2_reranker(
     """
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    tok = _qwen_tokenizer(texts, max_position_embeddings)
-    return _save_causal(
+    return _save_qwen(
         Qwen2ForCausalLM,
         Qwen2Config,
-        tok,
-        out,
+        path,
+        texts,
+        None,
+        max_position_embeddings,
         num_layers=num_layers,
         hidden_size=hidden_size,
         vocab_size=None,
-        max_position_embeddings=max_position_embeddings,
         initializer_range=initializer_range,
         seed=seed,
-        tie_word_embeddings=True,  # as Qwen2.5-0.5B (mxbai-rerank-base-v2)
-        bos_token_id=None,
-        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
     )
 
 
