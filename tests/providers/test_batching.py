@@ -20,6 +20,7 @@ pytest.importorskip("torch")
 from milvus_rerank import ConfigurationError, CrossEncoderReranker, Qwen3Reranker  # noqa: E402
 from milvus_rerank.core.errors import RerankError  # noqa: E402
 from milvus_rerank.providers.local import batching as _batching  # noqa: E402
+from milvus_rerank.providers.local import runner_batching as _runner_batching  # noqa: E402
 from milvus_rerank.providers.local.batching import spread, unique_pairs  # noqa: E402
 from milvus_rerank.providers.local.options import LOCAL_DEFAULTS  # noqa: E402
 from milvus_rerank.providers.local.reranker import LocalReranker  # noqa: E402
@@ -92,9 +93,9 @@ def test_concurrent_callers_threads_and_tasks_score_as_alone(
     rerankers: list[LocalReranker] = [ce, base, strict, loose]
     for reranker in rerankers:
         reranker.load()
-    shared = _batching.runner_batcher(base.runner)
-    assert _batching.runner_batcher(strict.runner) is shared  # views batch with their base
-    ce_batches, qwen_batches = _batching.runner_batcher(ce.runner).batches, shared.batches
+    shared = _runner_batching.runner_batcher(base.runner)
+    assert _runner_batching.runner_batcher(strict.runner) is shared  # views batch with their base
+    ce_batches, qwen_batches = _runner_batching.runner_batcher(ce.runner).batches, shared.batches
 
     tasks = workload(rerankers, 48)
     threaded = workload(rerankers[::-1], 16)
@@ -122,7 +123,7 @@ def test_concurrent_callers_threads_and_tasks_score_as_alone(
         check(reranker, query, docs, answers[i])
     # They did share forward passes: far fewer than one per call.
     calls = len(tasks) + len(threaded)
-    done = (_batching.runner_batcher(ce.runner).batches - ce_batches) + (
+    done = (_runner_batching.runner_batcher(ce.runner).batches - ce_batches) + (
         shared.batches - qwen_batches
     )
     assert done < calls * 3 // 4
@@ -192,7 +193,7 @@ async def test_a_cancelled_arerank_drops_its_queued_rows(
     reranker = CrossEncoderReranker(path, device="cpu", batch_workers=1).load()
     gate = Gate(reranker.runner.forward)
     monkeypatch.setattr(reranker.runner, "forward", gate)
-    batcher = _batching.runner_batcher(reranker.runner)
+    batcher = _runner_batching.runner_batcher(reranker.runner)
     first = asyncio.ensure_future(reranker.arerank(QUERIES[0], DOCS[:2]))
     await asyncio.to_thread(gate.entered.wait, 30)
     left = asyncio.ensure_future(reranker.arerank(QUERIES[1], DOCS))
@@ -232,10 +233,10 @@ def test_batching_off_scores_each_call_on_its_own(tiny_models: dict[str, Path]) 
     got = off.rerank_response(QUERIES[0], DOCS)
     assert asyncio.run(off.arerank_response(QUERIES[0], DOCS)).results == got.results
     assert off.score_pairs(QUERIES[:1], DOCS[:1]) == alone(off, QUERIES[0], DOCS[:1])[0]
-    assert off.runner not in _batching._RUNNERS  # never went through a batcher
+    assert off.runner not in _runner_batching._RUNNERS  # never went through a batcher
     check(off, QUERIES[0], DOCS, got)
     check(on, QUERIES[0], DOCS, on.rerank_response(QUERIES[0], DOCS))
-    assert on.runner in _batching._RUNNERS
+    assert on.runner in _runner_batching._RUNNERS
     assert "batch_across_calls=False" in repr(off) and "batch_across" not in repr(on)
     assert "batch_wait_ms" not in repr(on)
 
@@ -248,7 +249,7 @@ def test_a_lone_caller_does_not_wait_for_company(tiny_models: dict[str, Path]) -
         reranker.rerank(query, DOCS)
         asyncio.run(reranker.arerank(query, DOCS))
     assert time.monotonic() - started < 6  # waits would take 8 s
-    batcher = _batching.runner_batcher(reranker.runner)
+    batcher = _runner_batching.runner_batcher(reranker.runner)
     assert batcher.max_wait == 1.0
     # After callers did come together, and then nothing came for a while, a lone caller
     # is served at once again (the workers went idle: callers no longer come together).
@@ -295,10 +296,10 @@ def test_batching_defaults_are_documented() -> None:
 def test_batch_workers_is_the_batchers_worker_count(tiny_models: dict[str, Path]) -> None:
     path = str(tiny_models["ce"])
     default = CrossEncoderReranker(path, device="cpu").load()
-    assert _batching.runner_batcher(default.runner).workers == _batching.CPU_WORKERS == 2
+    assert _runner_batching.runner_batcher(default.runner).workers == _batching.CPU_WORKERS == 2
     assert "batch_workers" not in repr(default)
     three = CrossEncoderReranker(path, device="cpu", batch_workers=3).load()
-    assert _batching.runner_batcher(three.runner).workers == 3
+    assert _runner_batching.runner_batcher(three.runner).workers == 3
     assert "batch_workers=3" in repr(three)
     for bad in (0, -1, 1.5, "2", True):
         with pytest.raises(ConfigurationError, match=f"batch_workers.*{bad!r}"):
@@ -331,7 +332,7 @@ def test_a_second_worker_scores_the_next_batch_beside_a_held_one(
     ).load()
     gate = Gate(reranker.runner.forward)
     monkeypatch.setattr(reranker.runner, "forward", gate)
-    batcher = _batching.runner_batcher(reranker.runner)
+    batcher = _runner_batching.runner_batcher(reranker.runner)
     answers: dict[int, Any] = {}
 
     def call(i: int) -> None:
@@ -480,7 +481,7 @@ def test_a_forked_child_reranks_with_tokenizers_parallelism_on(
 EXIT_WHILE_SCORING = """
 import os, signal, sys, threading, time
 from milvus_rerank import CrossEncoderReranker
-from milvus_rerank.providers.local import batching
+from milvus_rerank.providers.local import runner_batching
 from milvus_rerank.providers.local.tiny import build_tiny_cross_encoder
 
 path = build_tiny_cross_encoder(
@@ -505,7 +506,7 @@ runner.prepare = prepare  # counts the calls whose rows are about to be queued
 def busy(calls):
     # Every call's rows are queued (or in a pass) and the workers run forward passes.
     deadline = time.monotonic() + 60
-    while len(encoded) < calls or batching.runner_batcher(runner).batches < 1:
+    while len(encoded) < calls or runner_batching.runner_batcher(runner).batches < 1:
         if time.monotonic() > deadline:
             os._exit(3)
         time.sleep(0.001)
@@ -548,7 +549,7 @@ def test_a_closed_batcher_fails_queued_callers_and_refuses_new_rows(
     tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reranker = CrossEncoderReranker(str(tiny_models["ce"]), device="cpu", batch_workers=1).load()
-    batcher = _batching.runner_batcher(reranker.runner)
+    batcher = _runner_batching.runner_batcher(reranker.runner)
     entered, release = threading.Event(), threading.Event()
     original = reranker.runner.forward
 

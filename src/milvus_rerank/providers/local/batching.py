@@ -1,31 +1,11 @@
 """Batching across concurrent callers: many callers' rows scored together, a budget per forward.
 
-A ``MicroBatcher`` owns a queue and up to ``workers`` worker threads. A caller encodes its own
-pairs (in its own thread), submits the rows with their token counts and a ``finish`` step, and
-gets a ``concurrent.futures.Future``: a thread waits on it, a coroutine awaits
-``asyncio.wrap_future`` of it. Nothing belongs to an event loop, so any number of threads,
-loops and ``asyncio.run`` calls share one batcher.
-
-A worker cuts the queued rows into micro-batches of at most ``max_items`` rows and
-``max_tokens`` tokens, taking as much of each waiting caller as fits, in turn (a caller with
-rows left goes to the back), so a small call never waits for a large one to finish; it runs
-``forward`` on each micro-batch and a caller's ``finish`` once all its rows are done. While
-callers do come together (the last batch held more than one, and no worker has been idle
-for ``IDLE_EXIT`` since), it waits up to ``max_wait`` for company (less once a batch is
-full); a lone caller is served at once. While rows are left over after a worker took its
-micro-batch, another worker (up to ``workers``) takes the next one and runs it at the same
-time: on a CPU, two forward passes at once keep busy the cores
-that one pass leaves idle (its single-threaded operations, its threads' waits), which gains
-more than fuller passes alone (``benchmarks/batching.py`` measures both). Past
-``max_pending`` rows queued, ``submit`` raises ``Overloaded``. Cancelling a future drops its
-rows not yet taken, at once; a failing ``forward`` fails exactly the callers with rows in
-that batch. A worker thread ends after ``IDLE_EXIT`` seconds without work; workers start
-again on demand. At interpreter exit every batcher is closed (``close``): the forward passes
-running end, the rows still queued fail, so no worker is torn down inside torch.
-
-Every local reranker scores through its runner's batcher (``runner_batcher``: one per runner,
-so an LLM reranker's instruction views share batches with it); ``serve`` builds a
-``RequestBatcher`` per app over the same machinery.
+A ``MicroBatcher`` queues callers' encoded rows and runs them in shared ``forward`` calls on up
+to ``workers`` daemon threads, as much of each waiting caller as fits, in turn; each caller
+gets a ``concurrent.futures.Future`` (a thread waits on it, a coroutine awaits
+``asyncio.wrap_future`` of it). Every local reranker scores through its runner's batcher
+(``runner_batching.py``); ``serve`` batches its requests over the same machinery. How batches form,
+wait, fail and end: docs/architecture.md, "Batching across callers".
 """
 
 from __future__ import annotations
@@ -59,9 +39,6 @@ __all__ = [
     "RequestBatcher",
     "RowRunner",
     "ScoreGroups",
-    "ascore_rows",
-    "runner_batcher",
-    "score_rows",
     "spread",
     "submit_prepared",
     "unique_pairs",
@@ -89,8 +66,6 @@ PASSES_PER_BATCH = 4
 MAX_WAIT = 60.0
 #: Seconds an idle worker thread waits for new work before it ends.
 IDLE_EXIT = 0.25
-#: Seconds interpreter exit waits, at most, for the forward passes running to end.
-EXIT_WAIT = 60.0
 #: The window assumed for a pair's estimated cost where the reranker does not say.
 UNKNOWN_WINDOW = 8192
 #: Whole requests a ``RequestBatcher`` scores at once by default (upstream calls wait on I/O).
@@ -115,7 +90,13 @@ class _Job:
 
 
 class MicroBatcher(Generic[Item, Out]):
-    """Scores many callers' rows in shared ``forward`` calls (see the module docstring).
+    """Scores many callers' rows in shared ``forward`` calls (docs/architecture.md).
+
+    A worker takes as much of each waiting caller as fits a micro-batch, in turn, so a small
+    call never waits for a large one; while callers come together it waits up to
+    ``max_wait`` for company; while rows are left over another worker runs the next
+    micro-batch beside it. Cancelling a future drops its rows not yet taken; a failing
+    ``forward`` fails the callers with rows in it. Idle workers end after ``IDLE_EXIT``.
 
     Args:
         forward: Outputs of a list of rows, in order; called from the worker thread only.
@@ -263,10 +244,7 @@ class MicroBatcher(Generic[Item, Out]):
         """
         with self._cond:
             self._closed = True
-            orphans = list(self._jobs)
-            self._jobs.clear()
-            for job in orphans:
-                self._release(job, len(job.items))
+            orphans = self._remove(list(self._jobs))
             threads = [t for t in self._threads if t is not threading.current_thread()]
             self._cond.notify_all()  # idle workers and those waiting for company end now
         for job in orphans:
@@ -284,10 +262,16 @@ class MicroBatcher(Generic[Item, Out]):
     def _drop(self, job: _Job) -> None:
         """A cancelled caller: its rows not yet taken leave the queue now."""
         with self._cond:
+            self._remove([job])
+            self._cond.notify()
+
+    def _remove(self, jobs: list[_Job]) -> list[_Job]:
+        """``jobs`` leave the queue, their rows not yet taken dropped; under the lock."""
+        for job in jobs:
             self._release(job, len(job.items))
             if job in self._jobs:
                 self._jobs.remove(job)
-            self._cond.notify()
+        return jobs
 
     def _release(self, job: _Job, end: int) -> None:
         """Rows ``job.taken:end`` are no longer pending (taken or dropped); under the lock."""
@@ -316,10 +300,7 @@ class MicroBatcher(Generic[Item, Out]):
             with self._cond:
                 self._leave()
                 # Another live worker goes on with the queue; else its callers get the error.
-                orphans = [] if self._threads else list(self._jobs)
-                for job in orphans:
-                    self._jobs.remove(job)
-                    self._release(job, len(job.items))
+                orphans = self._remove([] if self._threads else list(self._jobs))
             for job in orphans:
                 _fail(job.future, exc)
             if not isinstance(exc, Exception):
@@ -414,10 +395,7 @@ class MicroBatcher(Generic[Item, Out]):
                 raise RuntimeError(f"forward returned {len(outputs)} outputs for {len(items)} rows")
         except BaseException as exc:  # every caller in this batch gets the failure
             with self._cond:
-                for job, _, _ in chunks:
-                    self._release(job, len(job.items))
-                    if job in self._jobs:
-                        self._jobs.remove(job)
+                self._remove([job for job, _, _ in chunks])
             for job, _, _ in chunks:
                 _fail(job.future, exc)
             if not isinstance(exc, Exception):
@@ -468,10 +446,12 @@ _ALL: weakref.WeakSet[MicroBatcher[Any, Any]] = weakref.WeakSet()
 @after_fork
 def _after_fork() -> None:
     """A forked child has none of the parent's threads: its batchers start empty."""
-    global _RUNNERS_LOCK
-    _RUNNERS_LOCK = threading.Lock()
     for batcher in list(_ALL):
         batcher._reset()
+
+
+#: Seconds interpreter exit waits, at most, for the forward passes running to end.
+EXIT_WAIT = 60.0
 
 
 @atexit.register
@@ -520,46 +500,6 @@ class RowRunner(Protocol):
         """Each pair's score and tokens from its rows' outputs."""
 
 
-_RUNNERS: weakref.WeakKeyDictionary[Any, MicroBatcher[Row, float]] = weakref.WeakKeyDictionary()
-_RUNNERS_LOCK = threading.Lock()
-
-
-def runner_batcher(runner: RowRunner) -> MicroBatcher[Row, float]:
-    """The batcher of ``runner``'s rows, made on first use (one per runner).
-
-    A micro-batch holds ``PASSES_PER_BATCH`` forward passes' worth of tokens where passes
-    have a token budget (CPUs: 4 x 1,024), enough rows to sort by length while callers finish
-    a few passes apart; else (GPUs) at least ``batch_size`` rows of the full window, so full
-    batches still form. Its wait is the runner's ``batch_wait_ms``, its ``workers`` the
-    runner's ``batch_workers`` (2 on CPUs, 1 on GPUs). The batcher holds the runner weakly:
-    a runner and its batcher go away together.
-    """
-    with _RUNNERS_LOCK:
-        batcher = _RUNNERS.get(runner)
-        if batcher is None:
-            ref = weakref.ref(runner)
-
-            def forward(rows: list[Row]) -> list[float]:
-                live = ref()
-                if live is None:  # pragma: no cover - a caller holds the runner while it waits
-                    raise RuntimeError("the runner of these rows is gone")
-                return live.forward(rows)
-
-            loaded = runner.load()
-            budget = runner.token_budget(loaded.device)
-            batcher = MicroBatcher(
-                forward,
-                max_wait=_wait_seconds(runner.options.get("batch_wait_ms")),
-                max_items=max(MAX_BATCH_ITEMS, runner.batch_size),
-                max_tokens=PASSES_PER_BATCH * budget
-                if budget is not None
-                else max(MAX_BATCH_TOKENS, runner.batch_size * int(loaded.max_length)),
-                workers=_workers(runner.options.get("batch_workers"), loaded.device == "cpu"),
-            )
-            _RUNNERS[runner] = batcher
-    return batcher
-
-
 #: Shared batches a local runner's batcher runs at once by default, on CPUs and on GPUs.
 CPU_WORKERS, GPU_WORKERS = 2, 1
 
@@ -569,10 +509,6 @@ def _workers(asked: object, cpu: bool) -> int:
     if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
         return asked
     return CPU_WORKERS if cpu else GPU_WORKERS
-
-
-def _wait_seconds(milliseconds: object) -> float:
-    return float(milliseconds) / 1000.0 if isinstance(milliseconds, (int, float)) else 0.002
 
 
 def submit_prepared(
@@ -596,26 +532,6 @@ def submit_prepared(
     return batcher.submit(
         [rows[i] for i in order], [len(rows[i]["input_ids"]) for i in order], finish
     )
-
-
-def score_rows(
-    runner: RowRunner, family: Any, queries: Sequence[str], documents: Sequence[str]
-) -> tuple[list[float], list[int]]:
-    """Scores and tokens per pair, encoded here and scored in the runner's shared batches."""
-    prepared = runner.prepare(queries, documents, family)
-    future = submit_prepared(runner_batcher(runner), runner, prepared)
-    try:
-        return future.result()
-    finally:
-        future.cancel()  # interrupted (or done: a no-op)
-
-
-async def ascore_rows(
-    runner: RowRunner, family: Any, queries: Sequence[str], documents: Sequence[str]
-) -> tuple[list[float], list[int]]:
-    """Async ``score_rows``: encoded in a worker thread; cancelling drops the queued rows."""
-    prepared = await asyncio.to_thread(runner.prepare, queries, documents, family)
-    return await asyncio.wrap_future(submit_prepared(runner_batcher(runner), runner, prepared))
 
 
 # -- serve --------------------------------------------------------------------------------------

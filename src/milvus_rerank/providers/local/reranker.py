@@ -17,7 +17,7 @@ from typing_extensions import Self, Unpack
 from milvus_rerank.core.base import Reranker, validate_pairs
 from milvus_rerank.core.errors import ConfigurationError
 from milvus_rerank.core.results import Usage
-from milvus_rerank.providers.local.batching import ascore_rows, score_rows, spread, unique_pairs
+from milvus_rerank.providers.local.batching import spread, unique_pairs
 from milvus_rerank.providers.local.family import ModelFamily
 from milvus_rerank.providers.local.options import (
     INSTRUCTION_PROVIDERS,
@@ -26,6 +26,7 @@ from milvus_rerank.providers.local.options import (
     unknown_options,
 )
 from milvus_rerank.providers.local.runner import LocalModelRunner
+from milvus_rerank.providers.local.runner_batching import ascore_rows, score_rows
 
 __all__ = ["LocalReranker"]
 
