@@ -1,11 +1,11 @@
 """Batching across concurrent callers: many callers' rows scored together, a budget per forward.
 
-A ``MicroBatcher`` queues callers' encoded rows and runs them in shared ``forward`` calls on up
-to ``workers`` daemon threads, as much of each waiting caller as fits, in turn; each caller
+A ``MicroBatcher`` queues callers' encoded rows and runs them in shared ``forward`` calls on
+up to ``workers`` daemon threads, as much of each waiting caller as fits, in turn; each caller
 gets a ``concurrent.futures.Future`` (a thread waits on it, a coroutine awaits
 ``asyncio.wrap_future`` of it). Every local reranker scores through its runner's batcher
-(``runner_batching.py``); ``serve`` batches its requests over the same machinery. How batches form,
-wait, fail and end: docs/architecture.md, "Batching across callers".
+(``runner_batching.py``); ``serve`` batches its requests over the same machinery. How
+batches form, wait, fail and end: docs/architecture.md, "Batching across callers".
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ __all__ = [
     "spread",
     "submit_prepared",
     "unique_pairs",
+    "workers_for",
 ]
 
 logger = logging.getLogger("milvus_rerank.batching")
@@ -504,11 +505,14 @@ class RowRunner(Protocol):
 CPU_WORKERS, GPU_WORKERS = 2, 1
 
 
-def _workers(asked: object, cpu: bool) -> int:
-    """``batch_workers`` as asked, else the device's default."""
+def workers_for(asked: object, cpu: bool) -> int:
+    """``batch_workers`` as asked, else the device's default (``CPU_WORKERS``, ``GPU_WORKERS``)."""
     if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
         return asked
     return CPU_WORKERS if cpu else GPU_WORKERS
+
+
+_workers = workers_for  # the name the RequestBatcher block below calls, until it moves
 
 
 def submit_prepared(

@@ -21,8 +21,8 @@ from milvus_rerank.providers.local.batching import (
     MicroBatcher,
     Row,
     RowRunner,
-    _workers,
     submit_prepared,
+    workers_for,
 )
 
 __all__ = ["ascore_rows", "runner_batcher", "score_rows"]
@@ -61,7 +61,7 @@ def runner_batcher(runner: RowRunner) -> MicroBatcher[Row, float]:
                 max_tokens=PASSES_PER_BATCH * budget
                 if budget is not None
                 else max(MAX_BATCH_TOKENS, runner.batch_size * int(loaded.max_length)),
-                workers=_workers(runner.options.get("batch_workers"), loaded.device == "cpu"),
+                workers=workers_for(runner.options.get("batch_workers"), loaded.device == "cpu"),
             )
             _RUNNERS[runner] = batcher
     return batcher
