@@ -196,9 +196,7 @@ class BGELLMFamily(CausalFamily):
 
     def bind(self, model: Any, tokenizer: Any, source: ModelSource) -> Head:
         """Head: the logit of the first token of ``"Yes"``; the sigmoid when ``normalize``."""
-        positions = self.max_positions(model.config)
-        if positions is not None:
-            self._model["positions"] = positions
+        self.keep_positions(model)
         yes = tokenizer("Yes", add_special_tokens=False)["input_ids"]
         if not yes:
             raise ConfigurationError(f"the tokenizer of {source.model_name!r} cannot encode 'Yes'")

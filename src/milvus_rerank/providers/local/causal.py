@@ -138,6 +138,12 @@ class CausalFamily(ModelFamily):
             )
         return found
 
+    def keep_positions(self, model: Any) -> None:
+        """Keep the model's position table size (at bind), which the window checks read."""
+        positions = self.max_positions(model.config)
+        if positions is not None:
+            self._model["positions"] = positions
+
     def warn_once(self, logger: logging.Logger, key: str, message: str, *args: object) -> None:
         """Log ``message`` (numbers only, never user text) once for this reranker and its views."""
         if key not in self._warned:

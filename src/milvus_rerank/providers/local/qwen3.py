@@ -206,9 +206,7 @@ class Qwen3Family(CausalFamily):
 
     def bind(self, model: Any, tokenizer: Any, source: ModelSource) -> Head:
         """Head: sigmoid(logit(yes) - logit(no)) at the last position (the softmax's P(yes))."""
-        positions = self.max_positions(model.config)
-        if positions is not None:
-            self._model["positions"] = positions
+        self.keep_positions(model)
         labels = [_single_token(tokenizer, t, source) for t in ("no", "yes")]
         logits_of = label_logits(model, labels)
 
