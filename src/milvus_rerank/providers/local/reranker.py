@@ -1,7 +1,8 @@
 """``LocalReranker``: the ``Reranker`` over a ``LocalModelRunner`` and a ``ModelFamily``.
 
-Each family's module subclasses it with its provider key, default model and constructor; it
-scores through the runner's shared batches (``batching.py``) or, without them, on its own.
+Each family's module subclasses it with its provider key, default model, tiny stand-in and
+constructor; it scores through the runner's shared batches (``runner_batching.py``) or, without
+them, on its own.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ __all__ = ["LocalReranker"]
 class LocalReranker(Reranker):
     """A ``Reranker`` over a ``LocalModelRunner`` and a ``ModelFamily``.
 
-    A family's module subclasses this with its ``provider``, ``default_model`` and an
+    A family's module subclasses this with its ``provider``, ``default_model``,
+    ``tiny_builder`` and an
     ``__init__(model_name=default_model, *, <family options>, **options: Unpack[LocalOptions])``
     that passes its ``ModelFamily`` instance here.
     """
