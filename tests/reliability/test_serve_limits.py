@@ -684,7 +684,7 @@ def test_a_scoring_failure_is_answered_in_the_routes_shape_and_logged_once(
         message = assert_shape(path, key, answer, status)
         assert "SECRET" not in message
         assert answer.headers.get("retry-after") == retry_after
-    lines = [r for r in caplog.records if r.name == "milvus_rerank.app.serve" and r.levelno >= 30]
+    lines = [r for r in caplog.records if r.name == "milvus_rerank.serve" and r.levelno >= 30]
     assert len(lines) == len(SHAPES)
     assert all(r.exc_info is None and str(status) in r.getMessage() for r in lines)
     assert "SECRET" not in caplog.text and "Traceback" not in caplog.text
