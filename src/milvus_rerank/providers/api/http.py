@@ -1700,9 +1700,12 @@ async def _gather_or_cancel(coros: Sequence[Awaitable[_T]]) -> list[_T]:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-    for task in tasks:
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
+    # Every failure is retrieved, not only the one raised: chunks failing together (the
+    # upstream down) would each log "Task exception was never retrieved" when collected.
+    errors = [t.exception() for t in tasks if t.done() and not t.cancelled()]
+    for error in errors:
+        if error is not None:
+            raise error
     return [task.result() for task in tasks]
 
 
