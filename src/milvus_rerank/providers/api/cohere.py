@@ -32,6 +32,8 @@ class CohereReranker(HTTPReranker):
     path: ClassVar[str] = "/v2/rerank"
     default_base_url: ClassVar[str | None] = "https://api.cohere.com"
     env_vars: ClassVar[tuple[str, ...]] = ("COHERE_API_KEY", "CO_API_KEY")
+    base_url_env: ClassVar[str | None] = "CO_API_URL"
+    base_url_env_keys: ClassVar[tuple[str, ...]] = ("CO_API_KEY",)
     default_model: ClassVar[str | None] = "rerank-v3.5"
     default_max_batch: ClassVar[int | None] = 1000
 

@@ -391,6 +391,11 @@ class HTTPReranker(Reranker):
     #: Hosts of the provider's own API besides ``default_base_url``'s (regional endpoints),
     #: where the key from ``env_vars`` is sent too.
     key_hosts: ClassVar[tuple[str, ...]] = ()
+    #: An environment variable naming the server when no ``base_url`` is passed (the
+    #: provider's SDK reads it, e.g. Cohere's ``CO_API_URL``), and the variables of
+    #: ``env_vars`` whose key goes to the server it names (the SDK sends that key there).
+    base_url_env: ClassVar[str | None] = None
+    base_url_env_keys: ClassVar[tuple[str, ...]] = ()
     #: The header the key goes in, and how its value is written.
     auth_header: ClassVar[str] = "Authorization"
     auth_scheme: ClassVar[str] = "Bearer "
@@ -427,12 +432,17 @@ class HTTPReranker(Reranker):
             raise ConfigurationError(
                 f"{name}: model_name must be a non-empty str, got {model_name!r}"
             )
-        root = base_url if base_url is not None else self.default_base_url
+        root, source = base_url, "base_url"
+        env_url = os.environ.get(self.base_url_env, "") if self.base_url_env else ""
+        if root is None and env_url.strip():
+            root, source = env_url, f"base_url (from {self.base_url_env})"
+        root = root if root is not None else self.default_base_url
         if root is None:
             raise ConfigurationError(
                 f"{name} needs base_url, the root of your server (e.g. 'http://localhost:8000')"
             )
-        self.base_url = _check_base_url(name, root)
+        self.base_url = _check_base_url(name, root, source)
+        self._env_base_url = source != "base_url"
         self.url = _join(self.base_url, self._route())
         _check_number(name, "timeout", timeout, positive=True)
         if retry is not None and not isinstance(retry, RetryPolicy):
@@ -522,18 +532,21 @@ class HTTPReranker(Reranker):
             value = os.environ.get(var)
             if not value:
                 continue
-            if self.default_base_url is not None and not self._own_api():
+            sent_there = self._env_base_url and var in self.base_url_env_keys
+            if self.default_base_url is not None and not self._own_api() and not sent_there:
                 # A provider's key goes to the provider only, never to a compatible server
                 # that some base_url names (and could log it), unless passed as api_key.
-                self._unread_env_var = var
-                logger.info(
-                    "%s: %s is set but not sent to %s, which is not the provider's own API; "
-                    "pass api_key=... to send a key there",
-                    owner,
-                    var,
-                    self.base_url,
-                )
-                break
+                if self._unread_env_var is None:
+                    self._unread_env_var = var
+                    logger.info(
+                        "%s: %s is set but not sent to %s, which is not the provider's own "
+                        "API; pass api_key=... to send a key there",
+                        owner,
+                        var,
+                        self.base_url,
+                    )
+                continue
+            self._unread_env_var = None
             return Secret(_check_key(owner, value, f"the environment variable {var}"))
         if self._key_required():
             names = " or ".join(self.env_vars)
@@ -1975,9 +1988,9 @@ def _check_proxy_env(owner: str) -> None:
             )
 
 
-def _check_base_url(owner: str, url: object) -> str:
+def _check_base_url(owner: str, url: object, name: str = "base_url") -> str:
     if not isinstance(url, str) or not url.strip():
-        raise ConfigurationError(f"{owner}: base_url must be an http(s) URL, got {url!r}")
+        raise ConfigurationError(f"{owner}: {name} must be an http(s) URL, got {url!r}")
     url = url.strip().rstrip("/")
     try:
         parts = urllib.parse.urlsplit(url)
@@ -1986,13 +1999,13 @@ def _check_base_url(owner: str, url: object) -> str:
     if parts is not None and "@" in parts.netloc:
         # Said before anything echoes the URL: it holds a password.
         raise ConfigurationError(
-            f"{owner}: base_url must not carry credentials (user:password@host); pass the key "
+            f"{owner}: {name} must not carry credentials (user:password@host); pass the key "
             "as api_key=... or in headers={...}, which are never logged or shown"
         )
     if parts is not None and ("?" in url or "#" in url):
         # Not echoed either: a query may hold a token (``?api_key=...``).
         raise ConfigurationError(
-            f"{owner}: base_url must be a server root without a query (?...) or fragment "
+            f"{owner}: {name} must be a server root without a query (?...) or fragment "
             "(#...); the provider appends its own path, and keys go in api_key=... or headers"
         )
     try:
@@ -2000,11 +2013,11 @@ def _check_base_url(owner: str, url: object) -> str:
     except httpx.InvalidURL:
         parsed = None
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ConfigurationError(f"{owner}: base_url must be an http(s) URL, got {url!r}")
+        raise ConfigurationError(f"{owner}: {name} must be an http(s) URL, got {url!r}")
     if parsed.port is not None and not 1 <= parsed.port <= 65535:
         # Else every call fails deep in the socket layer with a raw OverflowError.
         raise ConfigurationError(
-            f"{owner}: base_url's port must be from 1 to 65535, got {parsed.port} in {url!r}"
+            f"{owner}: {name}'s port must be from 1 to 65535, got {parsed.port} in {url!r}"
         )
     return url
 
