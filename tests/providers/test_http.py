@@ -23,7 +23,8 @@ from milvus_rerank import (
     Secret,
     VLLMReranker,
 )
-from milvus_rerank.providers.api.http import HTTPReranker, parse_retry_after
+from milvus_rerank.providers.api.answers import parse_retry_after
+from milvus_rerank.providers.api.contract import HTTPReranker
 from tests.fakes import FAST_RETRY, fast_retry
 from tests.providers.specs import (
     KEY_VARS,
@@ -611,17 +612,17 @@ def test_a_failing_chunk_fails_the_call(spec: Spec) -> None:
 async def test_owned_clients_close_and_come_back() -> None:
     spec = SPECS["vllm"]
     reranker = spec.cls(**spec.kwargs)
-    client = (await reranker._aloop_state()).client
+    client = (await reranker._clients.loop_state()).client
     await reranker.aclose()
     assert client.is_closed
-    assert (await reranker._aloop_state()).client is not client
+    assert (await reranker._clients.loop_state()).client is not client
     await reranker.aclose()
 
 
 async def test_async_context_manager_closes_its_client() -> None:
     spec = SPECS["vllm"]
     async with spec.cls(**spec.kwargs) as reranker:
-        state = await reranker._aloop_state()
+        state = await reranker._clients.loop_state()
     assert state.client is not None and state.client.is_closed
 
 
@@ -629,7 +630,7 @@ def test_injected_clients_are_left_open(spec: Spec) -> None:
     reranker = make(spec, ok_handler(spec))
     with reranker:
         reranker.rerank(QUERY, DOCS)
-    assert reranker._client is not None and not reranker._client.is_closed
+    assert reranker._clients.sync_client is not None and not reranker._clients.sync_client.is_closed
 
 
 @pytest.mark.parametrize("route", ["/v1/rerank", "/rerank", "/v2/rerank"])

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from milvus_rerank.core.base import MilvusTarget
+from milvus_rerank.core.checks import int_at_least
 from milvus_rerank.core.results import Usage, bounded_count
-from milvus_rerank.providers.api.http import HTTPReranker, _check_int
+from milvus_rerank.providers.api.contract import HTTPReranker
 
 __all__ = ["CohereReranker"]
 
@@ -41,7 +42,7 @@ class CohereReranker(HTTPReranker):
         self, model_name: str | None = None, *, max_tokens_per_doc: int | None = None, **kwargs: Any
     ) -> None:
         if max_tokens_per_doc is not None:
-            _check_int("CohereReranker", "max_tokens_per_doc", max_tokens_per_doc, minimum=1)
+            int_at_least("max_tokens_per_doc", max_tokens_per_doc, 1, owner="CohereReranker")
         super().__init__(model_name, **kwargs)
         self.max_tokens_per_doc = max_tokens_per_doc
 
