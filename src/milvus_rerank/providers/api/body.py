@@ -1,10 +1,9 @@
 """Reading an answer's body: streamed raw, inflated here within a cap, parsed as hard JSON.
 
-``BodyReader`` takes raw bytes off the wire and inflates them itself, never more than the
-room left: httpx's own decoders inflate a whole network read at once (and zstd, or ``gzip,
-gzip``, without any bound), so a few KB on the wire became GiBs before any size check ran.
-``parse_json`` refuses an object naming a key twice, and ``too_many_values`` an answer holding
-far more JSON values than its documents need, before it is parsed.
+``BodyReader`` takes raw bytes off the wire and inflates them itself (httpx's decoders have
+no bound), never past the room left. ``too_many_values`` refuses an answer holding far more
+JSON values than its documents need before it is parsed; ``parse_json`` refuses an object
+naming a key twice.
 """
 
 from __future__ import annotations
@@ -51,7 +50,9 @@ _REFUSED = frozenset({"br", "zstd", "compress", "x-compress"})
 class BodyReader:
     """Collects a streamed body, decoded with a bound, up to the limit (errors: 64 KiB).
 
-    One ``gzip``/``deflate`` layer is decoded; ``br``/``zstd`` (never asked for) and stacked
+    httpx's own decoders inflate a whole network read at once (zstd, or ``gzip, gzip``,
+    without any bound), so a few KB on the wire could become GiBs before a size check. One
+    ``gzip``/``deflate`` layer is decoded; ``br``/``zstd`` (never asked for) and stacked
     layers are refused; other codings are ignored, as httpx ignores them. The limit for a 2xx
     answer is ``max_response_bytes`` plus what the answer may echo: the request's own size and
     ``PER_DOCUMENT_BYTES`` per document.

@@ -1,18 +1,9 @@
-"""One request and its answer's body, over an ``httpx.AsyncClient`` or an ``httpx.Client``.
+"""The I/O of one attempt: a request sent and its answer's body read, sync or async.
 
-The only place where the sync and async paths differ: everything else (slots, retries, the
-deadline, chunks, validation) is ``execution.Call``, which awaits an ``Exchange``.
-``AsyncExchange`` awaits the async client; ``ThreadedExchange`` runs a sync client's blocking
-request in a worker thread (``rerank-N``) so that the call's deadline ends it whatever the
-client's reads do. When the call stops waiting (deadline, a failed sibling chunk, a cancel),
-the worker's sockets are shut, so a worker blocked in a read ends at once.
-
-The sockets are found through httpx's documented extensions only: the ``trace`` request
-extension reports the network stream of a connection made for the request, the
-``network_stream`` response extension that of a reused one once its headers came, and
-``get_extra_info("socket")`` gives its socket. Closing a stream would not wake a read blocked
-in another thread; shutting its socket does. A transport without sockets (``MockTransport``)
-has nothing to shut: the call still ends at its deadline.
+The only place where the sync and async paths differ (``execution.Call`` holds every
+decision). ``AsyncExchange`` awaits an ``httpx.AsyncClient``; ``ThreadedExchange`` runs an
+injected ``httpx.Client`` in a worker thread (``rerank-N``) and, when the call stops waiting,
+shuts that worker's sockets so a read blocked in it ends at once.
 """
 
 from __future__ import annotations
@@ -182,7 +173,15 @@ def _settle(
 
 
 class _Sockets:
-    """The network streams one worker's request uses, shut if the request is abandoned."""
+    """The network streams one worker's request uses, shut if the request is abandoned.
+
+    Found through httpx's documented extensions, without httpcore's internals: the ``trace``
+    request extension reports the stream of a connection made for the request,
+    ``network_stream`` that of a reused one once its headers came, and the stream's
+    ``get_extra_info("socket")`` its socket. Closing a stream would not wake a read blocked in
+    another thread (Linux); shutting its socket does. A transport without sockets
+    (``MockTransport``) has nothing to shut: the call still ends at its deadline.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
