@@ -175,7 +175,7 @@ from milvus_rerank.core.errors import (
     RerankError,
 )
 from milvus_rerank.core.results import RerankResult, Usage
-from milvus_rerank.providers.api.http import _check_key
+from milvus_rerank.providers.api.secrets import check_key as _check_key
 from milvus_rerank.providers.local.batching import Overloaded
 from milvus_rerank.providers.local.batching import RequestBatcher as Batcher
 from milvus_rerank.providers.local.runner import LocalReranker
