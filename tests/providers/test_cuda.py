@@ -22,8 +22,8 @@ DEVICE = os.environ.get("MILVUS_RERANK_TEST_DEVICE", "cuda")
 if DEVICE.startswith("cuda") and not torch.cuda.is_available():  # pragma: no cover
     pytest.skip("torch sees no CUDA device on this machine", allow_module_level=True)
 
-from milvus_rerank.providers.local import tiny  # noqa: E402
 from milvus_rerank.core.registry import reranker_class  # noqa: E402
+from milvus_rerank.providers.local import tiny  # noqa: E402
 from milvus_rerank.providers.local.runner import LocalReranker  # noqa: E402
 from tests.conftest import CORPUS, PYMILVUS_DOCUMENTS  # noqa: E402
 
