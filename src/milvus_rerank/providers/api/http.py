@@ -400,6 +400,7 @@ class HTTPReranker(Reranker):
     #: Where the results sit in the answer and how their fields are named.
     results_key: ClassVar[str | None] = "results"
     score_key: ClassVar[str] = "relevance_score"
+    native_async = True  # its own _ascore: a declared capability (see Reranker)
 
     def __init__(
         self,
