@@ -374,7 +374,7 @@ def test_serve_command_strips_the_key_and_refuses_a_bad_one_before_loading(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import milvus_rerank.app.cli
+    import milvus_rerank.app.commands
     import milvus_rerank.app.serve
 
     seen: dict[str, Any] = {}
@@ -394,7 +394,7 @@ def test_serve_command_strips_the_key_and_refuses_a_bad_one_before_loading(
     def no_model(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model was loaded before the key was checked")
 
-    monkeypatch.setattr(milvus_rerank.app.cli, "_open_from_args", no_model)
+    monkeypatch.setattr(milvus_rerank.app.commands, "open_from_args", no_model)
     capsys.readouterr()
     for bad, source in (
         (["--api-key", "k3y-x"], "--api-key"),
