@@ -45,7 +45,7 @@ from milvus_rerank import (
     VLLMReranker,
     VoyageReranker,
 )
-from milvus_rerank.app.serve import BackgroundServer
+from milvus_rerank.app.serve.testing import BackgroundServer
 from tests.fakes import FaultPlan, FaultServer, fake_score
 from tests.providers.specs import SPECS
 

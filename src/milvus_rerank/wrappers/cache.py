@@ -53,6 +53,8 @@ class CachedReranker(Reranker):
             positive int.
     """
 
+    answers_with = answers_with_async = "response"  # declared capabilities (see Reranker)
+
     def __init__(self, reranker: Reranker, *, max_entries: int = 10_000) -> None:
         if not isinstance(reranker, Reranker):
             raise ConfigurationError(f"reranker must be a Reranker, got {reranker!r}")

@@ -108,6 +108,8 @@ class FallbackReranker(Reranker):
     """
 
     provider: ClassVar[str] = "fallback"
+    answers_with = answers_with_async = "response"  # declared capabilities (see Reranker)
+    batching = "whole"  # serve sends each request whole: one member's scores rank it
 
     def __init__(
         self,

@@ -96,6 +96,9 @@ class HTTPReranker(Reranker):
             bound), and refused here.
     """
 
+    #: Declared capability (see ``Reranker``): its own async path over ``httpx.AsyncClient``.
+    native_async = True
+
     # -- the provider contract ---------------------------------------------------------------
 
     #: Where the request goes, appended to ``base_url``.
