@@ -460,3 +460,11 @@ def test_stall_after_must_be_positive() -> None:
 
     with pytest.raises(ConfigurationError, match="stall_after"):
         create_app(_Stuck(), stall_after=0)
+
+
+@pytest.mark.parametrize("name", ["header_timeout", "max_connections"])
+def test_a_connection_limit_given_to_the_app_is_refused_not_ignored(name: str) -> None:
+    from milvus_rerank import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=f"{name}: a connection limit.*run_server"):
+        create_app(ScoreTableReranker(), **{name: 5})

@@ -38,7 +38,8 @@ def positive_number(name: str, value: object, *, owner: str = "", kind: type = f
     """
     allowed: tuple[type, ...] = (int,) if kind is int else (int, float)
     ok = not isinstance(value, bool) and isinstance(value, allowed)
-    if not ok or not math.isfinite(value) or not value > 0:  # type: ignore[arg-type,operator]
+    finite = isinstance(value, int) or (ok and math.isfinite(value))  # type: ignore[arg-type]
+    if not ok or not finite or not value > 0:  # type: ignore[operator]
         prefix = f"{owner}: " if owner else ""
         what = "int" if kind is int else ("float" if kind is float and not owner else "number")
         raise ConfigurationError(f"{prefix}{name} must be a positive {what}, got {value!r}")

@@ -23,7 +23,7 @@ from milvus_rerank.app.serve.state import (
     served_model_name,
 )
 from milvus_rerank.core.base import Reranker
-from milvus_rerank.core.errors import MissingDependencyError
+from milvus_rerank.core.errors import ConfigurationError, MissingDependencyError
 from milvus_rerank.providers.local.runner import LocalReranker
 
 if TYPE_CHECKING:
@@ -130,6 +130,8 @@ def create_app(
     Raises:
         ConfigurationError: a limit that is not positive, a ``max_wait_ms`` outside 0 to
             1,000, an ``api_key`` that is not a usable key, a bad ``allowed_hosts``.
+            A connection limit (``header_timeout``, ``max_connections``) given as an override:
+            the server's, not the app's.
         TypeError: an override that is no ``ServeLimits`` field.
     """
     try:
@@ -139,6 +141,12 @@ def create_app(
         raise MissingDependencyError("The rerank server", "serve", "starlette") from exc
     from milvus_rerank.app.serve import handlers
 
+    connection_only = sorted({"header_timeout", "max_connections"} & set(overrides))
+    if connection_only:  # taken here, they would be ignored: the app holds no connections
+        raise ConfigurationError(
+            f"{', '.join(connection_only)}: a connection limit of the server, not of the app; "
+            "pass it to run_server (or `milvus-rerank serve`), or through limits="
+        )
     limits = dataclasses.replace(limits or ServeLimits(), **overrides)
     state = build_state(
         reranker, limits, model_name=model_name, api_key=api_key, allowed_hosts=allowed_hosts
