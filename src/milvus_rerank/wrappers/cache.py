@@ -82,9 +82,9 @@ class CachedReranker(Reranker):
     first out past ``max_entries``), thread-safe, and counts ``hits`` (documents answered with
     a kept score: from it, or from a concurrent call's clean answer), ``misses`` (documents
     scored) and ``coalesced`` (documents answered by a concurrent call's scoring). A call's
-    ``Usage`` counts only what it scored: nothing when every document was cached. Scores are per document (every reranker
-    here is pointwise), so a document scores the same whatever the others in its call, and a
-    document given twice is scored once.
+    ``Usage`` counts only what it scored: nothing when every document was cached. Scores are
+    per document (every reranker here is pointwise), so a document scores the same whatever
+    the others in its call, and a document given twice is scored once.
 
     Who answered: a kept score remembers the reranker that gave it, so an answer from the
     cache names it (``answered_by``), as the call that scored it did: over a
