@@ -420,7 +420,7 @@ async def test_one_threshold_holds_the_first_members_answers_only(
     assert await compressed(compressor) == [["beta", "gamma"]] * 2  # held to 0.3
     primary.down = True
     compressor.top_n = 3
-    with caplog.at_level(logging.WARNING, logger="milvus_rerank.langchain"):
+    with caplog.at_level(logging.WARNING, logger="milvus_rerank.integrations.langchain"):
         # was [] twice: the backup's logits were held to the primary's 0.3, silently
         assert await compressed(compressor) == [["alpha", "beta", "gamma"]] * 2
     assert "score_threshold 0.3 not applied: cross-encoder:ms-marco answered" in caplog.text
@@ -441,13 +441,15 @@ async def test_each_member_can_have_a_threshold_of_its_own(
     assert compressor.score_threshold == per_member
     assert await compressed(compressor) == [["beta", "gamma"]] * 2
     primary.down = True
-    with caplog.at_level(logging.WARNING, logger="milvus_rerank.langchain"):
+    with caplog.at_level(logging.WARNING, logger="milvus_rerank.integrations.langchain"):
         assert await compressed(compressor) == [["alpha", "beta"]] * 2
         compressor.score_threshold = {"cohere:rerank-v3.5": 0.3, "cross-encoder:ms-marco": None}
         assert await compressed(compressor) == [["alpha", "beta", "gamma"]] * 2
-    assert "milvus_rerank.langchain" not in caplog.text  # each threshold was the member's own
+    assert (
+        "milvus_rerank.integrations.langchain" not in caplog.text
+    )  # each threshold was the member's own
     compressor.score_threshold = {"cohere:rerank-v3.5": 0.3}  # the backup left out
-    with caplog.at_level(logging.WARNING, logger="milvus_rerank.langchain"):
+    with caplog.at_level(logging.WARNING, logger="milvus_rerank.integrations.langchain"):
         assert await compressed(compressor) == [["alpha", "beta", "gamma"]] * 2
     assert "gives no threshold for cross-encoder:ms-marco" in caplog.text
 

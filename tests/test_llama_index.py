@@ -452,7 +452,7 @@ async def test_one_threshold_holds_the_first_members_answers_only(
     assert await postprocessed(post) == [[("beta", 0.9), ("gamma", 0.5)]] * 2
     primary.down = True
     post.top_n = 3
-    with caplog.at_level(logging.WARNING, logger="milvus_rerank.llama_index"):
+    with caplog.at_level(logging.WARNING, logger="milvus_rerank.integrations.llama_index"):
         # was [] twice: the backup's logits were held to the primary's 0.3, silently
         kept = await postprocessed(post)
     assert kept == [[("alpha", -0.18), ("beta", -1.24), ("gamma", -1.44)]] * 2

@@ -52,7 +52,7 @@ RERANK_EVENT = "milvus_rerank.rerank"
 #: The ``RERANK_EVENT`` payload: who answered, whether it reranked, usage, failures.
 rerank_event_data = response_summary
 
-logger = logging.getLogger("milvus_rerank.langchain")
+logger = logging.getLogger(__name__)
 
 
 class RerankCompressor(BaseDocumentCompressor):
@@ -71,7 +71,7 @@ class RerankCompressor(BaseDocumentCompressor):
     ``score_threshold`` is held to the scale of the reranker that answered: one number holds
     the answers of the reranker's first choice (a ``FallbackReranker``'s first member), and a
     later member's answer is cut by ``top_n`` alone, with a WARNING on the
-    ``milvus_rerank.langchain`` logger; ``{label: threshold}`` sets one per member.
+    ``milvus_rerank.integrations.langchain`` logger; ``{label: threshold}`` sets one per member.
 
     Options are checked when set, at construction or assignment: a ``top_n`` that is not a
     positive int (``True`` included), a ``score_threshold`` that is not a finite number (NaN

@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 dispatcher = get_dispatcher(__name__)
-logger = logging.getLogger("milvus_rerank.llama_index")
+logger = logging.getLogger(__name__)
 
 #: The metadata key the retrieval score moves to; kept out of the LLM and embedding text.
 RETRIEVAL_SCORE_KEY = "retrieval_score"
@@ -83,7 +83,7 @@ class RerankPostprocessor(BaseNodePostprocessor):
     ``score_threshold`` is held to the scale of the reranker that answered: one number holds
     the answers of the reranker's first choice (a ``FallbackReranker``'s first member), and a
     later member's answer is cut by ``top_n`` alone, with a WARNING on the
-    ``milvus_rerank.llama_index`` logger; ``{label: threshold}`` sets one per member.
+    ``milvus_rerank.integrations.llama_index`` logger; ``{label: threshold}`` sets one per member.
 
     Options are checked when set, at construction or assignment: a ``top_n`` that is not a
     positive int (``True`` included), a ``score_threshold`` that is not a finite number (NaN
