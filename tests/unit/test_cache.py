@@ -320,7 +320,7 @@ class Gated(Calls):
         raise AssertionError("the gate never opened")
 
 
-def open_later(upstream: Gated, seconds: float = 0.2) -> threading.Timer:
+def open_later(upstream: Gated, seconds: float = 0.3) -> threading.Timer:
     timer = threading.Timer(seconds, upstream.gate.set)
     timer.start()
     return timer

@@ -233,17 +233,27 @@ class CachedReranker(Reranker):
         return claim
 
     def _settle(self, call: _Call, claim: _Claim, response: RerankResponse) -> None:
-        """Record this call's answer; keep it if clean; settle the flights it led."""
+        """Record this call's answer and settle the flights it led (aborted if that fails)."""
+        try:
+            outcomes = self._record(call, claim, response)
+        except BaseException as exc:
+            self._abort(call, claim, exc)
+            raise
+        self._release(call, claim)
+        for doc, flight in claim.own.items():
+            flight.settle(outcomes[doc])
+
+    def _record(
+        self, call: _Call, claim: _Claim, response: RerankResponse
+    ) -> dict[str, _Scored | _Unkept]:
+        """Each led document's outcome, recorded in ``call``; the clean ones kept."""
         call.usage += response.usage
-        outcomes: dict[str, _Scored | _Unkept]
         scored = _kept_scores(response, claim.lead)
-        if scored:
-            call.scored.update(scored)
-            outcomes = dict(scored)
-        else:
+        if not scored:
             unkept = _Unkept(response, claim.lead)
             call.unkept.update(dict.fromkeys(claim.lead, unkept))
-            outcomes = dict.fromkeys(claim.lead, unkept)
+            return dict.fromkeys(claim.lead, unkept)
+        call.scored.update(scored)
         with self._lock:
             for doc, kept in scored.items():
                 key = (call.settings, call.query, doc)
@@ -251,24 +261,27 @@ class CachedReranker(Reranker):
                 self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
-            for doc in claim.own:
-                del self._flights[(call.settings, call.query, doc)]
-        for doc, flight in claim.own.items():
-            flight.settle(outcomes[doc])
+        return dict(scored)
 
     def _abort(self, call: _Call, claim: _Claim, error: BaseException) -> None:
         """Settle the flights a failed leader held: its error, or abandoned when cancelled.
 
         Cancellation or an interrupt belongs to the leader alone: the waiters ask again.
         """
-        with self._lock:
-            for doc in claim.own:
-                del self._flights[(call.settings, call.query, doc)]
+        self._release(call, claim)
         for flight in claim.own.values():
             if isinstance(error, Exception):
                 flight.settle(error=error)
             else:
                 flight.settle(abandoned=True)
+
+    def _release(self, call: _Call, claim: _Claim) -> None:
+        """Take the flights this call led out of the table (before they are settled)."""
+        with self._lock:
+            for doc, flight in claim.own.items():
+                key = (call.settings, call.query, doc)
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
 
     def _take(self, call: _Call, doc: str, flight: Flight) -> None:
         """Record what a concurrent call's flight gave ``doc`` (or raise its error)."""
@@ -359,9 +372,7 @@ def _expanded(call: _Call, unkept: _Unkept, usage: Usage) -> RerankResponse:
     """An answer that was not kept, as the call's own: its documents, order and ``top_n``."""
     response = unkept.response
     if unkept.documents == call.docs:
-        results = response.results
-        if call.top_n is not None:
-            results = results[: call.top_n]
+        results = response.results[: call.top_n]  # a list of its own (waiters share response)
     elif response.reranked:
         score = {unkept.documents[r.index]: r.score for r in response.results}
         results = rank(
