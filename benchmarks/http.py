@@ -16,7 +16,7 @@ from tests.fakes import FaultPlan, make_app
 
 from benchmarks.common import Row
 from milvus_rerank import VLLMReranker
-from milvus_rerank.app.serve import BackgroundServer
+from milvus_rerank.app.serve.testing import BackgroundServer
 
 LATENCY = 0.1
 

@@ -32,7 +32,8 @@ import psutil
 
 from benchmarks.common import Row
 from milvus_rerank import CrossEncoderReranker
-from milvus_rerank.app.serve import BackgroundServer, create_app
+from milvus_rerank.app.serve import create_app
+from milvus_rerank.app.serve.testing import BackgroundServer
 
 MIB = 1024 * 1024
 SMALL = {"query": "what is milvus", "documents": ["milvus is a vector database", "cat", "paris"]}

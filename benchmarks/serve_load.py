@@ -19,7 +19,8 @@ import httpx
 from benchmarks.common import Row
 from benchmarks.local import MINILM_SHAPE, documents
 from milvus_rerank import CrossEncoderReranker
-from milvus_rerank.app.serve import BackgroundServer, create_app
+from milvus_rerank.app.serve import create_app
+from milvus_rerank.app.serve.testing import BackgroundServer
 
 REQUESTS_PER_CLIENT = 8
 MIN_REQUESTS = 32  # per measurement, so one client's p99 is not one stray request

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from milvus_rerank import HTTPReranker, Reranker, RetryPolicy
-from milvus_rerank.app.serve import BackgroundServer
+from milvus_rerank.app.serve.testing import BackgroundServer
 from tests.providers.specs import SPECS, answer_items, request_documents, request_query, score_key
 
 #: Retries as the default policy does, with waits of milliseconds.

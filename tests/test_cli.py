@@ -6,6 +6,7 @@ Bad input and configuration are one-line errors with exit status 2, never a trac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import tempfile
@@ -18,6 +19,7 @@ import pytest
 from milvus_rerank import __version__
 from milvus_rerank.app.cli import main, make_parser
 from milvus_rerank.core.registry import PROVIDERS
+from tests.conftest import ScoreTableReranker
 
 
 def left_behind(tmpdir: Path) -> list[str]:
@@ -229,6 +231,46 @@ def test_options_the_reranker_does_not_take(
     assert "'cpu'" in err and "local rerankers" in err
     err = error_of(["rerank", "--base-url", "http://x", "q", str(docs)], capsys)
     assert "'http://x'" in err and "API rerankers" in err
+
+
+class Interrupted(ScoreTableReranker):
+    """Scoring that Ctrl-C interrupts."""
+
+    def _score(self, query: str, documents: list[str]) -> list[float]:
+        raise KeyboardInterrupt
+
+
+def _interrupt(*args: object, **kwargs: object) -> int:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("command", ["rerank", "serve", "eval", "demo"])
+def test_ctrl_c_exits_130_with_one_line(
+    command: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import milvus_rerank.app.commands
+    import milvus_rerank.app.demo
+    import milvus_rerank.app.evaluate
+    import milvus_rerank.app.serve
+
+    @contextlib.contextmanager
+    def opened(*args: object, **kwargs: object) -> Iterator[tuple[ScoreTableReranker, bool]]:
+        yield Interrupted({"a": 1.0}), False
+
+    monkeypatch.setattr(milvus_rerank.app.commands, "open_from_args", opened)
+    monkeypatch.setattr(milvus_rerank.app.serve, "run_server", _interrupt)
+    monkeypatch.setattr(milvus_rerank.app.evaluate, "run_eval", _interrupt)
+    monkeypatch.setattr(milvus_rerank.app.demo, "run_demo", _interrupt)
+    monkeypatch.delenv("MILVUS_RERANK_API_KEY", raising=False)
+    docs = write_docs(tmp_path / "docs.jsonl", ['{"text": "a"}', '{"text": "b"}'])
+    beir = str(Path(__file__).parent / "fixtures" / "beir-mini")
+    argv = {"rerank": ["rerank", "q", str(docs)], "eval": ["eval", beir]}.get(command, [command])
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert err == f"milvus-rerank: interrupted ({command})\n"
 
 
 def test_bad_numbers_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:

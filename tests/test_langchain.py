@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import pickle
 import threading
@@ -27,6 +28,7 @@ from milvus_rerank import (  # noqa: E402
     RerankResult,
     Usage,
 )
+from milvus_rerank.cache import CachedReranker  # noqa: E402
 from milvus_rerank.integrations.langchain import (  # noqa: E402
     RERANK_EVENT,
     RerankCompressor,
@@ -373,3 +375,115 @@ def test_cross_encoder_over_a_fail_open_chain_raises_rather_than_score_nan() -> 
         FallbackReranker([down, ScoreTableReranker(TABLE)], fail_open=True)
     )
     assert healthy.score([("q", "gamma"), ("q", "beta")]) == [0.5, 0.9]
+
+
+# -- score_threshold over a fallback chain: held to the scale of whoever answered ------------
+
+
+class Switchable(ScoreTableReranker):
+    """A table reranker (scores in [0, 1], like Cohere's) that is down while ``down`` is set."""
+
+    provider = "cohere"
+    model_name = "rerank-v3.5"
+    down = False
+
+    def _score(self, query: str, documents: list[str]) -> list[float]:
+        if self.down:
+            raise ProviderUnavailableError("503 from upstream", provider="cohere", status_code=503)
+        return list(super()._score(query, documents))
+
+
+class Logits(ScoreTableReranker):
+    """A local cross-encoder's raw logits: another scale altogether."""
+
+    provider = "cross-encoder"
+    model_name = "ms-marco"
+
+
+LOGITS = {"alpha": -0.18, "beta": -1.24, "gamma": -1.44, "delta": -3.0}
+
+
+async def compressed(compressor: RerankCompressor) -> list[list[str]]:
+    """The kept texts of a sync and of an async call."""
+    return [
+        [d.page_content for d in compressor.compress_documents(docs(), "q")],
+        [d.page_content for d in await compressor.acompress_documents(docs(), "q")],
+    ]
+
+
+async def test_one_threshold_holds_the_first_members_answers_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    primary = Switchable(TABLE)
+    chain = FallbackReranker([primary, Logits(LOGITS)])
+    compressor = RerankCompressor(reranker=chain, top_n=None, score_threshold=0.3)
+    assert await compressed(compressor) == [["beta", "gamma"]] * 2  # held to 0.3
+    primary.down = True
+    compressor.top_n = 3
+    with caplog.at_level(logging.WARNING, logger="milvus_rerank.integrations.langchain"):
+        # was [] twice: the backup's logits were held to the primary's 0.3, silently
+        assert await compressed(compressor) == [["alpha", "beta", "gamma"]] * 2
+    assert "score_threshold 0.3 not applied: cross-encoder:ms-marco answered" in caplog.text
+    assert "cut by top_n alone" in caplog.text
+    # the other way: logits up to ~10 would have kept everything; top_n cuts them all the same
+    chain = FallbackReranker([primary, Logits({t: 10.0 - i for i, t in enumerate(TABLE)})])
+    compressor = RerankCompressor(reranker=chain, top_n=2, score_threshold=0.3)
+    assert await compressed(compressor) == [["alpha", "beta"]] * 2
+
+
+async def test_each_member_can_have_a_threshold_of_its_own(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    primary = Switchable(TABLE)
+    chain = FallbackReranker([primary, Logits(LOGITS)])
+    per_member = {"cohere:rerank-v3.5": 0.3, "cross-encoder:ms-marco": -1.3}
+    compressor = RerankCompressor(reranker=chain, top_n=3, score_threshold=per_member)
+    assert compressor.score_threshold == per_member
+    assert await compressed(compressor) == [["beta", "gamma"]] * 2
+    primary.down = True
+    with caplog.at_level(logging.WARNING, logger="milvus_rerank.integrations.langchain"):
+        assert await compressed(compressor) == [["alpha", "beta"]] * 2
+        compressor.score_threshold = {"cohere:rerank-v3.5": 0.3, "cross-encoder:ms-marco": None}
+        assert await compressed(compressor) == [["alpha", "beta", "gamma"]] * 2
+    assert (
+        "milvus_rerank.integrations.langchain" not in caplog.text
+    )  # each threshold was the member's own
+    compressor.score_threshold = {"cohere:rerank-v3.5": 0.3}  # the backup left out
+    with caplog.at_level(logging.WARNING, logger="milvus_rerank.integrations.langchain"):
+        assert await compressed(compressor) == [["alpha", "beta", "gamma"]] * 2
+    assert "gives no threshold for cross-encoder:ms-marco" in caplog.text
+
+
+def test_a_threshold_for_a_label_that_never_answers_is_refused() -> None:
+    chain = FallbackReranker([Switchable(TABLE), Logits(LOGITS)])
+    with pytest.raises(ConfigurationError, match="'cohere:rerank-3.5', which never answers"):
+        RerankCompressor(reranker=chain, score_threshold={"cohere:rerank-3.5": 0.2})
+    compressor = RerankCompressor(reranker=chain, score_threshold={"cohere:rerank-v3.5": 0.2})
+    with pytest.raises(ConfigurationError, match="'nope'"):
+        compressor.score_threshold = {"nope": 0.2}
+    with pytest.raises(ConfigurationError, match="'cohere:rerank-v3.5', which never answers"):
+        compressor.reranker = Logits(LOGITS)
+    assert compressor.reranker is chain
+    assert compressor.score_threshold == {"cohere:rerank-v3.5": 0.2}
+    with pytest.raises(
+        ConfigurationError,
+        match=r"score_threshold\['cohere:rerank-v3.5'\] must be a finite number or None, got f",
+    ):
+        compressor.score_threshold = {"cohere:rerank-v3.5": math.nan}
+    with pytest.raises(ConfigurationError, match="keys must be reranker labels"):
+        compressor.score_threshold = {0: 0.2}
+    cached = CachedReranker(FallbackReranker([Switchable(TABLE), FallbackReranker([chain])]))
+    RerankCompressor(reranker=cached, score_threshold={"cross-encoder:ms-marco": 0.0})
+
+
+async def test_a_cached_answer_names_the_member_that_scored_it() -> None:
+    primary = Switchable(TABLE)
+    cached = CachedReranker(FallbackReranker([primary, Logits(LOGITS)]))
+    compressor = RerankCompressor(reranker=cached, top_n=2, score_threshold=0.3)
+    first = compressor.compress_documents(docs(), "q")
+    again = compressor.compress_documents(docs(), "q")  # from the cache
+    async_again = await compressor.acompress_documents(docs(), "q")
+    assert primary.calls == 1
+    for out in (first, again, async_again):
+        assert [d.page_content for d in out] == ["beta", "gamma"]  # the threshold holds too
+        assert {d.metadata["reranked_by"] for d in out} == {"cohere:rerank-v3.5"}  # not fallback(

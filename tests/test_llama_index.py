@@ -406,3 +406,85 @@ async def test_the_postprocessor_keeps_an_overridden_rerank() -> None:
         assert [n.node.get_content() for n in out] == ["delta", "beta"]
         out = await post.apostprocess_nodes(nodes(), query_str="q")
         assert [n.node.get_content() for n in out] == ["delta", "beta"]
+
+
+# -- score_threshold over a fallback chain: held to the scale of whoever answered ------------
+
+
+class Switchable(ScoreTableReranker):
+    """A table reranker (scores in [0, 1], like Cohere's) that is down while ``down`` is set."""
+
+    provider = "cohere"
+    model_name = "rerank-v3.5"
+    down = False
+
+    def _score(self, query: str, documents: list[str]) -> list[float]:
+        if self.down:
+            raise ProviderUnavailableError("503 from upstream", provider="cohere", status_code=503)
+        return list(super()._score(query, documents))
+
+
+class Logits(ScoreTableReranker):
+    """A local cross-encoder's raw logits: another scale altogether."""
+
+    provider = "cross-encoder"
+    model_name = "ms-marco"
+
+
+LOGITS = {"alpha": -0.18, "beta": -1.24, "gamma": -1.44, "delta": -3.0}
+
+
+async def postprocessed(post: RerankPostprocessor) -> list[list[tuple[str, float | None]]]:
+    """The kept (text, score) of a sync and of an async call."""
+    outs = [
+        post.postprocess_nodes(nodes(), query_str="q"),
+        await post.apostprocess_nodes(nodes(), query_bundle=QueryBundle("q")),
+    ]
+    return [[(n.node.get_content(), n.score) for n in out] for out in outs]
+
+
+async def test_one_threshold_holds_the_first_members_answers_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    primary = Switchable(TABLE)
+    chain = FallbackReranker([primary, Logits(LOGITS)])
+    post = RerankPostprocessor(reranker=chain, top_n=None, score_threshold=0.3)
+    assert await postprocessed(post) == [[("beta", 0.9), ("gamma", 0.5)]] * 2
+    primary.down = True
+    post.top_n = 3
+    with caplog.at_level(logging.WARNING, logger="milvus_rerank.integrations.llama_index"):
+        # was [] twice: the backup's logits were held to the primary's 0.3, silently
+        kept = await postprocessed(post)
+    assert kept == [[("alpha", -0.18), ("beta", -1.24), ("gamma", -1.44)]] * 2
+    assert "score_threshold 0.3 not applied: cross-encoder:ms-marco answered" in caplog.text
+
+
+async def test_each_member_can_have_a_threshold_of_its_own() -> None:
+    primary = Switchable(TABLE)
+    chain = FallbackReranker([primary, Logits(LOGITS)])
+    per_member = {"cohere:rerank-v3.5": 0.3, "cross-encoder:ms-marco": -1.3}
+    post = RerankPostprocessor(reranker=chain, top_n=3, score_threshold=per_member)
+    assert await postprocessed(post) == [[("beta", 0.9), ("gamma", 0.5)]] * 2
+    primary.down = True
+    assert await postprocessed(post) == [[("alpha", -0.18), ("beta", -1.24)]] * 2
+    with pytest.raises(ConfigurationError, match="'cohere:rerank-3.5', which never answers"):
+        RerankPostprocessor(reranker=chain, score_threshold={"cohere:rerank-3.5": 0.2})
+    with pytest.raises(ConfigurationError, match="'cohere:rerank-v3.5', which never answers"):
+        post.reranker = Logits(LOGITS)
+    assert post.reranker is chain
+
+
+async def test_a_cached_answer_names_the_member_that_scored_it() -> None:
+    from milvus_rerank.cache import CachedReranker
+
+    primary = Switchable(TABLE)
+    cached = CachedReranker(FallbackReranker([primary, Logits(LOGITS)]))
+    post = RerankPostprocessor(reranker=cached, top_n=2)
+    outs = [
+        post.postprocess_nodes(nodes(), query_str="q"),
+        post.postprocess_nodes(nodes(), query_str="q"),  # from the cache
+        await post.apostprocess_nodes(nodes(), query_str="q"),
+    ]
+    assert primary.calls == 1
+    for out in outs:
+        assert [n.node.metadata["reranked_by"] for n in out] == ["cohere:rerank-v3.5"] * 2

@@ -286,7 +286,8 @@ def test_milvus_lite_reranks_through_serve_like_rerank_hits(
         build_demo_collection,
         load_demo_corpus,
     )
-    from milvus_rerank.app.serve import BackgroundServer, create_app
+    from milvus_rerank.app.serve import create_app
+    from milvus_rerank.app.serve.testing import BackgroundServer
 
     logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
     local = CrossEncoderReranker(str(tiny_models["ce"]))

@@ -23,7 +23,9 @@ from milvus_rerank import (  # noqa: E402
     VLLMReranker,
 )
 from milvus_rerank.app.cli import main  # noqa: E402
-from milvus_rerank.app.serve import BackgroundServer, Batcher, create_app  # noqa: E402
+from milvus_rerank.app.serve import RequestBatcher as Batcher  # noqa: E402
+from milvus_rerank.app.serve import create_app  # noqa: E402
+from milvus_rerank.app.serve.testing import BackgroundServer  # noqa: E402
 from tests.conftest import ScoreTableReranker  # noqa: E402
 
 QUERY = "what is milvus"
@@ -151,6 +153,19 @@ async def test_a_lone_request_does_not_wait_for_company() -> None:
     assert await asyncio.wait_for(batcher.score("q", ["a", "b"]), timeout=30) == [1.0, 1.0]
     assert await asyncio.wait_for(batcher.score("q", ["c"]), timeout=30) == [1.0]
     assert batcher.batches == 2
+
+
+class DeclaresPairs(ScoreTableReranker):
+    """Defines no ``score_pairs`` of its own, but declares that pairs may be batched."""
+
+    batching = "pairs"
+
+
+def test_serve_batches_as_the_reranker_declares() -> None:
+    # The declared capability decides, not whether the class overrides score_pairs.
+    assert create_app(ScoreTableReranker()).state.batcher.whole_requests
+    assert not create_app(DeclaresPairs()).state.batcher.whole_requests
+    assert create_app(DeclaresPairs()).state.serve.local is None
 
 
 class PairCounter(ScoreTableReranker):
@@ -306,9 +321,9 @@ def test_bad_instructions_get_each_formats_error(qwen3_server: BackgroundServer)
 def test_the_instruction_views_kept_are_bounded(
     qwen3: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import milvus_rerank.app.serve
+    import milvus_rerank.app.serve.instructions
 
-    monkeypatch.setattr(milvus_rerank.app.serve, "MAX_INSTRUCTION_VIEWS", 2)
+    monkeypatch.setattr(milvus_rerank.app.serve.instructions, "MAX_INSTRUCTION_VIEWS", 2)
     app = create_app(qwen3)
     with BackgroundServer(app) as running:
         for text in ("one", "two", "one", "three"):
@@ -359,7 +374,7 @@ def test_serve_command_strips_the_key_and_refuses_a_bad_one_before_loading(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import milvus_rerank.app.cli
+    import milvus_rerank.app.commands
     import milvus_rerank.app.serve
 
     seen: dict[str, Any] = {}
@@ -379,7 +394,7 @@ def test_serve_command_strips_the_key_and_refuses_a_bad_one_before_loading(
     def no_model(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model was loaded before the key was checked")
 
-    monkeypatch.setattr(milvus_rerank.app.cli, "_open_from_args", no_model)
+    monkeypatch.setattr(milvus_rerank.app.commands, "open_from_args", no_model)
     capsys.readouterr()
     for bad, source in (
         (["--api-key", "k3y-x"], "--api-key"),
@@ -445,3 +460,11 @@ def test_stall_after_must_be_positive() -> None:
 
     with pytest.raises(ConfigurationError, match="stall_after"):
         create_app(_Stuck(), stall_after=0)
+
+
+@pytest.mark.parametrize("name", ["header_timeout", "max_connections"])
+def test_a_connection_limit_given_to_the_app_is_refused_not_ignored(name: str) -> None:
+    from milvus_rerank import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=f"{name}: a connection limit.*run_server"):
+        create_app(ScoreTableReranker(), **{name: 5})

@@ -18,7 +18,8 @@ import pytest
 pytest.importorskip("starlette")
 
 from milvus_rerank import FallbackReranker, Reranker  # noqa: E402
-from milvus_rerank.app.serve import BackgroundServer, create_app  # noqa: E402
+from milvus_rerank.app.serve import create_app  # noqa: E402
+from milvus_rerank.app.serve.testing import BackgroundServer  # noqa: E402
 from milvus_rerank.core.errors import (  # noqa: E402
     InvalidInputError,
     ProviderError,

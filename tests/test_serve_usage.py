@@ -28,8 +28,9 @@ from milvus_rerank import (  # noqa: E402
     Usage,
     VLLMReranker,
 )
-from milvus_rerank.app.serve import CHARS_PER_TOKEN, BackgroundServer, create_app  # noqa: E402
-from milvus_rerank.providers.local.batching import UNKNOWN_WINDOW
+from milvus_rerank.app.serve import CHARS_PER_TOKEN, create_app  # noqa: E402
+from milvus_rerank.app.serve.limits import UNKNOWN_WINDOW
+from milvus_rerank.app.serve.testing import BackgroundServer  # noqa: E402
 from milvus_rerank.wrappers.cache import CachedReranker  # noqa: E402
 from tests.conftest import ScoreTableReranker  # noqa: E402
 from tests.fakes import FaultServer, api_reranker, fault_server  # noqa: E402

@@ -30,12 +30,13 @@ from milvus_rerank.wrappers.fallback import FallbackReranker
 if TYPE_CHECKING:
     from milvus_rerank.core.registry import create_reranker
     from milvus_rerank.providers.api.cohere import CohereReranker
+    from milvus_rerank.providers.api.contract import HTTPReranker
     from milvus_rerank.providers.api.dashscope import DashScopeReranker
-    from milvus_rerank.providers.api.http import HTTPReranker, Secret
     from milvus_rerank.providers.api.jina import JinaReranker
     from milvus_rerank.providers.api.mixedbread import MixedbreadReranker
     from milvus_rerank.providers.api.nvidia import NVIDIAReranker
     from milvus_rerank.providers.api.pinecone import PineconeReranker
+    from milvus_rerank.providers.api.secrets import Secret
     from milvus_rerank.providers.api.siliconflow import SiliconFlowReranker
     from milvus_rerank.providers.api.tei import TEIReranker
     from milvus_rerank.providers.api.vllm import VLLMReranker
@@ -53,14 +54,14 @@ _LAZY = {
     "CohereReranker": "milvus_rerank.providers.api.cohere",
     "CrossEncoderReranker": "milvus_rerank.providers.local.cross_encoder",
     "DashScopeReranker": "milvus_rerank.providers.api.dashscope",
-    "HTTPReranker": "milvus_rerank.providers.api.http",
+    "HTTPReranker": "milvus_rerank.providers.api.contract",
     "JinaReranker": "milvus_rerank.providers.api.jina",
     "MixedbreadReranker": "milvus_rerank.providers.api.mixedbread",
     "MxbaiV2Reranker": "milvus_rerank.providers.local.mxbai",
     "NVIDIAReranker": "milvus_rerank.providers.api.nvidia",
     "PineconeReranker": "milvus_rerank.providers.api.pinecone",
     "Qwen3Reranker": "milvus_rerank.providers.local.qwen3",
-    "Secret": "milvus_rerank.providers.api.http",
+    "Secret": "milvus_rerank.providers.api.secrets",
     "SiliconFlowReranker": "milvus_rerank.providers.api.siliconflow",
     "TEIReranker": "milvus_rerank.providers.api.tei",
     "VLLMReranker": "milvus_rerank.providers.api.vllm",

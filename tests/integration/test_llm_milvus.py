@@ -20,7 +20,8 @@ httpx = pytest.importorskip("httpx")
 
 from milvus_rerank import CohereReranker, Qwen3Reranker, Reranker  # noqa: E402
 from milvus_rerank.app.demo import DEMO_QUERY, load_demo_corpus  # noqa: E402
-from milvus_rerank.app.serve import BackgroundServer, create_app  # noqa: E402
+from milvus_rerank.app.serve import create_app  # noqa: E402
+from milvus_rerank.app.serve.testing import BackgroundServer  # noqa: E402
 from milvus_rerank.integrations.milvus import rerank_hits, server_side_ranker  # noqa: E402
 from milvus_rerank.providers.local.tiny import build_tiny_qwen3_reranker, word_vector  # noqa: E402
 

@@ -296,7 +296,9 @@ def test_batching_defaults_are_documented() -> None:
 def test_batch_workers_is_the_batchers_worker_count(tiny_models: dict[str, Path]) -> None:
     path = str(tiny_models["ce"])
     default = CrossEncoderReranker(path, device="cpu").load()
-    assert _runner_batching.runner_batcher(default.runner).workers == _batching.CPU_WORKERS == 2
+    assert (
+        _runner_batching.runner_batcher(default.runner).workers == _runner_batching.CPU_WORKERS == 2
+    )
     assert "batch_workers" not in repr(default)
     three = CrossEncoderReranker(path, device="cpu", batch_workers=3).load()
     assert _runner_batching.runner_batcher(three.runner).workers == 3

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
+import socket
 import time
 
 import pytest
@@ -11,6 +14,8 @@ from milvus_rerank import (
     InvalidResponseError,
     ProviderUnavailableError,
     RateLimitError,
+    RetryPolicy,
+    VLLMReranker,
 )
 from tests.fakes import (
     CORRUPTIONS,
@@ -178,3 +183,28 @@ async def test_cancelling_a_query_cancels_its_requests(
             await asyncio.sleep(0.02)
     assert fault_plan.in_flight == 0  # the server saw every chunk request go away
     assert fault_plan.disconnects == 4
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+async def test_chunks_failing_together_leave_no_unretrieved_task_exception(
+    mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every chunk's failure is retrieved: asyncio logs no "never retrieved" traceback."""
+    with socket.socket() as probe:  # a port with nothing listening: the upstream is down
+        probe.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    reranker = VLLMReranker(base_url=down, max_batch=5, retry=RetryPolicy(max_retries=0))
+    docs = [f"document {i}" for i in range(20)]
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    for _ in range(3):
+        with pytest.raises(ProviderUnavailableError, match="could not be reached"):
+            if mode == "async":
+                await reranker.arerank(QUERY, docs)
+            else:
+                await asyncio.to_thread(reranker.rerank, QUERY, docs)
+    await reranker.aclose()
+    for _ in range(3):
+        gc.collect()
+        await asyncio.sleep(0.05)  # the private loop runs its exception handler, if any
+    unretrieved = [r for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert unretrieved == []

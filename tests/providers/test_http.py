@@ -23,7 +23,8 @@ from milvus_rerank import (
     Secret,
     VLLMReranker,
 )
-from milvus_rerank.providers.api.http import HTTPReranker, parse_retry_after
+from milvus_rerank.providers.api.answers import parse_retry_after
+from milvus_rerank.providers.api.contract import HTTPReranker
 from tests.fakes import FAST_RETRY, fast_retry
 from tests.providers.specs import (
     KEY_VARS,
@@ -233,6 +234,55 @@ def test_cohere_compatible_server_needs_no_key(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("COHERE_API_KEY", raising=False)
     monkeypatch.delenv("CO_API_KEY", raising=False)
     assert SPECS["cohere"].cls(base_url="http://127.0.0.1:8000/v2").api_key is None
+
+
+GATEWAY = "https://cohere-gateway.example.com"
+
+
+def cohere_through_env(monkeypatch: pytest.MonkeyPatch, **env: str) -> list[httpx.Request]:
+    """One Cohere call built from the environment alone (``env``), as pymilvus-model's is."""
+    for var in (*KEY_VARS, "CO_API_URL"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    spec, seen = SPECS["cohere"], []
+    transport = httpx.MockTransport(ok_handler(spec, seen))
+    spec.cls(**spec.kwargs, http_client=httpx.Client(transport=transport)).rerank(QUERY, DOCS)
+    return seen
+
+
+def test_cohere_sends_to_co_api_url_with_co_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    # cohere.ClientV2 (pymilvus-model's CohereRerankFunction) posts to CO_API_URL with
+    # CO_API_KEY: migrated traffic keeps going to that gateway, with that key.
+    seen = cohere_through_env(monkeypatch, CO_API_URL=GATEWAY + "/", CO_API_KEY=KEY)
+    assert str(seen[0].url) == GATEWAY + "/v2/rerank"
+    assert seen[0].headers["authorization"] == f"Bearer {KEY}"
+    both = cohere_through_env(
+        monkeypatch, CO_API_URL=GATEWAY, CO_API_KEY=KEY, COHERE_API_KEY="sk-other-" + "x" * 20
+    )
+    assert both[0].headers["authorization"] == f"Bearer {KEY}"  # the SDK's pair, as it sends
+
+
+def test_cohere_api_key_never_goes_to_a_co_api_url_gateway(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen = cohere_through_env(monkeypatch, CO_API_URL=GATEWAY, COHERE_API_KEY=KEY)
+    assert str(seen[0].url) == GATEWAY + "/v2/rerank"
+    assert "authorization" not in seen[0].headers
+    monkeypatch.setenv("CO_API_KEY", KEY)
+    explicit = SPECS["cohere"].cls(base_url="https://other.example.com")
+    assert explicit.base_url == "https://other.example.com"  # base_url= wins over CO_API_URL
+    assert explicit.api_key is None  # and a base_url of yours gets no key from the environment
+    monkeypatch.setenv("CO_API_URL", "https://api.cohere.com")  # Cohere's own API: as always
+    assert SPECS["cohere"].cls().api_key is not None
+
+
+@pytest.mark.parametrize("url", ["gateway.example.com", "https://user:hunter2-pass@gw.example.com"])
+def test_a_bad_co_api_url_is_named(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CO_API_URL", url)
+    with pytest.raises(ConfigurationError, match="CO_API_URL") as info:
+        SPECS["cohere"].cls(api_key=KEY)
+    assert "hunter2" not in str(info.value)
 
 
 def test_key_never_shows(spec: Spec, caplog: pytest.LogCaptureFixture) -> None:
@@ -562,17 +612,17 @@ def test_a_failing_chunk_fails_the_call(spec: Spec) -> None:
 async def test_owned_clients_close_and_come_back() -> None:
     spec = SPECS["vllm"]
     reranker = spec.cls(**spec.kwargs)
-    client = (await reranker._aloop_state()).client
+    client = (await reranker._clients.loop_state()).client
     await reranker.aclose()
     assert client.is_closed
-    assert (await reranker._aloop_state()).client is not client
+    assert (await reranker._clients.loop_state()).client is not client
     await reranker.aclose()
 
 
 async def test_async_context_manager_closes_its_client() -> None:
     spec = SPECS["vllm"]
     async with spec.cls(**spec.kwargs) as reranker:
-        state = await reranker._aloop_state()
+        state = await reranker._clients.loop_state()
     assert state.client is not None and state.client.is_closed
 
 
@@ -580,7 +630,7 @@ def test_injected_clients_are_left_open(spec: Spec) -> None:
     reranker = make(spec, ok_handler(spec))
     with reranker:
         reranker.rerank(QUERY, DOCS)
-    assert reranker._client is not None and not reranker._client.is_closed
+    assert reranker._clients.sync_client is not None and not reranker._clients.sync_client.is_closed
 
 
 @pytest.mark.parametrize("route", ["/v1/rerank", "/rerank", "/v2/rerank"])

@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from milvus_rerank import InvalidResponseError, Usage
-from milvus_rerank.providers.api.http import MAX_USAGE_COUNT, HTTPReranker
+from milvus_rerank.providers.api.contract import HTTPReranker
+from milvus_rerank.providers.api.usage import MAX_USAGE_COUNT
 from tests.fakes import FAST_RETRY, FaultPlan, FaultServer, api_reranker, fake_score
 from tests.providers.specs import SPECS, Spec, reported_usage, request_documents, request_query
 

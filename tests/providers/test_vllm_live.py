@@ -133,7 +133,8 @@ def test_milvus_lite_reranks_through_vllm_like_rerank_hits(
         build_demo_collection,
         load_demo_corpus,
     )
-    from milvus_rerank.app.serve import BackgroundServer, create_app
+    from milvus_rerank.app.serve import create_app
+    from milvus_rerank.app.serve.testing import BackgroundServer
     from milvus_rerank.integrations.milvus import rerank_hits, server_side_ranker
 
     logging.getLogger("grpc._server").setLevel(logging.CRITICAL)

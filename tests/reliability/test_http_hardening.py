@@ -45,7 +45,7 @@ from milvus_rerank import (
     VLLMReranker,
     VoyageReranker,
 )
-from milvus_rerank.app.serve import BackgroundServer
+from milvus_rerank.app.serve.testing import BackgroundServer
 from tests.fakes import FaultPlan, FaultServer, fake_score
 from tests.providers.specs import SPECS
 
@@ -439,7 +439,7 @@ def test_1000_asyncio_run_calls_leave_fds_and_memory_flat() -> None:
         gc.collect()
         grown_fds = process.num_fds() - fds
         grown_rss = (process.memory_info().rss - rss) / 2**20
-        states = len(reranker._loops)
+        states = len(reranker._clients.loops)
     print(
         f"\n1,000 asyncio.run(arerank): {took:.1f}s, open fds {grown_fds:+d}, "
         f"RSS {grown_rss:+.1f} MiB, per-loop states left {states}"
@@ -734,7 +734,7 @@ def test_scrubbing_a_64_kib_body_stays_fast() -> None:
     text = (SLASHY[:9] + "x" * 1000) * 64
     started = time.perf_counter()
     for _ in range(10):
-        scrubbed = reranker._safe(text, 1000)
+        scrubbed = reranker._text.safe(text, 1000)
     took = (time.perf_counter() - started) / 10
     print(f"\nscrubbing 64 KiB of server text: {took * 1000:.1f} ms")
     assert pieces_of(SLASHY, scrubbed) == []

@@ -20,11 +20,11 @@ pytest.importorskip("starlette")
 
 from milvus_rerank import CrossEncoderReranker, Reranker  # noqa: E402
 from milvus_rerank.app.serve import (  # noqa: E402
-    BackgroundServer,
     create_app,
     run_server,
     served_model_name,
 )
+from milvus_rerank.app.serve.testing import BackgroundServer  # noqa: E402
 from milvus_rerank.core.errors import (  # noqa: E402
     AuthenticationError,
     ConfigurationError,
@@ -430,11 +430,11 @@ def test_run_server_refuses_a_public_host_without_a_key(
 def test_the_connection_cap_leaves_descriptors_for_a_burst_of_accepts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import milvus_rerank.app.serve as serve
+    import milvus_rerank.app.serve.connections as serve
 
     limits = {}
     for files in (None, 256, 1024, 100_000, 100):
-        monkeypatch.setattr(serve, "_open_file_limit", lambda files=files: files)
+        monkeypatch.setattr(serve, "open_file_limit", lambda files=files: files)
         limits[files] = serve.connection_limits(1000)
     assert limits == {
         None: (1000, 2048),
@@ -684,7 +684,7 @@ def test_a_scoring_failure_is_answered_in_the_routes_shape_and_logged_once(
         message = assert_shape(path, key, answer, status)
         assert "SECRET" not in message
         assert answer.headers.get("retry-after") == retry_after
-    lines = [r for r in caplog.records if r.name == "milvus_rerank.app.serve" and r.levelno >= 30]
+    lines = [r for r in caplog.records if r.name == "milvus_rerank.serve" and r.levelno >= 30]
     assert len(lines) == len(SHAPES)
     assert all(r.exc_info is None and str(status) in r.getMessage() for r in lines)
     assert "SECRET" not in caplog.text and "Traceback" not in caplog.text

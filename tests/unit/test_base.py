@@ -287,3 +287,90 @@ def test_overriding_rerank_and_rerank_response_together_does_not_recurse() -> No
     response = both.rerank_response("q", PINNED_DOCS)
     assert [r.text for r in response.results] == ["beta", "alpha", "pinned"]
     assert response.usage.requests == 7
+
+
+# -- capabilities: declared class attributes, and the rule for a subclass that declares none --
+
+
+class OwnAsync(ScoreTableReranker):
+    """Has its own async scoring: the rule declares ``native_async``."""
+
+    async def _ascore(self, query: str, documents: list[str]) -> list[float]:
+        return [1.0] * len(documents)
+
+
+class OwnPairs(ScoreTableReranker):
+    """Has its own batched ``score_pairs``: the rule declares ``batching = "pairs"``."""
+
+    def score_pairs(self, queries: Sequence[str], documents: Sequence[str]) -> list[float]:
+        return [0.0] * len(documents)
+
+
+class BelowPinned(Pinned):
+    """Defines nothing: inherits what ``Pinned`` declared."""
+
+
+def _capabilities(cls: type[Reranker]) -> tuple[str, str, bool, str]:
+    return cls.answers_with, cls.answers_with_async, cls.native_async, cls.batching
+
+
+def test_the_base_declares_the_default_capabilities() -> None:
+    assert _capabilities(Reranker) == ("scores", "scores", False, "whole")
+    assert _capabilities(ListReranker) == ("scores", "scores", False, "whole")
+
+
+def test_a_subclass_that_declares_nothing_gets_them_from_what_its_body_defines() -> None:
+    assert _capabilities(Pinned) == ("rerank", "rerank", False, "whole")
+    assert _capabilities(BelowPinned) == _capabilities(Pinned)
+    # An own rerank_response wins over an inherited rerank; arerank_response is not defined.
+    assert _capabilities(BothOverridden) == ("response", "rerank", False, "whole")
+    assert _capabilities(OwnAsync) == ("scores", "scores", True, "whole")
+    assert _capabilities(OwnPairs) == ("scores", "scores", False, "pairs")
+
+
+def test_the_library_s_rerankers_declare_theirs() -> None:
+    from milvus_rerank import CrossEncoderReranker, HTTPReranker
+    from milvus_rerank.cache import CachedReranker
+
+    assert _capabilities(FallbackReranker) == ("response", "response", False, "whole")
+    assert _capabilities(CachedReranker)[:2] == ("response", "response")
+    assert CachedReranker.batching == "whole"
+    assert HTTPReranker.native_async and HTTPReranker.batching == "whole"
+    assert CrossEncoderReranker.batching == "rows"  # a local model: serve feeds its runner
+
+
+class DeclaredScores(Pinned):
+    """Keeps ``Pinned``'s ``rerank`` but declares that its answers come from its scores."""
+
+    answers_with = "scores"
+
+
+class DeclaredThreaded(ScoreTableReranker):
+    """Has an ``_ascore`` but declares no native async path: usage comes from the sync hook."""
+
+    native_async = False
+
+    async def _ascore(self, query: str, documents: list[str]) -> list[float]:
+        raise AssertionError("a declared native_async=False never reaches _ascore")
+
+    def _score_usage(self, query: str, documents: list[str]) -> tuple[list[float], Usage]:
+        return [self.table.get(d, 0.0) for d in documents], Usage(requests=3)
+
+
+def test_a_declared_capability_is_what_the_base_reads() -> None:
+    # The base reads the declaration, not which methods the class overrides: rerank_response
+    # scores through the pipeline although the class has its own rerank.
+    response = DeclaredScores().rerank_response("q", PINNED_DOCS)
+    assert [r.text for r in response.results] == ["beta", "alpha", "pinned"]
+    assert [r.text for r in DeclaredScores().rerank("q", PINNED_DOCS)] == [
+        "pinned",
+        "beta",
+        "alpha",
+    ]
+
+
+async def test_a_declared_native_async_is_what_the_base_reads() -> None:
+    reranker = DeclaredThreaded({"alpha": 0.5, "beta": 0.9})
+    response = await reranker.arerank_response("q", ["alpha", "beta"])
+    assert [r.text for r in response.results] == ["beta", "alpha"]
+    assert response.usage.requests == 3

@@ -12,15 +12,11 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
+from milvus_rerank.app.serve.batcher import REQUEST_WORKERS, RequestBatcher
 from milvus_rerank.core.errors import ConfigurationError
 from milvus_rerank.core.results import Usage
 from milvus_rerank.providers.local import batching as _batching
-from milvus_rerank.providers.local.batching import (
-    REQUEST_WORKERS,
-    MicroBatcher,
-    Overloaded,
-    RequestBatcher,
-)
+from milvus_rerank.providers.local.batching import MicroBatcher, Overloaded
 
 
 class Recorder:

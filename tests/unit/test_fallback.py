@@ -101,7 +101,7 @@ STOPPING = [
 def test_the_first_answer_is_returned_as_is(caplog: pytest.LogCaptureFixture) -> None:
     primary, secondary = Table("one"), Table("two")
     chain = FallbackReranker([primary, secondary])
-    with caplog.at_level(logging.DEBUG, logger="milvus_rerank.wrappers.fallback"):
+    with caplog.at_level(logging.DEBUG, logger="milvus_rerank.fallback"):
         response = chain.rerank_response("q", DOCS, top_n=3)
     assert [r.index for r in response.results] == BEST_FIRST[:3]
     assert response.reranker is primary and response.answered_by == "table:one"
@@ -115,7 +115,7 @@ def test_provider_side_failures_fall_through(
 ) -> None:
     primary, secondary = Failing("one", error), Table("two")
     chain = FallbackReranker([primary, secondary])
-    with caplog.at_level(logging.WARNING, logger="milvus_rerank.wrappers.fallback"):
+    with caplog.at_level(logging.WARNING, logger="milvus_rerank.fallback"):
         response = chain.rerank_response("q", DOCS)
     assert [r.index for r in response.results] == BEST_FIRST
     assert response.reranker is secondary and response.answered_by == "table:two"
@@ -139,7 +139,7 @@ def test_failures_that_need_fixing_do_not_fall_through(error: Exception) -> None
 def test_a_stop_after_earlier_failures_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     auth = AuthenticationError(f"bad key {SECRET}", provider="x", status_code=403)
     chain = FallbackReranker([Failing("one", down(502)), Failing("two", auth), Table("three")])
-    with caplog.at_level(logging.WARNING, logger="milvus_rerank.wrappers.fallback"):
+    with caplog.at_level(logging.WARNING, logger="milvus_rerank.fallback"):
         with pytest.raises(AuthenticationError):
             chain.rerank("q", DOCS)
     assert caplog.records[0].getMessage() == (
@@ -191,7 +191,7 @@ def test_all_failing_raises_one_typed_error_with_every_failure(
 ) -> None:
     errors = (down(503), RateLimitError(f"x {SECRET}", provider="x"), TimeoutError(SECRET))
     members = [Failing(f"m{i}", e) for i, e in enumerate(errors)]
-    with caplog.at_level(logging.DEBUG, logger="milvus_rerank.wrappers.fallback"):
+    with caplog.at_level(logging.DEBUG, logger="milvus_rerank.fallback"):
         with pytest.raises(AllRerankersFailedError) as info:
             FallbackReranker(members).rerank("q", DOCS)
     error = info.value
@@ -210,7 +210,7 @@ def test_fail_open_returns_the_first_stage_order_unscored(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     chain = FallbackReranker([Failing("one", down()), Failing("two", down(500))], fail_open=True)
-    with caplog.at_level(logging.WARNING, logger="milvus_rerank.wrappers.fallback"):
+    with caplog.at_level(logging.WARNING, logger="milvus_rerank.fallback"):
         response = chain.rerank_response("q", DOCS, top_n=3)
     assert not response.reranked and response.reranker is chain
     assert response.answered_by == "fallback(failing:one, failing:two)"

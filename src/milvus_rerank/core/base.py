@@ -15,10 +15,24 @@ from typing_extensions import Self
 from milvus_rerank.core.errors import ConfigurationError, InvalidInputError, InvalidResponseError
 from milvus_rerank.core.results import RerankResult, Usage
 
-__all__ = ["MilvusTarget", "RerankResponse", "Reranker", "describe_value", "validate_pairs"]
+__all__ = [
+    "Answers",
+    "Batching",
+    "MilvusTarget",
+    "RerankResponse",
+    "Reranker",
+    "describe_value",
+    "validate_pairs",
+]
 
 #: Who runs a server-side rerank Function: a Milvus 2.6+ server, or embedded Milvus Lite.
 MilvusTarget = Literal["milvus", "milvus-lite"]
+#: Where a reranker's answers come from (``Reranker.answers_with``).
+Answers = Literal["scores", "rerank", "response"]
+#: How requests of many callers may be scored together (``Reranker.batching``).
+Batching = Literal["whole", "pairs", "rows"]
+#: Precedence of the answer modes a class inherits: an own ``rerank_response`` wins.
+_ANSWERS_ORDER: tuple[Answers, ...] = ("scores", "rerank", "response")
 
 
 def describe_value(value: object, limit: int = 60) -> str:
@@ -138,6 +152,27 @@ class Reranker(ABC):
     ``rerank`` is concrete: it checks the input, returns ``[]`` for no documents without
     touching the backend, scores through the backend's one hook (``_score``, and ``_ascore``
     for the async path), then sorts best first with ties in input order and applies ``top_n``.
+
+    Capabilities are class attributes, read by the base and by ``serve``, never guessed from
+    which methods a class overrides at call time:
+
+    * ``answers_with`` (``answers_with_async`` for the async pair): ``"scores"``, the base's
+      pipeline over ``_score_usage``; ``"rerank"``, the class's own ``rerank`` (``arerank``),
+      which ``rerank_response`` wraps with an empty ``Usage``; ``"response"``, its own
+      ``rerank_response`` (``arerank_response``), whose results ``rerank`` returns.
+    * ``native_async``: its own ``_ascore``, which the base's ``_ascore_usage`` awaits (no
+      usage) instead of running ``_score_usage`` in a worker thread.
+    * ``batching``, how ``serve`` may score many requests together: ``"whole"``, each request
+      alone through ``rerank_response`` (its usage its own); ``"pairs"``, pairs of several
+      requests in one ``score_pairs`` call (counting nothing); ``"rows"``, a local model
+      whose ``runner`` encodes pairs to rows that share forward passes (real token counts).
+
+    The rule for a subclass that declares none of them, applied once when the class is made
+    (``__init_subclass__``) from what its own body defines: ``rerank_response`` (or
+    ``arerank_response``) gives ``"response"``; ``rerank`` (``arerank``) gives ``"rerank"``
+    unless it inherits ``"response"``; ``_ascore`` gives ``native_async = True``;
+    ``score_pairs`` gives ``batching = "pairs"``. Otherwise a capability is inherited, and a
+    class that assigns one in its body keeps what it assigned.
     """
 
     #: Short backend name used in errors and by ``milvus_rerank.milvus.server_side_ranker``.
@@ -145,6 +180,38 @@ class Reranker(ABC):
     #: The model this reranker scores with (a hub name, a path, or a provider's model name);
     #: None where a server decides.
     model_name: str | None = None
+    #: Where ``rerank``/``rerank_response`` answers come from (see the class docstring).
+    answers_with: ClassVar[Answers] = "scores"
+    #: Where ``arerank``/``arerank_response`` answers come from.
+    answers_with_async: ClassVar[Answers] = "scores"
+    #: Whether the class has its own async scoring (``_ascore``).
+    native_async: ClassVar[bool] = False
+    #: How ``serve`` may score many requests together (see the class docstring).
+    batching: ClassVar[Batching] = "whole"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Declare the capabilities a subclass leaves undeclared (the class docstring's rule)."""
+        super().__init_subclass__(**kwargs)
+        body = cls.__dict__
+        for attribute, own, whole in (
+            ("answers_with", "rerank", "rerank_response"),
+            ("answers_with_async", "arerank", "arerank_response"),
+        ):
+            if attribute in body:
+                continue
+            inherited = max(
+                (getattr(base, attribute, "scores") for base in cls.__bases__),
+                key=_ANSWERS_ORDER.index,
+            )
+            if whole in body:
+                inherited = "response"
+            elif own in body and inherited == "scores":
+                inherited = "rerank"
+            setattr(cls, attribute, inherited)
+        if "_ascore" in body and "native_async" not in body:
+            cls.native_async = True
+        if "score_pairs" in body and "batching" not in body:
+            cls.batching = "pairs"
 
     @property
     def label(self) -> str:
@@ -163,33 +230,31 @@ class Reranker(ABC):
             InvalidInputError: an empty or non-string query, a non-string document, a bad top_n.
             ProviderError: the backend failed (API providers only).
         """
-        if type(self).rerank_response is Reranker.rerank_response:
-            return self._scored_response(query, documents, top_n).results
-        return self.rerank_response(query, documents, top_n).results
+        if self.answers_with == "response":
+            return self.rerank_response(query, documents, top_n).results
+        return self._scored_response(query, documents, top_n).results
 
     async def arerank(
         self, query: str, documents: Sequence[str], top_n: int | None = None
     ) -> list[RerankResult]:
         """Async ``rerank``: native for HTTP backends, a worker thread for local models."""
-        if type(self).arerank_response is Reranker.arerank_response:
-            return (await self._ascored_response(query, documents, top_n)).results
-        return (await self.arerank_response(query, documents, top_n)).results
+        if self.answers_with_async == "response":
+            return (await self.arerank_response(query, documents, top_n)).results
+        return (await self._ascored_response(query, documents, top_n)).results
 
     def rerank_response(
         self, query: str, documents: Sequence[str], top_n: int | None = None
     ) -> RerankResponse:
         """``rerank``'s results with the call's ``Usage`` and the reranker that answered.
 
-        Adapters and ``FallbackReranker`` call this. A subclass that overrides ``rerank``
-        and not this keeps its override here: its results come with an empty ``Usage``.
+        Adapters and ``FallbackReranker`` call this. A class answering with its own ``rerank``
+        (``answers_with == "rerank"``) keeps it here: its results come with an empty ``Usage``.
+        A class with its own ``rerank_response`` reaches the pipeline through ``super()``.
 
         Raises:
             InvalidInputError, ProviderError: as ``rerank``.
         """
-        cls = type(self)
-        # rerank_response overridden too: that override is the extension point (and a
-        # super() call from it must not come back through rerank)
-        if cls.rerank is Reranker.rerank or cls.rerank_response is not Reranker.rerank_response:
+        if self.answers_with != "rerank":
             return self._scored_response(query, documents, top_n)
         query, docs, top_n = validate_request(query, documents, top_n)
         if not docs:
@@ -199,9 +264,8 @@ class Reranker(ABC):
     async def arerank_response(
         self, query: str, documents: Sequence[str], top_n: int | None = None
     ) -> RerankResponse:
-        """Async ``rerank_response``; an overridden ``arerank`` is kept, as ``rerank`` is there."""
-        cls = type(self)
-        if cls.arerank is Reranker.arerank or cls.arerank_response is not Reranker.arerank_response:
+        """Async ``rerank_response``; an own ``arerank`` is kept, as ``rerank`` is there."""
+        if self.answers_with_async != "rerank":
             return await self._ascored_response(query, documents, top_n)
         query, docs, top_n = validate_request(query, documents, top_n)
         if not docs:
@@ -253,9 +317,9 @@ class Reranker(ABC):
     def score_pairs(self, queries: Sequence[str], documents: Sequence[str]) -> list[float]:
         """Scores of ``(queries[i], documents[i])`` pairs, in order, without ranking them.
 
-        ``serve`` batches concurrent requests through this. The default groups the pairs by
-        query and scores each group through the backend's hook; local rerankers override it
-        with one batched pass over every pair.
+        ``serve`` batches concurrent requests through this where ``batching`` says so. The
+        default groups the pairs by query and scores each group through the backend's hook;
+        local rerankers override it with one batched pass over every pair.
 
         Raises:
             InvalidInputError: ``queries`` and ``documents`` differ in length, or hold non-text.
@@ -330,10 +394,11 @@ class Reranker(ABC):
     ) -> tuple[Sequence[float], Usage]:
         """Async ``_score_usage``.
 
-        ``_ascore`` with an empty ``Usage`` where the backend has its own ``_ascore``, else
-        ``_score_usage`` in a worker thread, so a backend that only measures sync keeps its usage.
+        ``_ascore`` with an empty ``Usage`` where the backend has its own (``native_async``),
+        else ``_score_usage`` in a worker thread, so a backend that only measures sync keeps
+        its usage.
         """
-        if type(self)._ascore is not Reranker._ascore:
+        if self.native_async:
             return await self._ascore(query, documents), Usage()
         return await asyncio.to_thread(self._score_usage, query, documents)
 

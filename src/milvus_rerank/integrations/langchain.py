@@ -12,19 +12,23 @@ own and LangChain no rerank callback, and a custom event is the one a component 
 
 from __future__ import annotations
 
-import pickle
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from milvus_rerank.core.base import Reranker, RerankResponse, describe_value
-from milvus_rerank.core.errors import ConfigurationError, InvalidInputError, MissingDependencyError
-from milvus_rerank.core.results import (
-    RerankResult,
-    checked_threshold,
-    checked_top_n,
-    copy_metadata,
-    scoring_at_least,
+from milvus_rerank.core.errors import InvalidInputError, MissingDependencyError
+from milvus_rerank.core.results import copy_metadata
+from milvus_rerank.integrations.options import (
+    RERANKED_BY_KEY,
+    RERANKED_KEY,
+    ScoreThreshold,
+    kept_results,
+    refuse_unpicklable,
+    response_summary,
+    threshold_option,
+    top_n_option,
 )
 from milvus_rerank.wrappers.fallback import unreranked_error
 
@@ -32,7 +36,7 @@ try:
     from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Callbacks
     from langchain_core.cross_encoders import BaseCrossEncoder
     from langchain_core.documents import BaseDocumentCompressor, Document
-    from pydantic import ConfigDict, field_serializer, field_validator
+    from pydantic import ConfigDict, ValidationInfo, field_serializer, field_validator
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError(
         "milvus_rerank.integrations.langchain", "langchain", "langchain-core"
@@ -43,26 +47,12 @@ __all__ = [
     "RerankCrossEncoder",
 ]
 
-#: The metadata key of who answered: the reranker's label (``RerankResponse.answered_by``).
-RERANKED_BY_KEY = "reranked_by"
-#: The metadata key that is False when a fail-open ``FallbackReranker`` kept the input order.
-RERANKED_KEY = "reranked"
 #: The name of the custom callback event each call sends (see ``rerank_event_data``).
 RERANK_EVENT = "milvus_rerank.rerank"
+#: The ``RERANK_EVENT`` payload: who answered, whether it reranked, usage, failures.
+rerank_event_data = response_summary
 
-
-def rerank_event_data(response: RerankResponse) -> dict[str, Any]:
-    """The ``RERANK_EVENT`` payload: who answered, whether it reranked, usage, failures.
-
-    ``usage`` holds the reported ``Usage`` fields only (``Usage.to_dict``); ``failures`` the
-    class names of the errors of rerankers tried before the one that answered.
-    """
-    return {
-        "answered_by": response.answered_by,
-        "reranked": response.reranked,
-        "usage": response.usage.to_dict(),
-        "failures": [type(error).__name__ for error in response.failures],
-    }
+logger = logging.getLogger(__name__)
 
 
 class RerankCompressor(BaseDocumentCompressor):
@@ -78,9 +68,15 @@ class RerankCompressor(BaseDocumentCompressor):
     Nested metadata is deep-copied; a value that cannot be copied at all (a lock, a generator)
     is passed through by reference rather than failing the retrieval (``copy_metadata``).
 
+    ``score_threshold`` is held to the scale of the reranker that answered: one number holds
+    the answers of the reranker's first choice (a ``FallbackReranker``'s first member), and a
+    later member's answer is cut by ``top_n`` alone, with a WARNING on the
+    ``milvus_rerank.integrations.langchain`` logger; ``{label: threshold}`` sets one per member.
+
     Options are checked when set, at construction or assignment: a ``top_n`` that is not a
-    positive int (``True`` included) or a ``score_threshold`` that is not a finite number (NaN
-    would drop every document) raises ``ConfigurationError`` naming the value.
+    positive int (``True`` included), a ``score_threshold`` that is not a finite number (NaN
+    would drop every document) or a label that never answers for the reranker raises
+    ``ConfigurationError`` naming the value.
 
     Pickling fails at once with the reranker's ``TypeError`` (rerankers hold models, clients
     and keys); ``copy.deepcopy`` works and shares the reranker.
@@ -99,35 +95,37 @@ class RerankCompressor(BaseDocumentCompressor):
     """The reranker that scores (query, document) pairs."""
     top_n: int | None = 3
     """How many documents to keep (None keeps all)."""
-    score_threshold: float | None = None
-    """Drop documents scoring below this, after ``top_n``."""
+    score_threshold: ScoreThreshold = None
+    """Drop documents scoring below this, after ``top_n``: one number, held to the answers of
+    the reranker's first choice, or one per answering label, e.g. ``{"cohere:rerank-v3.5":
+    0.2, "cross-encoder:...": 0.0}`` (see ``options.kept_results``)."""
     score_key: str = "relevance_score"
     """The metadata key of the rerank score."""
 
     def __getstate__(self) -> dict[Any, Any]:
         """Pickle state, refusing at once, with a message, when the reranker cannot be pickled."""
-        try:
-            pickle.dumps(self.reranker)
-        except Exception as exc:
-            raise TypeError(
-                f"RerankCompressor cannot be pickled because its reranker cannot: {exc}"
-            ) from exc
+        refuse_unpicklable("RerankCompressor", self.reranker)
         return super().__getstate__()
 
     @field_serializer("reranker", when_used="json")
     def _serialize_reranker(self, reranker: Reranker) -> str:
         return repr(reranker)  # settings only, as the LlamaIndex adapter: a repr shows no key
 
+    @field_validator("reranker")
+    @classmethod
+    def _check_reranker(cls, value: Reranker, info: ValidationInfo) -> Reranker:
+        threshold_option("RerankCompressor", info.data.get("score_threshold"), value)
+        return value
+
     @field_validator("top_n", mode="before")
     @classmethod
     def _check_top_n(cls, value: object) -> int | None:
-        return checked_top_n(value, what="RerankCompressor top_n", error=ConfigurationError)
+        return top_n_option("RerankCompressor", value)
 
     @field_validator("score_threshold", mode="before")
     @classmethod
-    def _check_threshold(cls, value: object) -> float | None:
-        what = "RerankCompressor score_threshold"
-        return checked_threshold(value, what=what, error=ConfigurationError)
+    def _check_threshold(cls, value: object, info: ValidationInfo) -> ScoreThreshold:
+        return threshold_option("RerankCompressor", value, info.data.get("reranker"))
 
     def compress_documents(
         self,
@@ -140,7 +138,7 @@ class RerankCompressor(BaseDocumentCompressor):
         response = self.reranker.rerank_response(query, texts, top_n=self.top_n)
         if callbacks is not None:
             manager = CallbackManager.configure(inheritable_callbacks=callbacks)
-            data = rerank_event_data(response)
+            data = response_summary(response)
             manager.on_custom_event(RERANK_EVENT, data, run_id=manager.parent_run_id)
         return self._documents(docs, response)
 
@@ -155,16 +153,15 @@ class RerankCompressor(BaseDocumentCompressor):
         response = await self.reranker.arerank_response(query, texts, top_n=self.top_n)
         if callbacks is not None:
             manager = AsyncCallbackManager.configure(inheritable_callbacks=callbacks)
-            data = rerank_event_data(response)
+            data = response_summary(response)
             await manager.on_custom_event(RERANK_EVENT, data, run_id=manager.parent_run_id)
         return self._documents(docs, response)
 
     def _documents(self, docs: list[Document], response: RerankResponse) -> list[Document]:
-        results: list[RerankResult] = response.results
-        if response.reranked:
-            results = scoring_at_least(results, self.score_threshold)
         out = []
-        for result in results:
+        for result in kept_results(
+            response, self.score_threshold, owner="RerankCompressor", logger=logger
+        ):
             source = docs[result.index]
             metadata = copy_metadata(source.metadata)
             metadata[self.score_key] = result.score if response.reranked else None

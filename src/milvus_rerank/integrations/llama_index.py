@@ -8,25 +8,30 @@ and never mutates the nodes it is given.
 
 from __future__ import annotations
 
-import pickle
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from milvus_rerank.core.base import Reranker, RerankResponse
-from milvus_rerank.core.errors import ConfigurationError, MissingDependencyError
-from milvus_rerank.core.results import (
-    RerankResult,
-    checked_threshold,
-    checked_top_n,
-    copy_metadata,
-    scoring_at_least,
+from milvus_rerank.core.errors import MissingDependencyError
+from milvus_rerank.core.results import copy_metadata
+from milvus_rerank.integrations.options import (
+    RERANKED_BY_KEY,
+    RERANKED_KEY,
+    ScoreThreshold,
+    kept_results,
+    refuse_unpicklable,
+    response_summary,
+    threshold_option,
+    top_n_option,
 )
 
 try:
     from llama_index.core.bridge.pydantic import (
         ConfigDict,
         Field,
+        ValidationInfo,
         field_serializer,
         field_validator,
     )
@@ -45,13 +50,10 @@ __all__ = [
 ]
 
 dispatcher = get_dispatcher(__name__)
+logger = logging.getLogger(__name__)
 
 #: The metadata key the retrieval score moves to; kept out of the LLM and embedding text.
 RETRIEVAL_SCORE_KEY = "retrieval_score"
-#: The metadata key of who answered: the reranker's label (``RerankResponse.answered_by``).
-RERANKED_BY_KEY = "reranked_by"
-#: The metadata key that is False when a fail-open ``FallbackReranker`` kept the input order.
-RERANKED_KEY = "reranked"
 
 
 class RerankPostprocessor(BaseNodePostprocessor):
@@ -78,9 +80,15 @@ class RerankPostprocessor(BaseNodePostprocessor):
     passed through by reference rather than failing the query (``results.copy_metadata``).
     Text and relationships are shared read-only with the input, as LlamaIndex itself does.
 
+    ``score_threshold`` is held to the scale of the reranker that answered: one number holds
+    the answers of the reranker's first choice (a ``FallbackReranker``'s first member), and a
+    later member's answer is cut by ``top_n`` alone, with a WARNING on the
+    ``milvus_rerank.integrations.llama_index`` logger; ``{label: threshold}`` sets one per member.
+
     Options are checked when set, at construction or assignment: a ``top_n`` that is not a
-    positive int (``True`` included) or a ``score_threshold`` that is not a finite number (NaN
-    would drop every node) raises ``ConfigurationError`` naming the value.
+    positive int (``True`` included), a ``score_threshold`` that is not a finite number (NaN
+    would drop every node) or a label that never answers for the reranker raises
+    ``ConfigurationError`` naming the value.
 
     Pickling fails at once with a ``TypeError`` when the reranker cannot be pickled (none of
     this package's can: they hold models, clients and keys), where LlamaIndex would otherwise
@@ -92,20 +100,27 @@ class RerankPostprocessor(BaseNodePostprocessor):
 
     reranker: Reranker = Field(description="The reranker that scores (query, node) pairs.")
     top_n: int | None = Field(default=3, description="Nodes to keep (None keeps all).")
-    score_threshold: float | None = Field(
-        default=None, description="Drop nodes scoring below this, after top_n."
+    score_threshold: ScoreThreshold = Field(
+        default=None,
+        description="Drop nodes scoring below this, after top_n: one number, held to the "
+        "answers of the reranker's first choice, or one per answering label ({label: value}).",
     )
+
+    @field_validator("reranker")
+    @classmethod
+    def _check_reranker(cls, value: Reranker, info: ValidationInfo) -> Reranker:
+        threshold_option("RerankPostprocessor", info.data.get("score_threshold"), value)
+        return value
 
     @field_validator("top_n", mode="before")
     @classmethod
     def _check_top_n(cls, value: object) -> int | None:
-        return checked_top_n(value, what="RerankPostprocessor top_n", error=ConfigurationError)
+        return top_n_option("RerankPostprocessor", value)
 
     @field_validator("score_threshold", mode="before")
     @classmethod
-    def _check_threshold(cls, value: object) -> float | None:
-        what = "RerankPostprocessor score_threshold"
-        return checked_threshold(value, what=what, error=ConfigurationError)
+    def _check_threshold(cls, value: object, info: ValidationInfo) -> ScoreThreshold:
+        return threshold_option("RerankPostprocessor", value, info.data.get("reranker"))
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle state, refusing at once when the reranker cannot be pickled.
@@ -113,12 +128,7 @@ class RerankPostprocessor(BaseNodePostprocessor):
         LlamaIndex's ``BaseComponent`` drops unpicklable fields with a warning, which would
         unpickle into a postprocessor without a reranker that fails only when first used.
         """
-        try:
-            pickle.dumps(self.reranker)
-        except Exception as exc:
-            raise TypeError(
-                f"RerankPostprocessor cannot be pickled because its reranker cannot: {exc}"
-            ) from exc
+        refuse_unpicklable("RerankPostprocessor", self.reranker)
         state: dict[str, Any] = super().__getstate__()
         return state
 
@@ -174,7 +184,7 @@ class RerankPostprocessor(BaseNodePostprocessor):
         with self._reranking(nodes, query_bundle) as (query, new_nodes, summary):
             if nodes:
                 response = self.reranker.rerank_response(query, _texts(nodes), top_n=self.top_n)
-                summary.update(_summary(response))
+                summary.update(response_summary(response))
                 new_nodes += self._nodes(nodes, response)
         return new_nodes
 
@@ -187,16 +197,14 @@ class RerankPostprocessor(BaseNodePostprocessor):
                 response = await self.reranker.arerank_response(
                     query, _texts(nodes), top_n=self.top_n
                 )
-                summary.update(_summary(response))
+                summary.update(response_summary(response))
                 new_nodes += self._nodes(nodes, response)
         return new_nodes
 
     def _nodes(self, nodes: list[NodeWithScore], response: RerankResponse) -> list[NodeWithScore]:
-        results: list[RerankResult] = response.results
-        if response.reranked:
-            results = scoring_at_least(results, self.score_threshold)
         out = []
-        for result in results:
+        owner = "RerankPostprocessor"
+        for result in kept_results(response, self.score_threshold, owner=owner, logger=logger):
             source = nodes[result.index]
             node = _scored_copy(
                 source,
@@ -205,16 +213,6 @@ class RerankPostprocessor(BaseNodePostprocessor):
             score = result.score if response.reranked else source.score
             out.append(NodeWithScore(node=node, score=score))
         return out
-
-
-def _summary(response: RerankResponse) -> dict[str, Any]:
-    """Who answered, whether it reranked, the reported usage, the failures' error classes."""
-    return {
-        "answered_by": response.answered_by,
-        "reranked": response.reranked,
-        "usage": response.usage.to_dict(),
-        "failures": [type(error).__name__ for error in response.failures],
-    }
 
 
 def _scored_copy(source: NodeWithScore, extra: dict[str, Any]) -> Any:

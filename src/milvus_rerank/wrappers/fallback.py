@@ -4,7 +4,7 @@ A chain of rerankers is tried in order. A failure on the provider's side (unavai
 limited past its retries, timed out, an invalid answer) passes the call to the next one; a
 failure that another reranker would repeat or that needs a person (bad input, a wrong key, a
 bad configuration) does not, unless asked. Who answered is in each call's ``RerankResponse``
-(``answered_by``, ``failures``) and in a WARNING of the ``milvus_rerank.wrappers.fallback`` logger
+(``answered_by``, ``failures``) and in a WARNING of the ``milvus_rerank.fallback`` logger
 whenever it was not the first. With ``fail_open=True`` a chain that fails entirely returns the
 first-stage order, marked ``reranked=False``, instead of raising.
 """
@@ -74,7 +74,7 @@ class FallbackReranker(Reranker):
     ``failures`` holding the errors of the rerankers tried before it, in order; each call has
     its own, so threads and tasks never see another call's. An answer from any reranker but the
     first, a chain that failed entirely and an error that does not fall through after earlier
-    failures are each logged at WARNING on ``milvus_rerank.wrappers.fallback``, naming rerankers by
+    failures are each logged at WARNING on ``milvus_rerank.fallback``, naming rerankers by
     place and label and errors by class (and HTTP status), never an error's text. ``usage`` is
     the answering reranker's: what the failed attempts consumed is not known.
 
@@ -108,6 +108,8 @@ class FallbackReranker(Reranker):
     """
 
     provider: ClassVar[str] = "fallback"
+    answers_with = answers_with_async = "response"  # declared capabilities (see Reranker)
+    batching = "whole"  # serve sends each request whole: one member's scores rank it
 
     def __init__(
         self,

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from milvus_rerank.core.base import MilvusTarget
+from milvus_rerank.core.checks import int_at_least
 from milvus_rerank.core.results import Usage, bounded_count
-from milvus_rerank.providers.api.http import HTTPReranker, _check_int
+from milvus_rerank.providers.api.contract import HTTPReranker
 
 __all__ = ["CohereReranker"]
 
@@ -32,6 +33,8 @@ class CohereReranker(HTTPReranker):
     path: ClassVar[str] = "/v2/rerank"
     default_base_url: ClassVar[str | None] = "https://api.cohere.com"
     env_vars: ClassVar[tuple[str, ...]] = ("COHERE_API_KEY", "CO_API_KEY")
+    base_url_env: ClassVar[str | None] = "CO_API_URL"
+    base_url_env_keys: ClassVar[tuple[str, ...]] = ("CO_API_KEY",)
     default_model: ClassVar[str | None] = "rerank-v3.5"
     default_max_batch: ClassVar[int | None] = 1000
 
@@ -39,7 +42,7 @@ class CohereReranker(HTTPReranker):
         self, model_name: str | None = None, *, max_tokens_per_doc: int | None = None, **kwargs: Any
     ) -> None:
         if max_tokens_per_doc is not None:
-            _check_int("CohereReranker", "max_tokens_per_doc", max_tokens_per_doc, minimum=1)
+            int_at_least("max_tokens_per_doc", max_tokens_per_doc, 1, owner="CohereReranker")
         super().__init__(model_name, **kwargs)
         self.max_tokens_per_doc = max_tokens_per_doc
 

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from milvus_rerank.core.base import MilvusTarget
 from milvus_rerank.core.results import Usage
-from milvus_rerank.providers.api.http import HTTPReranker
+from milvus_rerank.providers.api.contract import HTTPReranker
 
 __all__ = ["DashScopeReranker"]
 

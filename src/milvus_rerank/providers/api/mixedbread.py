@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from milvus_rerank.core.results import Usage
-from milvus_rerank.providers.api.http import HTTPReranker
+from milvus_rerank.providers.api.contract import HTTPReranker
 
 __all__ = ["MixedbreadReranker"]
 

@@ -7,7 +7,8 @@ from typing import Any, ClassVar, Literal
 
 from milvus_rerank.core.errors import ConfigurationError
 from milvus_rerank.core.results import Usage
-from milvus_rerank.providers.api.http import HTTPReranker, server_root
+from milvus_rerank.providers.api.contract import HTTPReranker
+from milvus_rerank.providers.api.options import server_root
 
 __all__ = ["NVIDIAReranker"]
 

@@ -6,7 +6,8 @@ from typing import Any, ClassVar, Literal
 
 from milvus_rerank.core.errors import ConfigurationError
 from milvus_rerank.core.results import Usage
-from milvus_rerank.providers.api.http import HTTPReranker, _check_header_value
+from milvus_rerank.providers.api.contract import HTTPReranker
+from milvus_rerank.providers.api.options import check_header_value
 
 __all__ = ["PineconeReranker"]
 
@@ -57,7 +58,7 @@ class PineconeReranker(HTTPReranker):
                 f"PineconeReranker: truncate must be 'END', 'NONE' or None, got {truncate!r}"
             )
         version = self.api_version_default if api_version is None else api_version
-        _check_header_value("PineconeReranker", "api_version", version)
+        check_header_value("PineconeReranker", "api_version", version)
         model = model_name if model_name is not None else self.default_model
         if isinstance(model, str):
             kwargs.setdefault("max_batch", MAX_DOCUMENTS.get(model, self.default_max_batch))

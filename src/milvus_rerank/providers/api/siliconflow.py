@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from milvus_rerank.core.base import MilvusTarget
+from milvus_rerank.core.checks import int_at_least
 from milvus_rerank.core.errors import ConfigurationError
 from milvus_rerank.core.results import Usage, bounded_count
-from milvus_rerank.providers.api.http import HTTPReranker, _check_int
+from milvus_rerank.providers.api.contract import HTTPReranker
 
 __all__ = ["SiliconFlowReranker"]
 
@@ -44,9 +45,9 @@ class SiliconFlowReranker(HTTPReranker):
     ) -> None:
         name = type(self).__name__
         if max_chunks_per_doc is not None:
-            _check_int(name, "max_chunks_per_doc", max_chunks_per_doc, minimum=1)
+            int_at_least("max_chunks_per_doc", max_chunks_per_doc, 1, owner=name)
         if overlap_tokens is not None:
-            _check_int(name, "overlap_tokens", overlap_tokens, minimum=0)
+            int_at_least("overlap_tokens", overlap_tokens, 0, owner=name)
             if overlap_tokens > 80:
                 raise ConfigurationError(
                     f"{name}: overlap_tokens must be at most 80, got {overlap_tokens!r}"

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-import httpx
-
 from milvus_rerank.core.base import MilvusTarget, describe_value
 from milvus_rerank.core.errors import ConfigurationError
-from milvus_rerank.core.results import Usage
-from milvus_rerank.providers.api.http import HTTPReranker, server_root
+from milvus_rerank.providers.api.contract import HTTPReranker
+from milvus_rerank.providers.api.options import server_root
 
 __all__ = ["TEIReranker"]
-
-
-class _Counted(list[Any]):
-    """TEI's answer (a bare JSON array) with the token count of its ``x-compute-tokens``."""
-
-    tokens: object = None
 
 
 class TEIReranker(HTTPReranker):
@@ -42,6 +34,7 @@ class TEIReranker(HTTPReranker):
     results_key: ClassVar[str | None] = None
     score_key: ClassVar[str] = "score"
     default_max_batch: ClassVar[int | None] = 32
+    usage_header: ClassVar[str | None] = "x-compute-tokens"
 
     def __init__(
         self,
@@ -97,25 +90,3 @@ class TEIReranker(HTTPReranker):
             "truncate": self.truncate,
             "truncation_direction": self.truncation_direction,
         }
-
-    def _answer(self, response: httpx.Response, content: bytes, count: int) -> Any:
-        """The parsed array, carrying the ``x-compute-tokens`` header TEI's router sends."""
-        body = super()._answer(response, content, count)
-        if not isinstance(body, list):
-            return body
-        counted = _Counted(body)
-        header = response.headers.get("x-compute-tokens", "").strip()
-        # Digits only (at most 19, the size of a count): anything else is no count.
-        counted.tokens = (
-            int(header)
-            if header.isascii() and header.isdigit() and len(header) < 20
-            else header or None
-        )
-        return counted
-
-    def _usage(self, body: Any) -> Usage:
-        return Usage(
-            tokens=self._usage_count(
-                {"x-compute-tokens": getattr(body, "tokens", None)}, "x-compute-tokens"
-            )
-        )

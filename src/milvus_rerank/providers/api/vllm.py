@@ -6,9 +6,11 @@ import string
 from typing import Any, ClassVar
 
 from milvus_rerank.core.base import MilvusTarget
+from milvus_rerank.core.checks import int_at_least
 from milvus_rerank.core.errors import ConfigurationError
 from milvus_rerank.core.results import Usage
-from milvus_rerank.providers.api.http import HTTPReranker, _check_int, server_root
+from milvus_rerank.providers.api.contract import HTTPReranker
+from milvus_rerank.providers.api.options import server_root
 
 __all__ = ["VLLMReranker"]
 
@@ -63,7 +65,7 @@ class VLLMReranker(HTTPReranker):
                 f"VLLMReranker: route must be one of {', '.join(ROUTES)}, got {route!r}"
             )
         if truncate_prompt_tokens is not None:
-            _check_int("VLLMReranker", "truncate_prompt_tokens", truncate_prompt_tokens, minimum=1)
+            int_at_least("truncate_prompt_tokens", truncate_prompt_tokens, 1, owner="VLLMReranker")
         self.route = route
         self.truncate_prompt_tokens = truncate_prompt_tokens
         self.query_template = _check_template("query_template", query_template, "query")

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 from milvus_rerank.core.base import MilvusTarget, describe_value
 from milvus_rerank.core.errors import ConfigurationError
 from milvus_rerank.core.results import Usage
-from milvus_rerank.providers.api.http import HTTPReranker
+from milvus_rerank.providers.api.contract import HTTPReranker
 
 __all__ = ["VoyageReranker"]
 

@@ -42,6 +42,7 @@ class LocalReranker(Reranker):
     """
 
     provider: ClassVar[str] = "local"
+    batching = "rows"  # serve feeds its runner rows (a declared capability, see Reranker)
     #: The model loaded when none is named.
     default_model: ClassVar[str]
     #: The ``tiny.py`` builder of a random checkpoint of this architecture (None: none).

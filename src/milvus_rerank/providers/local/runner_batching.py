@@ -22,10 +22,27 @@ from milvus_rerank.providers.local.batching import (
     Row,
     RowRunner,
     submit_prepared,
-    workers_for,
 )
 
-__all__ = ["ascore_rows", "runner_batcher", "score_rows"]
+__all__ = [
+    "CPU_WORKERS",
+    "GPU_WORKERS",
+    "ascore_rows",
+    "runner_batcher",
+    "score_rows",
+    "workers_for",
+]
+
+#: Shared batches a local runner's batcher runs at once by default, on CPUs and on GPUs.
+CPU_WORKERS, GPU_WORKERS = 2, 1
+
+
+def workers_for(asked: object, cpu: bool) -> int:
+    """``batch_workers`` as asked, else the device's default (``CPU_WORKERS``, ``GPU_WORKERS``)."""
+    if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
+        return asked
+    return CPU_WORKERS if cpu else GPU_WORKERS
+
 
 _RUNNERS: weakref.WeakKeyDictionary[Any, MicroBatcher[Row, float]] = weakref.WeakKeyDictionary()
 _RUNNERS_LOCK = threading.Lock()
