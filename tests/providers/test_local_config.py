@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -440,3 +441,40 @@ def test_score_pairs_checks_its_input(tiny_models: dict[str, Path]) -> None:
         reranker.score_pairs([QUERY], [3])  # type: ignore[list-item]
     with pytest.raises(InvalidInputError, match="query"):
         reranker.score_pairs([" "], [DOCS[0]])
+
+
+# -- pymilvus-model's idioms (issue 23, item 9) ----------------------------------------------
+
+
+def test_an_empty_device_picks_one_as_pymilvus_models_default_does(
+    tiny_models: dict[str, Path],
+) -> None:
+    """CrossEncoderRerankFunction's default is device="": here, as None, the library picks."""
+    reranker = CrossEncoderReranker(str(tiny_models["ce"]), device="")
+    assert reranker.device is None
+    reranker.load()
+    assert reranker.device == "cpu"  # no GPU on the machines that run this suite
+    assert reranker.batch_size == 32
+
+
+@pytest.mark.parametrize("device", [["cuda:0", "cuda:1"], ("cpu",)])
+def test_a_list_of_devices_names_the_replacement(
+    tiny_models: dict[str, Path], device: object
+) -> None:
+    with pytest.raises(ConfigurationError, match=r"device takes one device.*one reranker per"):
+        BGEReranker(str(tiny_models["bge"]), device=device)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("cls", "name", "replacement"),
+    [
+        (CrossEncoderReranker, "activation_fct", "activation='sigmoid'"),
+        (BGEReranker, "activation_fct", "normalize="),
+        (BGEReranker, "devices", "device='cuda:0'"),
+    ],
+)
+def test_pymilvus_model_options_name_their_replacement(
+    tiny_models: dict[str, Path], cls: type[LocalReranker], name: str, replacement: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=f"'{name}': use .*{re.escape(replacement)}"):
+        cls(str(tiny_models["ce"]), **{name: object()})  # type: ignore[arg-type]

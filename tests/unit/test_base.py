@@ -374,3 +374,10 @@ async def test_a_declared_native_async_is_what_the_base_reads() -> None:
     response = await reranker.arerank_response("q", ["alpha", "beta"])
     assert [r.text for r in response.results] == ["beta", "alpha"]
     assert response.usage.requests == 3
+
+
+def test_an_empty_query_is_refused_through_the_pymilvus_call_shape_too() -> None:
+    """pymilvus-model scores an empty query; refused here on purpose (docs/providers.md): it is
+    a caller's bug, and every document would score as noise."""
+    with pytest.raises(InvalidInputError, match="query.*non-empty"):
+        ScoreTableReranker()("", ["a", "b"], top_k=1)

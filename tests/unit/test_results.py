@@ -6,7 +6,7 @@ import pytest
 
 from milvus_rerank import InvalidInputError
 from milvus_rerank.core.base import RerankResponse
-from milvus_rerank.core.results import MAX_USAGE_COUNT, Usage
+from milvus_rerank.core.results import MAX_USAGE_COUNT, RerankResult, Usage
 from tests.conftest import ScoreTableReranker
 
 
@@ -62,3 +62,15 @@ async def test_a_backend_measuring_usage_sync_only_keeps_it_async() -> None:
 
     response = await Counting().arerank_response("q", ["a", "b"])
     assert response.usage == Usage(tokens=14)
+
+
+def test_a_result_is_frozen_where_pymilvus_models_is_not() -> None:
+    """Kept on purpose (docs/providers.md, migration table): results are shared values, so
+    ``result.score = x`` raises; ``dataclasses.replace(result, score=x)`` makes a new one."""
+    import dataclasses
+
+    result = RerankResult(index=0, score=0.5, text="milvus")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.score = 1.0  # type: ignore[misc]
+    assert dataclasses.replace(result, score=1.0).score == 1.0
+    assert result.score == 0.5

@@ -167,6 +167,7 @@ def check_options(options: dict[str, Any]) -> LocalOptions:
             f"the options are {', '.join(LOCAL_DEFAULTS)}"
         )
     merged: dict[str, Any] = {**LOCAL_DEFAULTS, **options}
+    merged["device"] = _one_device(merged["device"])
     for name in _POSITIVE_INTS:
         if merged[name] is not None or name in _NOT_NONE:
             positive_number(name, merged[name], kind=int)
@@ -189,6 +190,35 @@ def check_options(options: dict[str, Any]) -> LocalOptions:
         )
     checked: LocalOptions = merged  # type: ignore[assignment]
     return checked
+
+
+def _one_device(device: object) -> object:
+    """``device`` with pymilvus-model's spellings read: ``""`` is "pick one" (None).
+
+    Raises:
+        ConfigurationError: a list of devices (FlagEmbedding's multi-process pool), naming
+            what to do instead.
+    """
+    if device == "":  # CrossEncoderRerankFunction's default: let the library choose
+        return None
+    if isinstance(device, (list, tuple)):
+        raise ConfigurationError(
+            f"device takes one device, got {device!r}: a local reranker runs on one device "
+            "(pymilvus-model's devices=[...] starts a process per device); build one reranker "
+            "per device, e.g. BGEReranker(model, device='cuda:0'), and spread calls over them"
+        )
+    return device
+
+
+#: pymilvus-model's and FlagEmbedding's option names, and what replaces each here.
+MIGRATED_OPTIONS = {
+    "devices": "device='cuda:0' (one device per reranker; build one reranker per device)",
+    "activation_fct": (
+        "activation='sigmoid' or 'identity' (cross-encoders) or normalize= (BGE): by name, "
+        "not a torch module"
+    ),
+    "default_activation_function": "activation='sigmoid' or 'identity'",
+}
 
 
 def _check_long_documents(merged: dict[str, Any], given: set[str]) -> None:
@@ -218,6 +248,8 @@ def unknown_options(owner: str, own: Sequence[str], unknown: Sequence[str]) -> s
         close = ["model_name"] if name == "model" else difflib.get_close_matches(name, known, 1)
         if name == "instruction":
             hints.append(f"only {', '.join(INSTRUCTION_PROVIDERS)} take an instruction")
+        elif name in MIGRATED_OPTIONS:
+            hints.append(f"{name!r}: use {MIGRATED_OPTIONS[name]}")
         elif close:
             hints.append(f"{name!r}: did you mean {close[0]!r}?")
     mine = f"its own options: {', '.join(own)}; " if own else ""

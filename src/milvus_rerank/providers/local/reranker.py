@@ -108,6 +108,20 @@ class LocalReranker(Reranker):
         self.runner.load()
         return self
 
+    @property
+    def device(self) -> str | None:
+        """The device the model runs on once loaded; before, the one asked for (None: auto).
+
+        pymilvus-model's rerank functions expose ``rf.device`` too.
+        """
+        runner = self.runner
+        return runner.load().device if runner.loaded else runner.requested_device
+
+    @property
+    def batch_size(self) -> int:
+        """Rows per forward pass at most (pymilvus-model's ``rf.batch_size``)."""
+        return self.runner.batch_size
+
     def input_window(self) -> int:
         """The pair token limit in force (``max_length``, or the family's default); loads."""
         return self.runner.load().max_length
