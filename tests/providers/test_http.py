@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -25,6 +26,8 @@ from milvus_rerank import (
 )
 from milvus_rerank.providers.api.answers import parse_retry_after
 from milvus_rerank.providers.api.contract import HTTPReranker
+from milvus_rerank.providers.api.execution import wait_within
+from milvus_rerank.providers.api.slots import RequestSlots
 from tests.fakes import FAST_RETRY, fast_retry
 from tests.providers.specs import (
     KEY_VARS,
@@ -607,6 +610,86 @@ def test_a_failing_chunk_fails_the_call(spec: Spec) -> None:
     handler = scripted(spec, [200, 400])
     with pytest.raises(ProviderError):
         make(spec, handler, max_batch=2, max_concurrency=1).rerank(QUERY, DOCS)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_chunk_handed_a_slot_as_the_call_fails_stops_too(mode: str) -> None:
+    # The failing chunk's slot goes to the chunk waiting for one in the loop turn the call
+    # cancels it; on Python 3.11 asyncio.wait_for lost that cancellation (CPython gh-86296),
+    # so the failed call sent that chunk and waited for its answer (1.5 s here).
+    seen: list[list[str]] = []
+
+    async def handle_async(request: httpx.Request) -> httpx.Response:
+        docs = request_documents(json.loads(request.content))
+        seen.append(docs)
+        if docs == ["fail"]:
+            return httpx.Response(400, json={"message": "bad chunk"})
+        await asyncio.sleep(1.5)
+        return ok_handler(SPECS["vllm"])(request)
+
+    def handle_sync(request: httpx.Request) -> httpx.Response:
+        docs = request_documents(json.loads(request.content))
+        seen.append(docs)
+        if docs == ["fail"]:
+            return httpx.Response(400, json={"message": "bad chunk"})
+        time.sleep(1.5)
+        return ok_handler(SPECS["vllm"])(request)
+
+    client: dict[str, Any] = (
+        {"http_client": httpx.Client(transport=httpx.MockTransport(handle_sync))}
+        if mode == "sync"
+        else {"http_async_client": httpx.AsyncClient(transport=httpx.MockTransport(handle_async))}
+    )
+    reranker = VLLMReranker(
+        base_url="http://vllm:8000", max_batch=1, max_concurrency=2, retry=FAST_RETRY, **client
+    )
+    started = time.monotonic()
+    with pytest.raises(ProviderError, match="HTTP 400"):
+        if mode == "sync":
+            await asyncio.to_thread(reranker.rerank, QUERY, ["fail", "slow 1", "slow 2"])
+        else:
+            await reranker.arerank(QUERY, ["fail", "slow 1", "slow 2"])
+    took = time.monotonic() - started
+    await asyncio.sleep(0.1)
+    assert took < 0.7
+    assert ["slow 2"] not in seen  # the third chunk never went out
+
+
+async def test_wait_within_never_loses_the_callers_cancellation() -> None:
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[int] = loop.create_future()
+
+    async def inner() -> int:
+        return await answer
+
+    outer = asyncio.create_task(wait_within(inner(), 10))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the inner task waits on ``answer``
+    answer.set_result(1)
+    await asyncio.sleep(0)  # the inner task has finished; the outer one is not woken yet
+    outer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await outer  # asyncio.wait_for on 3.11 returned 1 here
+    with pytest.raises(asyncio.TimeoutError):
+        await wait_within(asyncio.sleep(5), 0.01)
+    assert await wait_within(asyncio.sleep(0, "done"), 1) == "done"
+
+
+async def test_a_slot_reaching_a_cancelled_waiter_is_passed_on() -> None:
+    slots = RequestSlots(1)
+    assert await slots.acquire(1)
+    waiting = asyncio.create_task(slots.acquire(5))
+    await asyncio.sleep(0)
+    slots.release()  # granted: delivered on the next loop turn
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert slots.free == 1
+    assert await slots.acquire(1)
+    assert not await slots.acquire(0.01)  # none came within the timeout
+    slots.release()
+    assert slots.free == 1
 
 
 async def test_owned_clients_close_and_come_back() -> None:

@@ -552,6 +552,37 @@ async def test_a_failing_chunk_fails_the_call_at_once(mode: str, client: str) ->
     assert took < 1.0
 
 
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_failed_call_sends_nothing_more(mode: str) -> None:
+    # Attack F2 (Python 3.11): the chunk waiting for a slot got the failing chunk's slot in the
+    # loop turn the call cancelled it, and asyncio.wait_for lost the cancellation: it went on
+    # sending and retrying a 503 after the call had failed (before: 2.2 s, 5 requests).
+    seen: list[str] = []
+
+    async def handler(body: dict[str, Any], headers: dict[str, str]) -> Reply:
+        seen.append(body["documents"][0])
+        if body["documents"] == ["fail"]:
+            await asyncio.sleep(0.2)  # the other chunk is waiting out its Retry-After by then
+            return as_json({"message": "bad chunk"}, 400)
+        return as_json({"message": "busy"}, 503, retry_after="1")
+
+    with asgi(handler) as server:
+        reranker = VLLMReranker(
+            base_url=server.url,
+            max_batch=1,
+            max_concurrency=2,
+            retry=RetryPolicy(max_retries=2, deadline=10),
+        )
+        started = time.monotonic()
+        with pytest.raises(ProviderError, match="HTTP 400"):
+            await call(reranker, mode, ["fail", "busy 1", "busy 2"])
+        took = time.monotonic() - started
+        await asyncio.sleep(1.2)  # a retry still going would have been sent by now
+        await reranker.aclose()
+    assert took < 0.8
+    assert sorted(seen) == ["busy 1", "fail"]
+
+
 # -- 11: the answer's size is bounded, decoded --------------------------------------------
 
 
