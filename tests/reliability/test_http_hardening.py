@@ -1201,6 +1201,65 @@ def test_the_cli_sends_a_key_to_a_custom_base_url_only_from_key_env(
     assert key_parts_in(capsys.readouterr().err) == []
 
 
+# -- attack F6: no local of a failure's frames shows the key ---------------------------------
+
+
+def frame_locals(exc: BaseException) -> list[str]:
+    """The repr of every local of every frame of ``exc``'s traceback (what Sentry, rich's
+    ``show_locals`` and ``pytest --showlocals`` print), and ``traceback``'s own rendering."""
+    shown = [
+        "".join(traceback.TracebackException.from_exception(exc, capture_locals=True).format())
+    ]
+    tb = exc.__traceback__
+    while tb is not None:
+        shown += [f"{name} = {value!r}" for name, value in tb.tb_frame.f_locals.items()]
+        tb = tb.tb_next
+    return shown
+
+
+@pytest.mark.parametrize("client", ["own", "injected"])
+@pytest.mark.parametrize("mode", MODES)
+async def test_no_local_of_a_failures_frames_shows_the_key(mode: str, client: str) -> None:
+    # Before: ``plan = Plan(..., headers={..., 'Authorization': 'Bearer <key>'})`` in
+    # Call.score's frame, and ``outgoing = Outgoing(...)`` in Call._exchange's.
+    replies = [as_json({"message": "bad request"}, 400), (200, [], b"{not json")]
+
+    async def handler(body: dict[str, Any], headers: dict[str, str]) -> Reply:
+        return replies.pop(0)
+
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        refused = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    failures: list[BaseException] = []
+    with asgi(handler) as server:
+        for url in (server.url, server.url, refused):
+            injected: dict[str, Any] = {}
+            if client == "injected":
+                injected = {"http_client": httpx.Client(), "http_async_client": httpx.AsyncClient()}
+            reranker = VLLMReranker(
+                base_url=url,
+                api_key=KEY,
+                headers={"X-Api-Key": KEY[::-1]},
+                retry=RetryPolicy(max_retries=0),
+                **injected,
+            )
+            with pytest.raises(ProviderError) as info:
+                await call(reranker, mode)
+            failures.append(info.value)
+            await reranker.aclose()
+            for c in injected.values():
+                await c.aclose() if isinstance(c, httpx.AsyncClient) else c.close()
+    assert [type(f) for f in failures] == [
+        ProviderError,
+        InvalidResponseError,
+        ProviderUnavailableError,
+    ]
+    for failure in failures:
+        shown = frame_locals(failure)
+        assert any(line.startswith("plan = ") for line in shown)  # the frames were walked
+        for line in shown:
+            assert key_parts_in(line) == [] and key_parts_in(line[::-1]) == [], line[:200]
+
+
 # -- F12: an injected client is bounded by the deadline, whatever the server sends ---------
 
 

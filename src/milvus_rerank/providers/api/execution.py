@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import httpx
@@ -45,7 +45,8 @@ class Plan:
     Attributes:
         provider: The provider's name, for messages.
         url: Where each request goes.
-        headers: Each request's headers.
+        headers: Each request's headers, the key among them: left out of the repr (a
+            traceback printed with its locals shows ``plan``).
         payload: The provider's hook: the JSON body for a query and documents.
         reader: Reads and validates the answers.
         timeout: Seconds for one request.
@@ -59,7 +60,7 @@ class Plan:
 
     provider: str
     url: str
-    headers: dict[str, str]
+    headers: dict[str, str] = field(repr=False)
     payload: Callable[[str, list[str]], dict[str, Any]]
     reader: AnswerReader
     timeout: float
