@@ -692,6 +692,27 @@ async def test_a_slot_reaching_a_cancelled_waiter_is_passed_on() -> None:
     assert slots.free == 1
 
 
+@pytest.mark.parametrize(
+    ("option", "given", "message"),
+    [
+        ("http_client", "async", "http_client must be an httpx.Client, got AsyncClient; an "),
+        ("http_client", "str", "http_client must be an httpx.Client, got str$"),
+        ("http_async_client", "sync", "http_async_client must be an httpx.AsyncClient, got Client"),
+        ("http_async_client", "str", "http_async_client must be an httpx.AsyncClient, got str$"),
+    ],
+)
+async def test_an_injected_client_of_the_wrong_type_is_refused(
+    option: str, given: str, message: str
+) -> None:
+    # Attack F3: before, construction passed and every call failed with a raw AttributeError
+    # or TypeError (and an un-awaited coroutine for a swapped AsyncClient).
+    clients = {"async": httpx.AsyncClient(), "sync": httpx.Client(), "str": "x"}
+    with pytest.raises(ConfigurationError, match=message):
+        VLLMReranker(base_url="http://vllm:8000", **{option: clients[given]})
+    await clients["async"].aclose()  # type: ignore[union-attr]
+    clients["sync"].close()  # type: ignore[union-attr]
+
+
 async def test_owned_clients_close_and_come_back() -> None:
     spec = SPECS["vllm"]
     reranker = spec.cls(**spec.kwargs)

@@ -17,6 +17,8 @@ import json
 import logging
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -341,6 +343,19 @@ def test_bad_extra_headers_are_refused_without_their_value(headers: dict[str, st
     with pytest.raises(ConfigurationError, match="header") as info:
         VLLMReranker(base_url="http://127.0.0.1:9", headers=headers)
     assert "Injected" not in str(info.value) and "secrète" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Content-Length", "transfer-encoding", "HOST", "Connection", "Keep-Alive", "Upgrade", "TE"]
+    + ["Trailer", "Expect", "Proxy-Connection"],
+)
+def test_headers_that_frame_the_request_are_refused(name: str) -> None:
+    # Attack F4: before, Content-Length failed every call with a raw h11 LocalProtocolError,
+    # and Transfer-Encoding put both it and Content-Length on the wire.
+    with pytest.raises(ConfigurationError, match=f"headers may not set '{name}'") as info:
+        VLLMReranker(base_url="http://127.0.0.1:9", headers={name: "chunked-1234567"})
+    assert "chunked-1234567" not in str(info.value)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -1199,6 +1214,65 @@ def test_the_cli_sends_a_key_to_a_custom_base_url_only_from_key_env(
     assert fault_plan.headers[-1]["authorization"] == "Bearer upstream-key-123"
     assert main([*argv, "--key-env", "NOT_SET_ANYWHERE"]) != 0
     assert key_parts_in(capsys.readouterr().err) == []
+
+
+# -- attack F5: a sync call on the private loop's own thread is refused, not a deadlock ------
+
+NESTED_SYNC_CALLS = """
+import concurrent.futures, httpx
+from milvus_rerank import ConfigurationError, VLLMReranker
+from milvus_rerank.providers.api.clients import BackgroundLoop
+
+def ok(request):
+    return httpx.Response(200, json={"results": [{"index": 0, "relevance_score": 1.0}]})
+
+def client():
+    return httpx.Client(transport=httpx.MockTransport(ok))
+
+inner = VLLMReranker(base_url="http://vllm:8000", http_client=client())
+
+class Hooked(VLLMReranker):
+    def _payload(self, query, documents):
+        inner.rerank(query, documents)  # runs on the private loop, as sync calls' hooks do
+        return super()._payload(query, documents)
+
+try:
+    Hooked(base_url="http://vllm:8000", http_client=client()).rerank("q", ["d"])
+except ConfigurationError as exc:
+    print("rerank:", exc)
+print("still serving:", len(inner.rerank("q", ["d"])))
+closed = concurrent.futures.Future()
+
+def close_there():
+    try:
+        inner.close()
+        closed.set_result(None)
+    except BaseException as exc:
+        closed.set_exception(exc)
+
+BackgroundLoop.get().call_soon_threadsafe(close_there)
+try:
+    closed.result(timeout=20)
+except ConfigurationError as exc:
+    print("close:", exc)
+"""
+
+
+def test_a_sync_call_on_the_private_loops_thread_is_refused() -> None:
+    # Before: the nested rerank() waited for the loop it blocked, hanging every sync call of
+    # the process past any deadline; close() there blocked the loop 10 s, then TimeoutError.
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-c", NESTED_SYNC_CALLS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.splitlines()
+    assert time.monotonic() - started < 30
+    assert out[0].startswith("rerank: VLLMReranker: a sync rerank() was called on")
+    assert out[1] == "still serving: 1"
+    assert out[2].startswith("close: VLLMReranker: a sync close() was called on")
 
 
 # -- attack F6: no local of a failure's frames shows the key ---------------------------------

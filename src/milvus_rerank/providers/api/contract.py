@@ -81,11 +81,12 @@ class HTTPReranker(Reranker):
             what it may echo of the request (its size, plus 256 bytes per document). Larger
             answers, and answers holding far more JSON values than their documents need, are
             refused before parsing.
-        http_client: An ``httpx.Client`` for the sync path (not closed by ``close``). Its
-            requests run in worker threads: the call ends at the deadline whatever the server
-            does, and requests it abandons give their slots back at once and have their
-            sockets shut (except a reused keep-alive connection still waiting for headers,
-            whose worker ends at the client's read timeout).
+        http_client: An ``httpx.Client`` for the sync path (not closed by ``close``; another
+            type is a ``ConfigurationError``). Its requests run in worker threads: the call
+            ends at the deadline whatever the server does, and requests it abandons give
+            their slots back at once and have their sockets shut (except a reused keep-alive
+            connection still waiting for headers, whose worker ends at the client's read
+            timeout).
         http_async_client: An ``httpx.AsyncClient`` to use (not closed by ``aclose``), on the
             event loop that first uses it only: on another one it is a ``ConfigurationError``
             (its pooled connections belong to that loop).
@@ -93,7 +94,8 @@ class HTTPReranker(Reranker):
             and scrubbed as secrets). Merged case-insensitively over the reranker's own; one
             naming the key's header (``Authorization``) conflicts with ``api_key`` and is
             refused. ``Accept-Encoding`` is the reranker's own (gzip, deflate: decoded with a
-            bound), and refused here.
+            bound), and refused here, as are the headers httpx frames a request with
+            (``Content-Length``, ``Transfer-Encoding``, ``Host``, ``Connection``...).
     """
 
     #: Declared capability (see ``Reranker``): its own async path over ``httpx.AsyncClient``.
@@ -334,7 +336,8 @@ class HTTPReranker(Reranker):
 
     def _score_usage(self, query: str, documents: list[str]) -> tuple[list[float], Usage]:
         context = contextvars.copy_context()  # an injected client's workers run in it
-        return run_sync(self._call(query, documents, private=True, context=context))
+        call = self._call(query, documents, private=True, context=context)
+        return run_sync(call, type(self).__name__)
 
     async def _ascore_usage(self, query: str, documents: list[str]) -> tuple[list[float], Usage]:
         return await self._call(query, documents, private=False)

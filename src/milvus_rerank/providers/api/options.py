@@ -40,6 +40,23 @@ _VERSION_PREFIX = re.compile(r"^/v\d+/")
 #: Extra headers whose values are treated (stored, scrubbed) as secrets.
 _SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|passw|session|credential", re.I)
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+#: Headers that frame the request or its connection: httpx writes them from the body and
+#: ``base_url``; a caller's would contradict them (``Transfer-Encoding`` and
+#: ``Content-Length`` both on the wire is the request-smuggling shape).
+_FRAMING_HEADERS = frozenset(
+    (
+        "content-length",
+        "transfer-encoding",
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "te",
+        "trailer",
+        "expect",
+    )
+)
 #: The proxy variables httpx reads, and the proxy schemes it speaks.
 PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy")
 _PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
@@ -109,8 +126,9 @@ def check_headers(owner: str, headers: object) -> dict[str, str | Secret]:
     """Extra headers as sent; values of secret-looking names kept as ``Secret``.
 
     Raises:
-        ConfigurationError: a bad name or value (never shown), ``Accept-Encoding``, or a name
-            given twice in two cases.
+        ConfigurationError: a bad name or value (never shown), ``Accept-Encoding``, a header
+            that frames the request (``Content-Length``, ``Transfer-Encoding``, ``Host``,
+            ``Connection``...), or a name given twice in two cases.
     """
     if headers is None:
         return {}
@@ -133,6 +151,11 @@ def check_headers(owner: str, headers: object) -> dict[str, str | Secret]:
             raise ConfigurationError(
                 f"{owner}: headers may not set {name!r}: the reranker asks for gzip or deflate "
                 "only, which it decodes with a bound on the decoded size"
+            )
+        if name.lower() in _FRAMING_HEADERS:
+            raise ConfigurationError(
+                f"{owner}: headers may not set {name!r}: httpx frames each request itself "
+                "(its length, encoding and connection from the body, its host from base_url)"
             )
         if name.lower() in {n.lower() for n in checked}:
             raise ConfigurationError(f"{owner}: headers name {name!r} twice (in another case)")
