@@ -280,6 +280,29 @@ def test_cohere_api_key_never_goes_to_a_co_api_url_gateway(
     assert SPECS["cohere"].cls().api_key is not None
 
 
+@pytest.mark.parametrize(
+    ("co_api_url", "posted"),
+    [
+        ("https://api.cohere.com/v1", "https://api.cohere.com/v2/rerank"),
+        ("https://api.cohere.ai/v1/", "https://api.cohere.ai/v2/rerank"),
+        (GATEWAY + "/cohere", GATEWAY + "/cohere/v2/rerank"),
+        (GATEWAY + "/v1", GATEWAY + "/v1/v2/rerank"),
+        (GATEWAY + "/v2", GATEWAY + "/v2/rerank"),
+    ],
+)
+def test_co_api_url_posts_where_the_cohere_sdk_posts(
+    co_api_url: str, posted: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Attack F7: the SDK (cohere-python 5.13.11 on, fix_base_url) drops /v1 from a URL of
+    # Cohere's own and posts to <url>/v2/rerank; before, ".../v1" went to ".../v1/rerank",
+    # Cohere's v1 API. A trailing /v2 is not doubled (the SDK's /v2/v2/rerank answers 404).
+    seen = cohere_through_env(monkeypatch, CO_API_URL=co_api_url, CO_API_KEY=KEY)
+    assert str(seen[0].url) == posted
+    assert seen[0].headers["authorization"] == f"Bearer {KEY}"
+    lite = SPECS["cohere"].cls().milvus_function_params("milvus-lite")
+    assert lite["base_url"] + "/rerank" == posted  # Milvus Lite's provider posts there too
+
+
 @pytest.mark.parametrize("url", ["gateway.example.com", "https://user:hunter2-pass@gw.example.com"])
 def test_a_bad_co_api_url_is_named(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CO_API_URL", url)

@@ -163,6 +163,10 @@ class HTTPReranker(Reranker):
         """Headers the provider's API needs besides the key (e.g. an API version)."""
         return {}
 
+    def _env_base_url(self, url: str) -> str:
+        """The server root that ``base_url_env``'s (checked) value names, as the SDK reads it."""
+        return url
+
     def _route(self) -> str:
         """The path appended to ``base_url`` (the class's ``path`` unless a provider picks)."""
         return self.path
@@ -259,7 +263,8 @@ class HTTPReranker(Reranker):
         if base_url is None and self.base_url_env is not None:
             from_env = os.environ.get(self.base_url_env, "")
             if from_env.strip():
-                return check_base_url(name, from_env, self.base_url_env), True
+                checked = check_base_url(name, from_env, self.base_url_env)
+                return self._env_base_url(checked), True
         root = base_url if base_url is not None else self.default_base_url
         if root is None:
             raise ConfigurationError(
