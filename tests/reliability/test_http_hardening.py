@@ -671,6 +671,39 @@ async def test_unusable_proxy_variables_are_named_not_shown(
     assert "hunter2" not in str(info.value)
 
 
+PROXY_PASSWORD = "proxyPassw0rd-4711"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_proxy_echoing_its_credentials_has_them_scrubbed(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Attack F8: a proxy's 407 echoing Proxy-Authorization put base64(user:password) in the
+    # error; the proxy variables' credentials are now scrubbed as the key is.
+    hits: list[bytes] = []
+
+    def refuse(conn: socket.socket) -> None:
+        hits.append(b"")
+        echo = base64.b64encode(f"bob:{PROXY_PASSWORD}".encode())
+        body = b'{"message": "denied for Proxy-Authorization: Basic ' + echo + b'"}'
+        conn.sendall(
+            b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+
+    with RawServer(refuse) as proxy:
+        for var in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("//", f"//bob:{PROXY_PASSWORD}@"))
+        reranker = VLLMReranker(base_url="http://10.254.0.9:8000", retry=RetryPolicy(max_retries=0))
+        with pytest.raises(ProviderError, match="HTTP 407") as info:
+            await call(reranker, mode)  # reaches 10.254.0.9 only through the loopback proxy
+        await reranker.aclose()
+    assert hits
+    for text in texts_of(info.value):
+        assert pieces_of(PROXY_PASSWORD, text) == [], text
+
+
 # -- redirects are not followed, so the key goes nowhere else ---------------------------------
 
 

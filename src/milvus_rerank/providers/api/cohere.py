@@ -66,11 +66,12 @@ class CohereReranker(HTTPReranker):
         return self._with_milvus_credential(params, credential, server_knows_key=True)
 
     def _env_base_url(self, url: str) -> str:
-        """``CO_API_URL`` read as Cohere's SDK (5.13.11 on) reads it, so requests go where its
-        requests went: to ``<url>/v2/rerank``, with a trailing ``/v1`` dropped only from a URL
-        of Cohere's own (``cohere.com``, ``cohere.ai``). Another trailing version segment
-        stays part of the prefix (``https://gw/v1`` posts to ``https://gw/v1/v2/rerank``);
-        a trailing ``/v2`` is not doubled (the SDK would post to ``.../v2/v2/rerank``).
+        """``CO_API_URL`` read as Cohere's SDK (5.13.11 on) reads it: requests go where its went.
+
+        That is ``<url>/v2/rerank``, with a trailing ``/v1`` dropped only from a URL of
+        Cohere's own (``cohere.com``, ``cohere.ai``). Another trailing version segment stays
+        part of the prefix (``https://gw/v1`` posts to ``https://gw/v1/v2/rerank``); a
+        trailing ``/v2`` is not doubled (the SDK would post to ``.../v2/v2/rerank``).
         """
         if "cohere.com" in url or "cohere.ai" in url:
             url = url.removesuffix("/v1")

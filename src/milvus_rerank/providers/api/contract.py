@@ -34,6 +34,7 @@ from milvus_rerank.providers.api.options import (
     check_base_url,
     check_headers,
     join_url,
+    proxy_credentials,
     unknown_options,
     warn_plain_http,
 )
@@ -250,7 +251,7 @@ class HTTPReranker(Reranker):
         secrets = [self._api_key] if self._api_key is not None else []
         secrets += [v for v in self._extra_headers.values() if isinstance(v, Secret)]
         warn_plain_http(name, self.base_url, sends_secret=bool(secrets))
-        self._text = ServerText(self.provider, secrets)
+        self._text = ServerText(self.provider, secrets + proxy_credentials())
         hide_in_logs(self._text)
         self._clients = Clients(name, max_concurrency, http_client, http_async_client)
         self._slots = RequestSlots(max_concurrency)

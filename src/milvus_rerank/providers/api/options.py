@@ -2,7 +2,8 @@
 
 Each check raises ``ConfigurationError`` at construction, naming the option and never a value
 that could hold a secret. ``server_root`` and ``join_url`` say how a provider's path is
-appended to a ``base_url`` that may already end in a version segment.
+appended to a ``base_url`` that may already end in a version segment; ``proxy_credentials``
+finds the secrets of the proxy variables, to scrub.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import httpx
 from milvus_rerank.core.base import describe_value
 from milvus_rerank.core.checks import is_loopback
 from milvus_rerank.core.errors import ConfigurationError
-from milvus_rerank.providers.api.secrets import Secret
+from milvus_rerank.providers.api.secrets import MIN_KEY_LENGTH, Secret
 
 __all__ = [
     "PROXY_VARS",
@@ -28,6 +29,7 @@ __all__ = [
     "check_headers",
     "check_proxy_env",
     "join_url",
+    "proxy_credentials",
     "server_root",
     "unknown_options",
     "warn_plain_http",
@@ -203,6 +205,31 @@ def check_proxy_env(owner: str) -> None:
                 f"{owner}: the environment variable {var} names a SOCKS proxy, which needs "
                 "the optional package 'socksio': pip install \"httpx[socks]\" (or unset it)"
             )
+
+
+def proxy_credentials() -> list[Secret]:
+    """The credentials in the proxy variables httpx reads, to scrub as keys are scrubbed.
+
+    A proxy refusing a request (407) may echo its ``Proxy-Authorization``, the base64 of
+    ``user:password``: the password, ``user:password`` and a user given alone (a token) are
+    kept; values shorter than ``MIN_KEY_LENGTH`` cannot be scrubbed and are left out.
+    """
+    found: list[Secret] = []
+    for var in PROXY_VARS:
+        value = os.environ.get(var, "").strip()
+        if "@" not in value:
+            continue
+        try:
+            parts = urllib.parse.urlsplit(value if "://" in value else f"http://{value}")
+            user, password = parts.username, parts.password
+        except ValueError:
+            continue
+        user = urllib.parse.unquote(user or "")
+        password = urllib.parse.unquote(password or "")
+        for secret in (password, f"{user}:{password}") if password else (user,):
+            if len(secret) >= MIN_KEY_LENGTH:
+                found.append(Secret(secret))
+    return found
 
 
 _warned_plain_http: set[str] = set()
