@@ -742,6 +742,16 @@ def decoded_views(text: str) -> list[str]:
                 views.append(
                     base64.b64decode(chunk.replace("-", "+").replace("_", "/")).decode("latin-1")
                 )
+    for run in re.findall(r"[A-Za-z2-7]{16,}", text):
+        for skip in range(8):
+            chunk = run[skip:].upper()
+            with contextlib.suppress(ValueError):
+                views.append(base64.b32decode(chunk[: len(chunk) // 8 * 8]).decode("latin-1"))
+    for run in re.findall(r"[0-9a-fA-F]{16,}", text):
+        for skip in range(4):
+            data = bytes.fromhex(run[skip:][: len(run[skip:]) // 4 * 4])
+            views += [data.decode(codec, "replace") for codec in ("latin-1", "utf-16-le")]
+            views.append(data.decode("utf-16-be", "replace"))
     return views
 
 
@@ -787,6 +797,14 @@ SPELLED: dict[str, Reply] = {
         {"message": "bad key " + SLASHY[:14]}, 401, x_request_id=SLASHY[14:]
     ),
     "HTML entities": as_json({"message": "bad " + "".join(f"&#{ord(c)};" for c in SLASHY)}, 403),
+    # attack F1: the spellings that went through before
+    "base32 inside a longer text": as_json(
+        {"message": "t=" + base64.b32encode(f"key:{SLASHY}".encode()).decode()}, 401
+    ),
+    "hex of UTF-16": as_json(
+        {"message": "k=" + SLASHY.encode("utf-16-le").hex() + SLASHY.encode("utf-16-be").hex()},
+        401,
+    ),
 }
 
 
