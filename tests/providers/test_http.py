@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -231,6 +232,17 @@ def test_key_from_environment(name: str, var: str, monkeypatch: pytest.MonkeyPat
     )
     reranker.rerank(QUERY, DOCS)
     assert seen[0].headers[spec.auth_header] == spec.auth(KEY)
+
+
+def test_a_developers_provider_variables_are_not_seen_by_tests() -> None:
+    # conftest clears them: before, a CO_API_URL or COHERE_API_KEY exported in the shell sent
+    # the Cohere tests elsewhere, with another key (10 tests failed with both set).
+    from tests.conftest import PROVIDER_ENV
+
+    read = {spec.cls.base_url_env for spec in SPECS.values()} - {None}
+    read |= {var for spec in SPECS.values() for var in spec.cls.env_vars}
+    assert read <= set(PROVIDER_ENV)  # a new provider's variables are cleared too
+    assert [var for var in PROVIDER_ENV if var in os.environ] == []
 
 
 def test_cohere_compatible_server_needs_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
