@@ -66,6 +66,23 @@ class ScoreTableReranker(Reranker):
         return [self.table.get(doc, 0.0) for doc in documents]
 
 
+#: What the API rerankers read from the environment (keys, Cohere's CO_API_URL): a developer's
+#: own values must not change where tests post or what they send; a test needing one sets it.
+PROVIDER_ENV = (
+    *("COHERE_API_KEY", "CO_API_KEY", "CO_API_URL", "VOYAGE_API_KEY", "JINA_API_KEY"),
+    *("JINAAI_API_KEY", "MXBAI_API_KEY", "NVIDIA_API_KEY", "PINECONE_API_KEY"),
+    *("SILICONFLOW_API_KEY", "DASHSCOPE_API_KEY", "VLLM_API_KEY"),
+)
+
+
+@pytest.fixture(autouse=True)
+def _without_provider_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clear ``PROVIDER_ENV`` for each test, unless cassettes are being re-recorded (real keys)."""
+    if request.config.getoption("--record-mode", default="none") in ("none", None):
+        for name in PROVIDER_ENV:
+            monkeypatch.delenv(name, raising=False)
+
+
 # The unit tier (`make test-fast`) is what remains after deselecting `slow`; this hook marks
 # tests by what they need, so test files never have to remember the tier they belong to.
 #: Folders whose tests all need Milvus Lite, the frameworks' stores, or minutes of load.

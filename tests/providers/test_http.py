@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +27,8 @@ from milvus_rerank import (
 )
 from milvus_rerank.providers.api.answers import parse_retry_after
 from milvus_rerank.providers.api.contract import HTTPReranker
+from milvus_rerank.providers.api.execution import wait_within
+from milvus_rerank.providers.api.slots import RequestSlots
 from tests.fakes import FAST_RETRY, fast_retry
 from tests.providers.specs import (
     KEY_VARS,
@@ -230,6 +234,17 @@ def test_key_from_environment(name: str, var: str, monkeypatch: pytest.MonkeyPat
     assert seen[0].headers[spec.auth_header] == spec.auth(KEY)
 
 
+def test_a_developers_provider_variables_are_not_seen_by_tests() -> None:
+    # conftest clears them: before, a CO_API_URL or COHERE_API_KEY exported in the shell sent
+    # the Cohere tests elsewhere, with another key (10 tests failed with both set).
+    from tests.conftest import PROVIDER_ENV
+
+    read = {spec.cls.base_url_env for spec in SPECS.values()} - {None}
+    read |= {var for spec in SPECS.values() for var in spec.cls.env_vars}
+    assert read <= set(PROVIDER_ENV)  # a new provider's variables are cleared too
+    assert [var for var in PROVIDER_ENV if var in os.environ] == []
+
+
 def test_cohere_compatible_server_needs_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("COHERE_API_KEY", raising=False)
     monkeypatch.delenv("CO_API_KEY", raising=False)
@@ -275,6 +290,29 @@ def test_cohere_api_key_never_goes_to_a_co_api_url_gateway(
     assert explicit.api_key is None  # and a base_url of yours gets no key from the environment
     monkeypatch.setenv("CO_API_URL", "https://api.cohere.com")  # Cohere's own API: as always
     assert SPECS["cohere"].cls().api_key is not None
+
+
+@pytest.mark.parametrize(
+    ("co_api_url", "posted"),
+    [
+        ("https://api.cohere.com/v1", "https://api.cohere.com/v2/rerank"),
+        ("https://api.cohere.ai/v1/", "https://api.cohere.ai/v2/rerank"),
+        (GATEWAY + "/cohere", GATEWAY + "/cohere/v2/rerank"),
+        (GATEWAY + "/v1", GATEWAY + "/v1/v2/rerank"),
+        (GATEWAY + "/v2", GATEWAY + "/v2/rerank"),
+    ],
+)
+def test_co_api_url_posts_where_the_cohere_sdk_posts(
+    co_api_url: str, posted: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Attack F7: the SDK (cohere-python 5.13.11 on, fix_base_url) drops /v1 from a URL of
+    # Cohere's own and posts to <url>/v2/rerank; before, ".../v1" went to ".../v1/rerank",
+    # Cohere's v1 API. A trailing /v2 is not doubled (the SDK's /v2/v2/rerank answers 404).
+    seen = cohere_through_env(monkeypatch, CO_API_URL=co_api_url, CO_API_KEY=KEY)
+    assert str(seen[0].url) == posted
+    assert seen[0].headers["authorization"] == f"Bearer {KEY}"
+    lite = SPECS["cohere"].cls().milvus_function_params("milvus-lite")
+    assert lite["base_url"] + "/rerank" == posted  # Milvus Lite's provider posts there too
 
 
 @pytest.mark.parametrize("url", ["gateway.example.com", "https://user:hunter2-pass@gw.example.com"])
@@ -607,6 +645,107 @@ def test_a_failing_chunk_fails_the_call(spec: Spec) -> None:
     handler = scripted(spec, [200, 400])
     with pytest.raises(ProviderError):
         make(spec, handler, max_batch=2, max_concurrency=1).rerank(QUERY, DOCS)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_chunk_handed_a_slot_as_the_call_fails_stops_too(mode: str) -> None:
+    # The failing chunk's slot goes to the chunk waiting for one in the loop turn the call
+    # cancels it; on Python 3.11 asyncio.wait_for lost that cancellation (CPython gh-86296),
+    # so the failed call sent that chunk and waited for its answer (1.5 s here).
+    seen: list[list[str]] = []
+
+    async def handle_async(request: httpx.Request) -> httpx.Response:
+        docs = request_documents(json.loads(request.content))
+        seen.append(docs)
+        if docs == ["fail"]:
+            return httpx.Response(400, json={"message": "bad chunk"})
+        await asyncio.sleep(1.5)
+        return ok_handler(SPECS["vllm"])(request)
+
+    def handle_sync(request: httpx.Request) -> httpx.Response:
+        docs = request_documents(json.loads(request.content))
+        seen.append(docs)
+        if docs == ["fail"]:
+            return httpx.Response(400, json={"message": "bad chunk"})
+        time.sleep(1.5)
+        return ok_handler(SPECS["vllm"])(request)
+
+    client: dict[str, Any] = (
+        {"http_client": httpx.Client(transport=httpx.MockTransport(handle_sync))}
+        if mode == "sync"
+        else {"http_async_client": httpx.AsyncClient(transport=httpx.MockTransport(handle_async))}
+    )
+    reranker = VLLMReranker(
+        base_url="http://vllm:8000", max_batch=1, max_concurrency=2, retry=FAST_RETRY, **client
+    )
+    started = time.monotonic()
+    with pytest.raises(ProviderError, match="HTTP 400"):
+        if mode == "sync":
+            await asyncio.to_thread(reranker.rerank, QUERY, ["fail", "slow 1", "slow 2"])
+        else:
+            await reranker.arerank(QUERY, ["fail", "slow 1", "slow 2"])
+    took = time.monotonic() - started
+    await asyncio.sleep(0.1)
+    assert took < 0.7
+    assert ["slow 2"] not in seen  # the third chunk never went out
+
+
+async def test_wait_within_never_loses_the_callers_cancellation() -> None:
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[int] = loop.create_future()
+
+    async def inner() -> int:
+        return await answer
+
+    outer = asyncio.create_task(wait_within(inner(), 10))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the inner task waits on ``answer``
+    answer.set_result(1)
+    await asyncio.sleep(0)  # the inner task has finished; the outer one is not woken yet
+    outer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await outer  # asyncio.wait_for on 3.11 returned 1 here
+    with pytest.raises(asyncio.TimeoutError):
+        await wait_within(asyncio.sleep(5), 0.01)
+    assert await wait_within(asyncio.sleep(0, "done"), 1) == "done"
+
+
+async def test_a_slot_reaching_a_cancelled_waiter_is_passed_on() -> None:
+    slots = RequestSlots(1)
+    assert await slots.acquire(1)
+    waiting = asyncio.create_task(slots.acquire(5))
+    await asyncio.sleep(0)
+    slots.release()  # granted: delivered on the next loop turn
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert slots.free == 1
+    assert await slots.acquire(1)
+    assert not await slots.acquire(0.01)  # none came within the timeout
+    slots.release()
+    assert slots.free == 1
+
+
+@pytest.mark.parametrize(
+    ("option", "given", "message"),
+    [
+        ("http_client", "async", "http_client must be an httpx.Client, got AsyncClient; an "),
+        ("http_client", "str", "http_client must be an httpx.Client, got str$"),
+        ("http_async_client", "sync", "http_async_client must be an httpx.AsyncClient, got Client"),
+        ("http_async_client", "str", "http_async_client must be an httpx.AsyncClient, got str$"),
+    ],
+)
+async def test_an_injected_client_of_the_wrong_type_is_refused(
+    option: str, given: str, message: str
+) -> None:
+    # Attack F3: before, construction passed and every call failed with a raw AttributeError
+    # or TypeError (and an un-awaited coroutine for a swapped AsyncClient).
+    clients = {"async": httpx.AsyncClient(), "sync": httpx.Client(), "str": "x"}
+    with pytest.raises(ConfigurationError, match=message):
+        VLLMReranker(base_url="http://vllm:8000", **{option: clients[given]})
+    await clients["async"].aclose()  # type: ignore[union-attr]
+    clients["sync"].close()  # type: ignore[union-attr]
 
 
 async def test_owned_clients_close_and_come_back() -> None:

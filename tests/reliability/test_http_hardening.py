@@ -17,6 +17,8 @@ import json
 import logging
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -343,6 +345,19 @@ def test_bad_extra_headers_are_refused_without_their_value(headers: dict[str, st
     assert "Injected" not in str(info.value) and "secrète" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["Content-Length", "transfer-encoding", "HOST", "Connection", "Keep-Alive", "Upgrade", "TE"]
+    + ["Trailer", "Expect", "Proxy-Connection"],
+)
+def test_headers_that_frame_the_request_are_refused(name: str) -> None:
+    # Attack F4: before, Content-Length failed every call with a raw h11 LocalProtocolError,
+    # and Transfer-Encoding put both it and Content-Length on the wire.
+    with pytest.raises(ConfigurationError, match=f"headers may not set '{name}'") as info:
+        VLLMReranker(base_url="http://127.0.0.1:9", headers={name: "chunked-1234567"})
+    assert "chunked-1234567" not in str(info.value)
+
+
 @pytest.mark.parametrize("mode", MODES)
 async def test_a_secret_extra_header_is_kept_secret(mode: str) -> None:
     async def handler(body: dict[str, Any], headers: dict[str, str]) -> Reply:
@@ -552,6 +567,37 @@ async def test_a_failing_chunk_fails_the_call_at_once(mode: str, client: str) ->
     assert took < 1.0
 
 
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_failed_call_sends_nothing_more(mode: str) -> None:
+    # Attack F2 (Python 3.11): the chunk waiting for a slot got the failing chunk's slot in the
+    # loop turn the call cancelled it, and asyncio.wait_for lost the cancellation: it went on
+    # sending and retrying a 503 after the call had failed (before: 2.2 s, 5 requests).
+    seen: list[str] = []
+
+    async def handler(body: dict[str, Any], headers: dict[str, str]) -> Reply:
+        seen.append(body["documents"][0])
+        if body["documents"] == ["fail"]:
+            await asyncio.sleep(0.2)  # the other chunk is waiting out its Retry-After by then
+            return as_json({"message": "bad chunk"}, 400)
+        return as_json({"message": "busy"}, 503, retry_after="1")
+
+    with asgi(handler) as server:
+        reranker = VLLMReranker(
+            base_url=server.url,
+            max_batch=1,
+            max_concurrency=2,
+            retry=RetryPolicy(max_retries=2, deadline=10),
+        )
+        started = time.monotonic()
+        with pytest.raises(ProviderError, match="HTTP 400"):
+            await call(reranker, mode, ["fail", "busy 1", "busy 2"])
+        took = time.monotonic() - started
+        await asyncio.sleep(1.2)  # a retry still going would have been sent by now
+        await reranker.aclose()
+    assert took < 0.8
+    assert sorted(seen) == ["busy 1", "fail"]
+
+
 # -- 11: the answer's size is bounded, decoded --------------------------------------------
 
 
@@ -625,6 +671,39 @@ async def test_unusable_proxy_variables_are_named_not_shown(
     assert "hunter2" not in str(info.value)
 
 
+PROXY_PASSWORD = "proxyPassw0rd-4711"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_proxy_echoing_its_credentials_has_them_scrubbed(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Attack F8: a proxy's 407 echoing Proxy-Authorization put base64(user:password) in the
+    # error; the proxy variables' credentials are now scrubbed as the key is.
+    hits: list[bytes] = []
+
+    def refuse(conn: socket.socket) -> None:
+        hits.append(b"")
+        echo = base64.b64encode(f"bob:{PROXY_PASSWORD}".encode())
+        body = b'{"message": "denied for Proxy-Authorization: Basic ' + echo + b'"}'
+        conn.sendall(
+            b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+
+    with RawServer(refuse) as proxy:
+        for var in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("//", f"//bob:{PROXY_PASSWORD}@"))
+        reranker = VLLMReranker(base_url="http://10.254.0.9:8000", retry=RetryPolicy(max_retries=0))
+        with pytest.raises(ProviderError, match="HTTP 407") as info:
+            await call(reranker, mode)  # reaches 10.254.0.9 only through the loopback proxy
+        await reranker.aclose()
+    assert hits
+    for text in texts_of(info.value):
+        assert pieces_of(PROXY_PASSWORD, text) == [], text
+
+
 # -- redirects are not followed, so the key goes nowhere else ---------------------------------
 
 
@@ -663,6 +742,16 @@ def decoded_views(text: str) -> list[str]:
                 views.append(
                     base64.b64decode(chunk.replace("-", "+").replace("_", "/")).decode("latin-1")
                 )
+    for run in re.findall(r"[A-Za-z2-7]{16,}", text):
+        for skip in range(8):
+            chunk = run[skip:].upper()
+            with contextlib.suppress(ValueError):
+                views.append(base64.b32decode(chunk[: len(chunk) // 8 * 8]).decode("latin-1"))
+    for run in re.findall(r"[0-9a-fA-F]{16,}", text):
+        for skip in range(4):
+            data = bytes.fromhex(run[skip:][: len(run[skip:]) // 4 * 4])
+            views += [data.decode(codec, "replace") for codec in ("latin-1", "utf-16-le")]
+            views.append(data.decode("utf-16-be", "replace"))
     return views
 
 
@@ -708,6 +797,14 @@ SPELLED: dict[str, Reply] = {
         {"message": "bad key " + SLASHY[:14]}, 401, x_request_id=SLASHY[14:]
     ),
     "HTML entities": as_json({"message": "bad " + "".join(f"&#{ord(c)};" for c in SLASHY)}, 403),
+    # attack F1: the spellings that went through before
+    "base32 inside a longer text": as_json(
+        {"message": "t=" + base64.b32encode(f"key:{SLASHY}".encode()).decode()}, 401
+    ),
+    "hex of UTF-16": as_json(
+        {"message": "k=" + SLASHY.encode("utf-16-le").hex() + SLASHY.encode("utf-16-be").hex()},
+        401,
+    ),
 }
 
 
@@ -1168,6 +1265,124 @@ def test_the_cli_sends_a_key_to_a_custom_base_url_only_from_key_env(
     assert fault_plan.headers[-1]["authorization"] == "Bearer upstream-key-123"
     assert main([*argv, "--key-env", "NOT_SET_ANYWHERE"]) != 0
     assert key_parts_in(capsys.readouterr().err) == []
+
+
+# -- attack F5: a sync call on the private loop's own thread is refused, not a deadlock ------
+
+NESTED_SYNC_CALLS = """
+import concurrent.futures, httpx
+from milvus_rerank import ConfigurationError, VLLMReranker
+from milvus_rerank.providers.api.clients import BackgroundLoop
+
+def ok(request):
+    return httpx.Response(200, json={"results": [{"index": 0, "relevance_score": 1.0}]})
+
+def client():
+    return httpx.Client(transport=httpx.MockTransport(ok))
+
+inner = VLLMReranker(base_url="http://vllm:8000", http_client=client())
+
+class Hooked(VLLMReranker):
+    def _payload(self, query, documents):
+        inner.rerank(query, documents)  # runs on the private loop, as sync calls' hooks do
+        return super()._payload(query, documents)
+
+try:
+    Hooked(base_url="http://vllm:8000", http_client=client()).rerank("q", ["d"])
+except ConfigurationError as exc:
+    print("rerank:", exc)
+print("still serving:", len(inner.rerank("q", ["d"])))
+closed = concurrent.futures.Future()
+
+def close_there():
+    try:
+        inner.close()
+        closed.set_result(None)
+    except BaseException as exc:
+        closed.set_exception(exc)
+
+BackgroundLoop.get().call_soon_threadsafe(close_there)
+try:
+    closed.result(timeout=20)
+except ConfigurationError as exc:
+    print("close:", exc)
+"""
+
+
+def test_a_sync_call_on_the_private_loops_thread_is_refused() -> None:
+    # Before: the nested rerank() waited for the loop it blocked, hanging every sync call of
+    # the process past any deadline; close() there blocked the loop 10 s, then TimeoutError.
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-c", NESTED_SYNC_CALLS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.splitlines()
+    assert time.monotonic() - started < 30
+    assert out[0].startswith("rerank: VLLMReranker: a sync rerank() was called on")
+    assert out[1] == "still serving: 1"
+    assert out[2].startswith("close: VLLMReranker: a sync close() was called on")
+
+
+# -- attack F6: no local of a failure's frames shows the key ---------------------------------
+
+
+def frame_locals(exc: BaseException) -> list[str]:
+    """The repr of every local of every frame of ``exc``'s traceback (what Sentry, rich's
+    ``show_locals`` and ``pytest --showlocals`` print), and ``traceback``'s own rendering."""
+    shown = [
+        "".join(traceback.TracebackException.from_exception(exc, capture_locals=True).format())
+    ]
+    tb = exc.__traceback__
+    while tb is not None:
+        shown += [f"{name} = {value!r}" for name, value in tb.tb_frame.f_locals.items()]
+        tb = tb.tb_next
+    return shown
+
+
+@pytest.mark.parametrize("client", ["own", "injected"])
+@pytest.mark.parametrize("mode", MODES)
+async def test_no_local_of_a_failures_frames_shows_the_key(mode: str, client: str) -> None:
+    # Before: ``plan = Plan(..., headers={..., 'Authorization': 'Bearer <key>'})`` in
+    # Call.score's frame, and ``outgoing = Outgoing(...)`` in Call._exchange's.
+    replies = [as_json({"message": "bad request"}, 400), (200, [], b"{not json")]
+
+    async def handler(body: dict[str, Any], headers: dict[str, str]) -> Reply:
+        return replies.pop(0)
+
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        refused = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    failures: list[BaseException] = []
+    with asgi(handler) as server:
+        for url in (server.url, server.url, refused):
+            injected: dict[str, Any] = {}
+            if client == "injected":
+                injected = {"http_client": httpx.Client(), "http_async_client": httpx.AsyncClient()}
+            reranker = VLLMReranker(
+                base_url=url,
+                api_key=KEY,
+                headers={"X-Api-Key": KEY[::-1]},
+                retry=RetryPolicy(max_retries=0),
+                **injected,
+            )
+            with pytest.raises(ProviderError) as info:
+                await call(reranker, mode)
+            failures.append(info.value)
+            await reranker.aclose()
+            for c in injected.values():
+                await c.aclose() if isinstance(c, httpx.AsyncClient) else c.close()
+    assert [type(f) for f in failures] == [
+        ProviderError,
+        InvalidResponseError,
+        ProviderUnavailableError,
+    ]
+    for failure in failures:
+        shown = frame_locals(failure)
+        assert any(line.startswith("plan = ") for line in shown)  # the frames were walked
+        for line in shown:
+            assert key_parts_in(line) == [] and key_parts_in(line[::-1]) == [], line[:200]
 
 
 # -- F12: an injected client is bounded by the deadline, whatever the server sends ---------

@@ -37,6 +37,7 @@ class BackgroundLoop:
 
     _lock = threading.Lock()
     _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
     _pid: int = 0
 
     @classmethod
@@ -49,7 +50,7 @@ class BackgroundLoop:
                     target=loop.run_forever, name="milvus-rerank-http", daemon=True
                 )
                 thread.start()
-                cls._loop, cls._pid = loop, os.getpid()
+                cls._loop, cls._thread, cls._pid = loop, thread, os.getpid()
             return cls._loop
 
     @classmethod
@@ -58,9 +59,34 @@ class BackgroundLoop:
         with cls._lock:
             return cls._loop if cls._loop is not None and cls._pid == os.getpid() else None
 
+    @classmethod
+    def refuse_to_wait_on_itself(cls, owner: str, what: str) -> None:
+        """Refuse a sync ``what`` on the loop's own thread: it would wait for itself forever.
 
-def run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
-    """Run ``coro`` on the private loop and wait for it; an interrupt cancels it."""
+        Raises:
+            ConfigurationError: the caller runs on that thread (e.g. in a provider hook, which
+                sync calls run there).
+        """
+        if cls._thread is threading.current_thread() and cls._pid == os.getpid():
+            raise ConfigurationError(
+                f"{owner}: a sync {what} was called on milvus-rerank's private event loop, "
+                "which runs every sync call of the process (from a provider hook?); it would "
+                "wait for itself forever. Await the async form (arerank, aclose) there, or call "
+                "it from another thread"
+            )
+
+
+def run_sync(coro: Coroutine[Any, Any, _T], owner: str = "milvus-rerank") -> _T:
+    """Run ``coro`` on the private loop and wait for it; an interrupt cancels it.
+
+    Raises:
+        ConfigurationError: called on the private loop's own thread (see ``BackgroundLoop``).
+    """
+    try:
+        BackgroundLoop.refuse_to_wait_on_itself(owner, "rerank()")
+    except ConfigurationError:
+        coro.close()  # never started: no "never awaited" warning
+        raise
     future = asyncio.run_coroutine_threadsafe(coro, BackgroundLoop.get())
     try:
         return future.result()
@@ -120,6 +146,8 @@ class Clients:
         sync_client: httpx.Client | None,
         async_client: httpx.AsyncClient | None,
     ) -> None:
+        _check_client(owner, "http_client", sync_client, httpx.Client, "http_async_client")
+        _check_client(owner, "http_async_client", async_client, httpx.AsyncClient, "http_client")
         self.owner = owner
         self.max_concurrency = max_concurrency
         self.sync_client = sync_client
@@ -220,7 +248,12 @@ class Clients:
             return self.loops.pop(loop, None)
 
     def close(self) -> None:
-        """Close the own client of the sync path; made again on next use."""
+        """Close the own client of the sync path; made again on next use.
+
+        Raises:
+            ConfigurationError: called on the private loop's thread (see ``BackgroundLoop``).
+        """
+        BackgroundLoop.refuse_to_wait_on_itself(self.owner, "close()")
         self.closes += 1
         loop = BackgroundLoop.current()
         state = self._pop_state(loop)
@@ -240,6 +273,24 @@ class Clients:
         state = self._pop_state(asyncio.get_running_loop())
         if state is not None:
             await state.guard.aclose()
+
+
+def _check_client(
+    owner: str, option: str, client: object, kind: type[object], other_option: str
+) -> None:
+    """Refuse an injected client of the wrong type, naming the option and the type given.
+
+    Raises:
+        ConfigurationError: ``client`` is neither None nor a ``kind``.
+    """
+    if client is None or isinstance(client, kind):
+        return
+    hint = ""
+    if isinstance(client, (httpx.Client, httpx.AsyncClient)):
+        hint = f"; an httpx.{type(client).__name__} goes in {other_option}"
+    raise ConfigurationError(
+        f"{owner}: {option} must be an httpx.{kind.__name__}, got {type(client).__name__}{hint}"
+    )
 
 
 async def _close_with_loop(

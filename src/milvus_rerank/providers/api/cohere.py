@@ -8,6 +8,7 @@ from milvus_rerank.core.base import MilvusTarget
 from milvus_rerank.core.checks import int_at_least
 from milvus_rerank.core.results import Usage, bounded_count
 from milvus_rerank.providers.api.contract import HTTPReranker
+from milvus_rerank.providers.api.options import server_root
 
 __all__ = ["CohereReranker"]
 
@@ -63,6 +64,20 @@ class CohereReranker(HTTPReranker):
         if self.max_tokens_per_doc is not None:
             params["max_tokens_per_doc"] = self.max_tokens_per_doc
         return self._with_milvus_credential(params, credential, server_knows_key=True)
+
+    def _env_base_url(self, url: str) -> str:
+        """``CO_API_URL`` read as Cohere's SDK (5.13.11 on) reads it: requests go where its went.
+
+        That is ``<url>/v2/rerank``, with a trailing ``/v1`` dropped only from a URL of
+        Cohere's own (``cohere.com``, ``cohere.ai``). Another trailing version segment stays
+        part of the prefix (``https://gw/v1`` posts to ``https://gw/v1/v2/rerank``); a
+        trailing ``/v2`` is not doubled (the SDK would post to ``.../v2/v2/rerank``).
+        """
+        if "cohere.com" in url or "cohere.ai" in url:
+            url = url.removesuffix("/v1")
+        if server_root(url) != url and not url.endswith("/v2"):
+            url += "/v2"  # the version segment is a prefix: the route's /v2 must follow it
+        return url
 
     def _payload(self, query: str, documents: list[str]) -> dict[str, Any]:
         # top_n is left out: Cohere then returns every document, which chunks need.

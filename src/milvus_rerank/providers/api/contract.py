@@ -34,6 +34,7 @@ from milvus_rerank.providers.api.options import (
     check_base_url,
     check_headers,
     join_url,
+    proxy_credentials,
     unknown_options,
     warn_plain_http,
 )
@@ -81,11 +82,12 @@ class HTTPReranker(Reranker):
             what it may echo of the request (its size, plus 256 bytes per document). Larger
             answers, and answers holding far more JSON values than their documents need, are
             refused before parsing.
-        http_client: An ``httpx.Client`` for the sync path (not closed by ``close``). Its
-            requests run in worker threads: the call ends at the deadline whatever the server
-            does, and requests it abandons give their slots back at once and have their
-            sockets shut (except a reused keep-alive connection still waiting for headers,
-            whose worker ends at the client's read timeout).
+        http_client: An ``httpx.Client`` for the sync path (not closed by ``close``; another
+            type is a ``ConfigurationError``). Its requests run in worker threads: the call
+            ends at the deadline whatever the server does, and requests it abandons give
+            their slots back at once and have their sockets shut (except a reused keep-alive
+            connection still waiting for headers, whose worker ends at the client's read
+            timeout).
         http_async_client: An ``httpx.AsyncClient`` to use (not closed by ``aclose``), on the
             event loop that first uses it only: on another one it is a ``ConfigurationError``
             (its pooled connections belong to that loop).
@@ -93,7 +95,8 @@ class HTTPReranker(Reranker):
             and scrubbed as secrets). Merged case-insensitively over the reranker's own; one
             naming the key's header (``Authorization``) conflicts with ``api_key`` and is
             refused. ``Accept-Encoding`` is the reranker's own (gzip, deflate: decoded with a
-            bound), and refused here.
+            bound), and refused here, as are the headers httpx frames a request with
+            (``Content-Length``, ``Transfer-Encoding``, ``Host``, ``Connection``...).
     """
 
     #: Declared capability (see ``Reranker``): its own async path over ``httpx.AsyncClient``.
@@ -160,6 +163,10 @@ class HTTPReranker(Reranker):
     def _provider_headers(self) -> dict[str, str]:
         """Headers the provider's API needs besides the key (e.g. an API version)."""
         return {}
+
+    def _env_base_url(self, url: str) -> str:
+        """The server root that ``base_url_env``'s (checked) value names, as the SDK reads it."""
+        return url
 
     def _route(self) -> str:
         """The path appended to ``base_url`` (the class's ``path`` unless a provider picks)."""
@@ -244,7 +251,7 @@ class HTTPReranker(Reranker):
         secrets = [self._api_key] if self._api_key is not None else []
         secrets += [v for v in self._extra_headers.values() if isinstance(v, Secret)]
         warn_plain_http(name, self.base_url, sends_secret=bool(secrets))
-        self._text = ServerText(self.provider, secrets)
+        self._text = ServerText(self.provider, secrets + proxy_credentials())
         hide_in_logs(self._text)
         self._clients = Clients(name, max_concurrency, http_client, http_async_client)
         self._slots = RequestSlots(max_concurrency)
@@ -257,7 +264,8 @@ class HTTPReranker(Reranker):
         if base_url is None and self.base_url_env is not None:
             from_env = os.environ.get(self.base_url_env, "")
             if from_env.strip():
-                return check_base_url(name, from_env, self.base_url_env), True
+                checked = check_base_url(name, from_env, self.base_url_env)
+                return self._env_base_url(checked), True
         root = base_url if base_url is not None else self.default_base_url
         if root is None:
             raise ConfigurationError(
@@ -334,7 +342,8 @@ class HTTPReranker(Reranker):
 
     def _score_usage(self, query: str, documents: list[str]) -> tuple[list[float], Usage]:
         context = contextvars.copy_context()  # an injected client's workers run in it
-        return run_sync(self._call(query, documents, private=True, context=context))
+        call = self._call(query, documents, private=True, context=context)
+        return run_sync(call, type(self).__name__)
 
     async def _ascore_usage(self, query: str, documents: list[str]) -> tuple[list[float], Usage]:
         return await self._call(query, documents, private=False)

@@ -15,7 +15,7 @@ import itertools
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
@@ -30,11 +30,15 @@ ReaderFor = Callable[[httpx.Response, httpx.Request], BodyReader]
 
 @dataclass(frozen=True)
 class Outgoing:
-    """What one attempt sends, and how its answer's body is read."""
+    """What one attempt sends, and how its answer's body is read.
+
+    Its repr shows neither the headers (the key) nor the payload (the caller's documents): a
+    traceback printed with its locals shows ``outgoing``.
+    """
 
     url: str
-    payload: dict[str, Any]
-    headers: dict[str, str]
+    payload: dict[str, Any] = field(repr=False)
+    headers: dict[str, str] = field(repr=False)
     timeout: float
     reader_for: ReaderFor
 

@@ -13,8 +13,8 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import httpx
@@ -28,7 +28,7 @@ from milvus_rerank.providers.api.exchange import Exchange, Outgoing
 from milvus_rerank.providers.api.slots import RequestSlots
 from milvus_rerank.providers.api.usage import call_usage
 
-__all__ = ["Call", "Plan", "gather_or_cancel"]
+__all__ = ["Call", "Plan", "gather_or_cancel", "wait_within"]
 
 logger = logging.getLogger("milvus_rerank.http")
 
@@ -45,7 +45,8 @@ class Plan:
     Attributes:
         provider: The provider's name, for messages.
         url: Where each request goes.
-        headers: Each request's headers.
+        headers: Each request's headers, the key among them: left out of the repr (a
+            traceback printed with its locals shows ``plan``).
         payload: The provider's hook: the JSON body for a query and documents.
         reader: Reads and validates the answers.
         timeout: Seconds for one request.
@@ -59,7 +60,7 @@ class Plan:
 
     provider: str
     url: str
-    headers: dict[str, str]
+    headers: dict[str, str] = field(repr=False)
     payload: Callable[[str, list[str]], dict[str, Any]]
     reader: AnswerReader
     timeout: float
@@ -79,6 +80,7 @@ class Call:
         self.exchange = exchange
         self.started = time.monotonic()
         self.deadline = self.started + plan.retry.deadline
+        self.failed = False  # a chunk failed for good: the call fails with its error
 
     async def score(self, query: str, documents: list[str]) -> tuple[list[float], Usage]:
         """Every document's score, in input order, and what the answers report they used."""
@@ -98,34 +100,42 @@ class Call:
     # reachable by any code walking the chain.
 
     async def request(self, payload: dict[str, Any], count: int) -> Answer:
-        """One chunk's answer: a slot taken, then attempts until one answers or it gives up."""
+        """One chunk's answer: a slot taken, then attempts until one answers or it gives up.
+
+        Once a chunk of the call failed for good, the others stop before their next attempt
+        (as cancelled): even one that its slot reached in the loop turn the call failed.
+        """
         slots = self.plan.slots
-        acquired = True
         try:
-            await asyncio.wait_for(slots.acquire(), self._remaining())
-        except asyncio.TimeoutError:
-            acquired = False
-        if not acquired:
-            raise self._deadline_failure("waiting for a free request slot").build(
-                f"max_concurrency={self.plan.max_concurrency}"
-            )
-        try:
-            retries = 0
-            while True:
-                outcome = await self._attempt(payload, count)
-                if not isinstance(outcome, FailedAttempt):
-                    return outcome
-                await asyncio.sleep(self._wait_or_give_up(outcome, retries))
-                self._check_open()
-                retries += 1
-        finally:
-            slots.release()
+            if not await slots.acquire(self._remaining()):
+                raise self._deadline_failure("waiting for a free request slot").build(
+                    f"max_concurrency={self.plan.max_concurrency}"
+                )
+            try:
+                return await self._attempts(payload, count)
+            finally:
+                slots.release()
+        except Exception:
+            self.failed = True
+            raise
+
+    async def _attempts(self, payload: dict[str, Any], count: int) -> Answer:
+        retries = 0
+        while True:
+            if self.failed:
+                raise asyncio.CancelledError  # the call failed: this chunk's answer is moot
+            outcome = await self._attempt(payload, count)
+            if not isinstance(outcome, FailedAttempt):
+                return outcome
+            await asyncio.sleep(self._wait_or_give_up(outcome, retries))
+            self._check_open()
+            retries += 1
 
     async def _attempt(self, payload: dict[str, Any], count: int) -> Answer | FailedAttempt:
         """One attempt: its answer, or what went wrong (raising only what is final)."""
         caught: Exception | None = None
         try:
-            return await asyncio.wait_for(self._exchange(payload, count), self._remaining())
+            return await wait_within(self._exchange(payload, count), self._remaining())
         except Failed as failed:
             return failed.failure
         except asyncio.TimeoutError:
@@ -251,3 +261,35 @@ async def gather_or_cancel(coros: Sequence[Awaitable[_T]]) -> list[_T]:
         if error is not None:
             raise error
     return [task.result() for task in tasks]
+
+
+async def wait_within(coro: Coroutine[Any, Any, _T], timeout: float) -> _T:
+    """``coro``'s result, run as a task, or ``asyncio.TimeoutError`` after ``timeout`` seconds.
+
+    Unlike ``asyncio.wait_for`` before Python 3.12 (CPython gh-86296), it never returns the
+    result of a task that finished in the loop turn the caller was cancelled: the caller's
+    cancellation always goes on (a chunk of a call that failed must not go on sending).
+    """
+    task = asyncio.ensure_future(coro)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=timeout)
+    except BaseException:
+        await _stop(task)
+        raise
+    if not done:
+        await _stop(task)
+        if task.cancelled():
+            raise asyncio.TimeoutError
+    return task.result()  # it may have finished as it was being stopped
+
+
+async def _stop(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait until it ends; what it raised is retrieved, never logged."""
+    task.add_done_callback(_retrieve)
+    task.cancel()
+    await asyncio.wait((task,))
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

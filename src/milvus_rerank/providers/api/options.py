@@ -2,7 +2,8 @@
 
 Each check raises ``ConfigurationError`` at construction, naming the option and never a value
 that could hold a secret. ``server_root`` and ``join_url`` say how a provider's path is
-appended to a ``base_url`` that may already end in a version segment.
+appended to a ``base_url`` that may already end in a version segment; ``proxy_credentials``
+finds the secrets of the proxy variables, to scrub.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import httpx
 from milvus_rerank.core.base import describe_value
 from milvus_rerank.core.checks import is_loopback
 from milvus_rerank.core.errors import ConfigurationError
-from milvus_rerank.providers.api.secrets import Secret
+from milvus_rerank.providers.api.secrets import MIN_KEY_LENGTH, Secret
 
 __all__ = [
     "PROXY_VARS",
@@ -28,6 +29,7 @@ __all__ = [
     "check_headers",
     "check_proxy_env",
     "join_url",
+    "proxy_credentials",
     "server_root",
     "unknown_options",
     "warn_plain_http",
@@ -40,6 +42,23 @@ _VERSION_PREFIX = re.compile(r"^/v\d+/")
 #: Extra headers whose values are treated (stored, scrubbed) as secrets.
 _SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|passw|session|credential", re.I)
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+#: Headers that frame the request or its connection: httpx writes them from the body and
+#: ``base_url``; a caller's would contradict them (``Transfer-Encoding`` and
+#: ``Content-Length`` both on the wire is the request-smuggling shape).
+_FRAMING_HEADERS = frozenset(
+    (
+        "content-length",
+        "transfer-encoding",
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "te",
+        "trailer",
+        "expect",
+    )
+)
 #: The proxy variables httpx reads, and the proxy schemes it speaks.
 PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy")
 _PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
@@ -109,8 +128,9 @@ def check_headers(owner: str, headers: object) -> dict[str, str | Secret]:
     """Extra headers as sent; values of secret-looking names kept as ``Secret``.
 
     Raises:
-        ConfigurationError: a bad name or value (never shown), ``Accept-Encoding``, or a name
-            given twice in two cases.
+        ConfigurationError: a bad name or value (never shown), ``Accept-Encoding``, a header
+            that frames the request (``Content-Length``, ``Transfer-Encoding``, ``Host``,
+            ``Connection``...), or a name given twice in two cases.
     """
     if headers is None:
         return {}
@@ -133,6 +153,11 @@ def check_headers(owner: str, headers: object) -> dict[str, str | Secret]:
             raise ConfigurationError(
                 f"{owner}: headers may not set {name!r}: the reranker asks for gzip or deflate "
                 "only, which it decodes with a bound on the decoded size"
+            )
+        if name.lower() in _FRAMING_HEADERS:
+            raise ConfigurationError(
+                f"{owner}: headers may not set {name!r}: httpx frames each request itself "
+                "(its length, encoding and connection from the body, its host from base_url)"
             )
         if name.lower() in {n.lower() for n in checked}:
             raise ConfigurationError(f"{owner}: headers name {name!r} twice (in another case)")
@@ -180,6 +205,31 @@ def check_proxy_env(owner: str) -> None:
                 f"{owner}: the environment variable {var} names a SOCKS proxy, which needs "
                 "the optional package 'socksio': pip install \"httpx[socks]\" (or unset it)"
             )
+
+
+def proxy_credentials() -> list[Secret]:
+    """The credentials in the proxy variables httpx reads, to scrub as keys are scrubbed.
+
+    A proxy refusing a request (407) may echo its ``Proxy-Authorization``, the base64 of
+    ``user:password``: the password, ``user:password`` and a user given alone (a token) are
+    kept; values shorter than ``MIN_KEY_LENGTH`` cannot be scrubbed and are left out.
+    """
+    found: list[Secret] = []
+    for var in PROXY_VARS:
+        value = os.environ.get(var, "").strip()
+        if "@" not in value:
+            continue
+        try:
+            parts = urllib.parse.urlsplit(value if "://" in value else f"http://{value}")
+            user, password = parts.username, parts.password
+        except ValueError:
+            continue
+        user = urllib.parse.unquote(user or "")
+        password = urllib.parse.unquote(password or "")
+        for secret in (password, f"{user}:{password}") if password else (user,):
+            if len(secret) >= MIN_KEY_LENGTH:
+                found.append(Secret(secret))
+    return found
 
 
 _warned_plain_http: set[str] = set()

@@ -204,11 +204,12 @@ class Redactor:
     """Removes every run of ``MIN_KEY_LENGTH`` or more characters of a secret from text.
 
     Not only the whole key: a server may echo a prefix, cut it at a length limit, or split it
-    between its message and a request id. A secret is matched case-insensitively, as sent and
-    as base64 (at every alignment, so inside ``Basic base64(user:key)`` too) or hex, in text
-    whose escapes are decoded first. Matching is one pass over the text against the set of
-    the secrets' 8-character windows. A text that ends with a secret's first characters (or
-    starts with its last), at least 4 of them, loses them too: a cut left them there.
+    between its message and a request id. A secret is matched case-insensitively, as sent, as
+    base64 or base32 (at every alignment, so inside ``Basic base64(user:key)`` too) and as the
+    hex of its UTF-8 or UTF-16 (either byte order), in text whose escapes are decoded first.
+    Matching is one pass over the text against the set of the secrets' 8-character windows. A
+    text that ends with a secret's first characters (or starts with its last), at least 4 of
+    them, loses them too: a cut left them there.
     """
 
     def __init__(self, secrets: Sequence[str]) -> None:
@@ -220,11 +221,15 @@ class Redactor:
             forms.add(raw)
             self.edges.append(raw.translate(_ASCII_LOWER))
             data = raw.encode()
-            forms.add(data.hex())
+            forms.update(text.hex() for text in (data, raw.encode("utf-16-le")))
+            forms.add(raw.encode("utf-16-be").hex())
             for pad in range(3):  # the key's base64 inside a longer encoded text
                 for encode in (base64.b64encode, base64.urlsafe_b64encode):
                     encoded = encode(b"\0" * pad + data).decode()
                     forms.add(encoded[-(-8 * pad // 6) : 8 * (pad + len(data)) // 6])
+            for pad in range(5):  # and its base32, 5 bits a character
+                encoded = base64.b32encode(b"\0" * pad + data).decode()
+                forms.add(encoded[-(-8 * pad // 5) : 8 * (pad + len(data)) // 5])
         width = MIN_KEY_LENGTH
         self.windows = frozenset(
             form.translate(_ASCII_LOWER)[i : i + width]

@@ -28,17 +28,23 @@ class RequestSlots:
         with self._lock:
             return self._free
 
-    async def acquire(self) -> None:
-        """Take a slot without blocking the event loop (cancel the task to stop waiting)."""
+    async def acquire(self, timeout: float | None = None) -> bool:
+        """Take a slot without blocking the event loop: False if none came within ``timeout``.
+
+        The task waits on a future of its own, not through ``asyncio.wait_for``, so cancelling
+        it always stops it, even in the loop turn a slot reaches it (a slot that came then is
+        passed on).
+        """
         loop = asyncio.get_running_loop()
         with self._lock:
             if self._free > 0 and not self._waiters:
                 self._free -= 1
-                return
+                return True
             waiter = _Waiter(self, loop, loop.create_future())
             self._waiters.append(waiter)
+        timer = None if timeout is None else loop.call_later(timeout, self._expire, waiter)
         try:
-            await waiter.future
+            return await waiter.future
         except BaseException:
             with self._lock:
                 try:
@@ -46,9 +52,23 @@ class RequestSlots:
                     queued = True
                 except ValueError:
                     queued = False
-            if not queued and waiter.future.done() and not waiter.future.cancelled():
+            future = waiter.future
+            if not queued and future.done() and not future.cancelled() and future.result():
                 self.release()  # the slot arrived as the task was cancelled: pass it on
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self, waiter: _Waiter) -> None:
+        """Stop ``waiter`` waiting at its timeout, unless a slot is already on its way."""
+        with self._lock:
+            try:
+                self._waiters.remove(waiter)
+            except ValueError:
+                return  # granted: its slot is being delivered
+        if not waiter.future.done():
+            waiter.future.set_result(False)
 
     def release(self) -> None:
         """Give a slot back: to the oldest waiter still waiting, else to the pool."""
@@ -63,7 +83,7 @@ class _Waiter:
     """A task waiting for a slot on its own loop."""
 
     def __init__(
-        self, slots: RequestSlots, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]
+        self, slots: RequestSlots, loop: asyncio.AbstractEventLoop, future: asyncio.Future[bool]
     ) -> None:
         self.slots, self.loop, self.future = slots, loop, future
 
@@ -78,4 +98,4 @@ class _Waiter:
         if self.future.done():  # cancelled meanwhile: the slot goes to the next waiter
             self.slots.release()
         else:
-            self.future.set_result(None)
+            self.future.set_result(True)
