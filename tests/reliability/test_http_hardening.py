@@ -347,7 +347,7 @@ def test_bad_extra_headers_are_refused_without_their_value(headers: dict[str, st
 
 @pytest.mark.parametrize(
     "name",
-    ["Content-Length", "transfer-encoding", "HOST", "Connection", "Keep-Alive", "Upgrade", "TE"]
+    ["Content-Length", "transfer-encoding", "Connection", "Keep-Alive", "Upgrade", "TE"]
     + ["Trailer", "Expect", "Proxy-Connection"],
 )
 def test_headers_that_frame_the_request_are_refused(name: str) -> None:
@@ -356,6 +356,22 @@ def test_headers_that_frame_the_request_are_refused(name: str) -> None:
     with pytest.raises(ConfigurationError, match=f"headers may not set '{name}'") as info:
         VLLMReranker(base_url="http://127.0.0.1:9", headers={name: "chunked-1234567"})
     assert "chunked-1234567" not in str(info.value)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_host_header_reaches_the_server_for_virtual_hosting(mode: str) -> None:
+    seen: list[str] = []
+
+    async def handler(body: dict[str, Any], headers: dict[str, str]) -> Reply:
+        seen.append(headers["host"])
+        scores = [{"index": i, "relevance_score": 0.5} for i in range(len(body["documents"]))]
+        return as_json({"results": scores})
+
+    with asgi(handler) as server:
+        reranker = VLLMReranker(base_url=server.url, headers={"Host": "rerank.internal"})
+        await call(reranker, mode)
+        await reranker.aclose()
+    assert seen == ["rerank.internal"]
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -42,14 +42,14 @@ _VERSION_PREFIX = re.compile(r"^/v\d+/")
 #: Extra headers whose values are treated (stored, scrubbed) as secrets.
 _SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|passw|session|credential", re.I)
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-#: Headers that frame the request or its connection: httpx writes them from the body and
-#: ``base_url``; a caller's would contradict them (``Transfer-Encoding`` and
-#: ``Content-Length`` both on the wire is the request-smuggling shape).
+#: Headers that frame the request or its connection: httpx writes them from the body; a
+#: caller's would contradict them (``Transfer-Encoding`` and ``Content-Length`` both on the
+#: wire is the request-smuggling shape). ``Host`` is not one: a gateway reached by address
+#: may route by the name it carries (virtual hosting), and httpx sends the caller's.
 _FRAMING_HEADERS = frozenset(
     (
         "content-length",
         "transfer-encoding",
-        "host",
         "connection",
         "keep-alive",
         "proxy-connection",
