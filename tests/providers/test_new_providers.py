@@ -358,3 +358,32 @@ def test_registry_builds_each_new_provider(key: str) -> None:
     assert isinstance(reranker, SPECS[key].cls)
     assert reranker.model_name == spec.default_model
     assert reranker.provider == key
+
+
+# -- pymilvus-model's call shapes (issue 23, item 9) -------------------------------------------
+
+
+@pytest.mark.parametrize("key", sorted(SPECS))
+def test_every_api_reranker_takes_its_key_second_as_pymilvus_model_does(key: str) -> None:
+    """``CohereRerankFunction("rerank-v3.5", "KEY")``: the key is the second positional."""
+    from milvus_rerank.core.registry import reranker_class
+
+    cls = reranker_class(key)
+    reranker = cls("some-model", "sk-positional-key-123456", base_url="https://127.0.0.1:9")
+    assert "sk-positional-key-123456" not in repr(reranker)
+    assert reranker._api_key is not None  # the key was taken, not dropped
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_cohere_takes_return_documents_as_pymilvus_model_passes_it(value: bool) -> None:
+    from milvus_rerank import CohereReranker
+
+    reranker = CohereReranker("rerank-v3.5", "sk-k-123456789", return_documents=value)
+    assert reranker.model_name == "rerank-v3.5"
+
+
+def test_cohere_return_documents_must_be_a_bool() -> None:
+    from milvus_rerank import CohereReranker, ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="return_documents must be a bool"):
+        CohereReranker("rerank-v3.5", "sk-k-123456789", return_documents="yes")  # type: ignore[arg-type]

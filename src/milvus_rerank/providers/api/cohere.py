@@ -6,9 +6,11 @@ from typing import Any, ClassVar
 
 from milvus_rerank.core.base import MilvusTarget
 from milvus_rerank.core.checks import int_at_least
+from milvus_rerank.core.errors import ConfigurationError
 from milvus_rerank.core.results import Usage, bounded_count
 from milvus_rerank.providers.api.contract import HTTPReranker
 from milvus_rerank.providers.api.options import server_root
+from milvus_rerank.providers.api.secrets import Secret
 
 __all__ = ["CohereReranker"]
 
@@ -40,11 +42,23 @@ class CohereReranker(HTTPReranker):
     default_max_batch: ClassVar[int | None] = 1000
 
     def __init__(
-        self, model_name: str | None = None, *, max_tokens_per_doc: int | None = None, **kwargs: Any
+        self,
+        model_name: str | None = None,
+        api_key: str | Secret | None = None,
+        *,
+        max_tokens_per_doc: int | None = None,
+        return_documents: bool = True,
+        **kwargs: Any,
     ) -> None:
         if max_tokens_per_doc is not None:
             int_at_least("max_tokens_per_doc", max_tokens_per_doc, 1, owner="CohereReranker")
-        super().__init__(model_name, **kwargs)
+        if not isinstance(return_documents, bool):
+            raise ConfigurationError(
+                f"CohereReranker: return_documents must be a bool, got {return_documents!r}"
+            )
+        # Taken for pymilvus-model's CohereRerankFunction: a result's text is always its
+        # document here (the call has them), so nothing is asked of the server either way.
+        super().__init__(model_name, api_key, **kwargs)
         self.max_tokens_per_doc = max_tokens_per_doc
 
     def _milvus_params(

@@ -205,8 +205,8 @@ class HTTPReranker(Reranker):
     def __init__(
         self,
         model_name: str | None = None,
-        *,
         api_key: str | Secret | None = None,
+        *,
         base_url: str | None = None,
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,

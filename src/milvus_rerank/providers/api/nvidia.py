@@ -9,6 +9,7 @@ from milvus_rerank.core.errors import ConfigurationError
 from milvus_rerank.core.results import Usage
 from milvus_rerank.providers.api.contract import HTTPReranker
 from milvus_rerank.providers.api.options import server_root
+from milvus_rerank.providers.api.secrets import Secret
 
 __all__ = ["NVIDIAReranker"]
 
@@ -55,6 +56,7 @@ class NVIDIAReranker(HTTPReranker):
     def __init__(
         self,
         model_name: str | None = None,
+        api_key: str | Secret | None = None,
         *,
         truncate: Literal["END", "NONE"] = "END",
         **kwargs: Any,
@@ -64,7 +66,7 @@ class NVIDIAReranker(HTTPReranker):
                 f"NVIDIAReranker: truncate must be 'END' or 'NONE', got {truncate!r}"
             )
         self.truncate = truncate
-        super().__init__(model_name, **kwargs)
+        super().__init__(model_name, api_key, **kwargs)
 
     def _hosted(self) -> bool:
         assert self.default_base_url is not None  # noqa: S101 - set on the class

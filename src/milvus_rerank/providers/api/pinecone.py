@@ -8,6 +8,7 @@ from milvus_rerank.core.errors import ConfigurationError
 from milvus_rerank.core.results import Usage
 from milvus_rerank.providers.api.contract import HTTPReranker
 from milvus_rerank.providers.api.options import check_header_value
+from milvus_rerank.providers.api.secrets import Secret
 
 __all__ = ["PineconeReranker"]
 
@@ -48,6 +49,7 @@ class PineconeReranker(HTTPReranker):
     def __init__(
         self,
         model_name: str | None = None,
+        api_key: str | Secret | None = None,
         *,
         truncate: Literal["END", "NONE"] | None = "END",
         api_version: str | None = None,
@@ -62,7 +64,7 @@ class PineconeReranker(HTTPReranker):
         model = model_name if model_name is not None else self.default_model
         if isinstance(model, str):
             kwargs.setdefault("max_batch", MAX_DOCUMENTS.get(model, self.default_max_batch))
-        super().__init__(model_name, **kwargs)
+        super().__init__(model_name, api_key, **kwargs)
         self.truncate = truncate
         self.api_version = version
 

@@ -9,6 +9,7 @@ from milvus_rerank.core.checks import int_at_least
 from milvus_rerank.core.errors import ConfigurationError
 from milvus_rerank.core.results import Usage, bounded_count
 from milvus_rerank.providers.api.contract import HTTPReranker
+from milvus_rerank.providers.api.secrets import Secret
 
 __all__ = ["SiliconFlowReranker"]
 
@@ -38,6 +39,7 @@ class SiliconFlowReranker(HTTPReranker):
     def __init__(
         self,
         model_name: str | None = None,
+        api_key: str | Secret | None = None,
         *,
         max_chunks_per_doc: int | None = None,
         overlap_tokens: int | None = None,
@@ -52,7 +54,7 @@ class SiliconFlowReranker(HTTPReranker):
                 raise ConfigurationError(
                     f"{name}: overlap_tokens must be at most 80, got {overlap_tokens!r}"
                 )
-        super().__init__(model_name, **kwargs)
+        super().__init__(model_name, api_key, **kwargs)
         self.max_chunks_per_doc = max_chunks_per_doc
         self.overlap_tokens = overlap_tokens
 

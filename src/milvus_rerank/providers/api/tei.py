@@ -8,6 +8,7 @@ from milvus_rerank.core.base import MilvusTarget, describe_value
 from milvus_rerank.core.errors import ConfigurationError
 from milvus_rerank.providers.api.contract import HTTPReranker
 from milvus_rerank.providers.api.options import server_root
+from milvus_rerank.providers.api.secrets import Secret
 
 __all__ = ["TEIReranker"]
 
@@ -39,6 +40,7 @@ class TEIReranker(HTTPReranker):
     def __init__(
         self,
         model_name: str | None = None,
+        api_key: str | Secret | None = None,
         *,
         raw_scores: bool = False,
         truncate: bool = False,
@@ -57,7 +59,7 @@ class TEIReranker(HTTPReranker):
                     f"TEIReranker: {option} must be a bool, got {describe_value(value)}"
                 )
         kwargs.setdefault("max_batch", max_client_batch_size)
-        super().__init__(model_name, **kwargs)
+        super().__init__(model_name, api_key, **kwargs)
         self.raw_scores = raw_scores
         self.truncate = truncate
         self.truncation_direction = truncation_direction

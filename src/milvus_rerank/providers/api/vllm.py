@@ -11,6 +11,7 @@ from milvus_rerank.core.errors import ConfigurationError
 from milvus_rerank.core.results import Usage
 from milvus_rerank.providers.api.contract import HTTPReranker
 from milvus_rerank.providers.api.options import server_root
+from milvus_rerank.providers.api.secrets import Secret
 
 __all__ = ["VLLMReranker"]
 
@@ -53,6 +54,7 @@ class VLLMReranker(HTTPReranker):
     def __init__(
         self,
         model_name: str | None = None,
+        api_key: str | Secret | None = None,
         *,
         truncate_prompt_tokens: int | None = None,
         route: str = "/v1/rerank",
@@ -70,7 +72,7 @@ class VLLMReranker(HTTPReranker):
         self.truncate_prompt_tokens = truncate_prompt_tokens
         self.query_template = _check_template("query_template", query_template, "query")
         self.document_template = _check_template("document_template", document_template, "document")
-        super().__init__(model_name, **kwargs)
+        super().__init__(model_name, api_key, **kwargs)
 
     def _repr_fields(self) -> dict[str, Any]:
         fields = super()._repr_fields()

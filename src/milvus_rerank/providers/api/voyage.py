@@ -8,6 +8,7 @@ from milvus_rerank.core.base import MilvusTarget, describe_value
 from milvus_rerank.core.errors import ConfigurationError
 from milvus_rerank.core.results import Usage
 from milvus_rerank.providers.api.contract import HTTPReranker
+from milvus_rerank.providers.api.secrets import Secret
 
 __all__ = ["VoyageReranker"]
 
@@ -35,13 +36,18 @@ class VoyageReranker(HTTPReranker):
     results_key: ClassVar[str | None] = "data"
 
     def __init__(
-        self, model_name: str | None = None, *, truncation: bool = True, **kwargs: Any
+        self,
+        model_name: str | None = None,
+        api_key: str | Secret | None = None,
+        *,
+        truncation: bool = True,
+        **kwargs: Any,
     ) -> None:
         if not isinstance(truncation, bool):  # "no" would be sent, and is truthy
             raise ConfigurationError(
                 f"VoyageReranker: truncation must be a bool, got {describe_value(truncation)}"
             )
-        super().__init__(model_name, **kwargs)
+        super().__init__(model_name, api_key, **kwargs)
         self.truncation = truncation
 
     def _milvus_params(
