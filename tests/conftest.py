@@ -10,12 +10,16 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from milvus_rerank import Reranker  # noqa: E402
+from milvus_rerank import BGEReranker, CrossEncoderReranker, Reranker  # noqa: E402
+from tests.fakes import FaultServer, api_reranker, fault_plan, fault_server  # noqa: E402
+from tests.providers.api.specs import SPECS  # noqa: E402
+
+__all__ = ["KINDS", "fault_plan", "fault_server", "make_reranker"]
 
 CORPUS = [
     "paris is the capital of france",
@@ -85,9 +89,8 @@ def _without_provider_env(request: pytest.FixtureRequest, monkeypatch: pytest.Mo
 
 # The unit tier (`make test-fast`) is what remains after deselecting `slow`; this hook marks
 # tests by what they need, so test files never have to remember the tier they belong to.
-#: Folders whose tests all need Milvus Lite, the frameworks' stores, or minutes of load.
-SLOW_DIRS = {"integration", "reliability"}
-#: Marks that already say a test needs Milvus Lite or a live server.
+#: Marks that already say a test needs Milvus Lite or a live server (a module that runs
+#: minutes of load or faults says ``pytestmark = pytest.mark.slow`` itself).
 SLOW_MARKS = {"integration", "milvus_server", "vllm"}
 #: Fixtures that build and run real (tiny) models or start loopback servers.
 SLOW_FIXTURES = {"tiny_models", "loopback", "live_vllm", "live_vllm_qwen3", "vllm_qwen3_dir"}
@@ -96,9 +99,6 @@ SLOW_IMPORTS = {"BackgroundServer"}
 
 
 def _is_slow(item: pytest.Item) -> bool:
-    path = Path(str(item.path)).resolve()
-    if SLOW_DIRS & set(path.relative_to(Path(__file__).resolve().parent).parts[:-1]):
-        return True
     if any(item.get_closest_marker(name) is not None for name in SLOW_MARKS):
         return True
     if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
@@ -228,3 +228,32 @@ def live_vllm_qwen3(vllm_qwen3_dir: Path) -> object:
             yield server
     except VLLMStartError as exc:
         pytest.fail(str(exc), pytrace=False)
+
+
+# -- every reranker kind, for the catalogue tests (bad inputs, load, adapter edges) ----------
+
+#: Each kind the catalogue runs over: the local families, then every API spec.
+KINDS = ["cross-encoder", "bge", *sorted(SPECS)]
+
+
+@pytest.fixture(scope="session")
+def make_reranker(
+    tiny_models: dict[str, Path], fault_server: FaultServer
+) -> Iterator[Callable[..., Reranker]]:
+    """``make(kind)``: one shared instance per kind; ``make(kind, fresh=True)``: a new one."""
+    cache: dict[str, Reranker] = {
+        "cross-encoder": CrossEncoderReranker(str(tiny_models["ce"]), max_length=64),
+        "bge": BGEReranker(str(tiny_models["bge"]), max_length=64),
+    }
+
+    def make(kind: str, fresh: bool = False) -> Reranker:
+        if kind in cache and (not fresh or kind in ("cross-encoder", "bge")):
+            return cache[kind]
+        reranker = api_reranker(kind, fault_server.url)
+        if not fresh:
+            cache[kind] = reranker
+        return reranker
+
+    yield make
+    for reranker in cache.values():
+        reranker.close()

@@ -26,7 +26,13 @@ import pytest
 
 from milvus_rerank import HTTPReranker, Reranker, RetryPolicy
 from milvus_rerank.app.serve.testing import BackgroundServer
-from tests.providers.specs import SPECS, answer_items, request_documents, request_query, score_key
+from tests.providers.api.specs import (
+    SPECS,
+    answer_items,
+    request_documents,
+    request_query,
+    score_key,
+)
 
 #: Retries as the default policy does, with waits of milliseconds.
 FAST_RETRY = RetryPolicy(backoff_base=0.001, backoff_max=0.01)
