@@ -88,7 +88,7 @@ test-vllm: $(VENV)/.dev-installed $(VLLM_VENV)/.installed
 	  pgrep -af $(VLLM_PROCESSES) >&2; exit 1; fi
 
 record-vllm: $(VENV)/.dev-installed $(VLLM_VENV)/.installed
-	$(LIVE_PYTEST) tests/providers/test_vllm_live.py -k record --record-mode=rewrite \
+	$(LIVE_PYTEST) tests/providers/api/test_vllm_live.py -k record --record-mode=rewrite \
 	  $(PYTEST_ARGS) $(NO_TESTS_FAIL)
 
 lint: $(VENV)/.dev-installed

@@ -18,7 +18,7 @@ from tests.conftest import KINDS
 
 LONG = "milvus vector search " * 3000  # ~60k characters, far past any max_length
 
-#: Was in tests/reliability/, outside the unit tier: load, faults, servers.
+#: Outside the unit tier: loopback servers, faults or load.
 pytestmark = pytest.mark.slow
 
 

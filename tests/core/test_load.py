@@ -26,7 +26,7 @@ from tests.fakes import FaultPlan, FaultServer, fake_score
 QUERIES = 200
 DEADLINE = 8.0
 
-#: Was in tests/reliability/, outside the unit tier: load, faults, servers.
+#: Outside the unit tier: loopback servers, faults or load.
 pytestmark = pytest.mark.slow
 
 

@@ -27,7 +27,7 @@ from tests.conftest import KINDS, ScoreTableReranker
 
 TABLE = {"alpha": 0.2, "beta": 0.9, "gamma": 0.5}
 
-#: Was in tests/reliability/, outside the unit tier: load, faults, servers.
+#: Outside the unit tier: loopback servers, faults or load.
 pytestmark = pytest.mark.slow
 
 

@@ -45,7 +45,7 @@ SHAPES = [
     ("/rerank", "texts", lambda body: body["error"]),
 ]
 
-#: Was in tests/reliability/, outside the unit tier: load, faults, servers.
+#: Outside the unit tier: loopback servers, faults or load.
 pytestmark = pytest.mark.slow
 
 

@@ -29,7 +29,7 @@ NAME = "llm_rerank"
 DIM = 64
 DENSE_QUERY = "milvus vector database search"
 
-#: Was in tests/integration/, outside the unit tier: load, faults, servers.
+#: Outside the unit tier: Milvus Lite and a real model.
 pytestmark = pytest.mark.integration
 
 

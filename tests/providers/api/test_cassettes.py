@@ -2,7 +2,7 @@
 
 Re-record against the real APIs with keys in the environment, e.g.::
 
-    COHERE_API_KEY=... .venv/bin/pytest tests/providers/test_cassettes.py -k cohere \
+    COHERE_API_KEY=... .venv/bin/pytest tests/providers/api/test_cassettes.py -k cohere \
         --record-mode=rewrite
 
 The inputs come from the committed cassette; the expected ranking from the answers the

@@ -22,7 +22,7 @@ from tests.providers.api.specs import SPECS
 KEY = "sk-live-7Qz3" + "Xy9Lm2Np8Rt4Vw6" * 2
 API = sorted(SPECS)
 
-#: Was in tests/reliability/, outside the unit tier: load, faults, servers.
+#: Outside the unit tier: loopback servers, faults or load.
 pytestmark = pytest.mark.slow
 
 

@@ -321,7 +321,7 @@ def test_qwen3_on_vllm_is_refused_as_a_milvus_function(live_vllm_qwen3: LiveVLLM
 # Recording: `make record-vllm` runs these with --record-mode=rewrite, writing cassettes/vllm/
 # from the live server; under plain `make test-vllm` they replay what is committed.
 CASSETTES = Path(__file__).resolve().parents[3] / "cassettes" / "vllm"
-#: The root the cassettes name (tests/providers/specs.py), whatever port the live server had.
+#: The root the cassettes name (tests/providers/api/specs.py), whatever port the live server had.
 RECORDED_ROOT = SPECS["vllm"].host
 
 

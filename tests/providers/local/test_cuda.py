@@ -1,7 +1,7 @@
 """The CUDA path of every local family: fp32 on the GPU equals the CPU, half precision stays close.
 
 Skipped (with its reason) where torch sees no CUDA device, as on CI; run on a GPU machine with
-``python -m pytest tests/providers/test_cuda.py``. ``MILVUS_RERANK_TEST_DEVICE=cpu`` runs the
+``python -m pytest tests/providers/local/test_cuda.py``. ``MILVUS_RERANK_TEST_DEVICE=cpu`` runs the
 same checks with the CPU as the "accelerator" (half precision on the CPU), which checks the
 tests themselves on a machine without a GPU. Each family's tiny checkpoint has spread-out
 random weights, so agreement in scores and ranking is not trivial.
