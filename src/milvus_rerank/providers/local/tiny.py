@@ -12,15 +12,20 @@ import math
 import re
 import string
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
+
+from typing_extensions import Unpack
 
 from milvus_rerank.providers.local.devices import import_torch
 from milvus_rerank.providers.local.loading import quiet_progress
 
 __all__ = [
     "QWEN3_RERANKER_CHAT_TEMPLATE",
+    "TinyEncoderOptions",
+    "TinyOptions",
     "build_tiny_bge",
     "build_tiny_cross_encoder",
     "build_tiny_gemma_reranker",
@@ -62,6 +67,78 @@ def _extra_chars(texts: Iterable[str] | None) -> list[str]:
     return sorted({c for text in texts or () for c in text if ord(c) > 127 and not c.isspace()})
 
 
+class TinyOptions(TypedDict, total=False):
+    """What every tiny builder takes (``**options``) beside its own arguments.
+
+    Attributes:
+        texts: Extra texts whose words join the vocabulary.
+        num_layers: Transformer layers (2).
+        hidden_size: Hidden size (64); the decoders have heads of 32 dimensions and one
+            key/value head.
+        max_position_embeddings: Position table size, so the longest input the model accepts
+            (each builder names its default).
+        initializer_range: Std of the random weights (0.02); larger spreads the scores apart.
+        seed: Torch seed (0), so the same call builds the same weights.
+    """
+
+    texts: Iterable[str] | None
+    num_layers: int
+    hidden_size: int
+    max_position_embeddings: int
+    initializer_range: float
+    seed: int
+
+
+class TinyEncoderOptions(TinyOptions, total=False):
+    """``TinyOptions`` and what the encoder builders (BERT, XLM-RoBERTa) take besides.
+
+    Attributes:
+        num_heads: Attention heads (2).
+        intermediate_size: Feed-forward size (128).
+    """
+
+    num_heads: int
+    intermediate_size: int
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """A builder's options, defaults filled in (``texts`` read once, into a list)."""
+
+    max_position_embeddings: int
+    texts: list[str]
+    num_layers: int = 2
+    hidden_size: int = 64
+    num_heads: int = 2
+    intermediate_size: int = 128
+    initializer_range: float = 0.02
+    seed: int = 0
+
+    def encoder_config(self) -> dict[str, Any]:
+        """The config fields of a one-logit encoder of this shape (all but its vocabulary)."""
+        return {
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "intermediate_size": self.intermediate_size,
+            "max_position_embeddings": self.max_position_embeddings,
+            "num_labels": 1,
+            "initializer_range": self.initializer_range,
+        }
+
+
+def _shape(
+    builder: str, options: Mapping[str, Any], allowed: frozenset[str], max_position_embeddings: int
+) -> _Shape:
+    """``options`` of ``builder`` with their defaults; an option it does not take is a TypeError."""
+    for name in options:
+        if name not in allowed:
+            raise TypeError(f"{builder}() got an unexpected keyword argument {name!r}")
+    fields = {"max_position_embeddings": max_position_embeddings, **options}
+    fields["texts"] = list(fields.get("texts") or ())
+    return _Shape(**fields)
+
+
 def _directory(path: str | Path) -> Path:
     """``path`` as a directory, created if missing."""
     out = Path(path)
@@ -80,87 +157,46 @@ def _save(model_class: Any, config: Any, tokenizer: Any, out: Path, seed: int) -
 
 
 def build_tiny_cross_encoder(
-    path: str | Path,
-    *,
-    texts: Iterable[str] | None = None,
-    num_layers: int = 2,
-    hidden_size: int = 64,
-    num_heads: int = 2,
-    intermediate_size: int = 128,
-    max_position_embeddings: int = 512,
-    activation: str | None = None,
-    initializer_range: float = 0.02,
-    seed: int = 0,
+    path: str | Path, *, activation: str | None = None, **options: Unpack[TinyEncoderOptions]
 ) -> Path:
     """Save a BERT cross-encoder (one logit) with a word-piece tokenizer into ``path``.
 
+    The ms-marco MiniLM shape is 6 layers, hidden size 384, 12 heads and feed-forward size 1536.
+
     Args:
         path: Directory to write (created if missing).
-        texts: Extra texts whose words join the vocabulary.
-        num_layers: Transformer layers (6 for the ms-marco MiniLM shape).
-        hidden_size: Hidden size (384 for the MiniLM shape).
-        num_heads: Attention heads (12 for the MiniLM shape).
-        intermediate_size: Feed-forward size (1536 for the MiniLM shape).
-        max_position_embeddings: Longest input the model accepts.
         activation: Recorded in the config like sentence-transformers does: ``"identity"``,
             ``"sigmoid"``, or None to record nothing (a one-label model then gets the sigmoid).
-        initializer_range: Std of the random weights; larger spreads the scores apart.
-        seed: Torch seed, so the same call builds the same weights.
+        **options: ``TinyEncoderOptions``; ``max_position_embeddings`` defaults to 512.
     """
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
+    shape = _shape("build_tiny_cross_encoder", options, TinyEncoderOptions.__optional_keys__, 512)
     out = _directory(path)
     chars = list(string.ascii_lowercase + string.digits + string.punctuation)
     vocab_list = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    texts = list(texts or ())
     vocab_list += chars + ["##" + c for c in string.ascii_lowercase + string.digits]
-    vocab_list += [c for c in _extra_chars(texts) if c not in vocab_list]
-    vocab_list += [w for w in _words(texts) if w not in vocab_list]
+    vocab_list += [c for c in _extra_chars(shape.texts) if c not in vocab_list]
+    vocab_list += [w for w in _words(shape.texts) if w not in vocab_list]
     tokenizer = BertTokenizer(vocab={tok: i for i, tok in enumerate(vocab_list)})
-    tokenizer.model_max_length = max_position_embeddings
-    config = BertConfig(
-        vocab_size=len(vocab_list),
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings,
-        num_labels=1,
-        initializer_range=initializer_range,
-    )
+    tokenizer.model_max_length = shape.max_position_embeddings
+    config = BertConfig(vocab_size=len(vocab_list), **shape.encoder_config())
     if activation is not None:
         names = {
             "identity": "torch.nn.modules.linear.Identity",
             "sigmoid": "torch.nn.modules.activation.Sigmoid",
         }
         config.sentence_transformers = {"activation_fn": names[activation]}
-    return _save(BertForSequenceClassification, config, tokenizer, out, seed)
+    return _save(BertForSequenceClassification, config, tokenizer, out, shape.seed)
 
 
-def build_tiny_bge(
-    path: str | Path,
-    *,
-    texts: Iterable[str] | None = None,
-    num_layers: int = 2,
-    hidden_size: int = 64,
-    num_heads: int = 2,
-    intermediate_size: int = 128,
-    max_position_embeddings: int = 514,
-    initializer_range: float = 0.02,
-    seed: int = 0,
-) -> Path:
+def build_tiny_bge(path: str | Path, **options: Unpack[TinyEncoderOptions]) -> Path:
     """Save an XLM-RoBERTa reranker (the bge-reranker-v2-m3 architecture) with a unigram tokenizer.
 
     Args:
         path: Directory to write (created if missing).
-        texts: Extra texts whose words join the vocabulary.
-        num_layers: Transformer layers.
-        hidden_size: Hidden size.
-        num_heads: Attention heads.
-        intermediate_size: Feed-forward size.
-        max_position_embeddings: Position table size (RoBERTa reserves two: 514 allows 512 tokens).
-        initializer_range: Std of the random weights; larger spreads the scores apart.
-        seed: Torch seed, so the same call builds the same weights.
+        **options: ``TinyEncoderOptions``; ``max_position_embeddings`` defaults to 514
+            (RoBERTa reserves two positions: 514 allows 512 tokens).
     """
     from transformers import (
         XLMRobertaConfig,
@@ -168,32 +204,26 @@ def build_tiny_bge(
         XLMRobertaTokenizer,
     )
 
+    shape = _shape("build_tiny_bge", options, TinyEncoderOptions.__optional_keys__, 514)
     out = _directory(path)
-    texts = list(texts or ())
     pieces: list[tuple[str, float]] = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-    pieces += [("\u2581" + w, -5.0 - 0.01 * len(w)) for w in _words(texts)]
+    pieces += [("\u2581" + w, -5.0 - 0.01 * len(w)) for w in _words(shape.texts)]
     pieces += [("\u2581", -8.0)]
     pieces += [(c, -10.0) for c in string.ascii_lowercase + string.ascii_uppercase]
     pieces += [(c, -10.0) for c in string.digits + string.punctuation]
-    pieces += [(c, -10.0) for c in _extra_chars(texts)]
+    pieces += [(c, -10.0) for c in _extra_chars(shape.texts)]
     pieces += [("<mask>", 0.0)]
     tokenizer: Any = XLMRobertaTokenizer(vocab=pieces)
-    tokenizer.model_max_length = max_position_embeddings - 2
+    tokenizer.model_max_length = shape.max_position_embeddings - 2
     config = XLMRobertaConfig(
         vocab_size=len(pieces),
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings,
         type_vocab_size=1,
         pad_token_id=1,
         bos_token_id=0,
         eos_token_id=2,
-        num_labels=1,
-        initializer_range=initializer_range,
+        **shape.encoder_config(),
     )
-    return _save(XLMRobertaForSequenceClassification, config, tokenizer, out, seed)
+    return _save(XLMRobertaForSequenceClassification, config, tokenizer, out, shape.seed)
 
 
 # -- causal LLM rerankers (Qwen3-Reranker, bge-reranker-v2-gemma, mxbai-rerank-v2) -------------
@@ -317,43 +347,37 @@ def _save_causal(
     config_class: Any,
     tokenizer: Any,
     out: Path,
-    *,
-    num_layers: int,
-    hidden_size: int,
+    shape: _Shape,
     vocab_size: int | None,
-    max_position_embeddings: int,
-    initializer_range: float,
-    seed: int,
     **architecture: Any,
 ) -> Path:
     """Build and save a tiny decoder with heads of 32 dimensions and one key/value head."""
     config = config_class(
         vocab_size=max(vocab_size or 0, len(tokenizer)),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_layers,
-        num_attention_heads=hidden_size // 32,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.hidden_size * 2,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.hidden_size // 32,
         num_key_value_heads=1,
-        max_position_embeddings=max_position_embeddings,
+        max_position_embeddings=shape.max_position_embeddings,
         pad_token_id=tokenizer.pad_token_id,
-        initializer_range=initializer_range,
+        initializer_range=shape.initializer_range,
         **architecture,
     )
-    return _save(model_class, config, tokenizer, out, seed)
+    return _save(model_class, config, tokenizer, out, shape.seed)
 
 
 def _save_qwen(
     model_class: Any,
     config_class: Any,
     path: str | Path,
-    texts: Iterable[str] | None,
-    chat_template: str | None,
-    max_position_embeddings: int,
+    shape: _Shape,
+    chat_template: str | None = None,
     **causal: Any,
 ) -> Path:
     """A tiny Qwen-family decoder (tied embeddings, no bos, ``<|im_end|>`` ends a turn)."""
     out = _directory(path)
-    tok = _qwen_tokenizer(texts, max_position_embeddings)
+    tok = _qwen_tokenizer(shape.texts, shape.max_position_embeddings)
     if chat_template is not None:
         tok.chat_template = chat_template
     return _save_causal(
@@ -361,7 +385,7 @@ def _save_qwen(
         config_class,
         tok,
         out,
-        max_position_embeddings=max_position_embeddings,
+        shape,
         tie_word_embeddings=True,  # as Qwen3-Reranker-0.6B and Qwen2.5-0.5B (mxbai base)
         bos_token_id=None,
         eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
@@ -372,129 +396,74 @@ def _save_qwen(
 def build_tiny_qwen3_reranker(
     path: str | Path,
     *,
-    texts: Iterable[str] | None = None,
     chat_template: str | None = None,
-    num_layers: int = 2,
-    hidden_size: int = 64,
     vocab_size: int | None = None,
-    max_position_embeddings: int = 1024,
-    initializer_range: float = 0.02,
-    seed: int = 0,
+    **options: Unpack[TinyOptions],
 ) -> Path:
     """Save a Qwen3ForCausalLM (the Qwen3-Reranker architecture) with a ``Qwen2Tokenizer``.
 
     Args:
         path: Directory to write (created if missing).
-        texts: Extra texts whose words join the vocabulary.
         chat_template: A chat template to save (``QWEN3_RERANKER_CHAT_TEMPLATE`` makes
             sentence-transformers render the model-card text); None saves none.
-        num_layers: Decoder layers.
-        hidden_size: Hidden size (heads of 32 dimensions, one key/value head).
         vocab_size: Rows of the embedding and LM head (151,936 for the real vocabulary's
             shape); None: the tiny tokenizer's size.
-        max_position_embeddings: Longest input the model accepts.
-        initializer_range: Std of the random weights; larger spreads the scores apart.
-        seed: Torch seed, so the same call builds the same weights.
+        **options: ``TinyOptions``; ``max_position_embeddings`` defaults to 1024.
     """
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
+    shape = _shape("build_tiny_qwen3_reranker", options, TinyOptions.__optional_keys__, 1024)
     return _save_qwen(
         Qwen3ForCausalLM,
         Qwen3Config,
         path,
-        texts,
+        shape,
         chat_template,
-        max_position_embeddings,
-        num_layers=num_layers,
-        hidden_size=hidden_size,
         vocab_size=vocab_size,
-        initializer_range=initializer_range,
-        seed=seed,
         head_dim=32,
     )
 
 
 def build_tiny_gemma_reranker(
-    path: str | Path,
-    *,
-    texts: Iterable[str] | None = None,
-    num_layers: int = 2,
-    hidden_size: int = 64,
-    vocab_size: int | None = None,
-    max_position_embeddings: int = 1024,
-    initializer_range: float = 0.02,
-    seed: int = 0,
+    path: str | Path, *, vocab_size: int | None = None, **options: Unpack[TinyOptions]
 ) -> Path:
     """Save a GemmaForCausalLM (the bge-reranker-v2-gemma architecture) with a ``GemmaTokenizer``.
 
     Args:
         path: Directory to write (created if missing).
-        texts: Extra texts whose words join the vocabulary.
-        num_layers: Decoder layers.
-        hidden_size: Hidden size (heads of 32 dimensions, one key/value head).
         vocab_size: Rows of the embedding and LM head (256,000 for the real shape); None: the
             tiny tokenizer's size.
-        max_position_embeddings: Longest input the model accepts.
-        initializer_range: Std of the random weights; larger spreads the scores apart.
-        seed: Torch seed, so the same call builds the same weights.
+        **options: ``TinyOptions``; ``max_position_embeddings`` defaults to 1024.
     """
     from transformers import GemmaConfig, GemmaForCausalLM
 
+    shape = _shape("build_tiny_gemma_reranker", options, TinyOptions.__optional_keys__, 1024)
     out = _directory(path)
-    tok = _gemma_tokenizer(texts, max_position_embeddings)
+    tok = _gemma_tokenizer(shape.texts, shape.max_position_embeddings)
     return _save_causal(
         GemmaForCausalLM,
         GemmaConfig,
         tok,
         out,
-        num_layers=num_layers,
-        hidden_size=hidden_size,
-        vocab_size=vocab_size,
-        max_position_embeddings=max_position_embeddings,
-        initializer_range=initializer_range,
-        seed=seed,
+        shape,
+        vocab_size,
         head_dim=32,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
     )
 
 
-def build_tiny_mxbai_v2_reranker(
-    path: str | Path,
-    *,
-    texts: Iterable[str] | None = None,
-    num_layers: int = 2,
-    hidden_size: int = 64,
-    max_position_embeddings: int = 1024,
-    initializer_range: float = 0.02,
-    seed: int = 0,
-) -> Path:
+def build_tiny_mxbai_v2_reranker(path: str | Path, **options: Unpack[TinyOptions]) -> Path:
     """Save a Qwen2ForCausalLM (the mxbai-rerank-*-v2 architecture) with a ``Qwen2Tokenizer``.
 
     Args:
         path: Directory to write (created if missing).
-        texts: Extra texts whose words join the vocabulary.
-        num_layers: Decoder layers.
-        hidden_size: Hidden size (heads of 32 dimensions, one key/value head).
-        max_position_embeddings: Longest input the model accepts.
-        initializer_range: Std of the random weights; larger spreads the scores apart.
-        seed: Torch seed, so the same call builds the same weights.
+        **options: ``TinyOptions``; ``max_position_embeddings`` defaults to 1024.
     """
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    return _save_qwen(
-        Qwen2ForCausalLM,
-        Qwen2Config,
-        path,
-        texts,
-        None,
-        max_position_embeddings,
-        num_layers=num_layers,
-        hidden_size=hidden_size,
-        vocab_size=None,
-        initializer_range=initializer_range,
-        seed=seed,
-    )
+    shape = _shape("build_tiny_mxbai_v2_reranker", options, TinyOptions.__optional_keys__, 1024)
+    return _save_qwen(Qwen2ForCausalLM, Qwen2Config, path, shape, vocab_size=None)
 
 
 def word_vector(text: str, dim: int = 64) -> list[float]:
