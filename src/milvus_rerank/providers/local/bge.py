@@ -16,7 +16,6 @@ from milvus_rerank.providers.local.family import (
     controls_as_unk,
     identity,
     sigmoid_all,
-    text_controls,
 )
 from milvus_rerank.providers.local.options import (
     LocalOptions,
@@ -119,7 +118,7 @@ class BGEFamily(SequenceClassifierFamily):
         specials = backend.num_special_tokens_to_add(True)
         docs = backend.encode_batch(list(documents), add_special_tokens=False)
         want_types = "token_type_ids" in tokenizer.model_input_names
-        controls = text_controls(tokenizer) if self.split_special_tokens else None
+        controls = self.user_controls(tokenizer)
         located: list[Located] = []
         for d in docs:
             ids = d.ids if whole else None  # the whole passage, before truncation

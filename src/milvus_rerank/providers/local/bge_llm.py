@@ -125,14 +125,7 @@ class BGELLMFamily(CausalFamily):
         ]
         if not cut:
             return located
-        texts = ["B: " + documents[i] for i in cut]
-        again = tokenizer(
-            texts,
-            add_special_tokens=False,
-            return_offsets_mapping=True,
-            verbose=False,
-            split_special_tokens=self.split_special_tokens,
-        )
+        again = self.tokenize_whole(tokenizer, ["B: " + documents[i] for i in cut], offsets=True)
         for i, ids, offsets in zip(cut, again["input_ids"], again["offset_mapping"], strict=True):
             row, (before, kept, _) = encoded[i]
             at, end = text_tokens(offsets, len("B: "))
@@ -147,10 +140,9 @@ class BGELLMFamily(CausalFamily):
         self.check_prompt(tokenizer)
         query_limit = self.query_max_length or max_length * 3 // 4
         unique = list(dict.fromkeys(queries))
-        q_ids = dict(
-            zip(unique, self._cut(tokenizer, ["A: " + q for q in unique], query_limit), strict=True)
-        )
-        p_ids = self._cut(tokenizer, ["B: " + d for d in documents], max_length)
+        labelled = self.cut_texts(tokenizer, ["A: " + q for q in unique], query_limit)
+        q_ids = dict(zip(unique, labelled, strict=True))
+        p_ids = self.cut_texts(tokenizer, ["B: " + d for d in documents], max_length)
         sep, prompt_ids = self.ids(tokenizer, "\n"), self.ids(tokenizer, self._prompt(), user=True)
         budget = max_length + len(sep) + len(prompt_ids)
         head = _head(tokenizer)
@@ -180,16 +172,6 @@ class BGELLMFamily(CausalFamily):
             row = {"input_ids": first + second + sep + prompt_ids}
             rows.append((row, (len(first) + len(sep), len(second) - len(sep), len(passage))))
         return rows
-
-    def _cut(self, tokenizer: Any, texts: list[str], limit: int) -> list[list[int]]:
-        encoded = tokenizer(
-            texts,
-            add_special_tokens=False,
-            max_length=limit,
-            truncation=True,
-            split_special_tokens=self.split_special_tokens,
-        )
-        return [list(ids) for ids in encoded["input_ids"]]
 
     def _prompt(self) -> str:
         return BGE_LLM_DEFAULT_PROMPT if self.instruction is None else self.instruction

@@ -138,6 +138,17 @@ class CausalFamily(ModelFamily):
             )
         return found
 
+    def cut_texts(self, tokenizer: Any, texts: Sequence[str], limit: int) -> list[list[int]]:
+        """User ``texts`` tokenized without added special tokens, each cut to ``limit`` tokens."""
+        encoded = tokenizer(
+            list(texts),
+            add_special_tokens=False,
+            max_length=limit,
+            truncation=True,
+            split_special_tokens=self.split_special_tokens,
+        )
+        return [list(ids) for ids in encoded["input_ids"]]
+
     def keep_positions(self, model: Any) -> None:
         """Keep the model's position table size (at bind), which the window checks read."""
         positions = self.max_positions(model.config)

@@ -21,7 +21,6 @@ from milvus_rerank.providers.local.family import (
     controls_as_unk,
     identity,
     sigmoid_all,
-    text_controls,
 )
 from milvus_rerank.providers.local.options import LocalOptions
 from milvus_rerank.providers.local.reranker import LocalReranker
@@ -82,14 +81,8 @@ class CrossEncoderFamily(SequenceClassifierFamily):
         located = [Located(row) for row in rows]
         if not full:
             return located
-        alone = tokenizer(
-            [documents[i] for i in full],
-            add_special_tokens=False,
-            return_attention_mask=False,
-            verbose=False,  # whole on purpose: no "longer than the maximum" warning
-            split_special_tokens=self.split_special_tokens,
-        )["input_ids"]
-        controls = text_controls(tokenizer) if self.split_special_tokens else None
+        alone = self.tokenize_whole(tokenizer, [documents[i] for i in full])["input_ids"]
+        controls = self.user_controls(tokenizer)
         for i, ids in zip(full, alone, strict=True):
             ids = ids if controls is None else controls_as_unk(ids, controls)
             kept = [j for j, seq in enumerate(sequences[i]) if seq == 1]
@@ -149,8 +142,8 @@ class CrossEncoderFamily(SequenceClassifierFamily):
         columns = [encoded[name] for name in names]
         rows = [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
         sequences = [list(encoded.sequence_ids(i)) for i in range(len(rows))]
-        if self.split_special_tokens:  # what a vocabulary holding the specials matched anyway
-            controls = text_controls(tokenizer)
+        controls = self.user_controls(tokenizer)
+        if controls is not None:  # what a vocabulary holding the specials matched anyway
             for row, seqs in zip(rows, sequences, strict=True):
                 row["input_ids"] = controls_as_unk(row["input_ids"], controls, seqs)
         return rows, sequences

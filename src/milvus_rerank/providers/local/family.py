@@ -263,6 +263,25 @@ class ModelFamily(ABC):
         """
         return None
 
+    def user_controls(self, tokenizer: Any) -> tuple[frozenset[int], int | None] | None:
+        """What ``controls_as_unk`` checks user text with: None unless ``split_special_tokens``."""
+        return text_controls(tokenizer) if self.split_special_tokens else None
+
+    def tokenize_whole(self, tokenizer: Any, texts: Sequence[str], *, offsets: bool = False) -> Any:
+        """User ``texts`` tokenized whole (no length warning), without added special tokens.
+
+        Special-token strings in them are split where ``split_special_tokens`` is set;
+        ``offsets`` asks for the ``offset_mapping`` too.
+        """
+        return tokenizer(
+            list(texts),
+            add_special_tokens=False,
+            return_offsets_mapping=offsets,
+            return_attention_mask=False,
+            verbose=False,
+            split_special_tokens=self.split_special_tokens,
+        )
+
     @abstractmethod
     def encode(
         self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int

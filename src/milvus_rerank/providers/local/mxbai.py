@@ -161,14 +161,8 @@ class MxbaiV2Family(CausalFamily):
         instruction = self._instruction_line()
         unique = list(dict.fromkeys(queries))
         query_limit = max_length * 3 // 4
-        encoded = tokenizer(
-            [f"{instruction}query: {q}" for q in unique],
-            add_special_tokens=False,
-            max_length=query_limit,
-            truncation=True,
-            split_special_tokens=self.split_special_tokens,
-        )["input_ids"]
-        q_ids = dict(zip(unique, map(list, encoded), strict=True))
+        queried = [f"{instruction}query: {q}" for q in unique]
+        q_ids = dict(zip(unique, self.cut_texts(tokenizer, queried, query_limit), strict=True))
         head = len(self.ids(tokenizer, f"{instruction}query: ", user=True))
         if instruction and query_limit - head < FEW_TOKENS:
             if any(len(ids) >= query_limit for ids in q_ids.values()):
@@ -184,13 +178,8 @@ class MxbaiV2Family(CausalFamily):
                     max_length,
                     query_limit - head,
                 )
-        docs = tokenizer(  # whole: cut below, as the package cuts (so no length warning)
-            [f"document: {d}" for d in documents],
-            add_special_tokens=False,
-            return_offsets_mapping=whole,
-            verbose=False,
-            split_special_tokens=self.split_special_tokens,
-        )
+        # whole: cut below, as the package cuts
+        docs = self.tokenize_whole(tokenizer, [f"document: {d}" for d in documents], offsets=whole)
         located: list[Located] = []
         for k, (query, doc) in enumerate(zip(queries, docs["input_ids"], strict=True)):
             q = q_ids[query]

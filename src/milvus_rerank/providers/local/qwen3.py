@@ -148,14 +148,7 @@ class Qwen3Family(CausalFamily):
         if limit is None:
             return list(queries)
         unique = list(dict.fromkeys(queries))
-        offsets = tokenizer(
-            unique,
-            add_special_tokens=False,
-            return_offsets_mapping=True,
-            return_attention_mask=False,
-            verbose=False,
-            split_special_tokens=self.split_special_tokens,
-        )["offset_mapping"]
+        offsets = self.tokenize_whole(tokenizer, unique, offsets=True)["offset_mapping"]
         cut = {
             q: q if len(o) <= limit else q[: o[limit - 1][1]]
             for q, o in zip(unique, offsets, strict=True)
