@@ -15,37 +15,26 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import ClassVar
 
 from milvus_rerank.core.base import Reranker, RerankResponse, describe_value
 from milvus_rerank.core.errors import InvalidInputError, MissingDependencyError
 from milvus_rerank.core.results import copy_metadata
-from milvus_rerank.integrations.options import (
-    RERANKED_BY_KEY,
-    RERANKED_KEY,
-    ScoreThreshold,
-    kept_results,
-    refuse_unpicklable,
-    response_summary,
-    threshold_option,
-    top_n_option,
-)
+from milvus_rerank.integrations.adapter import RerankAdapter
+from milvus_rerank.integrations.options import ScoreThreshold, answer_metadata, response_summary
 from milvus_rerank.wrappers.fallback import unreranked_error
 
 try:
     from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Callbacks
     from langchain_core.cross_encoders import BaseCrossEncoder
     from langchain_core.documents import BaseDocumentCompressor, Document
-    from pydantic import ConfigDict, ValidationInfo, field_serializer, field_validator
+    from pydantic import ConfigDict, field_serializer
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError(
         "milvus_rerank.integrations.langchain", "langchain", "langchain-core"
     ) from exc
 
-__all__ = [
-    "RerankCompressor",
-    "RerankCrossEncoder",
-]
+__all__ = ["RerankCompressor", "RerankCrossEncoder"]
 
 #: The name of the custom callback event each call sends (see ``rerank_event_data``).
 RERANK_EVENT = "milvus_rerank.rerank"
@@ -55,7 +44,7 @@ rerank_event_data = response_summary
 logger = logging.getLogger(__name__)
 
 
-class RerankCompressor(BaseDocumentCompressor):
+class RerankCompressor(RerankAdapter, BaseDocumentCompressor):
     """Rerank retrieved ``Document``s with any ``Reranker`` and keep the best.
 
     Returns new documents, best first, with ``page_content``, ``id`` and a copy of the
@@ -68,15 +57,9 @@ class RerankCompressor(BaseDocumentCompressor):
     Nested metadata is deep-copied; a value that cannot be copied at all (a lock, a generator)
     is passed through by reference rather than failing the retrieval (``copy_metadata``).
 
-    ``score_threshold`` is held to the scale of the reranker that answered: one number holds
-    the answers of the reranker's first choice (a ``FallbackReranker``'s first member), and a
-    later member's answer is cut by ``top_n`` alone, with a WARNING on the
-    ``milvus_rerank.integrations.langchain`` logger; ``{label: threshold}`` sets one per member.
-
-    Options are checked when set, at construction or assignment: a ``top_n`` that is not a
-    positive int (``True`` included), a ``score_threshold`` that is not a finite number (NaN
-    would drop every document) or a label that never answers for the reranker raises
-    ``ConfigurationError`` naming the value.
+    ``score_threshold`` is held to the scale of the reranker that answered, one number or one
+    per answering label, and options are checked when set, as ``RerankAdapter`` says; its
+    WARNINGs go to the ``milvus_rerank.integrations.langchain`` logger.
 
     Pickling fails at once with the reranker's ``TypeError`` (rerankers hold models, clients
     and keys); ``copy.deepcopy`` works and shares the reranker.
@@ -87,6 +70,7 @@ class RerankCompressor(BaseDocumentCompressor):
         ...     base_compressor=compressor, base_retriever=vector_store.as_retriever())
     """
 
+    owner: ClassVar[str] = "RerankCompressor"
     model_config = ConfigDict(
         arbitrary_types_allowed=True, extra="forbid", validate_assignment=True
     )
@@ -102,30 +86,9 @@ class RerankCompressor(BaseDocumentCompressor):
     score_key: str = "relevance_score"
     """The metadata key of the rerank score."""
 
-    def __getstate__(self) -> dict[Any, Any]:
-        """Pickle state, refusing at once, with a message, when the reranker cannot be pickled."""
-        refuse_unpicklable("RerankCompressor", self.reranker)
-        return super().__getstate__()
-
     @field_serializer("reranker", when_used="json")
     def _serialize_reranker(self, reranker: Reranker) -> str:
         return repr(reranker)  # settings only, as the LlamaIndex adapter: a repr shows no key
-
-    @field_validator("reranker")
-    @classmethod
-    def _check_reranker(cls, value: Reranker, info: ValidationInfo) -> Reranker:
-        threshold_option("RerankCompressor", info.data.get("score_threshold"), value)
-        return value
-
-    @field_validator("top_n", mode="before")
-    @classmethod
-    def _check_top_n(cls, value: object) -> int | None:
-        return top_n_option("RerankCompressor", value)
-
-    @field_validator("score_threshold", mode="before")
-    @classmethod
-    def _check_threshold(cls, value: object, info: ValidationInfo) -> ScoreThreshold:
-        return threshold_option("RerankCompressor", value, info.data.get("reranker"))
 
     def compress_documents(
         self,
@@ -159,14 +122,11 @@ class RerankCompressor(BaseDocumentCompressor):
 
     def _documents(self, docs: list[Document], response: RerankResponse) -> list[Document]:
         out = []
-        for result in kept_results(
-            response, self.score_threshold, owner="RerankCompressor", logger=logger
-        ):
+        for result in self.kept(response, logger):
             source = docs[result.index]
             metadata = copy_metadata(source.metadata)
             metadata[self.score_key] = result.score if response.reranked else None
-            metadata[RERANKED_BY_KEY] = response.answered_by
-            metadata[RERANKED_KEY] = response.reranked
+            metadata.update(answer_metadata(response))
             out.append(Document(page_content=source.page_content, metadata=metadata, id=source.id))
         return out
 

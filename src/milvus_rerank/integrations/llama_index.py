@@ -11,30 +11,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 from milvus_rerank.core.base import Reranker, RerankResponse
 from milvus_rerank.core.errors import MissingDependencyError
 from milvus_rerank.core.results import copy_metadata
-from milvus_rerank.integrations.options import (
-    RERANKED_BY_KEY,
-    RERANKED_KEY,
-    ScoreThreshold,
-    kept_results,
-    refuse_unpicklable,
-    response_summary,
-    threshold_option,
-    top_n_option,
-)
+from milvus_rerank.integrations.adapter import RerankAdapter
+from milvus_rerank.integrations.options import ScoreThreshold, answer_metadata, response_summary
 
 try:
-    from llama_index.core.bridge.pydantic import (
-        ConfigDict,
-        Field,
-        ValidationInfo,
-        field_serializer,
-        field_validator,
-    )
+    from llama_index.core.bridge.pydantic import ConfigDict, Field, field_serializer
     from llama_index.core.callbacks import CBEventType, EventPayload
     from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
     from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
@@ -45,9 +31,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "milvus_rerank.integrations.llama_index", "llama-index", "llama-index-core"
     ) from exc
 
-__all__ = [
-    "RerankPostprocessor",
-]
+__all__ = ["RerankPostprocessor"]
 
 dispatcher = get_dispatcher(__name__)
 logger = logging.getLogger(__name__)
@@ -56,7 +40,7 @@ logger = logging.getLogger(__name__)
 RETRIEVAL_SCORE_KEY = "retrieval_score"
 
 
-class RerankPostprocessor(BaseNodePostprocessor):
+class RerankPostprocessor(RerankAdapter, BaseNodePostprocessor):
     """Rerank retrieved nodes with any ``Reranker``; keep the best ``top_n``.
 
     Returned nodes are new ``NodeWithScore``s, best first, whose ``score`` is the rerank score;
@@ -80,15 +64,9 @@ class RerankPostprocessor(BaseNodePostprocessor):
     passed through by reference rather than failing the query (``results.copy_metadata``).
     Text and relationships are shared read-only with the input, as LlamaIndex itself does.
 
-    ``score_threshold`` is held to the scale of the reranker that answered: one number holds
-    the answers of the reranker's first choice (a ``FallbackReranker``'s first member), and a
-    later member's answer is cut by ``top_n`` alone, with a WARNING on the
-    ``milvus_rerank.integrations.llama_index`` logger; ``{label: threshold}`` sets one per member.
-
-    Options are checked when set, at construction or assignment: a ``top_n`` that is not a
-    positive int (``True`` included), a ``score_threshold`` that is not a finite number (NaN
-    would drop every node) or a label that never answers for the reranker raises
-    ``ConfigurationError`` naming the value.
+    ``score_threshold`` is held to the scale of the reranker that answered, one number or one
+    per answering label, and options are checked when set, as ``RerankAdapter`` says; its
+    WARNINGs go to the ``milvus_rerank.integrations.llama_index`` logger.
 
     Pickling fails at once with a ``TypeError`` when the reranker cannot be pickled (none of
     this package's can: they hold models, clients and keys), where LlamaIndex would otherwise
@@ -96,6 +74,7 @@ class RerankPostprocessor(BaseNodePostprocessor):
     and shares the reranker.
     """
 
+    owner: ClassVar[str] = "RerankPostprocessor"
     model_config = ConfigDict(arbitrary_types_allowed=True, validate_assignment=True)
 
     reranker: Reranker = Field(description="The reranker that scores (query, node) pairs.")
@@ -105,32 +84,6 @@ class RerankPostprocessor(BaseNodePostprocessor):
         description="Drop nodes scoring below this, after top_n: one number, held to the "
         "answers of the reranker's first choice, or one per answering label ({label: value}).",
     )
-
-    @field_validator("reranker")
-    @classmethod
-    def _check_reranker(cls, value: Reranker, info: ValidationInfo) -> Reranker:
-        threshold_option("RerankPostprocessor", info.data.get("score_threshold"), value)
-        return value
-
-    @field_validator("top_n", mode="before")
-    @classmethod
-    def _check_top_n(cls, value: object) -> int | None:
-        return top_n_option("RerankPostprocessor", value)
-
-    @field_validator("score_threshold", mode="before")
-    @classmethod
-    def _check_threshold(cls, value: object, info: ValidationInfo) -> ScoreThreshold:
-        return threshold_option("RerankPostprocessor", value, info.data.get("reranker"))
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickle state, refusing at once when the reranker cannot be pickled.
-
-        LlamaIndex's ``BaseComponent`` drops unpicklable fields with a warning, which would
-        unpickle into a postprocessor without a reranker that fails only when first used.
-        """
-        refuse_unpicklable("RerankPostprocessor", self.reranker)
-        state: dict[str, Any] = super().__getstate__()
-        return state
 
     @field_serializer("reranker")
     def _serialize_reranker(self, reranker: Reranker) -> str:
@@ -203,13 +156,9 @@ class RerankPostprocessor(BaseNodePostprocessor):
 
     def _nodes(self, nodes: list[NodeWithScore], response: RerankResponse) -> list[NodeWithScore]:
         out = []
-        owner = "RerankPostprocessor"
-        for result in kept_results(response, self.score_threshold, owner=owner, logger=logger):
+        for result in self.kept(response, logger):
             source = nodes[result.index]
-            node = _scored_copy(
-                source,
-                {RERANKED_BY_KEY: response.answered_by, RERANKED_KEY: response.reranked},
-            )
+            node = _scored_copy(source, answer_metadata(response))
             score = result.score if response.reranked else source.score
             out.append(NodeWithScore(node=node, score=score))
         return out

@@ -2,8 +2,9 @@
 
 Their options checked (``top_n_option``, ``threshold_option``), which results a call keeps
 (``kept_results``: ``score_threshold`` held to the scale of the reranker that answered), the
-metadata keys and event summary of who answered (``response_summary``), and the refusal to
-pickle an adapter whose reranker cannot be (``refuse_unpicklable``).
+metadata keys and event summary of who answered (``answer_metadata``, ``response_summary``),
+and the refusal to pickle an adapter whose reranker cannot be (``refuse_unpicklable``).
+``adapter.py`` puts the checks on both adapters' pydantic models.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "RERANKED_BY_KEY",
     "RERANKED_KEY",
     "ScoreThreshold",
+    "answer_metadata",
     "answering_labels",
     "check_threshold_labels",
     "kept_results",
@@ -151,6 +153,11 @@ def kept_results(
         len(response.results),
     )
     return list(response.results)
+
+
+def answer_metadata(response: RerankResponse) -> dict[str, Any]:
+    """Who answered, under ``RERANKED_BY_KEY`` (the label) and ``RERANKED_KEY`` (reranked)."""
+    return {RERANKED_BY_KEY: response.answered_by, RERANKED_KEY: response.reranked}
 
 
 def response_summary(response: RerankResponse) -> dict[str, Any]:
