@@ -16,7 +16,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from typing_extensions import Self
 
@@ -43,6 +43,15 @@ __all__ = ["FALLS_THROUGH", "FallbackReranker", "unreranked_error"]
 logger = logging.getLogger("milvus_rerank.fallback")
 
 _T = TypeVar("_T")
+
+
+class _Request(NamedTuple):
+    """A checked call (``validate_request``): what every member of a chain is asked."""
+
+    query: str
+    docs: list[str]
+    top_n: int | None
+
 
 #: Errors that pass a call to the next reranker: the provider's side failed, and another
 #: provider may well answer. ``ProviderUnavailableError`` covers 5xx answers, timeouts and
@@ -145,64 +154,48 @@ class FallbackReranker(Reranker):
             AllRerankersFailedError: every reranker failed (unless ``fail_open``).
             Exception: a reranker's error that does not fall through, as it was raised.
         """
-        return self._response(query, documents, top_n, self.fail_open)
+        request = _Request(*validate_request(query, documents, top_n))
+        return self._response(request, self.fail_open)
 
-    def _response(
-        self, query: str, documents: Sequence[str], top_n: int | None, fail_open: bool
-    ) -> RerankResponse:
-        query, docs, top_n = validate_request(query, documents, top_n)
-        if not docs:
+    def _response(self, request: _Request, fail_open: bool) -> RerankResponse:
+        if not request.docs:
             return RerankResponse([], Usage(), self)
         try:
-            position, response, failures = self._first(
-                lambda member: self._member_response(member, query, docs, top_n)
-            )
+            found = self._first(lambda member: self._member_response(member, request))
         except AllRerankersFailedError as exc:
-            if not fail_open:
-                raise
-            return self._failed_open(docs, top_n, exc)
-        return self._answered(position, response, failures)
+            return self._gave_up(request, exc, fail_open)
+        return self._answered(*found)
 
-    def _member_response(
-        self, member: Reranker, query: str, docs: list[str], top_n: int | None
-    ) -> RerankResponse:
+    def _member_response(self, member: Reranker, request: _Request) -> RerankResponse:
         """A member's response; a nested chain that is not last never fails open.
 
         The next member is tried instead, and nothing logs a first-stage order not returned.
         """
         if isinstance(member, FallbackReranker) and member is not self.rerankers[-1]:
-            return member._response(query, docs, top_n, fail_open=False)
-        return self._reranked(member, member.rerank_response(query, docs, top_n))
+            return member._response(request, fail_open=False)
+        return self._reranked(member, member.rerank_response(*request))
 
     async def arerank_response(
         self, query: str, documents: Sequence[str], top_n: int | None = None
     ) -> RerankResponse:
         """Async ``rerank_response``; cancelling the call cancels the reranker being tried."""
-        return await self._aresponse(query, documents, top_n, self.fail_open)
+        request = _Request(*validate_request(query, documents, top_n))
+        return await self._aresponse(request, self.fail_open)
 
-    async def _aresponse(
-        self, query: str, documents: Sequence[str], top_n: int | None, fail_open: bool
-    ) -> RerankResponse:
-        query, docs, top_n = validate_request(query, documents, top_n)
-        if not docs:
+    async def _aresponse(self, request: _Request, fail_open: bool) -> RerankResponse:
+        if not request.docs:
             return RerankResponse([], Usage(), self)
         try:
-            position, response, failures = await self._afirst(
-                lambda member: self._amember_response(member, query, docs, top_n)
-            )
+            found = await self._afirst(lambda member: self._amember_response(member, request))
         except AllRerankersFailedError as exc:
-            if not fail_open:
-                raise
-            return self._failed_open(docs, top_n, exc)
-        return self._answered(position, response, failures)
+            return self._gave_up(request, exc, fail_open)
+        return self._answered(*found)
 
-    async def _amember_response(
-        self, member: Reranker, query: str, docs: list[str], top_n: int | None
-    ) -> RerankResponse:
+    async def _amember_response(self, member: Reranker, request: _Request) -> RerankResponse:
         """Async ``_member_response``."""
         if isinstance(member, FallbackReranker) and member is not self.rerankers[-1]:
-            return await member._aresponse(query, docs, top_n, fail_open=False)
-        return self._reranked(member, await member.arerank_response(query, docs, top_n))
+            return await member._aresponse(request, fail_open=False)
+        return self._reranked(member, await member.arerank_response(*request))
 
     def score_pairs(self, queries: Sequence[str], documents: Sequence[str]) -> list[float]:
         """The first answering reranker's ``score_pairs`` (never fails open: no order to keep).
@@ -229,11 +222,9 @@ class FallbackReranker(Reranker):
         for position, member in enumerate(self.rerankers):
             try:
                 return position, call(member), failures
-            except self._falls_through as exc:
-                failures.append(exc)
             except Exception as exc:
-                self._log_stop(position, exc, failures)
-                raise
+                if not self._falls_to_next(position, exc, failures):
+                    raise
         raise self._all_failed(failures)
 
     async def _afirst(
@@ -244,14 +235,20 @@ class FallbackReranker(Reranker):
         for position, member in enumerate(self.rerankers):
             try:
                 return position, await call(member), failures
-            except self._falls_through as exc:
+            except Exception as exc:
+                if not self._falls_to_next(position, exc, failures):
+                    raise
                 if _cancelling():  # the reranker swallowed our cancellation: honour it
                     raise asyncio.CancelledError from None
-                failures.append(exc)
-            except Exception as exc:
-                self._log_stop(position, exc, failures)
-                raise
         raise self._all_failed(failures)
+
+    def _falls_to_next(self, position: int, error: Exception, failures: list[Exception]) -> bool:
+        """Whether ``error`` passes the call on (kept in ``failures``); if not, it is logged."""
+        if isinstance(error, self._falls_through):
+            failures.append(error)
+            return True
+        self._log_stop(position, error, failures)
+        return False
 
     def _reranked(self, member: Reranker, response: RerankResponse) -> RerankResponse:
         """``response``, or the failure of a nested chain that failed open, when not last.
@@ -276,10 +273,16 @@ class FallbackReranker(Reranker):
             tuple(member.label for member in self.rerankers), tuple(failures)
         )
 
-    def _failed_open(
-        self, docs: list[str], top_n: int | None, error: AllRerankersFailedError
+    def _gave_up(
+        self, request: _Request, error: AllRerankersFailedError, fail_open: bool
     ) -> RerankResponse:
-        """With ``fail_open``: the first-stage order, unscored (NaN), marked unreranked."""
+        """Raise ``error``, or with ``fail_open`` return the first-stage order, marked unreranked.
+
+        The documents keep their input order (cut to ``top_n``), each scored NaN.
+        """
+        if not fail_open:
+            raise error
+        docs, top_n = request.docs, request.top_n
         logger.warning(
             "%s; fail_open: returning the %d documents in their first-stage order, unreranked",
             error,
