@@ -73,41 +73,31 @@ class BGEFamily(SequenceClassifierFamily):
     def encode(
         self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
     ) -> Rows:
-        """Pairs grouped by query, each group tokenized like ``FlagReranker.compute_score``."""
-        return [item.row for item in self._encode(tokenizer, queries, documents, max_length)]
+        """The rows of ``locate``: locating the passages costs nothing more."""
+        return [item.row for item in self.locate(tokenizer, queries, documents, max_length)]
 
     def locate(
         self, tokenizer: Any, queries: Sequence[str], documents: Sequence[str], max_length: int
     ) -> list[Located]:
-        """``encode``'s rows, each with the passage's whole token ids and its place in the row.
+        """Pairs grouped by query, each group tokenized like ``FlagReranker.compute_score``.
 
-        The passage is tokenized whole either way (FlagEmbedding truncates after tokenizing),
-        so locating it costs nothing more.
+        Each row comes with the passage's whole token ids and its place in the row: the
+        passage is tokenized whole either way (FlagEmbedding truncates after tokenizing).
         """
-        return self._encode(tokenizer, queries, documents, max_length, whole=True)
-
-    def _encode(
-        self,
-        tokenizer: Any,
-        queries: Sequence[str],
-        documents: Sequence[str],
-        max_length: int,
-        whole: bool = False,
-    ) -> list[Located]:
         located: list[Located] = [Located({}) for _ in documents]
         groups: dict[str, list[int]] = {}
         for i, query in enumerate(queries):
             groups.setdefault(query, []).append(i)
         for query, positions in groups.items():
             encoded = self._encode_group(
-                tokenizer, query, [documents[i] for i in positions], max_length, whole
+                tokenizer, query, [documents[i] for i in positions], max_length
             )
             for i, item in zip(positions, encoded, strict=True):
                 located[i] = item
         return located
 
     def _encode_group(
-        self, tokenizer: Any, query: str, documents: Sequence[str], max_length: int, whole: bool
+        self, tokenizer: Any, query: str, documents: Sequence[str], max_length: int
     ) -> list[Located]:
         backend = tokenizer.backend_tokenizer
         backend.no_truncation()
@@ -121,7 +111,7 @@ class BGEFamily(SequenceClassifierFamily):
         controls = self.user_controls(tokenizer)
         located: list[Located] = []
         for d in docs:
-            ids = d.ids if whole else None  # the whole passage, before truncation
+            ids = d.ids  # the whole passage, before truncation
             d.truncate(max_length)
             excess = len(q.ids) + len(d.ids) + specials - max_length
             if 0 < excess < len(d.ids):
@@ -132,10 +122,10 @@ class BGEFamily(SequenceClassifierFamily):
             row = {"input_ids": pair.ids}
             if controls is not None:  # what XLM-R's vocabulary matched all the same
                 row["input_ids"] = controls_as_unk(pair.ids, controls, pair.sequence_ids)
-                ids = None if ids is None else controls_as_unk(ids, controls)
+                ids = controls_as_unk(ids, controls)
             if want_types:
                 row["token_type_ids"] = pair.type_ids
-            if ids is not None and len(d.ids) < len(ids):
+            if len(d.ids) < len(ids):
                 start = pair.sequence_ids.index(1)
                 located.append(Located(row, ids, start, start + len(d.ids)))
             else:
