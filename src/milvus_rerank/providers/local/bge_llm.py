@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from typing_extensions import Unpack
 
 from milvus_rerank.core.errors import ConfigurationError
-from milvus_rerank.providers.local.causal import (
-    CausalFamily,
-    CausalReranker,
-    label_logits,
-    text_tokens,
-)
-from milvus_rerank.providers.local.family import (
-    Head,
-    Located,
-    ModelSource,
-    Rows,
-    identity,
-    sigmoid_all,
-)
-from milvus_rerank.providers.local.options import (
-    LocalOptions,
-    check_bool,
-    check_query_max_length,
-)
+from milvus_rerank.providers.local.causal import CausalFamily, CausalReranker, text_tokens
+from milvus_rerank.providers.local.family import Located, ModelSource, Rows, identity, sigmoid_all
+from milvus_rerank.providers.local.options import LocalOptions, check_bool, check_query_max_length
 
 __all__ = ["BGE_LLM_DEFAULT_PROMPT", "BGELLMFamily", "BGELLMReranker"]
 
@@ -176,18 +160,20 @@ class BGELLMFamily(CausalFamily):
     def _prompt(self) -> str:
         return BGE_LLM_DEFAULT_PROMPT if self.instruction is None else self.instruction
 
-    def bind(self, model: Any, tokenizer: Any, source: ModelSource) -> Head:
-        """Head: the logit of the first token of ``"Yes"``; the sigmoid when ``normalize``."""
-        self.keep_positions(model)
+    def label_ids(self, tokenizer: Any, source: ModelSource) -> list[int]:
+        """The first token of ``"Yes"``."""
         yes = tokenizer("Yes", add_special_tokens=False)["input_ids"]
         if not yes:
             raise ConfigurationError(f"the tokenizer of {source.model_name!r} cannot encode 'Yes'")
-        logits_of = label_logits(model, [int(yes[0])])
+        return [int(yes[0])]
 
-        def forward(batch: dict[str, Any]) -> Any:
-            return logits_of(batch)[:, 0]
+    def score_labels(self, logits: Any) -> Any:
+        """The "Yes" logit."""
+        return logits[:, 0]
 
-        return Head(forward, sigmoid_all if self.normalize else identity)
+    def activation(self, model: Any, source: ModelSource) -> Callable[[list[float]], list[float]]:
+        """The sigmoid when ``normalize``, else the raw logit."""
+        return sigmoid_all if self.normalize else identity
 
     def describe(self) -> dict[str, Any]:
         """Family options for the repr."""

@@ -11,13 +11,14 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
 from typing_extensions import Self
 
 from milvus_rerank.core.errors import ConfigurationError
-from milvus_rerank.providers.local.family import HalfDtype, ModelFamily
+from milvus_rerank.providers.local.family import HalfDtype, Head, ModelFamily, ModelSource
 from milvus_rerank.providers.local.reranker import LocalReranker
 
 __all__ = [
@@ -103,6 +104,9 @@ def label_logits(model: Any, token_ids: Sequence[int]) -> Callable[[dict[str, An
 class CausalFamily(ModelFamily):
     """A decoder-only reranker family: causal LM, left padding, bf16 on CUDA, an instruction.
 
+    Its head reads the logits of the family's label tokens (``label_ids``) at each row's last
+    position (``label_logits``) and makes them one raw score (``score_labels``).
+
     Attributes:
         instruction: The family's instruction (None: its reference's default, if it has one).
     """
@@ -154,6 +158,24 @@ class CausalFamily(ModelFamily):
         positions = self.max_positions(model.config)
         if positions is not None:
             self._model["positions"] = positions
+
+    def bind(self, model: Any, tokenizer: Any, source: ModelSource) -> Head:
+        """Keep the position table (``keep_positions``); the head scores the label logits."""
+        self.keep_positions(model)
+        logits_of = label_logits(model, self.label_ids(tokenizer, source))
+
+        def forward(batch: dict[str, Any]) -> Any:
+            return self.score_labels(logits_of(batch))
+
+        return Head(forward, self.activation(model, source))
+
+    @abstractmethod
+    def label_ids(self, tokenizer: Any, source: ModelSource) -> list[int]:
+        """The vocabulary ids whose last-position logits score a row (checked at bind)."""
+
+    @abstractmethod
+    def score_labels(self, logits: Any) -> Any:
+        """One raw score per row from its label logits (float32, one column per label id)."""
 
     def warn_once(self, logger: logging.Logger, key: str, message: str, *args: object) -> None:
         """Log ``message`` (numbers only, never user text) once for this reranker and its views."""

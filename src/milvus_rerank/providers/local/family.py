@@ -308,6 +308,10 @@ class ModelFamily(ABC):
     def bind(self, model: Any, tokenizer: Any, source: ModelSource) -> Head:
         """Check the loaded model (``ConfigurationError`` if it cannot score) and build its head."""
 
+    def activation(self, model: Any, source: ModelSource) -> Callable[[list[float]], list[float]]:
+        """The activation applied to the raw scores, for the head (raw scores by default)."""
+        return identity
+
     def describe(self) -> dict[str, Any]:
         """Family options shown in the reranker's repr."""
         return {}
@@ -342,10 +346,6 @@ class SequenceClassifierFamily(ModelFamily):
         """Refuse multi-label heads; use the ``[CLS]``-only forward where the layout allows."""
         self.check_config(model.config, source)
         return Head(ClassifierForward(model), self.activation(model, source))
-
-    def activation(self, model: Any, source: ModelSource) -> Callable[[list[float]], list[float]]:
-        """The activation applied to the logits (raw logits by default)."""
-        return identity
 
 
 class ClassifierForward:

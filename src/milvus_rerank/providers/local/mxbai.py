@@ -14,17 +14,9 @@ from milvus_rerank.providers.local.causal import (
     FEW_TOKENS,
     CausalFamily,
     CausalReranker,
-    label_logits,
     text_tokens,
 )
-from milvus_rerank.providers.local.family import (
-    Head,
-    Located,
-    ModelSource,
-    Rows,
-    identity,
-    sigmoid_all,
-)
+from milvus_rerank.providers.local.family import Located, ModelSource, Rows, identity, sigmoid_all
 from milvus_rerank.providers.local.options import LocalOptions, check_bool
 
 __all__ = ["MxbaiV2Family", "MxbaiV2Reranker", "estimated_max_for"]
@@ -198,22 +190,19 @@ class MxbaiV2Family(CausalFamily):
                 located.append(Located(row))
         return located
 
-    def bind(self, model: Any, tokenizer: Any, source: ModelSource) -> Head:
-        """Head: ``logit("1") - logit("0")``; mxbai's shifted sigmoid when ``normalize``."""
-        self._model["positions"] = int(model.config.max_position_embeddings)
-        labels = [int(tokenizer(t, add_special_tokens=False)["input_ids"][0]) for t in "10"]
-        logits_of = label_logits(model, labels)
+    def label_ids(self, tokenizer: Any, source: ModelSource) -> list[int]:
+        """The first tokens of ``"1"`` and ``"0"``."""
+        return [int(tokenizer(t, add_special_tokens=False)["input_ids"][0]) for t in "10"]
 
-        def forward(batch: dict[str, Any]) -> Any:
-            logits = logits_of(batch)
-            return logits[:, 0] - logits[:, 1]
+    def score_labels(self, logits: Any) -> Any:
+        """``logit("1") - logit("0")``."""
+        return logits[:, 0] - logits[:, 1]
 
-        return Head(forward, self._activation(source.model_name))
-
-    def _activation(self, model_name: str) -> Callable[[list[float]], list[float]]:
+    def activation(self, model: Any, source: ModelSource) -> Callable[[list[float]], list[float]]:
+        """The package's shifted sigmoid when ``normalize``, else the raw logit difference."""
         if not self.normalize:
             return identity
-        shift = (self.estimated_max or estimated_max_for(model_name)) / 2
+        shift = (self.estimated_max or estimated_max_for(source.model_name)) / 2
 
         def normalize(scores: list[float]) -> list[float]:
             return sigmoid_all([s - shift for s in scores])

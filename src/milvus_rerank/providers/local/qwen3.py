@@ -14,10 +14,9 @@ from milvus_rerank.providers.local.causal import (
     CausalFamily,
     CausalReranker,
     check_instruction,
-    label_logits,
     text_tokens,
 )
-from milvus_rerank.providers.local.family import Head, Located, ModelSource, Rows
+from milvus_rerank.providers.local.family import Located, ModelSource, Rows
 from milvus_rerank.providers.local.options import LocalOptions, check_query_max_length
 
 __all__ = ["QWEN3_DEFAULT_INSTRUCTION", "Qwen3Family", "Qwen3Reranker"]
@@ -197,18 +196,15 @@ class Qwen3Family(CausalFamily):
             for q, d in zip(queries, documents, strict=True)
         ]
 
-    def bind(self, model: Any, tokenizer: Any, source: ModelSource) -> Head:
-        """Head: sigmoid(logit(yes) - logit(no)) at the last position (the softmax's P(yes))."""
-        self.keep_positions(model)
-        labels = [_single_token(tokenizer, t, source) for t in ("no", "yes")]
-        logits_of = label_logits(model, labels)
+    def label_ids(self, tokenizer: Any, source: ModelSource) -> list[int]:
+        """``no`` and ``yes``, each a token of the vocabulary."""
+        return [_single_token(tokenizer, t, source) for t in ("no", "yes")]
 
-        def forward(batch: dict[str, Any]) -> Any:
-            import torch
+    def score_labels(self, logits: Any) -> Any:
+        """sigmoid(logit(yes) - logit(no)), the softmax's P(yes)."""
+        import torch
 
-            return torch.log_softmax(logits_of(batch), dim=-1)[:, 1].exp()
-
-        return Head(forward)
+        return torch.log_softmax(logits, dim=-1)[:, 1].exp()
 
     def describe(self) -> dict[str, Any]:
         """Family options for the repr."""
