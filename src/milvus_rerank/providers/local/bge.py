@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from typing_extensions import Unpack
@@ -10,18 +10,11 @@ from typing_extensions import Unpack
 from milvus_rerank.core.errors import ConfigurationError
 from milvus_rerank.providers.local.family import (
     Located,
-    ModelSource,
     Rows,
     SequenceClassifierFamily,
     controls_as_unk,
-    identity,
-    sigmoid_all,
 )
-from milvus_rerank.providers.local.options import (
-    LocalOptions,
-    check_bool,
-    check_query_max_length,
-)
+from milvus_rerank.providers.local.options import LocalOptions, check_bool, check_query_max_length
 from milvus_rerank.providers.local.reranker import LocalReranker
 
 __all__ = ["BGEFamily", "BGEReranker"]
@@ -131,10 +124,6 @@ class BGEFamily(SequenceClassifierFamily):
             else:
                 located.append(Located(row))
         return located
-
-    def activation(self, model: Any, source: ModelSource) -> Callable[[list[float]], list[float]]:
-        """The sigmoid when ``normalize``, else raw logits."""
-        return sigmoid_all if self.normalize else identity
 
     def describe(self) -> dict[str, Any]:
         """Family options for the repr."""

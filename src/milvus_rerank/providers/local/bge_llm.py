@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from typing_extensions import Unpack
 
 from milvus_rerank.core.errors import ConfigurationError
 from milvus_rerank.providers.local.causal import CausalFamily, CausalReranker, text_tokens
-from milvus_rerank.providers.local.family import Located, ModelSource, Rows, identity, sigmoid_all
+from milvus_rerank.providers.local.family import Located, ModelSource, Rows
 from milvus_rerank.providers.local.options import LocalOptions, check_bool, check_query_max_length
 
 __all__ = ["BGE_LLM_DEFAULT_PROMPT", "BGELLMFamily", "BGELLMReranker"]
@@ -170,10 +170,6 @@ class BGELLMFamily(CausalFamily):
     def score_labels(self, logits: Any) -> Any:
         """The "Yes" logit."""
         return logits[:, 0]
-
-    def activation(self, model: Any, source: ModelSource) -> Callable[[list[float]], list[float]]:
-        """The sigmoid when ``normalize``, else the raw logit."""
-        return sigmoid_all if self.normalize else identity
 
     def describe(self) -> dict[str, Any]:
         """Family options for the repr."""

@@ -202,6 +202,9 @@ class ModelFamily(ABC):
     #: a row; the family's own template keeps its special tokens. Set by the runner from
     #: ``LocalOptions.split_special_tokens`` (off: the references tokenize them as controls).
     split_special_tokens: bool = False
+    #: Apply the sigmoid to the raw scores (what ``activation`` does by default); a family
+    #: with a ``normalize`` option sets it from there.
+    normalize: bool = False
 
     @abstractmethod
     def default_max_length(self, tokenizer: Any, config: Any) -> int:
@@ -309,8 +312,8 @@ class ModelFamily(ABC):
         """Check the loaded model (``ConfigurationError`` if it cannot score) and build its head."""
 
     def activation(self, model: Any, source: ModelSource) -> Callable[[list[float]], list[float]]:
-        """The activation applied to the raw scores, for the head (raw scores by default)."""
-        return identity
+        """The activation of the head's raw scores: the sigmoid when ``normalize``, else none."""
+        return sigmoid_all if self.normalize else identity
 
     def describe(self) -> dict[str, Any]:
         """Family options shown in the reranker's repr."""
