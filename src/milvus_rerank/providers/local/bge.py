@@ -151,6 +151,7 @@ class BGEReranker(LocalReranker):
     provider: ClassVar[str] = "bge"
     default_model: ClassVar[str] = "BAAI/bge-reranker-v2-m3"
     tiny_builder: ClassVar[str | None] = "build_tiny_bge"
+    family: BGEFamily
 
     def __init__(
         self,

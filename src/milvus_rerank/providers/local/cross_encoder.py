@@ -223,6 +223,7 @@ class CrossEncoderReranker(LocalReranker):
     provider: ClassVar[str] = "cross-encoder"
     default_model: ClassVar[str] = "cross-encoder/ms-marco-MiniLM-L-6-v2"
     tiny_builder: ClassVar[str | None] = "build_tiny_cross_encoder"
+    family: CrossEncoderFamily
 
     def __init__(
         self,
