@@ -16,6 +16,7 @@ the thread-safe lazy load. A ``ModelFamily`` fills in the rest from its own modu
 ``locate``                 ``encode``'s rows, each with where its document sits (``Located``),
                            so ``long_documents="max_passage"`` can score the rest of it
 ``bind``                   at load: check the model, return its ``Head`` (forward, activation)
+``activation``             the head's raw scores -> the scores (the sigmoid when ``normalize``)
 =========================  =================================================================
 
 A causal LLM reranker (Qwen3-Reranker, bge-reranker-v2-gemma, mxbai-rerank-v2) is one new
