@@ -158,7 +158,9 @@ def test_a_thousand_asyncio_runs_leak_no_threads_or_fds(tiny_models: dict[str, P
     for _ in range(1000):
         ranked = asyncio.run(reranker.arerank(QUERIES[0], DOCS[:3]))
         assert [r.index for r in ranked] == want
-    assert threading.active_count() <= threads + 1  # at most the batcher's worker, idling
+    assert threading.active_count() <= threads + 1, [
+        t.name for t in threading.enumerate()
+    ]  # at most the batcher's worker, idling
     _settle_workers()
     assert threading.active_count() == threads and _fds() == fds
 

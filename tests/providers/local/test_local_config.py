@@ -368,7 +368,6 @@ def test_explicit_bfloat16_loads_in_bfloat16(tiny_models: dict[str, Path]) -> No
         {"dtype": "fp16"},
         {"use_fp16": "yes"},
         {"trust_remote_code": 1},
-        {"device": ""},
         {"device": 0},
         {"revision": ""},
         {"batch_size": None},

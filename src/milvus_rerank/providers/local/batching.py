@@ -144,6 +144,7 @@ class MicroBatcher(Generic[Item, Out]):
         self._jobs: deque[_Job] = deque()
         self._threads: list[threading.Thread] = []  # live worker threads
         self._idle = 0  # workers waiting for work
+        self._forwarding = 0  # workers inside a forward pass
         self._pending = 0  # rows queued and not yet taken
         self._pending_tokens = 0
         self._last_jobs = 0  # callers in the last forward
@@ -207,7 +208,9 @@ class MicroBatcher(Generic[Item, Out]):
             self._pending += len(items)
             self._pending_tokens += sum(costs)
             self._jobs.append(job)
-            if not self._idle:
+            # A worker that is neither idle nor in a forward is between passes: it takes this
+            # job itself, so a caller following its own answer does not start a second one.
+            if not self._idle and self._forwarding >= self._alive():
                 self._start_worker()
             self._cond.notify_all()  # an idle worker, or one waiting for company to fill up
         future.add_done_callback(lambda done: self._drop(job) if done.cancelled() else None)
@@ -269,6 +272,10 @@ class MicroBatcher(Generic[Item, Out]):
         return self._pending >= self.max_items or (
             self.max_tokens is not None and self._pending_tokens >= self.max_tokens
         )
+
+    def _alive(self) -> int:
+        """Worker threads alive; under the lock."""
+        return sum(thread.is_alive() for thread in self._threads)
 
     def _start_worker(self) -> None:
         """Another worker thread, if fewer than ``workers`` are alive; under the lock."""
@@ -374,8 +381,14 @@ class MicroBatcher(Generic[Item, Out]):
 
     def _run_batch(self, chunks: list[tuple[_Job, int, int]]) -> None:
         items = [item for job, start, end in chunks for item in job.items[start:end]]
+        with self._cond:
+            self._forwarding += 1
         try:
-            outputs = list(self._forward(items))
+            try:
+                outputs = list(self._forward(items))
+            finally:
+                with self._cond:
+                    self._forwarding -= 1
             if len(outputs) != len(items):
                 raise RuntimeError(f"forward returned {len(outputs)} outputs for {len(items)} rows")
         except BaseException as exc:  # every caller in this batch gets the failure
