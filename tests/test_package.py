@@ -28,6 +28,7 @@ def test_exports_are_pinned() -> None:
         "AuthenticationError",
         "BGELLMReranker",
         "BGEReranker",
+        "CachedReranker",
         "CohereReranker",
         "ConfigurationError",
         "CrossEncoderReranker",

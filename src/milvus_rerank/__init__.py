@@ -46,11 +46,13 @@ if TYPE_CHECKING:
     from milvus_rerank.providers.local.cross_encoder import CrossEncoderReranker
     from milvus_rerank.providers.local.mxbai import MxbaiV2Reranker
     from milvus_rerank.providers.local.qwen3 import Qwen3Reranker
+    from milvus_rerank.wrappers.cache import CachedReranker
 
 
 _LAZY = {
     "BGELLMReranker": "milvus_rerank.providers.local.bge_llm",
     "BGEReranker": "milvus_rerank.providers.local.bge",
+    "CachedReranker": "milvus_rerank.wrappers.cache",
     "CohereReranker": "milvus_rerank.providers.api.cohere",
     "CrossEncoderReranker": "milvus_rerank.providers.local.cross_encoder",
     "DashScopeReranker": "milvus_rerank.providers.api.dashscope",
@@ -74,6 +76,7 @@ __all__ = [
     "AuthenticationError",
     "BGELLMReranker",
     "BGEReranker",
+    "CachedReranker",
     "CohereReranker",
     "ConfigurationError",
     "CrossEncoderReranker",
