@@ -374,3 +374,32 @@ async def test_a_declared_native_async_is_what_the_base_reads() -> None:
     response = await reranker.arerank_response("q", ["alpha", "beta"])
     assert [r.text for r in response.results] == ["beta", "alpha"]
     assert response.usage.requests == 3
+
+
+async def test_a_class_with_only_its_own_async_scoring_can_be_made() -> None:
+    """Before: ``TypeError`` (abstract ``_score``) although ``_ascore`` makes it native_async."""
+    from milvus_rerank import ConfigurationError
+
+    class AsyncOnly(Reranker):
+        async def _ascore(self, query: str, documents: list[str]) -> list[float]:
+            return [float(len(d)) for d in documents]
+
+    class AsyncOnlyBelow(AsyncOnly):
+        """Inherits the async path."""
+
+    for cls in (AsyncOnly, AsyncOnlyBelow):
+        reranker = cls()
+        assert cls.native_async
+        assert [r.text for r in await reranker.arerank("q", ["a", "ccc", "bb"])] == [
+            "ccc",
+            "bb",
+            "a",
+        ]
+        with pytest.raises(ConfigurationError, match="scores asynchronously only.*arerank"):
+            reranker.rerank("q", ["a"])
+
+    class Neither(Reranker):
+        """No scoring hook at all: still refused when made."""
+
+    with pytest.raises(TypeError, match="abstract method _score"):
+        Neither()  # type: ignore[abstract]
