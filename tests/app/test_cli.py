@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,6 +45,19 @@ def fresh_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
 #: A model no Hugging Face cache can hold: the demo and eval must fall back to the tiny stand-in
 #: whatever this machine has cached (the hub is offline in the tests).
 NO_SUCH_MODEL = "milvus-rerank-tests/no-such-model"
+
+
+#: Tests that run ``serve``'s real port check (the others need not find port 8000 free).
+REAL_PORT_CHECK = {"test_serve_checks_its_port_before_the_model_loads"}
+
+
+@pytest.fixture(autouse=True)
+def any_port_free(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``serve`` binds its port before loading the model: here, unless the test checks that."""
+    import milvus_rerank.app.commands as commands
+
+    if request.node.originalname not in REAL_PORT_CHECK:
+        monkeypatch.setattr(commands, "check_port", lambda host, port: None, raising=False)
 
 
 def write_docs(path: Path, lines: list[str]) -> Path:
@@ -412,3 +426,179 @@ def test_serve_and_eval_take_the_model_options(
         assert "instruction='be strict'" in repr(reranker) and "max_length=96" in repr(reranker)
         assert "split_special_tokens=True" in repr(reranker)
     assert len(seen) == 2
+
+
+def test_serve_checks_its_port_before_the_model_loads(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: the model loaded, a banner said it served, then uvicorn's "ERROR:" and exit 3."""
+    import socket
+
+    import milvus_rerank.app.commands
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the port was checked")
+
+    monkeypatch.setattr(milvus_rerank.app.commands, "open_from_args", no_model)
+    monkeypatch.delenv("MILVUS_RERANK_API_KEY", raising=False)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        err = error_of(["serve", "--port", str(port)], capsys)
+    assert err == f"milvus-rerank: error: port {port} on 127.0.0.1 is in use\n"
+    foreign = ["serve", "--host", "192.0.2.1", "--insecure-no-auth", "--port", "18019"]
+    assert "192.0.2.1: it is not an address of this machine" in error_of(foreign, capsys)
+    # A public host without a key is refused first, as before (now before the load too).
+    assert "--insecure-no-auth" in error_of(["serve", "--host", "192.0.2.1"], capsys)
+
+
+def test_run_server_refuses_a_busy_port_before_any_banner(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import socket
+
+    from milvus_rerank import ConfigurationError
+    from milvus_rerank.app.serve import run_server
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigurationError, match=f"port {port} on 127.0.0.1 is in use"):
+            run_server(ScoreTableReranker(), port=port)
+    assert capsys.readouterr().err == ""
+
+
+#: Runs ``milvus-rerank serve`` over a reranker without a model (argv: when to press Ctrl-C,
+#: then the command's flags); "startup" presses it while uvicorn starts.
+SERVE_DRIVER = """
+import contextlib, os, signal, sys
+
+import uvicorn
+
+import milvus_rerank.app.commands as commands
+from milvus_rerank import Reranker
+from milvus_rerank.app.cli import main
+
+
+class Lengths(Reranker):
+    def _score(self, query, documents):
+        return [float(len(d)) for d in documents]
+
+
+@contextlib.contextmanager
+def opened(args, **kwargs):
+    yield Lengths(), False
+
+
+commands.open_from_args = opened
+if sys.argv[1] == "startup":
+    startup = uvicorn.Server.startup
+
+    async def interrupted(self, sockets=None):
+        os.kill(os.getpid(), signal.SIGINT)
+        await startup(self, sockets=sockets)
+
+    uvicorn.Server.startup = interrupted
+sys.exit(main(["serve", *sys.argv[2:]]))
+"""
+
+
+def _serve_process(tmp_path: Path, when: str, *flags: str) -> Any:
+    """``milvus-rerank serve`` in a child process, its stderr piped (killed after 60 s)."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    import milvus_rerank
+
+    driver = tmp_path / "serve_driver.py"
+    driver.write_text(SERVE_DRIVER, encoding="utf-8")
+    source = str(Path(milvus_rerank.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")])}
+    env.pop("MILVUS_RERANK_API_KEY", None)
+    process = subprocess.Popen(
+        [sys.executable, str(driver), when, *flags],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    watchdog = threading.Timer(60, process.kill)
+    watchdog.daemon = True
+    watchdog.start()
+    return process
+
+
+def _free_port(family: int = 2, host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket(family) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGINT"), reason="POSIX signals")
+def test_ctrl_c_on_serve_exits_130_with_one_line_also_while_it_starts(tmp_path: Path) -> None:
+    """Before: exit 0 without the line once uvicorn ran, a traceback while it started."""
+    import signal
+
+    import httpx
+
+    port = _free_port()
+    serving = _serve_process(tmp_path, "serving", "--port", str(port))
+    banner = serving.stderr.readline()  # printed once the server listens
+    assert banner.startswith("milvus-rerank serve: ") and f"127.0.0.1:{port}" in banner
+    assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+    serving.send_signal(signal.SIGINT)
+    _, err = serving.communicate(timeout=60)
+    assert (serving.returncode, err) == (130, "milvus-rerank: interrupted (serve)\n")
+
+    starting = _serve_process(tmp_path, "startup", "--port", str(_free_port()))
+    _, err = starting.communicate(timeout=60)
+    assert (starting.returncode, err) == (130, "milvus-rerank: interrupted (serve)\n")
+
+
+def test_serve_on_ipv6_prints_a_usable_url(tmp_path: Path) -> None:
+    import signal
+    import socket
+
+    import httpx
+
+    try:
+        port = _free_port(socket.AF_INET6, "::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    serving = _serve_process(tmp_path, "serving", "--host", "::1", "--port", str(port))
+    banner = serving.stderr.readline()
+    try:
+        assert f" on http://[::1]:{port} " in banner, banner
+        assert httpx.get(f"http://[::1]:{port}/health", timeout=10).status_code == 200
+    finally:
+        serving.send_signal(signal.SIGINT)
+        serving.communicate(timeout=60)
+
+
+def test_the_old_module_path_of_the_command_line_still_runs() -> None:
+    """``python -m milvus_rerank.cli`` and console scripts made before the CLI moved."""
+    import os
+    import subprocess
+    import sys
+
+    import milvus_rerank
+    from milvus_rerank.cli import main as old_main
+
+    assert old_main is main
+    source = str(Path(milvus_rerank.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-m", "milvus_rerank.cli", "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, f"milvus-rerank {__version__}")

@@ -381,3 +381,32 @@ def test_an_empty_query_is_refused_through_the_pymilvus_call_shape_too() -> None
     a caller's bug, and every document would score as noise."""
     with pytest.raises(InvalidInputError, match="query.*non-empty"):
         ScoreTableReranker()("", ["a", "b"], top_k=1)
+
+
+async def test_a_class_with_only_its_own_async_scoring_can_be_made() -> None:
+    """Before: ``TypeError`` (abstract ``_score``) although ``_ascore`` makes it native_async."""
+    from milvus_rerank import ConfigurationError
+
+    class AsyncOnly(Reranker):
+        async def _ascore(self, query: str, documents: list[str]) -> list[float]:
+            return [float(len(d)) for d in documents]
+
+    class AsyncOnlyBelow(AsyncOnly):
+        """Inherits the async path."""
+
+    for cls in (AsyncOnly, AsyncOnlyBelow):
+        reranker = cls()
+        assert cls.native_async
+        assert [r.text for r in await reranker.arerank("q", ["a", "ccc", "bb"])] == [
+            "ccc",
+            "bb",
+            "a",
+        ]
+        with pytest.raises(ConfigurationError, match="scores asynchronously only.*arerank"):
+            reranker.rerank("q", ["a"])
+
+    class Neither(Reranker):
+        """No scoring hook at all: still refused when made."""
+
+    with pytest.raises(TypeError, match="abstract method _score"):
+        Neither()  # type: ignore[abstract]

@@ -30,6 +30,7 @@ from milvus_rerank.core.registry import (
 
 __all__ = [
     "MODEL_OPTIONS",
+    "check_port",
     "cmd_demo",
     "cmd_eval",
     "cmd_rerank",
@@ -318,12 +319,28 @@ def _serve_key(given: str | None) -> str | None:
     return check_api_key(from_env, variable) if from_env is not None else None
 
 
+def check_port(host: str, port: int) -> None:
+    """Bind ``host``:``port`` and let it go: a busy port fails before the model loads.
+
+    Raises:
+        ConfigurationError: the port is in use, or the address is not this machine's.
+    """
+    from milvus_rerank.app.serve.listen import bind_sockets
+
+    for sock in bind_sockets(host, port):
+        sock.close()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """``serve``: the reranker over HTTP until interrupted."""
     from milvus_rerank.app.serve import run_server
+    from milvus_rerank.app.serve.server import check_exposure
 
-    # The key is checked before the model loads: a bad one fails at once, in one line.
+    # The key, the host and the port are checked before the model loads (seconds for a
+    # real one): a bad one fails at once, in one line. run_server binds the port again.
     api_key = _serve_key(args.api_key)
+    check_exposure(args.host, api_key, args.insecure_no_auth)
+    check_port(args.host, args.port)
     limits = {name: getattr(args, name) for name, _, _ in flag_fields()}
     with open_from_args(args) as (reranker, _):
         return run_server(

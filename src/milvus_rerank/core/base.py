@@ -146,6 +146,14 @@ class RerankResponse:
         return self.reranker.label
 
 
+def _async_only(self: Reranker, query: str, documents: list[str]) -> Sequence[float]:
+    """The ``_score`` of a ``native_async`` class that defines only ``_ascore``."""
+    raise ConfigurationError(
+        f"{type(self).__name__} scores asynchronously only (it defines _ascore, not _score): "
+        "call arerank or arerank_response, or define _score for the sync calls"
+    )
+
+
 class Reranker(ABC):
     """Reorders documents by their relevance to a query.
 
@@ -172,7 +180,8 @@ class Reranker(ABC):
     ``arerank_response``) gives ``"response"``; ``rerank`` (``arerank``) gives ``"rerank"``
     unless it inherits ``"response"``; ``_ascore`` gives ``native_async = True``;
     ``score_pairs`` gives ``batching = "pairs"``. Otherwise a capability is inherited, and a
-    class that assigns one in its body keeps what it assigned.
+    class that assigns one in its body keeps what it assigned. A ``native_async`` class may
+    leave ``_score`` out: its sync calls then raise a ``ConfigurationError`` saying so.
     """
 
     #: Short backend name used in errors and by ``milvus_rerank.milvus.server_side_ranker``.
@@ -210,6 +219,8 @@ class Reranker(ABC):
             setattr(cls, attribute, inherited)
         if "_ascore" in body and "native_async" not in body:
             cls.native_async = True
+        if cls.native_async and getattr(cls._score, "__isabstractmethod__", False):
+            cls._score = _async_only  # type: ignore[method-assign]
         if "score_pairs" in body and "batching" not in body:
             cls.batching = "pairs"
 

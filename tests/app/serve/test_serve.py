@@ -190,6 +190,15 @@ def test_any_reranker_is_served_through_score_pairs() -> None:
     assert reranker.pairs == [(QUERY, "cat"), (QUERY, "milvus")]
 
 
+@pytest.fixture
+def any_port_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``serve`` binds its port before loading the model: not here (test_cli.py checks it)."""
+    import milvus_rerank.app.commands as commands
+
+    monkeypatch.setattr(commands, "check_port", lambda host, port: None, raising=False)
+
+
+@pytest.mark.usefixtures("any_port_free")
 def test_serve_command_hands_a_loaded_reranker_and_options(
     tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -369,6 +378,7 @@ def test_an_instruction_view_is_served_with_its_base_limits(qwen3: Any) -> None:
     assert _scores(answer) == pytest.approx(want, abs=1e-6)
 
 
+@pytest.mark.usefixtures("any_port_free")
 def test_serve_command_strips_the_key_and_refuses_a_bad_one_before_loading(
     tiny_models: dict[str, Path],
     monkeypatch: pytest.MonkeyPatch,
@@ -468,3 +478,168 @@ def test_a_connection_limit_given_to_the_app_is_refused_not_ignored(name: str) -
 
     with pytest.raises(ConfigurationError, match=f"{name}: a connection limit.*run_server"):
         create_app(ScoreTableReranker(), **{name: 5})
+
+
+def test_health_reports_a_stuck_scorer_though_its_clients_gave_up() -> None:
+    """Before: a client leaving counted as progress, so clients that time out (a proxy's 30 s)
+    kept /health ok while the scorer stayed stuck for good."""
+    import time
+
+    stuck = _Stuck()
+
+    def impatient(url: str) -> None:
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{url}/v2/rerank", json={"query": "q", "documents": ["a"]}, timeout=0.2)
+
+    try:
+        with BackgroundServer(create_app(stuck, stall_after=0.5, batch_workers=1)) as running:
+            deadline = time.monotonic() + 10
+            health = httpx.get(f"{running.url}/health")
+            while health.status_code == 200 and time.monotonic() < deadline:
+                impatient(running.url)  # every client gives up; the worker stays stuck
+                health = httpx.get(f"{running.url}/health")
+            assert health.status_code == 503, health.json()
+            assert health.json()["status"] == "stalled"
+            stuck.release.set()  # the worker moves again: healthy once it has
+            deadline = time.monotonic() + 10
+            while health.status_code == 503 and time.monotonic() < deadline:
+                time.sleep(0.05)
+                health = httpx.get(f"{running.url}/health")
+            assert health.json()["status"] == "ok"
+    finally:
+        stuck.release.set()
+
+
+class AsyncScores(Reranker):
+    """Scores through its own async path (native_async); its sync path is a failing stub."""
+
+    provider = "async"
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.running = self.peak = self.cancelled = 0
+        self.threads: set[str] = set()
+
+    async def _ascore(self, query: str, documents: list[str]) -> Sequence[float]:
+        import threading
+
+        self.threads.add(threading.current_thread().name)
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await asyncio.sleep(self.delay)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.running -= 1
+        return [float(len(d)) for d in documents]
+
+    def _score(self, query: str, documents: list[str]) -> Sequence[float]:
+        raise RuntimeError("the sync path: serve should have awaited _ascore")
+
+
+class AsyncOnly(Reranker):
+    """Defines only ``_ascore``: constructible, and served."""
+
+    async def _ascore(self, query: str, documents: list[str]) -> Sequence[float]:
+        return [float(len(d)) for d in documents]
+
+
+async def test_a_native_async_reranker_is_served_through_its_async_path() -> None:
+    """Before: served through the sync ``_score`` in a worker thread (500 here)."""
+    scorer = AsyncScores(delay=0.2)
+    assert scorer.native_async and scorer.batching == "whole"
+    body = {"query": "q", "documents": ["aa", "b", "ccc"]}
+    with BackgroundServer(create_app(scorer, batch_workers=2)) as running:
+        async with httpx.AsyncClient(base_url=running.url, timeout=30) as client:
+            posts = [client.post(path, json=body) for path in ("/v1/rerank", "/rerank") * 3]
+            answers = await asyncio.gather(*posts)
+            cohere = await client.post("/v2/rerank", json=body)
+            with pytest.raises(httpx.TimeoutException):  # a client that leaves
+                await client.post("/v2/rerank", json=body, timeout=0.05)
+            for _ in range(100):  # its call is cancelled with it
+                if scorer.cancelled:
+                    break
+                await asyncio.sleep(0.05)
+    for answer in [*answers, cohere]:
+        assert answer.status_code == 200, answer.text
+        assert [r["index"] for r in answer.json()["results"]] == [2, 0, 1]
+    assert scorer.peak == 2  # batch_workers bounds the requests scored at once
+    assert scorer.threads == {"uvicorn"}  # on the server's event loop, no worker thread
+    assert scorer.cancelled == 1
+    with BackgroundServer(create_app(AsyncOnly())) as running:
+        only = httpx.post(running.url + "/v2/rerank", json=body)
+    assert [r["index"] for r in only.json()["results"]] == [2, 0, 1]
+
+
+async def test_a_native_async_request_past_max_pending_pairs_is_429() -> None:
+    scorer = AsyncScores(delay=0.5)
+    app = create_app(scorer, max_pending_pairs=4, batch_workers=1)
+    with BackgroundServer(app) as running:
+        async with httpx.AsyncClient(base_url=running.url, timeout=30) as client:
+            first = asyncio.ensure_future(
+                client.post("/v1/rerank", json={"query": "q", "documents": ["a"] * 3})
+            )
+            for _ in range(100):
+                if scorer.running:
+                    break
+                await asyncio.sleep(0.02)
+            refused = await client.post("/v1/rerank", json={"query": "q", "documents": ["b"] * 3})
+            assert (await first).status_code == 200
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    assert "3 pairs are already waiting" in refused.json()["error"]["message"]
+
+
+def test_the_async_gate_bounds_its_holders_across_event_loops() -> None:
+    import contextlib
+    import threading
+
+    from milvus_rerank.app.serve.gate import AsyncGate
+
+    gate = AsyncGate(2)
+    lock = threading.Lock()
+    inside = peak = 0
+
+    async def hold() -> None:
+        nonlocal inside, peak
+        async with gate:
+            with lock:
+                inside += 1
+                peak = max(peak, inside)
+            await asyncio.sleep(0.02)
+            with lock:
+                inside -= 1
+
+    async def loop() -> None:
+        holders = [asyncio.ensure_future(hold()) for _ in range(6)]
+        leaving = asyncio.ensure_future(hold())  # a waiter cancelled: its place goes on
+        await asyncio.sleep(0)
+        leaving.cancel()
+        await asyncio.gather(*holders)
+        with contextlib.suppress(asyncio.CancelledError):
+            await leaving
+
+    threads = [threading.Thread(target=asyncio.run, args=(loop(),)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert peak == 2 and gate.held == 0
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="os.fork")
+def test_a_forked_child_forgets_the_work_of_its_parents_threads() -> None:
+    import os
+    import time
+
+    batcher = Batcher(lambda queries, documents: [0.0] * len(queries), whole_requests=True)
+    batcher._busy = 1  # a worker thread of the parent, stuck: no such thread in a child
+    time.sleep(0.01)
+    assert batcher.stalled_for() > 0
+    pid = os.fork()
+    if pid == 0:  # the child
+        os._exit(0 if batcher.stalled_for() == 0 and batcher.pending_pairs == 0 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert batcher.stalled_for() > 0  # the parent's own state is left alone

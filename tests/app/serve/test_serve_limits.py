@@ -376,6 +376,58 @@ def test_cohere_and_vllm_options_are_honoured_or_refused(
             assert ok.status_code == 200
 
 
+@pytest.mark.parametrize("value", [False, "", [], {}, 0.0, True, 1.5, "1", -1])
+def test_a_top_n_that_is_no_int_is_refused_on_every_route(
+    server: BackgroundServer, value: object
+) -> None:
+    """Before: vLLM's routes took any falsy top_n (false, "", [], {}, 0.0) as "all"."""
+    body = {"query": QUERY, "documents": DOCS, "top_n": value}
+    for path in ("/v2/rerank", "/v1/rerank", "/rerank"):
+        answer = httpx.post(server.url + path, json=body)
+        assert "top_n must be a positive int or None" in assert_shape(
+            path, "documents", answer, 400
+        )
+
+
+def test_vllms_top_n_zero_or_null_means_every_document(server: BackgroundServer) -> None:
+    for path in ("/v1/rerank", "/rerank"):
+        for extra in ({"top_n": 0}, {"top_n": None}, {}):
+            answer = httpx.post(
+                server.url + path, json={"query": QUERY, "documents": DOCS, **extra}
+            )
+            assert answer.status_code == 200 and len(answer.json()["results"]) == 3
+
+
+@pytest.mark.parametrize(("path", "key", "_"), SHAPES)
+def test_valid_json_with_a_huge_integer_is_not_called_not_json(
+    server: BackgroundServer, path: str, key: str, _: object
+) -> None:
+    """Before: "the request body is not JSON" for an integer past Python's 4,300 digits."""
+    import sys
+
+    huge = b'{"query": "q", "%s": ["a"], "top_n": %s}' % (key.encode(), b"9" * 5000)
+    answer = httpx.post(server.url + path, content=huge, headers=JSON)
+    message = assert_shape(path, "documents" if path == "/rerank" else key, answer, 400)
+    assert message == (
+        f"the request body holds an integer of more than {sys.get_int_max_str_digits()} "
+        "digits, longer than this server reads"
+    )
+    broken = httpx.post(server.url + path, content=b'{"query": "q", ', headers=JSON)
+    shape = "documents" if path == "/rerank" else key
+    assert assert_shape(path, shape, broken, 400) == "the request body is not JSON"
+
+
+def test_tei_truncate_false_refuses_a_long_query_as_a_long_text(server: BackgroundServer) -> None:
+    """Before: the query was cut silently (200) where a text as long was refused 413."""
+    url = server.url + "/rerank"
+    long_query = "milvus " * 2430  # 17,010 characters: past the 16,384 the server tokenizes
+    strict = httpx.post(url, json={"query": long_query, "texts": DOCS, "truncate": False})
+    message = assert_shape("/rerank", "texts", strict, 413)
+    assert message.startswith("query has 17010 characters") and "truncate=true" in message
+    lenient = httpx.post(url, json={"query": long_query, "texts": DOCS, "truncate": True})
+    assert lenient.status_code == 200
+
+
 @pytest.mark.parametrize(("path", "key", "_"), SHAPES)
 def test_an_api_key_is_required_when_set(
     local: CrossEncoderReranker, path: str, key: str, _: object, caplog: pytest.LogCaptureFixture
@@ -404,9 +456,21 @@ def test_run_server_refuses_a_public_host_without_a_key(
 
     import uvicorn
 
+    import milvus_rerank.app.serve.server
+
     served: list[tuple[Any, dict[str, Any]]] = []
     frozen: list[bool] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append((app, options)))
+
+    def run(server: uvicorn.Server, sockets: list[socket.socket] | None = None) -> None:
+        config = server.config  # the app and the options run_server gave uvicorn
+        options = ("host", "http", "ws", "h11_max_incomplete_event_size")
+        served.append((config.app, {name: getattr(config, name) for name in options}))
+
+    # Serving stops at uvicorn's server; the addresses (not this machine's) are not bound.
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    monkeypatch.setattr(
+        milvus_rerank.app.serve.server, "bind_sockets", lambda host, port: [socket.socket()]
+    )
     monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
     with pytest.raises(ConfigurationError, match="--api-key"):
         run_server(local, host="192.0.2.10")
@@ -890,3 +954,175 @@ def test_bodies_of_many_containers_are_refused_before_parsing(local: CrossEncode
         assert "JSON arrays and objects; at most 4256" in message and took < 1
     assert texts.status_code == 200  # brackets inside the texts do not count
     assert "nested too deeply" in assert_shape("/v2/rerank", "documents", too_deep, 400)
+
+
+def test_a_401_names_the_bearer_scheme(local: CrossEncoderReranker) -> None:
+    """RFC 9110: a 401 carries ``WWW-Authenticate`` naming the scheme the server takes."""
+    with BackgroundServer(create_app(local, api_key=KEY)) as running:
+        answers = [
+            httpx.post(running.url + path, json={"query": QUERY, key: DOCS}, headers=headers)
+            for path, key, _ in SHAPES
+            for headers in ({}, {"Authorization": "Bearer wrong-key-0000"})
+        ]
+        right = httpx.post(
+            running.url + "/v2/rerank", json={"query": QUERY, "documents": DOCS}, headers=AUTH
+        )
+    assert [a.status_code for a in answers] == [401] * len(answers)
+    assert all(a.headers.get("www-authenticate") == "Bearer" for a in answers)
+    assert right.status_code == 200 and "www-authenticate" not in right.headers
+
+
+@pytest.mark.parametrize("pieces", [1, 64])
+def test_headers_past_16_kib_are_refused_however_they_arrive(
+    local: CrossEncoderReranker, pieces: int
+) -> None:
+    """Before: headers that came whole in one read passed h11's bound (only 300 KB got 400)."""
+    body = json.dumps({"query": QUERY, "documents": DOCS}).encode()
+
+    def request(*extra: bytes) -> bytes:
+        return (
+            b"POST /v2/rerank HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            + b"".join(extra)
+            + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+            + body
+        )
+
+    large = request(b"X-Junk: " + b"a" * 20_000 + b"\r\n")
+    many = request(*[b"X-%d: a\r\n" % i for i in range(3000)])  # short lines, 30 KB in all
+    fits = request(b"X-Junk: " + b"a" * 15_000 + b"\r\n")
+    with BackgroundServer(create_app(local)) as running:
+        replies = []
+        for wire in (large, many, fits):
+            with socket.create_connection((running.host, running.port), timeout=10) as raw:
+                step = -(-len(wire) // pieces)
+                with contextlib.suppress(OSError):
+                    for start in range(0, len(wire), step):
+                        raw.sendall(wire[start : start + step])
+                        if pieces > 1:
+                            time.sleep(0.002)
+                reply = b""
+                with contextlib.suppress(OSError):
+                    while chunk := raw.recv(65536):
+                        reply += chunk
+            replies.append(reply)
+    for reply in replies[:2]:
+        assert reply.startswith(b"HTTP/1.1 431 "), reply[:200]
+        message = json.loads(reply.partition(b"\r\n\r\n")[2])["error"]["message"]
+        assert "at most 16384" in message
+    assert replies[2].startswith(b"HTTP/1.1 200 "), replies[2][:200]
+
+
+async def test_health_is_answered_while_connections_are_full() -> None:
+    """Before: ``GET /health`` past the cap got the 503 meant for rank requests."""
+    gate = threading.Event()
+    app = create_app(SlowPairs(gate=gate), max_wait_ms=0)
+    with BackgroundServer(app, max_connections=2) as running:
+        async with httpx.AsyncClient(base_url=running.url, timeout=30) as client:
+            held = [
+                asyncio.ensure_future(client.post("/v1/rerank", json={"query": "q", key: ["a"]}))
+                for key in ("documents", "documents")
+            ]
+            deadline = time.monotonic() + 10
+            while running.connections < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.2)
+            async with httpx.AsyncClient(base_url=running.url, timeout=10) as other:
+                health = await other.get("/health")
+            async with httpx.AsyncClient(base_url=running.url, timeout=10) as other:
+                query = await other.get("/health?probe=1")
+            async with httpx.AsyncClient(base_url=running.url, timeout=10) as other:
+                refused = await other.post("/v2/rerank", json={"query": "q", "documents": ["b"]})
+            gate.set()
+            assert [(await h).status_code for h in held] == [200, 200]
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert query.status_code == 200
+    # Refused before routing: vLLM's shape on every route (docs/serve.md, "Connections").
+    assert "connections are inside requests" in assert_shape("/v1/rerank", "d", refused, 503)
+
+
+class BadScores(Reranker):
+    """A reranker in this process answering scores that cannot rank (NaN, or too few)."""
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores = scores
+
+    def _score(self, query: str, documents: list[str]) -> Sequence[float]:
+        return self.scores
+
+
+@pytest.mark.parametrize(
+    ("scores", "reason"),
+    [([float("nan"), 1.0, 1.0], "non-finite score nan"), ([1.0], "1 scores for 3 documents")],
+)
+def test_a_local_rerankers_bad_scores_are_its_own_failure_not_an_upstreams(
+    caplog: pytest.LogCaptureFixture, scores: list[float], reason: str
+) -> None:
+    """Before: 502 "the upstream reranker 'custom' failed", the reason kept out of the log."""
+    caplog.set_level(logging.INFO)
+    with BackgroundServer(create_app(BadScores(scores))) as running:
+        answers = [
+            (path, key, httpx.post(running.url + path, json={"query": QUERY, key: DOCS}))
+            for path, key, _ in SHAPES
+        ]
+    for path, key, answer in answers:
+        message = assert_shape(path, key, answer, 500)
+        assert message == "the reranker failed (InvalidResponseError)"
+    lines = [r.getMessage() for r in caplog.records if r.name == "milvus_rerank.serve"]
+    assert len(lines) == len(SHAPES) and all(reason in line for line in lines), lines
+
+
+def test_an_http_rerankers_invalid_answer_stays_an_upstream_failure() -> None:
+    from milvus_rerank import VLLMReranker
+    from milvus_rerank.app.serve.failures import failure_answer, upstream_providers
+
+    class Custom(VLLMReranker):
+        provider = "my-api"  # an API reranker of the user's, not in the registry
+
+    upstreams = upstream_providers(Custom(base_url="http://127.0.0.1:9"))
+    assert {"my-api", "cohere", "vllm"} <= upstreams and "custom" not in upstreams
+    for provider in ("my-api", "cohere"):
+        error = InvalidResponseError("junk", provider=provider)
+        answer = failure_answer(error, "x", 400, upstreams)
+        assert (answer.status, str(answer)) == (502, f"the upstream reranker {provider!r} failed")
+    local = failure_answer(InvalidResponseError("nan", provider="custom"), "x", 400, upstreams)
+    assert (local.status, str(local)) == (500, "the reranker failed (InvalidResponseError)")
+
+
+def test_a_background_server_is_single_use_and_says_why_it_cannot_start() -> None:
+    """Before: stop() before start() broke the next start (IndexError); threading's messages."""
+    app = create_app(SlowPairs())
+    unstarted = BackgroundServer(app)
+    unstarted.stop()  # a no-op
+    with pytest.raises(RuntimeError, match="no port yet"):
+        _ = unstarted.url
+    with unstarted as running:
+        assert httpx.get(running.url + "/health").status_code == 200
+        with pytest.raises(RuntimeError, match="already started; it is single-use"):
+            running.start()
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            with pytest.raises(RuntimeError, match=f"port {port} on 127.0.0.1 is in use"):
+                BackgroundServer(app, port=port).start()
+    running.stop()  # twice: a no-op
+    with pytest.raises(RuntimeError, match="single-use"):
+        running.start()
+    with pytest.raises(RuntimeError, match="TCP port"):
+        BackgroundServer(app, port=-1).start()
+
+
+def test_an_ipv6_background_server_has_a_usable_url() -> None:
+    from milvus_rerank.app.serve.listen import http_url
+
+    assert http_url("::1", 8000) == "http://[::1]:8000"
+    assert http_url("127.0.0.1", 8000) == "http://127.0.0.1:8000"
+    assert http_url("[::1]", 8000) == "http://[::1]:8000"
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    with BackgroundServer(create_app(SlowPairs()), host="::1") as running:
+        assert running.url.startswith("http://[::1]:")
+        assert httpx.get(running.url + "/health").status_code == 200

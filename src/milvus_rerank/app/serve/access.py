@@ -83,14 +83,18 @@ def check_hosts(allowed_hosts: object) -> frozenset[str] | None:
 
 
 def check_auth(state: ServeState, request: Request) -> None:
-    """Refuse (401) a request without the server's key, where it has one."""
+    """Refuse (401, ``WWW-Authenticate: Bearer``) a request without the server's key, if any."""
     if state.api_key is None:
         return
     scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
     given = token.strip().encode("utf-8", "surrogateescape")
     # Compare the key whatever the scheme, so the time taken tells nothing either way.
     if not hmac.compare_digest(given, state.api_key) or scheme.lower() != "bearer":
-        raise HTTPError(401, "missing or wrong API key (Authorization: Bearer <key>)")
+        raise HTTPError(
+            401,
+            "missing or wrong API key (Authorization: Bearer <key>)",
+            {"WWW-Authenticate": "Bearer"},  # RFC 9110: a 401 names the scheme it takes
+        )
 
 
 def check_origin(state: ServeState, request: Request, with_body: bool = True) -> None:

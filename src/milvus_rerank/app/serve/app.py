@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from milvus_rerank.app.serve.access import check_api_key, check_hosts
 from milvus_rerank.app.serve.batcher import RequestBatcher
+from milvus_rerank.app.serve.failures import upstream_providers
 from milvus_rerank.app.serve.formats import COHERE, RERANK, VLLM, WireFormat
 from milvus_rerank.app.serve.limits import CHARS_PER_TOKEN, UNKNOWN_WINDOW, ServeLimits
-from milvus_rerank.app.serve.scoring import score_groups
+from milvus_rerank.app.serve.scoring import aresponse_scores, score_groups
 from milvus_rerank.app.serve.state import (
     ServeState,
     document_passages,
@@ -48,7 +49,8 @@ def _batcher(
     ``"rows"``: its runner's rows with real token counts; ``"pairs"``: micro-batches of pairs
     through ``score_pairs``; ``"whole"`` (an API, a fallback, a cache): request by request,
     never cut (a fallback's members never mix in one ranking), never sharing a failure,
-    several at once (an upstream's wait holds only its own request).
+    several at once (an upstream's wait holds only its own request), through the scorer's
+    own async path where it declares ``native_async``.
     """
     return RequestBatcher(
         reranker.score_pairs,
@@ -62,6 +64,7 @@ def _batcher(
         score_groups=score_groups,
         workers=limits.batch_workers,
         whole_requests=local is None and reranker.batching == "whole",
+        score_request=aresponse_scores,
     )
 
 
@@ -103,6 +106,7 @@ def build_state(
         api_key=key.encode() if key is not None else None,
         hosts=hosts,
         local=local,
+        upstreams=upstream_providers(reranker),
     )
 
 

@@ -3,7 +3,8 @@
 Over a local runner a request is encoded in a worker thread and its rows, with their real
 token counts, share the runner's forward passes; over any other reranker its pairs go to
 ``score_groups`` in micro-batches, or, for a reranker answering whole requests, one request
-at a time. Built on the library's ``MicroBatcher``; ``stalled_for`` feeds ``/health``.
+at a time (on the event loop, for a reranker with its own async path). Built on the
+library's ``MicroBatcher``; ``stalled_for`` feeds ``/health``.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import asyncio
 import concurrent.futures
 import threading
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from milvus_rerank.app.serve.gate import AsyncGate
 from milvus_rerank.app.serve.limits import UNKNOWN_WINDOW
+from milvus_rerank.core.forks import after_fork
 from milvus_rerank.core.results import Usage, bounded_count
 from milvus_rerank.providers.local.batching import (
     MAX_BATCH_ITEMS,
@@ -30,7 +34,14 @@ from milvus_rerank.providers.local.batching import (
 )
 from milvus_rerank.providers.local.runner_batching import runner_batcher
 
-__all__ = ["REQUEST_WORKERS", "Overloaded", "RequestBatcher", "ScoreGroups", "ScorePairs"]
+__all__ = [
+    "REQUEST_WORKERS",
+    "Overloaded",
+    "RequestBatcher",
+    "ScoreGroups",
+    "ScorePairs",
+    "ScoreRequest",
+]
 
 R = TypeVar("R")
 ScorePairs = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
@@ -39,6 +50,9 @@ ScorePairs = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 ScoreGroups = Callable[
     [Sequence[tuple[Any, str, Sequence[str]]]], Sequence[tuple[Sequence[float], Usage | None]]
 ]
+#: One whole request's scores and usage from its scorer's own async path (scorer, query,
+#: documents), awaited on the event loop that received the request.
+ScoreRequest = Callable[[Any, str, Sequence[str]], Awaitable[tuple[list[float], Usage | None]]]
 
 #: Whole requests a ``RequestBatcher`` scores at once by default (upstream calls wait on I/O).
 REQUEST_WORKERS = 8
@@ -69,7 +83,9 @@ class RequestBatcher:
     one ``score_groups`` group alone, so a scorer that may answer a call from one member of a
     fallback and the next from another ranks a request with one member's scores, and a
     request's failure is its own. Up to ``workers`` requests (None: ``REQUEST_WORKERS``, for
-    an upstream API that waits on the network) are scored at once.
+    an upstream API that waits on the network) are scored at once. A request whose scorer
+    declares ``native_async`` is scored by ``score_request``, where given, on the event loop
+    (its own async path, cancelled with the request), not in a worker thread.
     """
 
     def __init__(
@@ -86,9 +102,11 @@ class RequestBatcher:
         score_groups: ScoreGroups | None = None,
         workers: int | None = None,
         whole_requests: bool = False,
+        score_request: ScoreRequest | None = None,
     ) -> None:
         self.score_pairs = score_pairs
         self.score_groups = score_groups if score_groups is not None else self._pairs_groups
+        self.score_request = score_request
         self.window = window or UNKNOWN_WINDOW
         self.runner = runner
         self.family = family
@@ -97,7 +115,9 @@ class RequestBatcher:
         self._lock = threading.Lock()
         self._whole_pairs = 0  # pairs of whole requests queued or being scored
         self._active = 0  # requests in score_counted
-        self._last_done = time.monotonic()  # a request answered, or the first one arrived
+        self._busy = 0  # worker threads encoding or scoring (for abandoned requests too)
+        self._async_answered = 0  # whole requests answered through score_request
+        self._last_done = time.monotonic()  # a request answered, or the path woke from idle
         if self.whole_requests:
             default_workers = REQUEST_WORKERS
         elif runner is None:
@@ -120,7 +140,30 @@ class RequestBatcher:
             forward = self._score_requests
         else:
             forward = self._score_chunk
-        self._batcher: MicroBatcher[Any, Any] = MicroBatcher(forward, **limits)
+        self._batcher: MicroBatcher[Any, Any] = MicroBatcher(self._counted(forward), **limits)
+        self._gate = AsyncGate(self._batcher.workers)
+        _ALL.add(self)
+
+    def forget_work(self) -> None:
+        """In a forked child: the parent's requests and worker threads are not running here."""
+        self._lock = threading.Lock()
+        self._whole_pairs = self._active = self._busy = 0
+        self._gate = AsyncGate(self._batcher.workers)
+        self._last_done = time.monotonic()
+
+    def _counted(self, work: Callable[..., R]) -> Callable[..., R]:
+        """``work``, run in a worker thread, counted as busy while it runs."""
+
+        def run(*args: Any) -> R:
+            with self._lock:
+                self._busy += 1
+            try:
+                return work(*args)
+            finally:
+                with self._lock:
+                    self._busy -= 1
+
+        return run
 
     @property
     def max_wait(self) -> float:
@@ -139,13 +182,13 @@ class RequestBatcher:
 
     @property
     def batches(self) -> int:
-        """Model calls made so far."""
-        return self._batcher.batches
+        """Model calls made so far (a whole request scored on the event loop: one)."""
+        return self._batcher.batches + self._async_answered
 
     @property
     def requests(self) -> int:
         """Requests answered so far."""
-        return self._batcher.requests
+        return self._batcher.requests + self._async_answered
 
     @property
     def active(self) -> int:
@@ -153,14 +196,16 @@ class RequestBatcher:
         return self._active
 
     def stalled_for(self) -> float:
-        """Seconds the scoring path has made no progress while requests wait on it (0: none).
+        """Seconds the scoring path has made no progress while it has work (0: none).
 
-        Progress is a request answered (or failed) or a forward pass finished. A request that
-        waits while nothing moves for long means a worker is stuck (a deadlocked tokenizer in a
-        forked worker, a hung device): ``serve``'s ``/health`` reports it.
+        Progress is a request answered (or failed) or a forward pass finished; a client
+        leaving is none. The path has work while requests wait on it, or while a worker
+        thread still encodes or scores (requests whose clients left included). Work that
+        does not move for long means a worker is stuck (a deadlocked tokenizer in a forked
+        worker, a hung device): ``serve``'s ``/health`` reports it.
         """
         with self._lock:
-            if not self._active:
+            if not self._active and not self._busy:
                 return 0.0
             since = max(self._last_done, self._batcher.last_progress)
         return max(0.0, time.monotonic() - since)
@@ -206,15 +251,7 @@ class RequestBatcher:
     ) -> concurrent.futures.Future[tuple[list[float], Usage | None]]:
         """Queue one request as one item, its cost its pairs' estimates, its pairs counted."""
         count = len(documents)
-        with self._lock:
-            # As MicroBatcher.check_room: a request of any size is let in while none waits.
-            if self.max_pending is not None and self._whole_pairs:
-                if self._whole_pairs + count > self.max_pending:
-                    raise Overloaded(
-                        f"{self._whole_pairs} pairs are already waiting to be scored (at most "
-                        f"{self.max_pending}); retry later"
-                    )
-            self._whole_pairs += count
+        self._hold_whole(count)
         cost = sum(self.cost(request.query, d) for d in documents)
         try:
             future = self._batcher.submit([(request, documents)], [cost], _whole_answer)
@@ -224,9 +261,56 @@ class RequestBatcher:
         future.add_done_callback(lambda _: self._done_whole(count))
         return future
 
+    def _hold_whole(self, count: int) -> None:
+        """Count a whole request's pairs as waiting, unless that passes ``max_pending``."""
+        with self._lock:
+            # As MicroBatcher.check_room: a request of any size is let in while none waits.
+            if self.max_pending is not None and self._whole_pairs:
+                if self._whole_pairs + count > self.max_pending:
+                    raise Overloaded(
+                        f"{self._whole_pairs} pairs are already waiting to be scored (at most "
+                        f"{self.max_pending}); retry later"
+                    )
+            self._whole_pairs += count
+
     def _done_whole(self, count: int) -> None:
         with self._lock:
             self._whole_pairs -= count
+
+    async def _score_async(
+        self,
+        scorer: Any,
+        query: str,
+        documents: list[str],
+        abandoned: asyncio.Future[Any] | None,
+    ) -> tuple[list[float], Usage | None]:
+        """A whole request through ``score_request`` on this loop, ``workers`` at once.
+
+        ``abandoned`` completing cancels it (its scorer's call with it).
+        """
+        assert self.score_request is not None  # noqa: S101 - the caller checked
+        task = asyncio.current_task()
+
+        def drop(_: object) -> None:
+            if task is not None:
+                task.cancel()
+
+        count = len(documents)
+        self._hold_whole(count)
+        if abandoned is not None:
+            abandoned.add_done_callback(drop)
+        try:
+            async with self._gate:
+                found = await self.score_request(scorer, query, documents)
+        finally:
+            if abandoned is not None:
+                abandoned.remove_done_callback(drop)
+            self._done_whole(count)
+        if len(found[0]) != count:
+            raise RuntimeError(f"{len(found[0])} scores for a request of {count} documents")
+        with self._lock:
+            self._async_answered += 1
+        return [float(s) for s in found[0]], found[1]
 
     def _score_chunk(self, pairs: list[tuple[_Request, str]]) -> list[tuple[float, Usage | None]]:
         """A micro-batch's scores, each request's usage on its first row there."""
@@ -286,15 +370,24 @@ class RequestBatcher:
         if not documents:
             return [], None
         with self._lock:
-            if not self._active:
+            if not self._active and not self._busy:
                 self._last_done = time.monotonic()  # an idle path has not stalled
             self._active += 1
+        answered = False  # a client leaving (cancelled) or a refusal is no progress
         try:
-            return await self._score_counted(query, documents, abandoned, family, scorer)
+            found = await self._score_counted(query, documents, abandoned, family, scorer)
+            answered = True
+            return found
+        except Overloaded:
+            raise
+        except Exception:
+            answered = True  # failed: answered all the same
+            raise
         finally:
             with self._lock:
                 self._active -= 1
-                self._last_done = time.monotonic()
+                if answered:
+                    self._last_done = time.monotonic()
 
     async def _score_counted(
         self,
@@ -306,6 +399,8 @@ class RequestBatcher:
     ) -> tuple[list[float], Usage | None]:
         runner = self.runner
         if self.whole_requests:
+            if self.score_request is not None and getattr(scorer, "native_async", False):
+                return await self._score_async(scorer, query, documents, abandoned)
             return await _until(self._submit_whole(_Request(scorer, query), documents), abandoned)
         if runner is None:
             request = _Request(scorer, query)
@@ -319,11 +414,24 @@ class RequestBatcher:
         # Copies of a document are scored once, as ``LocalReranker`` scores them.
         queries, distinct, where = unique_pairs([query] * len(documents), documents)
         prepared = await asyncio.to_thread(
-            runner.prepare, queries, distinct, self.family if family is None else family
+            self._counted(runner.prepare),
+            queries,
+            distinct,
+            self.family if family is None else family,
         )
         scored = await _until(submit_prepared(self._batcher, runner, prepared), abandoned)
         scores, tokens = spread(scored, where)
         return scores, Usage(tokens=bounded_count(sum(tokens)))
+
+
+#: Every batcher alive in this process, for the after-fork reset.
+_ALL: weakref.WeakSet[RequestBatcher] = weakref.WeakSet()
+
+
+@after_fork
+def _after_fork() -> None:
+    for batcher in list(_ALL):
+        batcher.forget_work()
 
 
 def _whole_answer(

@@ -180,7 +180,9 @@ class VLLMFormat(WireFormat):
         window_option(
             "truncate_prompt_tokens", body.get("truncate_prompt_tokens"), (None, -1), window
         )
-        top_n = body.get("top_n") or None  # vLLM: 0 or absent means all
+        top_n = body.get("top_n")
+        if isinstance(top_n, int) and not isinstance(top_n, bool) and top_n == 0:
+            top_n = None  # vLLM: 0 (or absent, or null) means all; any other value is checked
         return Asked(body.get("query"), body.get("documents"), top_n, body.get("instruction"))
 
     def answer(self, asked: Asked, ranked: Ranked, model: str) -> tuple[object, Headers]:
@@ -224,8 +226,8 @@ class TEIFormat(WireFormat):
     def parse(self, body: dict[str, Any], window: int | None, max_chars: int) -> Asked:
         """TEI's fields; ``raw_scores`` and a left truncation are refused.
 
-        ``truncate=false`` refuses (413) a text longer than ``max_chars``, as TEI refuses an
-        input past its window.
+        ``truncate=false`` refuses (413) a query or a text longer than ``max_chars``, as TEI
+        refuses an input past its window.
         """
         if flag(body, "raw_scores", 422):
             raise HTTPError(
@@ -241,16 +243,19 @@ class TEIFormat(WireFormat):
             )
         truncate = flag(body, "truncate", 422)
         with_text = flag(body, "return_text", 422)
-        texts = body.get("texts")
-        if not truncate and isinstance(texts, list):
-            for i, text in enumerate(texts):
+        query, texts = body.get("query"), body.get("texts")
+        if not truncate:
+            named = [("query", query)]
+            if isinstance(texts, list):
+                named += [(f"texts[{i}]", text) for i, text in enumerate(texts)]
+            for name, text in named:
                 if isinstance(text, str) and len(text) > max_chars:
                     raise HTTPError(
                         413,
-                        f"texts[{i}] has {len(text)} characters, more than the {max_chars} this "
+                        f"{name} has {len(text)} characters, more than the {max_chars} this "
                         "server tokenizes; pass truncate=true to truncate it",
                     )
-        return Asked(body.get("query"), texts, None, body.get("instruction"), with_text)
+        return Asked(query, texts, None, body.get("instruction"), with_text)
 
     def answer(self, asked: Asked, ranked: Ranked, model: str) -> tuple[object, Headers]:
         """``[{"index", "score", "text"?}]``; the tokens in TEI's ``x-compute-tokens`` header."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -70,8 +71,14 @@ def parse_body(state: ServeState, raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
     except RecursionError:
         raise HTTPError(400, "the request body is JSON nested too deeply") from None
-    except ValueError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise HTTPError(400, "the request body is not JSON") from None
+    except ValueError:  # valid JSON: an integer past Python's int-string limit
+        raise HTTPError(
+            400,
+            "the request body holds an integer of more than "
+            f"{sys.get_int_max_str_digits()} digits, longer than this server reads",
+        ) from None
     if not isinstance(body, dict):
         raise HTTPError(400, "the request body must be a JSON object")
     return body
@@ -114,7 +121,9 @@ async def _scores(
     except Overloaded as exc:
         raise HTTPError(429, str(exc), {"Retry-After": "1"}) from None
     except Exception as exc:
-        raise failure_answer(exc, state.reranker.provider, fmt.invalid_status) from None
+        raise failure_answer(
+            exc, state.reranker.provider, fmt.invalid_status, state.upstreams
+        ) from None
 
 
 async def _ranked(state: ServeState, request: Request, fmt: WireFormat, asked: Asked) -> Ranked:
@@ -187,7 +196,7 @@ async def handle(state: ServeState, route: WireFormat, request: Request) -> Resp
     except ClientGone:
         return Response(status_code=499)  # nobody reads it: the client left
     except Exception as exc:  # a bug: the route's shape all the same, one log line
-        error = failure_answer(exc, state.reranker.provider, fmt.invalid_status)
+        error = failure_answer(exc, state.reranker.provider, fmt.invalid_status, state.upstreams)
         return JSONResponse(fmt.error(error.status, str(error)), status_code=error.status)
 
 

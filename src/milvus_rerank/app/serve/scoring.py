@@ -1,27 +1,41 @@
 """How ``serve``'s batcher scores a micro-batch of requests over a reranker that is not local.
 
 Each request goes to its scorer (the served reranker, or its instruction view) as its
-``batching`` capability says: whole through ``rerank_response`` (its usage its own), or with
-the other requests of that scorer in one ``score_pairs`` call (counting nothing).
+``batching`` capability says: whole through ``rerank_response`` (its usage its own; a scorer
+declaring ``native_async``: ``arerank_response``, on the event loop), or with the other
+requests of that scorer in one ``score_pairs`` call (counting nothing).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from milvus_rerank.core.base import Reranker
+from milvus_rerank.core.base import Reranker, RerankResponse
 from milvus_rerank.core.errors import InvalidResponseError
 from milvus_rerank.core.results import Usage
 from milvus_rerank.wrappers.fallback import unreranked_error
 
-__all__ = ["response_scores", "score_groups"]
+__all__ = ["aresponse_scores", "response_scores", "score_groups"]
 
 
 def response_scores(
     scorer: Reranker, query: str, documents: Sequence[str]
 ) -> tuple[list[float], Usage]:
     """One request's scores, in order, and the ``Usage`` its ``rerank_response`` reported."""
-    response = scorer.rerank_response(query, documents)
+    return _in_order(scorer, scorer.rerank_response(query, documents), documents)
+
+
+async def aresponse_scores(
+    scorer: Reranker, query: str, documents: Sequence[str]
+) -> tuple[list[float], Usage | None]:
+    """``response_scores`` through the scorer's own async path (``arerank_response``)."""
+    return _in_order(scorer, await scorer.arerank_response(query, documents), documents)
+
+
+def _in_order(
+    scorer: Reranker, response: RerankResponse, documents: Sequence[str]
+) -> tuple[list[float], Usage]:
+    """A response's scores in the documents' order, each document answered once."""
     if not response.reranked:  # a fail-open fallback has no scores to give
         raise unreranked_error(response)
     scores: list[float | None] = [None] * len(documents)

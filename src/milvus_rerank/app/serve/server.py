@@ -1,21 +1,71 @@
-"""``run_server``: the ``milvus-rerank serve`` server, uvicorn over the app, connections guarded."""
+"""``run_server``: the ``milvus-rerank serve`` server, uvicorn over the app, connections guarded.
+
+The port is bound before uvicorn starts (a busy one is one ``ConfigurationError``), the
+banner printed once the server listens; Ctrl-C ends it with ``KeyboardInterrupt``, SIGTERM
+with uvicorn's graceful shutdown and the signal's own exit status (docs/serve.md, "Stopping").
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import gc
+import signal
+import socket
 import sys
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 from milvus_rerank.app.serve.app import create_app
 from milvus_rerank.app.serve.connections import connection_limits, uvicorn_options
 from milvus_rerank.app.serve.limits import ServeLimits
+from milvus_rerank.app.serve.listen import bind_sockets, http_url
 from milvus_rerank.core.base import Reranker
 from milvus_rerank.core.checks import is_loopback
 from milvus_rerank.core.errors import ConfigurationError, MissingDependencyError
 
-__all__ = ["run_server"]
+__all__ = ["check_exposure", "run_server"]
+
+
+def check_exposure(host: str, api_key: str | None, insecure_no_auth: bool) -> None:
+    """Refuse a host reachable beyond this machine without a key or ``insecure_no_auth``.
+
+    Raises:
+        ConfigurationError: a non-loopback host, no key, no ``insecure_no_auth``.
+    """
+    if not is_loopback(host) and api_key is None and not insecure_no_auth:
+        raise ConfigurationError(
+            f"host {host!r} is reachable beyond this machine: set an API key (--api-key or "
+            "MILVUS_RERANK_API_KEY) or pass --insecure-no-auth to serve it without one"
+        )
+
+
+def _serve(config: Any, sockets: list[socket.socket], banner: str) -> None:
+    """Run uvicorn over ``sockets``, writing ``banner`` to stderr once it listens.
+
+    A Ctrl-C is raised again once uvicorn has shut down (``KeyboardInterrupt``, even where
+    SIGINT was ignored when the process started), as is any other signal it caught (SIGTERM:
+    the process ends with that signal's status).
+    """
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        interrupted = False
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and not self.should_exit:
+                sys.stderr.write(banner)
+                sys.stderr.flush()
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            self.interrupted = self.interrupted or sig == signal.SIGINT
+            super().handle_exit(sig, frame)
+
+    server = Server(config)
+    server.run(sockets=sockets)
+    if server.interrupted:  # a Ctrl-C that uvicorn's re-raise did not turn into one
+        raise KeyboardInterrupt
 
 
 def run_server(
@@ -46,36 +96,45 @@ def run_server(
         **overrides: Fields of ``ServeLimits`` by name (``header_timeout=``,
             ``max_connections=``, ``max_wait_ms=``...), replacing those of ``limits``.
 
+    Returns:
+        0 once the server stopped (SIGTERM ends the process with its own status instead).
+
     Raises:
-        ConfigurationError: a non-loopback host without a key or ``insecure_no_auth``, or a
-            bad limit or key.
+        ConfigurationError: a non-loopback host without a key or ``insecure_no_auth``, a bad
+            limit or key, a port in use or an address that is not this machine's.
+        KeyboardInterrupt: Ctrl-C, once the server has shut down.
     """
     try:
         import uvicorn
     except ImportError as exc:
         raise MissingDependencyError("The rerank server", "serve", "uvicorn") from exc
-    if not is_loopback(host) and api_key is None and not insecure_no_auth:
-        raise ConfigurationError(
-            f"host {host!r} is reachable beyond this machine: set an API key (--api-key or "
-            "MILVUS_RERANK_API_KEY) or pass --insecure-no-auth to serve it without one"
-        )
+    check_exposure(host, api_key, insecure_no_auth)
     if allowed_hosts is None and api_key is None and not is_loopback(host):
         allowed_hosts = ["*"]  # --insecure-no-auth: anyone may call it already
     limits = dataclasses.replace(limits or ServeLimits(), **overrides)
     app = create_app(
         reranker, model_name=model_name, api_key=api_key, allowed_hosts=allowed_hosts, limits=limits
     )
+    # Lifespan off: the app has no startup work, and a Ctrl-C during uvicorn's lifespan
+    # startup would log a traceback.
     settings = uvicorn_options(
-        header_timeout=limits.header_timeout, max_connections=limits.max_connections
+        header_timeout=limits.header_timeout, max_connections=limits.max_connections, lifespan="off"
     )
-    auth = "Bearer key required" if api_key is not None else "no API key"
-    cap, _ = connection_limits(limits.max_connections)
-    sys.stderr.write(
-        f"milvus-rerank serve: {reranker!r} as {app.state.served_model_name!r} on "
-        f"http://{host}:{port} (POST /v2/rerank, /v1/rerank, /rerank; GET /health; {auth}; "
-        f"at most {cap} connections)\n"
-    )
-    gc.collect()
-    gc.freeze()  # the model's objects: collections during requests need not walk them
-    uvicorn.run(app, host=host, port=port, **settings)
+    sockets = bind_sockets(host, port)
+    try:
+        port = sockets[0].getsockname()[1]
+        auth = "Bearer key required" if api_key is not None else "no API key"
+        cap, _ = connection_limits(limits.max_connections)
+        banner = (
+            f"milvus-rerank serve: {reranker!r} as {app.state.served_model_name!r} on "
+            f"{http_url(host, port)} (POST /v2/rerank, /v1/rerank, /rerank; GET /health; "
+            f"{auth}; at most {cap} connections)\n"
+        )
+        config = uvicorn.Config(app, host=host, port=port, **settings)
+        gc.collect()
+        gc.freeze()  # the model's objects: collections during requests need not walk them
+        _serve(config, sockets, banner)
+    finally:
+        for sock in sockets:
+            sock.close()
     return 0

@@ -34,6 +34,7 @@ class ServeState:
         api_key: The bearer key every rerank route needs (bytes), None for none.
         hosts: ``Host`` names answered besides localhost and IP addresses; None: any.
         local: The reranker where its runner is fed rows directly (``batching == "rows"``).
+        upstreams: The providers that are upstream APIs (``upstream_providers``).
         views: The instruction views kept, the most recent last.
         active: Requests with their body in, being answered now.
     """
@@ -47,6 +48,7 @@ class ServeState:
     api_key: bytes | None
     hosts: frozenset[str] | None
     local: LocalReranker | None
+    upstreams: frozenset[str] = frozenset()
     views: OrderedDict[str, Reranker] = field(default_factory=OrderedDict)
     active: int = 0
 
