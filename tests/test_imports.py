@@ -22,7 +22,7 @@ SOURCE = Path(milvus_rerank.__file__).resolve().parent
 
 #: Lower layers first; a module may import its own layer or any lower one, never a higher one.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("core", ("core", "core.*", "_version", "__init__", "registry")),
+    ("core", ("core", "core.*", "_version", "_moved", "__init__", "registry")),
     ("providers", ("providers", "providers.*")),
     ("wrappers", ("wrappers", "wrappers.*", "cache")),
     ("integrations", ("integrations", "integrations.*", "langchain", "llama_index", "milvus")),

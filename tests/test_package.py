@@ -7,6 +7,8 @@ import sys
 import types
 from pathlib import Path
 
+import pytest
+
 import milvus_rerank
 
 
@@ -125,3 +127,39 @@ def test_old_public_import_paths_still_work() -> None:
 
     assert rerank_hits is moved and CachedReranker is moved_cache
     assert "cohere" in PROVIDERS
+
+
+@pytest.mark.parametrize(
+    "old",
+    ["milvus_rerank.tiny", "milvus_rerank.errors", "milvus_rerank.fallback", "milvus_rerank.serve"]
+    + ["milvus_rerank.providers.cohere", "milvus_rerank.providers.bge"],
+)
+def test_module_paths_of_before_the_layer_folders_still_import(old: str) -> None:
+    """``milvus_rerank.tiny`` and the like are the modules at their new paths, one object."""
+    import importlib
+
+    from milvus_rerank._moved import MOVED
+
+    assert importlib.import_module(old) is importlib.import_module(MOVED[old])
+
+
+def test_every_moved_path_names_a_module() -> None:
+    import importlib.util
+
+    from milvus_rerank._moved import MOVED
+
+    assert all(importlib.util.find_spec(new) is not None for new in MOVED.values())
+
+
+#: Past this a test file usually tests two things (docs/architecture.md, "Tests").
+MAX_TEST_FILE_LINES = 800
+
+
+def test_no_test_file_is_past_800_lines() -> None:
+    tests = Path(__file__).resolve().parent
+    long = [
+        f"{path.relative_to(tests)}: {lines}"
+        for path in sorted(tests.rglob("*.py"))
+        if (lines := path.read_text("utf-8").count("\n")) > MAX_TEST_FILE_LINES
+    ]
+    assert long == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from milvus_rerank import _moved
 from milvus_rerank._version import __version__
 from milvus_rerank.core.base import Reranker, RerankResponse
 from milvus_rerank.core.errors import (
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
     from milvus_rerank.providers.local.qwen3 import Qwen3Reranker
     from milvus_rerank.wrappers.cache import CachedReranker
 
+
+_moved.install()  # the module paths of before the layer folders stay importable
 
 _LAZY = {
     "BGELLMReranker": "milvus_rerank.providers.local.bge_llm",

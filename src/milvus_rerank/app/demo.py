@@ -29,7 +29,7 @@ def load_demo_corpus() -> list[dict[str, Any]]:
 
 
 def build_demo_collection(client: Any, rows: list[dict[str, Any]], name: str = COLLECTION) -> None:
-    """The demo's BM25 collection: ``_lite.build_bm25_collection`` under the demo's name."""
+    """The demo's BM25 collection: ``lite.build_bm25_collection`` under the demo's name."""
     build_bm25_collection(client, rows, name)
 
 

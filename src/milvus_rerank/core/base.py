@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Literal
 
 from typing_extensions import Self
 
+from milvus_rerank.core.checks import describe_value
 from milvus_rerank.core.errors import ConfigurationError, InvalidInputError, InvalidResponseError
 from milvus_rerank.core.results import RerankResult, Usage
 
@@ -33,14 +34,6 @@ Answers = Literal["scores", "rerank", "response"]
 Batching = Literal["whole", "pairs", "rows"]
 #: Precedence of the answer modes a class inherits: an own ``rerank_response`` wins.
 _ANSWERS_ORDER: tuple[Answers, ...] = ("scores", "rerank", "response")
-
-
-def describe_value(value: object, limit: int = 60) -> str:
-    """A short description of a bad value for an error message: its type and a clipped repr."""
-    text = repr(value)
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return f"{type(value).__name__} {text}"
 
 
 def _check_text(value: object, what: str) -> str:

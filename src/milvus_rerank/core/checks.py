@@ -16,6 +16,7 @@ from milvus_rerank.core.errors import ConfigurationError
 __all__ = [
     "LOOPBACK_NAMES",
     "clip",
+    "describe_value",
     "int_at_least",
     "is_loopback",
     "json_containers",
@@ -61,6 +62,11 @@ def clip(text: str, limit: int, *, one_line: bool = False) -> str:
     if one_line:
         text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe_value(value: object, limit: int = 60) -> str:
+    """A short description of a bad value for an error message: its type and a clipped repr."""
+    return f"{type(value).__name__} {clip(repr(value), limit)}"
 
 
 def is_loopback(host: str) -> bool:

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from milvus_rerank.core.checks import describe_value
+
 __all__ = [
     "MAX_USAGE_COUNT",
     "RerankResult",
@@ -164,7 +166,7 @@ def checked_top_n(value: object, *, what: str, error: type[Exception]) -> int | 
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise error(f"{what} must be a positive int or None, got {_describe(value)}")
+        raise error(f"{what} must be a positive int or None, got {describe_value(value)}")
     return int(value)
 
 
@@ -184,15 +186,8 @@ def checked_threshold(value: object, *, what: str, error: type[Exception]) -> fl
         or not isinstance(value, numbers.Real)
         or not math.isfinite(float(value))
     ):
-        raise error(f"{what} must be a finite number or None, got {_describe(value)}")
+        raise error(f"{what} must be a finite number or None, got {describe_value(value)}")
     return float(value)
-
-
-def _describe(value: object, limit: int = 60) -> str:
-    text = repr(value)
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return f"{type(value).__name__} {text}"
 
 
 def scoring_at_least(

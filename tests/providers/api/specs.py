@@ -1,4 +1,4 @@
-"""Each API provider's documented wire format, written from its API reference (see DESIGN.md).
+"""Each API provider's documented wire format, written from its API reference.
 
 These are the independent statement of what must go over the wire; tests compare what our
 clients send and parse against them.
