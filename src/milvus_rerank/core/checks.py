@@ -15,6 +15,8 @@ from milvus_rerank.core.errors import ConfigurationError
 
 __all__ = [
     "LOOPBACK_NAMES",
+    "MAX_WAIT_MS",
+    "batch_wait_ms",
     "clip",
     "describe_value",
     "int_at_least",
@@ -26,6 +28,9 @@ __all__ = [
 
 #: Host names that always mean this machine (besides ``*.localhost`` and loopback addresses).
 LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
+
+#: The longest a batch may wait for company, in milliseconds (longer only stalls callers).
+MAX_WAIT_MS = 1000.0
 
 #: A JSON string, escapes included (unrolled: no backtracking per character).
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
@@ -55,6 +60,19 @@ def int_at_least(name: str, value: object, minimum: int, *, owner: str = "") -> 
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         prefix = f"{owner}: " if owner else ""
         raise ConfigurationError(f"{prefix}{name} must be an int >= {minimum}, got {value!r}")
+
+
+def batch_wait_ms(name: str, value: object) -> None:
+    """``value`` as milliseconds a batch may wait for company: 0 to ``MAX_WAIT_MS``.
+
+    Raises:
+        ConfigurationError: naming ``name`` and the value.
+    """
+    number = not isinstance(value, bool) and isinstance(value, (int, float))
+    if not number or not 0 <= value <= MAX_WAIT_MS:  # type: ignore[operator]
+        raise ConfigurationError(
+            f"{name} must be milliseconds from 0 to {MAX_WAIT_MS:,g}, got {value!r}"
+        )
 
 
 def clip(text: str, limit: int, *, one_line: bool = False) -> str:

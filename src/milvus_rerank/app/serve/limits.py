@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from milvus_rerank.core.checks import positive_number
-from milvus_rerank.core.errors import ConfigurationError
+from milvus_rerank.core.checks import MAX_WAIT_MS, batch_wait_ms, positive_number
 
 __all__ = [
     "BYTES_PER_BODY_PIECE",
@@ -27,8 +26,6 @@ __all__ = [
     "flag_fields",
 ]
 
-#: The longest batching wait ``max_wait_ms`` may ask for (longer only stalls every request).
-MAX_WAIT_MS = 1000.0
 #: Characters kept per token of the model window (a generous multiple of the ~4 an English
 #: token covers), and the window assumed where the reranker does not say.
 CHARS_PER_TOKEN = 32
@@ -138,15 +135,7 @@ class ServeLimits:
         if self.max_document_chars is not None:
             positive_number("max_document_chars", self.max_document_chars, kind=int)
         positive_number("stall_after", self.stall_after)
-        wait = self.max_wait_ms
-        if (
-            isinstance(wait, bool)
-            or not isinstance(wait, (int, float))
-            or not 0 <= wait <= MAX_WAIT_MS
-        ):
-            raise ConfigurationError(
-                f"max_wait_ms must be milliseconds from 0 to {MAX_WAIT_MS:g}, got {wait!r}"
-            )
+        batch_wait_ms("max_wait_ms", self.max_wait_ms)
         positive_number("header_timeout", self.header_timeout)
         positive_number("max_connections", self.max_connections, kind=int)
 

@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from typing import Any, Literal, TypedDict
 
-from milvus_rerank.core.checks import int_at_least, positive_number
+from milvus_rerank.core.checks import batch_wait_ms, int_at_least, positive_number
 from milvus_rerank.core.errors import ConfigurationError
 from milvus_rerank.providers.local.passages import (
     DEFAULT_MAX_PASSAGES,
@@ -181,9 +181,7 @@ def check_options(options: dict[str, Any]) -> LocalOptions:
             merged[name] = value = os.fspath(value)
         if value is not None and not (isinstance(value, str) and value.strip()):
             raise ConfigurationError(f"{name} must be a non-empty str or None, got {value!r}")
-    wait = merged["batch_wait_ms"]
-    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 1000:
-        raise ConfigurationError(f"batch_wait_ms must be milliseconds, 0 to 1,000, got {wait!r}")
+    batch_wait_ms("batch_wait_ms", merged["batch_wait_ms"])
     if merged["dtype"] not in DTYPES:
         raise ConfigurationError(
             f"dtype must be one of {', '.join(map(repr, DTYPES))}, got {merged['dtype']!r}"
