@@ -531,6 +531,7 @@ sys.exit(4)  # the interrupt never came
 """
 
 
+@pytest.mark.slow  # a subprocess that builds and runs a model
 @pytest.mark.parametrize(("how", "code"), [("exit", 0), ("interrupt", 130)])
 def test_exiting_while_forward_passes_run_exits_cleanly(
     tmp_path: Path, how: str, code: int

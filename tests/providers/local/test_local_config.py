@@ -80,6 +80,7 @@ def test_truncated_weights_name_the_directory(tiny_models: dict[str, Path], tmp_
         BGEReranker(str(folder)).rerank(QUERY, DOCS)
 
 
+@pytest.mark.slow  # builds and loads its own model
 def test_weights_overwritten_under_a_loaded_model_change_nothing(tmp_path: Path) -> None:
     """``cp`` of other weights over a running model's file changed its scores (item 5)."""
     from milvus_rerank.providers.local.tiny import build_tiny_cross_encoder
@@ -112,6 +113,7 @@ sys.exit(0 if reranker.score_pairs(["capital of france"] * 2, docs) == before el
 """
 
 
+@pytest.mark.slow  # builds and loads its own model
 def test_weights_truncated_under_a_loaded_model_do_not_kill_it(tmp_path: Path) -> None:
     """Truncating a running model's weights file killed the process with SIGBUS (item 5)."""
     import subprocess

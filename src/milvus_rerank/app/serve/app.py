@@ -168,7 +168,7 @@ def create_app(
     routes = [Route(path, endpoint(fmt), methods=["POST"]) for path, fmt in ROUTES]
     app = Starlette(routes=[*routes, Route("/health", health, methods=["GET"])])
     app.state.serve = state
-    # The names tests and operators read (kept from the first version of the app).
+    # Shortcuts to the state's parts, for operators and tests that inspect a running app.
     app.state.batcher = state.batcher
     app.state.instruction_views = state.views
     app.state.max_document_chars = state.max_chars
