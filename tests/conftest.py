@@ -93,7 +93,14 @@ def _without_provider_env(request: pytest.FixtureRequest, monkeypatch: pytest.Mo
 #: minutes of load or faults says ``pytestmark = pytest.mark.slow`` itself).
 SLOW_MARKS = {"integration", "milvus_server", "vllm"}
 #: Fixtures that build and run real (tiny) models or start loopback servers.
-SLOW_FIXTURES = {"tiny_models", "llm_dirs", "loopback", "live_vllm", "live_vllm_qwen3", "vllm_qwen3_dir"}
+SLOW_FIXTURES = {
+    "tiny_models",
+    "llm_dirs",
+    "loopback",
+    "live_vllm",
+    "live_vllm_qwen3",
+    "vllm_qwen3_dir",
+}
 #: A module that imports one of these starts servers in its tests.
 SLOW_IMPORTS = {"BackgroundServer"}
 
