@@ -380,6 +380,17 @@ def test_an_injected_async_client_on_a_second_loop_is_a_configuration_error() ->
                 asyncio.run(reranker.arerank(QUERY, DOCS))
 
 
+def test_an_injected_async_client_is_refused_on_a_new_loop_after_its_first_loop_is_gone() -> None:
+    """Before: refused or not depending on whether the first loop had been garbage-collected."""
+    with asgi(ok_handler()) as server:
+        client = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0))
+        reranker = VLLMReranker(base_url=server.url, http_async_client=client)
+        asyncio.run(reranker.arerank(QUERY, DOCS))
+        gc.collect()  # the first loop is gone now
+        with pytest.raises(ConfigurationError, match="per event loop"):
+            asyncio.run(reranker.arerank(QUERY, DOCS))
+
+
 # -- attack F5: a sync call on the private loop's own thread is refused, not a deadlock ------
 
 NESTED_SYNC_CALLS = """

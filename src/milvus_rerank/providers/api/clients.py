@@ -195,10 +195,12 @@ class Clients:
         """
         loop = asyncio.get_running_loop()
         with self.lock:
-            first = self._injected_loop() if self._injected_loop is not None else None
-            if first is None:  # never used, or that loop is gone with its connections
+            if self._injected_loop is None:  # its first use: this loop is its loop
                 self._injected_loop = weakref.ref(loop)
                 return
+            # Whether that first loop is still alive or already collected (its pool can still
+            # hold connections of it), any other loop is refused: the same answer every time.
+            first = self._injected_loop()
         if first is not loop:
             raise ConfigurationError(
                 f"{self.owner}: the http_async_client passed in was first used on "
