@@ -208,9 +208,11 @@ class MicroBatcher(Generic[Item, Out]):
             self._pending += len(items)
             self._pending_tokens += sum(costs)
             self._jobs.append(job)
-            # A worker that is neither idle nor in a forward is between passes: it takes this
-            # job itself, so a caller following its own answer does not start a second one.
-            if not self._idle and self._forwarding >= self._alive():
+            # A worker that is neither idle nor in a forward is between passes and takes a
+            # queued job itself: another worker starts only for the jobs beyond those, so a
+            # caller following its own answer does not start a second thread, and requests
+            # arriving together each still get a worker (up to ``workers``).
+            if not self._idle and len(self._jobs) > self._alive() - self._forwarding:
                 self._start_worker()
             self._cond.notify_all()  # an idle worker, or one waiting for company to fill up
         future.add_done_callback(lambda done: self._drop(job) if done.cancelled() else None)
