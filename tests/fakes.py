@@ -185,13 +185,7 @@ def make_app(
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        body = json.loads(raw or b"{}")
+        body = json.loads(await read_body(receive) or b"{}")
         plan = current()  # one plan for the whole request, even if a test installs a new one
         with plan._lock:
             plan.requests.append(body)
@@ -289,6 +283,16 @@ def make_app(
             await send_json(send, 200, answer)
 
     return app
+
+
+async def read_body(receive: Any) -> bytes:
+    """An ASGI request's whole body, however many messages it came in."""
+    raw = b""
+    while True:
+        message = await receive()
+        raw += message.get("body", b"")
+        if not message.get("more_body"):
+            return raw
 
 
 class FaultServer:

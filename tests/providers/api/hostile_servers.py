@@ -26,7 +26,7 @@ from milvus_rerank import (
     VLLMReranker,
 )
 from milvus_rerank.app.serve.testing import BackgroundServer
-from tests.fakes import fake_score
+from tests.fakes import fake_score, read_body
 
 KEY = "sk-live-7Qz3" + "Xy9Lm2Np8Rt4Vw6" * 2
 QUERY = "what is milvus"
@@ -62,12 +62,7 @@ def asgi(handler: Handler) -> Iterator[BackgroundServer]:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        raw = await read_body(receive)
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         status, head, body = await handler(json.loads(raw or b"{}"), headers)
         await send({"type": "http.response.start", "status": status, "headers": head})
