@@ -163,3 +163,17 @@ def test_quirk_an_empty_query_is_refused(server: BackgroundServer) -> None:
     # Milvus sends the Function's query as written; serve refuses an empty one (400/422).
     assert call_status(server, "vllm", query="") == 400
     assert call_status(server, "tei", query=" ") == 422
+
+
+def test_quirk_tei_truncate_false_refuses_a_text_past_the_character_cap(
+    server: BackgroundServer, local: CrossEncoderReranker
+) -> None:
+    # TEIReranker's Function params carry truncate=false (TEI's own default): serve then
+    # answers 413 for a text past --max-document-chars (16,384 characters here), as TEI does
+    # for one past its window, and the search fails. truncate=true scores it truncated.
+    long_doc = "milvus " * 3000
+    docs = ["cat", long_doc]
+    assert call_status(server, "tei", docs=docs, params={"truncate": False}) == 413
+    scores = milvus_rerank_call(server.url, "tei", QUERY, docs, params={"truncate": True})
+    assert scores == pytest.approx(reference(local, docs), abs=1e-5)
+    assert milvus_rerank_call(server.url, "vllm", QUERY, docs) == pytest.approx(scores, abs=1e-5)
