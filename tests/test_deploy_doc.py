@@ -27,6 +27,8 @@ DOC = ROOT / "docs" / "deploy.md"
 _BLOCK = re.compile(r"```(\w+)\n(.*?)```", re.DOTALL)
 #: What ``docs/serve.md`` gives as ``--graceful-timeout``'s default (the drain after SIGTERM).
 GRACEFUL_DEFAULT_S = 30
+#: What the page's servers bind: every IPv4 address, so the Milvus nodes reach them.
+EVERY_ADDRESS = "0.0.0.0"  # noqa: S104
 
 
 def blocks(language: str) -> list[str]:
@@ -49,7 +51,7 @@ def test_shell_commands_parse() -> None:
     assert commands, "the page shows how to start serve"
     for argv in commands:
         args = serve_args(argv[1:])
-        assert args.host == "0.0.0.0" and args.port == 8000
+        assert args.host == EVERY_ADDRESS and args.port == 8000
 
 
 def test_systemd_unit_runs_serve_and_outlasts_its_drain() -> None:
@@ -73,7 +75,7 @@ def test_kubernetes_objects_agree() -> None:
     (container,) = pod["spec"]["containers"]
     args = serve_args(container["args"])
     (port,) = container["ports"]
-    assert port["containerPort"] == args.port and args.host == "0.0.0.0"
+    assert port["containerPort"] == args.port and args.host == EVERY_ADDRESS
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/health", "port": port["name"]}
     env = {e["name"]: e for e in container["env"]}
