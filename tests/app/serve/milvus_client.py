@@ -65,6 +65,7 @@ import httpx
 
 __all__ = [
     "MilvusCallError",
+    "decode_answer",
     "go_json",
     "milvus_function_call",
     "milvus_rerank_call",
@@ -256,7 +257,7 @@ def _check_vllm_envelope(body: dict[str, Any]) -> None:
         _int(usage, "total_tokens", "RerankResponse.usage.total_tokens")
 
 
-def _results(provider: str, raw: bytes) -> list[tuple[int, float]]:
+def decode_answer(provider: str, raw: bytes) -> list[tuple[int, float]]:
     """``(index, score)`` pairs as Go decodes the answer, sorted by index."""
     body = _decode(raw)
     if provider == "vllm":
@@ -302,7 +303,7 @@ def scores_by_index(count: int, pairs: Sequence[tuple[int, float]]) -> list[floa
 
 def read_answer(provider: str, raw: bytes, count: int, *, strict: bool = True) -> list[float]:
     """The scores Milvus takes from one 200 answer to a batch of ``count`` documents."""
-    pairs = _results(provider, raw)
+    pairs = decode_answer(provider, raw)
     if provider == "tei" or strict:
         return scores_by_index(count, pairs)
     if len(pairs) > count:  # vllmProvider.Rerank: scores[i] for i beyond len(docs)
