@@ -110,6 +110,57 @@ def test_a_small_caller_is_not_stuck_behind_a_large_one() -> None:
     assert sorted(recorder.seen()) == sorted([*range(100), 1000, 1001])
 
 
+@pytest.mark.parametrize(
+    ("draining", "order"),
+    [
+        (False, [[0], [1, 2, 3, 4], [10, 11, 12, 13], [20, 21, 5, 6], [14, 15]]),  # in turn
+        (True, [[0], [1, 2, 3, 4], [5, 6, 10, 11], [12, 13, 14, 15], [20, 21]]),  # oldest first
+    ],
+)
+def test_preferring_the_oldest_serves_callers_whole_in_arrival_order(
+    draining: bool, order: list[list[int]]
+) -> None:
+    calls: list[list[int]] = []
+    entered, go = threading.Event(), threading.Event()
+
+    def forward(items: list[int]) -> list[float]:
+        calls.append(list(items))
+        if len(calls) == 1:
+            entered.set()
+            assert go.wait(30)
+        if len(calls) == 2 and draining:
+            batcher.prefer_oldest()  # the drain begins after a turn has reordered the queue
+        return [2.0 * item for item in items]
+
+    batcher: MicroBatcher[int, float] = MicroBatcher(forward, max_wait=0, max_items=4)
+    first = submit(batcher, [0])
+    assert entered.wait(10)
+    callers = [
+        submit(batcher, rows) for rows in ([1, 2, 3, 4, 5, 6], list(range(10, 16)), [20, 21])
+    ]
+    go.set()
+    assert first.result(timeout=30) == [0.0]
+    for future, rows in zip(callers, ([1, 2, 3, 4, 5, 6], range(10, 16), [20, 21]), strict=True):
+        assert future.result(timeout=30) == [2.0 * row for row in rows]
+    assert calls == order and batcher.oldest_first is draining and batcher.pending == 0
+
+
+def test_preferring_the_oldest_drops_a_cancelled_caller_and_keeps_the_budgets() -> None:
+    recorder = Recorder()
+    batcher: MicroBatcher[int, float] = MicroBatcher(recorder, max_wait=0, max_tokens=10)
+    wait_held = held(recorder)
+    first = submit(batcher, [0])
+    wait_held()
+    batcher.prefer_oldest()
+    gone = batcher.submit([1, 2], [5, 5], list)
+    big = batcher.submit([3, 4, 5], [50, 4, 4], list)  # a row over the budget goes alone
+    last = batcher.submit([6], [3], list)
+    assert gone.cancel() and batcher.pending == 4
+    recorder.gate.set()
+    assert [f.result(timeout=30) for f in (first, big, last)] == [[0.0], [6.0, 8.0, 10.0], [12.0]]
+    assert recorder.calls == [[0], [3], [4, 5], [6]] and batcher.pending == 0
+
+
 def test_a_row_over_the_token_budget_still_goes_alone() -> None:
     recorder = Recorder()
     batcher: MicroBatcher[int, float] = MicroBatcher(recorder, max_tokens=5)

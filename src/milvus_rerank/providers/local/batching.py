@@ -70,6 +70,7 @@ class _Job:
     finish: Callable[[list[Any]], Any]
     future: concurrent.futures.Future[Any]
     outputs: list[Any]
+    arrival: int = 0  # its place in the order callers came in
     taken: int = 0  # rows handed to a forward (or dropped) so far
     done: int = 0  # rows with an output so far
 
@@ -82,6 +83,8 @@ class MicroBatcher(Generic[Item, Out]):
     ``max_wait`` for company; while rows are left over another worker runs the next
     micro-batch beside it. Cancelling a future drops its rows not yet taken; a failing
     ``forward`` fails the callers with rows in it. Idle workers end after ``IDLE_EXIT``.
+    Once ``prefer_oldest`` is called (a server draining) callers are served in arrival
+    order instead: the oldest's rows first, whole, then the next's.
 
     Args:
         forward: Outputs of a list of rows, in order; called from the worker thread only.
@@ -136,6 +139,8 @@ class MicroBatcher(Generic[Item, Out]):
         #: ``forward`` calls that succeeded, and callers finished, since creation.
         self.batches = 0
         self.requests = 0
+        #: Whether callers are served oldest first, whole (``prefer_oldest``), not in turn.
+        self.oldest_first = False
         self._reset()
         _ALL.add(self)
 
@@ -147,6 +152,7 @@ class MicroBatcher(Generic[Item, Out]):
         self._forwarding = 0  # workers inside a forward pass
         self._pending = 0  # rows queued and not yet taken
         self._pending_tokens = 0
+        self._arrivals = 0  # callers queued since the reset
         self._last_jobs = 0  # callers in the last forward
         self._closed = False  # ``close`` ran: no rows are taken any more
         #: When a ``forward`` last finished (``time.monotonic()``), or the batcher was made.
@@ -162,6 +168,14 @@ class MicroBatcher(Generic[Item, Out]):
         """Whether the worker thread is alive (it ends once idle)."""
         with self._cond:
             return any(thread.is_alive() for thread in self._threads)
+
+    def prefer_oldest(self) -> None:
+        """From now on serve callers oldest first, whole, with no wait for company.
+
+        For a server draining: as many callers as the time left allows get whole answers,
+        not each a part of one. A plain assignment (safe in a signal handler).
+        """
+        self.oldest_first = True
 
     def check_room(self, count: int) -> None:
         """Raise ``Overloaded`` if ``count`` more rows would pass ``max_pending``.
@@ -205,6 +219,8 @@ class MicroBatcher(Generic[Item, Out]):
             if self._closed:
                 raise self._closed_error()
             self.check_room(len(items))
+            job.arrival = self._arrivals
+            self._arrivals += 1
             self._pending += len(items)
             self._pending_tokens += sum(costs)
             self._jobs.append(job)
@@ -336,7 +352,7 @@ class MicroBatcher(Generic[Item, Out]):
                         self._leave()
                         return
                     fresh = True
-                if fresh and self.max_wait > 0 and self._last_jobs > 1:
+                if fresh and self.max_wait > 0 and self._last_jobs > 1 and not self.oldest_first:
                     deadline = time.monotonic() + self.max_wait
                     while self._jobs and not self._full():
                         left = deadline - time.monotonic()
@@ -352,6 +368,8 @@ class MicroBatcher(Generic[Item, Out]):
 
     def _take(self) -> list[tuple[_Job, int, int]]:
         """The next forward: a chunk of each waiting caller in turn, within the budgets."""
+        if self.oldest_first:
+            return self._take_oldest()
         chunks: list[tuple[_Job, int, int]] = []
         count = tokens = 0
         for _ in range(len(self._jobs)):
@@ -360,26 +378,49 @@ class MicroBatcher(Generic[Item, Out]):
                 self._jobs.popleft()
                 self._release(job, len(job.items))
                 continue
-            start = end = job.taken
-            while end < len(job.items) and count < self.max_items:
-                cost = job.costs[end]
-                if (
-                    self.max_tokens is not None
-                    and (chunks or end > start)
-                    and tokens + cost > self.max_tokens
-                ):
-                    break
-                tokens += cost
-                count += 1
-                end += 1
-            if end == start:
+            end, count, tokens = self._chunk(job, count, tokens, bool(chunks))
+            if end == job.taken:
                 break  # the budget is spent
-            chunks.append((job, start, end))
+            chunks.append((job, job.taken, end))
             self._release(job, end)
             self._jobs.popleft()
             if end < len(job.items):
                 self._jobs.append(job)  # round-robin: its next chunk after the others' turn
         return chunks
+
+    def _take_oldest(self) -> list[tuple[_Job, int, int]]:
+        """The next forward under ``prefer_oldest``: callers' rows in arrival order."""
+        chunks: list[tuple[_Job, int, int]] = []
+        count = tokens = 0
+        for job in sorted(self._jobs, key=lambda queued: queued.arrival):
+            if job.future.done():  # cancelled, or failed
+                self._jobs.remove(job)
+                self._release(job, len(job.items))
+                continue
+            end, count, tokens = self._chunk(job, count, tokens, bool(chunks))
+            if end > job.taken:
+                chunks.append((job, job.taken, end))
+                self._release(job, end)
+            if end < len(job.items):
+                break  # the budget is spent before this caller's last row
+            self._jobs.remove(job)
+        return chunks
+
+    def _chunk(self, job: _Job, count: int, tokens: int, shared: bool) -> tuple[int, int, int]:
+        """Where ``job``'s next chunk ends in the budgets (``shared``: rows in it already)."""
+        end = job.taken
+        while end < len(job.items) and count < self.max_items:
+            cost = job.costs[end]
+            if (
+                self.max_tokens is not None
+                and (shared or end > job.taken)
+                and tokens + cost > self.max_tokens
+            ):
+                break
+            tokens += cost
+            count += 1
+            end += 1
+        return end, count, tokens
 
     def _run_batch(self, chunks: list[tuple[_Job, int, int]]) -> None:
         items = [item for job, start, end in chunks for item in job.items[start:end]]
