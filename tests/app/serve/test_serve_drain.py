@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -154,6 +154,69 @@ def test_a_drain_waits_for_requests_that_finish_in_time(caplog: pytest.LogCaptur
     assert len(lines) == 1 and lines[0].startswith("serve: drain: 2 requests answered whole")
 
 
+class Stepped(Reranker):
+    """Scores pairs in batches, each call recording its queries and waiting for a step."""
+
+    provider = "stepped"
+
+    def __init__(self) -> None:
+        self.steps = threading.Semaphore(0)
+        self.calls: list[list[str]] = []
+
+    def _score(self, query: str, documents: list[str]) -> Sequence[float]:
+        raise AssertionError("scored through score_pairs only")
+
+    def score_pairs(self, queries: Sequence[str], documents: Sequence[str]) -> list[float]:
+        self.calls.append(list(queries))
+        assert self.steps.acquire(timeout=30), "the test never let this batch run"
+        return [float(len(d)) for d in documents]
+
+
+def test_a_drain_answers_the_oldest_request_whole_first_and_a_cut_drops_queued_rows() -> None:
+    reranker = Stepped()
+    app = create_app(reranker, graceful_timeout=0.5, max_batch_pairs=2, batch_workers=1)
+    state = app.state.serve
+    drain: Drain = state.drain
+
+    async def until(predicate: Callable[[], bool]) -> None:
+        for _ in range(1000):
+            if predicate():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("timed out")
+
+    def queued(pairs: int) -> Callable[[], bool]:
+        return lambda: state.batcher.pending_pairs == pairs
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://localhost", headers=JSON
+        ) as client:
+            held = []
+            for query, pairs in (("q1", 2), ("q2", 6), ("q3", 10)):  # arrival order known
+                body = {"query": query, "documents": ["a", "bb", "ccc", "dddd"]}
+                held.append(asyncio.ensure_future(client.post("/v2/rerank", json=body)))
+                await until(queued(pairs))
+            assert len(reranker.calls) == 1  # q1's first pairs, held in the model
+            drain.start()  # fair turns would score q2's and q3's first pairs next
+            reranker.steps.release(3)
+            await until(lambda: len(reranker.calls) == 4)  # q2's last pairs, held in the model
+            assert held[0].done() and not held[1].done()
+            assert state.batcher.pending_pairs == 4  # q3's
+            await drain.finish(state.limits.graceful_timeout)
+            assert state.batcher.pending_pairs == 0  # the cut dropped q3's queued pairs
+            reranker.steps.release(10)
+            await asyncio.sleep(0.2)
+            return list(await asyncio.gather(*held))
+
+    answers = asyncio.run(run())
+    assert [a.status_code for a in answers] == [200, 503, 503]
+    assert [r["index"] for r in answers[0].json()["results"]] == [3, 2, 1, 0]
+    assert reranker.calls == [["q1"] * 2, ["q1"] * 2, ["q2"] * 2, ["q2"] * 2]  # none for q3
+    assert drain.answered == 1 and drain.cut == 2
+
+
 # --- `milvus-rerank serve` in a child process, stopped by SIGTERM (slow: a model, a server) ---
 
 #: A document the tiny model reads to its full window: a few hundred distinct ones take
@@ -193,6 +256,17 @@ def _serve(model: Path, port: int, *flags: str) -> subprocess.Popen[str]:
     return process
 
 
+@pytest.fixture(scope="module")
+def dense_ce(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cross-encoder whose time goes to forward passes, not to tokenizing (a real model's)."""
+    from milvus_rerank.providers.local.tiny import build_tiny_cross_encoder
+
+    path = tmp_path_factory.mktemp("dense-ce") / "ce"
+    return build_tiny_cross_encoder(
+        path, num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024
+    )
+
+
 def _inflight(url: str) -> float:
     text = httpx.get(url + "/metrics", timeout=10).text
     for family in text_string_to_metric_families(text):
@@ -203,16 +277,16 @@ def _inflight(url: str) -> float:
 
 
 def _send_and_signal(
-    url: str, process: subprocess.Popen[str], bodies: list[tuple[str, str, int]]
+    url: str, process: subprocess.Popen[str], bodies: list[tuple[str, str, int]], lead: float = 0
 ) -> tuple[list[httpx.Response], float]:
-    """Post every body at once, SIGTERM once all are in flight; answers and seconds to exit."""
+    """Post the bodies (the first ``lead`` s before the others), SIGTERM once all are in
+    flight; the answers, and seconds to exit."""
     with ThreadPoolExecutor(len(bodies)) as pool:
-        futures = [
-            pool.submit(
-                httpx.post, url + path, json={"query": "milvus", key: _documents(n)}, timeout=90
-            )
-            for path, key, n in bodies
-        ]
+        futures = []
+        for path, key, n in bodies:
+            body = {"query": "milvus", key: _documents(n)}
+            futures.append(pool.submit(httpx.post, url + path, json=body, timeout=90))
+            time.sleep(lead if len(futures) == 1 else 0)
         deadline = time.monotonic() + 30
         while _inflight(url) < len(bodies):
             assert time.monotonic() < deadline, "the requests never were all in flight"
@@ -253,25 +327,31 @@ def test_sigterm_answers_every_request_in_flight_whole_then_exits(
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name != "posix", reason="POSIX signals")
-def test_sigterm_with_more_work_than_the_grace_holds_answers_the_rest_503(
-    tiny_models: dict[str, Path],
+def test_sigterm_with_more_work_than_the_grace_holds_answers_the_oldest_whole_the_rest_503(
+    dense_ce: Path,
 ) -> None:
-    grace = 2.0
+    grace = 4.0
     port = _free_port()
-    process = _serve(tiny_models["ce"], port, "--graceful-timeout", str(grace))
+    process = _serve(dense_ce, port, "--graceful-timeout", str(grace))
     url = f"http://127.0.0.1:{port}"
+    for _ in range(2):  # the second is timed: the work this machine does in a second
+        started = time.monotonic()
+        body = {"query": "milvus", "documents": _documents(100)}
+        assert httpx.post(url + "/v2/rerank", json=body, timeout=90).status_code == 200
+    size = max(10, min(1000, int(100 * grace / 4 / (time.monotonic() - started))))
     routes = [("/v2/rerank", "documents"), ("/v1/rerank", "documents"), ("/rerank", "texts")]
-    bodies = [(path, key, 300) for path, key in routes * 4]  # far more than 2 s of work
-    answers, exited = _send_and_signal(url, process, bodies)
+    bodies = [(path, key, size) for path, key in routes * 4]  # a quarter of the grace each
+    answers, exited = _send_and_signal(url, process, bodies, lead=0.3)
     statuses = [a.status_code for a in answers]
     assert set(statuses) <= {200, 503} and statuses.count(503) >= 6, statuses
+    assert statuses[0] == 200, statuses  # the oldest, scored first once draining
     for (path, key, n), answer in zip(bodies, answers, strict=True):
         if answer.status_code == 200:  # answered whole
             results = answer.json() if key == "texts" else answer.json()["results"]
             assert len(results) == n
         else:
             assert answer.headers["retry-after"] == "1"
-            assert "did not finish this request in time (grace 2 s)" in shape_of(path, key, answer)
+            assert "did not finish this request in time (grace 4 s)" in shape_of(path, key, answer)
     err = process.stderr.read() if process.stderr else ""
     assert "Traceback" not in err and " 500" not in err, err
     summary = [line for line in err.splitlines() if "drain:" in line]
@@ -280,7 +360,7 @@ def test_sigterm_with_more_work_than_the_grace_holds_answers_the_rest_503(
         r"serve: drain: (\d+) requests answered 503, cut ([\d.]+) s after", summary[0]
     )
     assert found is not None and int(found[1]) == statuses.count(503), summary
-    assert grace <= float(found[2]) < grace + 2 and "(grace 2 s; " in summary[0]
+    assert grace <= float(found[2]) < grace + 2 and "(grace 4 s; " in summary[0]
     assert process.returncode == -signal.SIGTERM
     assert exited < grace + 5, exited
 

@@ -100,7 +100,7 @@ def build_state(
         reranker if isinstance(reranker, LocalReranker) and reranker.batching == "rows" else None
     )
     batcher = _batcher(reranker, local, limits, window)
-    drain = Drain()
+    drain = Drain(on_start=batcher.prefer_oldest)  # whole answers first once draining
     metrics = ServeMetrics(queue=lambda: batcher.pending_pairs, inflight=lambda: drain.inflight)
     batcher.on_batch = metrics.batch
     return ServeState(

@@ -183,6 +183,13 @@ class RequestBatcher:
 
         return run
 
+    def prefer_oldest(self) -> None:
+        """Serve requests oldest first, each whole, from now on (a draining server's order).
+
+        ``MicroBatcher.prefer_oldest``: a plain assignment, safe in a signal handler.
+        """
+        self._batcher.prefer_oldest()
+
     @property
     def max_wait(self) -> float:
         """Seconds a batch waits for company while requests come together."""

@@ -1,9 +1,9 @@
 """``serve``'s drain: how a stopping server answers every request it holds (``Drain``).
 
 Once started (SIGTERM or Ctrl-C, in ``server.py``), new rank requests are refused 503 and
-``/health`` says ``draining``; the requests in flight get the grace period to finish, and
-those still running then are cut: each answered 503 with ``Retry-After`` in its route's
-shape, summed up in one log line (docs/serve.md, "Starting and stopping").
+``/health`` says ``draining``; the requests in flight get the grace period to finish, oldest
+first, and those still running then are cut: each answered 503 with ``Retry-After`` in its
+route's shape, summed up in one log line (docs/serve.md, "Starting and stopping").
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from milvus_rerank.app.serve.failures import log
@@ -33,10 +33,12 @@ class Drain:
 
     ``run`` awaits requests through ``guard``, which counts them in flight and, once the drain
     ``cut``s, cancels them with ``Cut``. ``start`` marks the drain begun (safe from a signal
-    handler); ``finish`` waits out the grace and cuts what is left.
+    handler) and calls ``on_start`` once (it must be as safe: the app's is the batcher's
+    ``prefer_oldest``); ``finish`` waits out the grace and cuts what is left.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_start: Callable[[], None] | None = None) -> None:
+        self._on_start = on_start
         self._lock = threading.Lock()
         self._waiters: set[asyncio.Future[None]] = set()
         self.started_at: float | None = None
@@ -54,6 +56,8 @@ class Drain:
         """Begin draining (a no-op once begun); plain assignments, safe in a signal handler."""
         if self.started_at is None:
             self.started_at = time.monotonic()
+            if self._on_start is not None:
+                self._on_start()
 
     async def guard(self, work: Awaitable[T]) -> T:
         """``work``'s result, counted in flight; ``Cut`` (``work`` cancelled) when cut first."""
