@@ -397,3 +397,24 @@ def test_a_second_signal_cuts_at_once_and_the_grace_is_checked() -> None:
     for bad in (0, -1.0, float("inf"), "30"):
         with pytest.raises(ConfigurationError, match="graceful_timeout"):
             ServeLimits(graceful_timeout=bad)  # type: ignore[arg-type]
+
+
+def test_the_drain_counts_as_answered_whole_only_work_that_succeeded() -> None:
+    """A request refused (429) or failed while draining is not "answered whole" in the summary."""
+
+    async def ok() -> str:
+        return "ok"
+
+    async def refused() -> str:
+        raise RuntimeError("overloaded")
+
+    async def run() -> Drain:
+        drain = Drain()
+        drain.start()
+        assert await drain.guard(ok()) == "ok"
+        with pytest.raises(RuntimeError, match="overloaded"):
+            await drain.guard(refused())
+        return drain
+
+    drain = asyncio.run(run())
+    assert (drain.answered, drain.inflight) == (1, 0)

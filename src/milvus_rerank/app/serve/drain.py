@@ -74,7 +74,7 @@ class Drain:
             waits: set[asyncio.Future[Any]] = {task, cut}
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             if task.done():
-                answered = True
+                answered = not task.cancelled() and task.exception() is None
                 return task.result()
             task.cancel()
             await asyncio.wait({task})  # let it unwind (its queued rows are dropped)
