@@ -180,7 +180,9 @@ def _mapping(name: str, value: object) -> dict[str, Any]:
 def _hosts(name: str, value: object) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
-        raise ConfigurationError(f"{name} must be comma-separated names, got {describe_value(value)}")
+        raise ConfigurationError(
+            f"{name} must be comma-separated names, got {describe_value(value)}"
+        )
     names = tuple(item.strip() for item in items if item.strip())
     if not names:
         raise ConfigurationError(f"{name} must name at least one host, got {value!r}")
