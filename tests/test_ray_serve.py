@@ -257,7 +257,7 @@ def test_a_replica_killed_in_a_burst_loses_no_query(
         in_flight = sum(not f.done() for f in futures)
         answers = [f.result() for f in futures]  # any lost query raises here
     http.close()
-    for query, (got, _) in zip(queries, answers):
+    for query, (got, _) in zip(queries, answers, strict=True):
         want = [(r.index, r.score) for r in local.rerank(query, docs)]
         assert [i for i, _ in got] == [i for i, _ in want]
         assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-5)
