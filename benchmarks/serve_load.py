@@ -2,12 +2,14 @@
 
 Two workloads on the MiniLM-shaped cross-encoder: short passages (4 of about 20 words a
 request, where a forward pass's fixed cost dominates and batching pays most on a CPU) and long
-ones (8 of about 50 words, where the CPU is busy with the tokens themselves).
+ones (8 of about 50 words, where the CPU is busy with the tokens themselves). Then the cost
+of ``/metrics``: pairs/s with Prometheus scraping every second against none, rounds interleaved.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import statistics
 import tempfile
@@ -26,6 +28,8 @@ REQUESTS_PER_CLIENT = 8
 MIN_REQUESTS = 32  # per measurement, so one client's p99 is not one stray request
 #: (name, documents a request, characters a document)
 WORKLOADS = (("short passages", 4, 120), ("long passages", 8, 300))
+#: The /metrics overhead: rounds of each mode (interleaved), clients, a scrape's interval.
+SCRAPE_ROUNDS, SCRAPE_CLIENTS, SCRAPE_EVERY = 3, 8, 1.0
 
 
 async def _load(url: str, clients: int, count: int, chars: int) -> tuple[float, float, float]:
@@ -61,7 +65,46 @@ def run() -> list[Row]:
     rows = []
     for name, count, chars in WORKLOADS:
         rows += _rows(reranker, name, count, chars)
+    rows.append(_scrape_row(reranker))
     return rows
+
+
+async def _scraped_load(url: str, scrape: bool, count: int, chars: int) -> float:
+    """Pairs/s of ``_load`` while a scraper reads ``/metrics`` every second (or none)."""
+
+    async def scraper() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            while True:
+                (await client.get("/metrics")).raise_for_status()
+                await asyncio.sleep(SCRAPE_EVERY)
+
+    task = asyncio.ensure_future(scraper()) if scrape else None
+    try:
+        rps, _, _ = await _load(url, SCRAPE_CLIENTS, count, chars)
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return rps * count
+
+
+def _scrape_row(reranker: CrossEncoderReranker) -> Row:
+    """``/metrics`` scraped every second vs never: pairs/s, medians of interleaved rounds."""
+    _, count, chars = WORKLOADS[1]
+    found: dict[bool, list[float]] = {True: [], False: []}
+    with BackgroundServer(create_app(reranker)) as server:
+        for _ in range(SCRAPE_ROUNDS):
+            for scrape in (False, True):
+                found[scrape].append(asyncio.run(_scraped_load(server.url, scrape, count, chars)))
+    scraped, bare = statistics.median(found[True]), statistics.median(found[False])
+    return Row.at_least(
+        f"serve, long passages, {SCRAPE_CLIENTS} clients: /metrics scraped every second vs never",
+        f"{scraped:.0f} pairs/s",
+        f"{bare:.0f} pairs/s",
+        scraped / bare,
+        0.95,
+    )
 
 
 def _rows(reranker: CrossEncoderReranker, name: str, count: int, chars: int) -> list[Row]:

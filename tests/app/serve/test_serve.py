@@ -213,7 +213,7 @@ def test_serve_command_hands_a_loaded_reranker_and_options(
     monkeypatch.setattr(milvus_rerank.app.serve, "run_server", run_server)
     monkeypatch.delenv("MILVUS_RERANK_API_KEY", raising=False)
     argv = ["serve", "--reranker", "cross-encoder", "--model", str(tiny_models["ce"])]
-    assert main([*argv, "--port", "9001", "--max-wait-ms", "7"]) == 0
+    assert main([*argv, "--port", "9001", "--max-wait-ms", "7", "--graceful-timeout", "40"]) == 0
     assert isinstance(seen.pop("reranker"), CrossEncoderReranker) and seen.pop("scores")
     assert seen == {
         "host": "127.0.0.1",
@@ -232,6 +232,7 @@ def test_serve_command_hands_a_loaded_reranker_and_options(
         "max_pending_pairs": 16_384,
         "max_concurrent_requests": 512,
         "body_timeout": 30.0,
+        "graceful_timeout": 40.0,
     }
 
 

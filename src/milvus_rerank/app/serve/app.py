@@ -2,7 +2,8 @@
 
 The app's state (``ServeState``) is built here once: limits checked, key and hosts, the
 served name, the character cap from the model window, the batcher chosen by the reranker's
-declared ``batching``. Routes map to a wire format each (``formats``).
+declared ``batching``, the metrics and the drain. Routes map to a wire format each
+(``formats``); ``/health`` and ``/metrics`` answer ``GET``, and every answer is counted.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from milvus_rerank.app.serve.access import check_api_key, check_hosts
 from milvus_rerank.app.serve.batcher import RequestBatcher
+from milvus_rerank.app.serve.drain import Drain
 from milvus_rerank.app.serve.failures import upstream_providers
 from milvus_rerank.app.serve.formats import COHERE, RERANK, VLLM, WireFormat
 from milvus_rerank.app.serve.limits import CHARS_PER_TOKEN, UNKNOWN_WINDOW, ServeLimits
+from milvus_rerank.app.serve.metrics import MetricsMiddleware, ServeMetrics
 from milvus_rerank.app.serve.scoring import aresponse_scores, score_groups
 from milvus_rerank.app.serve.state import (
     ServeState,
@@ -80,6 +83,7 @@ def build_state(
 
     Raises:
         ConfigurationError: an ``api_key`` that is not a usable key, a bad ``allowed_hosts``.
+        MissingDependencyError: ``prometheus-client`` is not installed.
     """
     key = check_api_key(api_key) if api_key is not None else None
     hosts = check_hosts(allowed_hosts)
@@ -96,6 +100,9 @@ def build_state(
         reranker if isinstance(reranker, LocalReranker) and reranker.batching == "rows" else None
     )
     batcher = _batcher(reranker, local, limits, window)
+    drain = Drain()
+    metrics = ServeMetrics(queue=lambda: batcher.pending_pairs, inflight=lambda: drain.inflight)
+    batcher.on_batch = metrics.batch
     return ServeState(
         reranker=reranker,
         limits=limits,
@@ -106,6 +113,8 @@ def build_state(
         api_key=key.encode() if key is not None else None,
         hosts=hosts,
         local=local,
+        metrics=metrics,
+        drain=drain,
         upstreams=upstream_providers(reranker),
     )
 
@@ -140,6 +149,7 @@ def create_app(
     """
     try:
         from starlette.applications import Starlette
+        from starlette.middleware import Middleware
         from starlette.routing import Route
     except ImportError as exc:
         raise MissingDependencyError("The rerank server", "serve", "starlette") from exc
@@ -165,8 +175,16 @@ def create_app(
     async def health(request: Request) -> Response:
         return await handlers.health(state, request)
 
+    async def metrics(request: Request) -> Response:
+        return await handlers.metrics(state, request)
+
     routes = [Route(path, endpoint(fmt), methods=["POST"]) for path, fmt in ROUTES]
-    app = Starlette(routes=[*routes, Route("/health", health, methods=["GET"])])
+    routes += [
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    counted = Middleware(MetricsMiddleware, metrics=state.metrics)
+    app = Starlette(routes=routes, middleware=[counted])
     app.state.serve = state
     # Shortcuts to the state's parts, for operators and tests that inspect a running app.
     app.state.batcher = state.batcher

@@ -4,7 +4,7 @@ Over a local runner a request is encoded in a worker thread and its rows, with t
 token counts, share the runner's forward passes; over any other reranker its pairs go to
 ``score_groups`` in micro-batches, or, for a reranker answering whole requests, one request
 at a time (on the event loop, for a reranker with its own async path). Built on the
-library's ``MicroBatcher``; ``stalled_for`` feeds ``/health``.
+library's ``MicroBatcher``; ``stalled_for`` feeds ``/health``, ``on_batch`` the metrics.
 """
 
 from __future__ import annotations
@@ -86,7 +86,12 @@ class RequestBatcher:
     an upstream API that waits on the network) are scored at once. A request whose scorer
     declares ``native_async`` is scored by ``score_request``, where given, on the event loop
     (its own async path, cancelled with the request), not in a worker thread.
+
+    ``on_batch``, where set, is called with the rows of each micro-batch handed to the model
+    (a whole request: its pairs), before it runs.
     """
+
+    on_batch: Callable[[int], None] | None = None
 
     def __init__(
         self,
@@ -140,7 +145,9 @@ class RequestBatcher:
             forward = self._score_requests
         else:
             forward = self._score_chunk
-        self._batcher: MicroBatcher[Any, Any] = MicroBatcher(self._counted(forward), **limits)
+        self._batcher: MicroBatcher[Any, Any] = MicroBatcher(
+            self._counted(self._observed(forward)), **limits
+        )
         self._gate = AsyncGate(self._batcher.workers)
         _ALL.add(self)
 
@@ -150,6 +157,17 @@ class RequestBatcher:
         self._whole_pairs = self._active = self._busy = 0
         self._gate = AsyncGate(self._batcher.workers)
         self._last_done = time.monotonic()
+
+    def _observed(self, forward: Callable[[list[Any]], R]) -> Callable[[list[Any]], R]:
+        """``forward``, each micro-batch's rows (whole requests: pairs) told to ``on_batch``."""
+        whole = self.whole_requests
+
+        def run(items: list[Any]) -> R:
+            if self.on_batch is not None:
+                self.on_batch(sum(len(docs) for _, docs in items) if whole else len(items))
+            return forward(items)
+
+        return run
 
     def _counted(self, work: Callable[..., R]) -> Callable[..., R]:
         """``work``, run in a worker thread, counted as busy while it runs."""
@@ -301,6 +319,8 @@ class RequestBatcher:
             abandoned.add_done_callback(drop)
         try:
             async with self._gate:
+                if self.on_batch is not None:
+                    self.on_batch(count)
                 found = await self.score_request(scorer, query, documents)
         finally:
             if abandoned is not None:

@@ -44,12 +44,24 @@ CLIENT_ERRORS = frozenset({400, 413, 422})
 
 
 class HTTPError(Exception):
-    """An answer other than 200, rendered in the route's own error shape."""
+    """An answer other than 200, rendered in the route's own error shape.
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    ``reason``: why it refuses, where its status does not say (a label of
+    ``metrics.REASONS``, e.g. ``"overloaded"`` for a 429 of this server's own limits).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: dict[str, str] | None = None,
+        *,
+        reason: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.headers = headers or {}
+        self.reason = reason
 
 
 class ClientGone(Exception):

@@ -2,8 +2,9 @@
 
 ``handle`` answers a rank request in its route's wire format: key and origin checks, the body
 read within its size and time limits and parsed within its bounds, the format's options, the
-request's scores from the batcher (dropped if the client leaves), the ranked answer; ``health``
-answers ``GET /health``.
+request's scores from the batcher (dropped if the client leaves), the ranked answer, each
+refusal counted; while the server drains, 503. ``health`` answers ``GET /health``,
+``metrics`` ``GET /metrics``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from milvus_rerank.app.serve.access import check_auth, check_origin
 from milvus_rerank.app.serve.batcher import Overloaded
+from milvus_rerank.app.serve.drain import Cut
 from milvus_rerank.app.serve.failures import ClientGone, HTTPError, failure_answer
 from milvus_rerank.app.serve.formats import VLLM, Asked, Ranked, WireFormat
 from milvus_rerank.app.serve.instructions import scorer_for
@@ -29,7 +31,10 @@ from milvus_rerank.core.errors import InvalidInputError
 from milvus_rerank.core.results import Usage
 from milvus_rerank.providers.local.reranker import LocalReranker
 
-__all__ = ["handle", "health", "parse_body", "read_body"]
+__all__ = ["handle", "health", "metrics", "parse_body", "read_body"]
+
+#: ``Retry-After`` of a draining server's 503: another instance can answer at once.
+DRAINING_RETRY = "1"
 
 
 async def read_body(state: ServeState, request: Request) -> bytes:
@@ -119,7 +124,7 @@ async def _scores(
     try:
         return work.result()
     except Overloaded as exc:
-        raise HTTPError(429, str(exc), {"Retry-After": "1"}) from None
+        raise HTTPError(429, str(exc), {"Retry-After": "1"}, reason="overloaded") from None
     except Exception as exc:
         raise failure_answer(
             exc, state.reranker.provider, fmt.invalid_status, state.upstreams
@@ -130,7 +135,11 @@ async def _ranked(state: ServeState, request: Request, fmt: WireFormat, asked: A
     """The request checked, scored and ranked."""
     documents, most = asked.documents, state.limits.max_documents
     if isinstance(documents, list) and len(documents) > most:
-        raise HTTPError(422, f"documents holds {len(documents)} items; at most {most} a request")
+        raise HTTPError(
+            422,
+            f"documents holds {len(documents)} items; at most {most} a request",
+            reason="too_many_documents",
+        )
     status = fmt.invalid_status
     try:
         query, docs, top_n = validate_request(asked.query, _texts(documents), asked.top_n)
@@ -141,6 +150,7 @@ async def _ranked(state: ServeState, request: Request, fmt: WireFormat, asked: A
         return Ranked([], 0, 0, None)
     keep = state.max_chars
     found, usage = await _scores(state, request, fmt, scorer, query[:keep], docs)
+    state.metrics.scored(len(docs), usage)
     results = rank(docs, found, top_n, provider=state.reranker.provider)
     return Ranked(results, len(docs), sum(min(len(d), keep) for d in docs), usage)
 
@@ -161,6 +171,7 @@ def _busy(state: ServeState) -> HTTPError:
         429,
         f"{state.active} requests are being served (at most {most}); retry later",
         {"Retry-After": "1"},
+        reason="overloaded",
     )
 
 
@@ -173,8 +184,43 @@ async def _answer(
     return JSONResponse(content, headers=headers)
 
 
+def _draining(state: ServeState, fmt: WireFormat, cut: bool) -> Response:
+    """503 in ``fmt``'s shape: the server is stopping (``cut``: this request ran out of time)."""
+    state.metrics.refused(503, "draining")
+    if cut:
+        grace = state.limits.graceful_timeout
+        what = (
+            f"the server is stopping and did not finish this request within its {grace:g} s grace"
+        )
+    else:
+        what = "the server is stopping"
+    headers = {"Retry-After": DRAINING_RETRY, "Connection": "close"}
+    content = fmt.error(503, f"{what}; retry on another instance")
+    return JSONResponse(content, status_code=503, headers=headers)
+
+
 async def handle(state: ServeState, route: WireFormat, request: Request) -> Response:
-    """Answer one rank request on a route of format ``route`` (which may pick by the body)."""
+    """Answer one rank request on a route of format ``route`` (which may pick by the body).
+
+    While the server drains it is refused 503; one still running when the drain cuts is
+    answered 503 in the shape of the format its body picked.
+    """
+    drain = state.drain
+    if drain.draining:
+        drain.note_refused()
+        return _draining(state, route, cut=False)
+    picked = [route]
+    try:
+        return await drain.guard(_handle(state, route, request, picked))
+    except Cut:
+        drain.note_cut()
+        return _draining(state, picked[0], cut=True)
+
+
+async def _handle(
+    state: ServeState, route: WireFormat, request: Request, picked: list[WireFormat]
+) -> Response:
+    """``handle``'s work; ``picked[0]`` is set to the format the body picks."""
     fmt = route
     try:
         check_auth(state, request)
@@ -186,26 +232,34 @@ async def handle(state: ServeState, route: WireFormat, request: Request) -> Resp
             raise _busy(state)  # only requests with their body in hold a slot
         state.active += 1
         try:
-            fmt = route.pick(body)
+            fmt = picked[0] = route.pick(body)
             return await _answer(state, request, fmt, body)
         finally:
             state.active -= 1
     except HTTPError as exc:
+        state.metrics.refused(exc.status, exc.reason)
         content = fmt.error(exc.status, str(exc))
         return JSONResponse(content, status_code=exc.status, headers=exc.headers)
     except ClientGone:
         return Response(status_code=499)  # nobody reads it: the client left
     except Exception as exc:  # a bug: the route's shape all the same, one log line
         error = failure_answer(exc, state.reranker.provider, fmt.invalid_status, state.upstreams)
+        state.metrics.refused(error.status, error.reason)
         return JSONResponse(fmt.error(error.status, str(error)), status_code=error.status)
 
 
 async def health(state: ServeState, request: Request) -> Response:
-    """``GET /health``: ok, or 503 while requests wait on a scoring path that makes no progress."""
+    """``GET /health``: ok; 503 while draining, or while scoring makes no progress."""
     try:
         check_origin(state, request, with_body=False)
     except HTTPError as exc:
         return JSONResponse(VLLM.error(exc.status, str(exc)), exc.status)
+    if state.drain.draining:
+        return JSONResponse(
+            {"status": "draining", "model": state.served_name},
+            status_code=503,
+            headers={"Retry-After": DRAINING_RETRY, "Connection": "close"},
+        )
     stalled = state.batcher.stalled_for()
     if stalled > state.limits.stall_after:  # requests wait on a scoring path that does not move
         return JSONResponse(
@@ -218,3 +272,13 @@ async def health(state: ServeState, request: Request) -> Response:
             status_code=503,
         )
     return JSONResponse({"status": "ok", "model": state.served_name})
+
+
+async def metrics(state: ServeState, request: Request) -> Response:
+    """``GET /metrics``: the app's metrics in the Prometheus text format (no key needed)."""
+    try:
+        check_origin(state, request, with_body=False)
+    except HTTPError as exc:
+        return JSONResponse(VLLM.error(exc.status, str(exc)), exc.status)
+    content, media_type = state.metrics.render()
+    return Response(content, headers={"Content-Type": media_type})

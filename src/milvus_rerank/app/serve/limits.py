@@ -112,6 +112,15 @@ class ServeLimits:
     max_concurrent_requests: int = field(
         default=512, metadata=_flag("requests in flight before new ones get 429", "int")
     )
+    graceful_timeout: float = field(
+        default=25.0,
+        metadata=_flag(
+            "seconds the requests in flight get to finish after SIGTERM or Ctrl-C; those "
+            "still running then get 503 with Retry-After (keep it a few seconds under "
+            "Kubernetes' terminationGracePeriodSeconds, 30 by default)",
+            "float",
+        ),
+    )
     #: Pairs in one model call.
     max_batch_pairs: int = 256
     #: Micro-batches (or whole requests) scored at once; None: the reranker's own default.
@@ -132,6 +141,7 @@ class ServeLimits:
         if self.batch_workers is not None:
             positive_number("batch_workers", self.batch_workers, kind=int)
         positive_number("body_timeout", self.body_timeout)
+        positive_number("graceful_timeout", self.graceful_timeout)
         if self.max_document_chars is not None:
             positive_number("max_document_chars", self.max_document_chars, kind=int)
         positive_number("stall_after", self.stall_after)

@@ -1,25 +1,30 @@
 """``run_server``: the ``milvus-rerank serve`` server, uvicorn over the app, connections guarded.
 
 The port is bound before uvicorn starts (a busy one is one ``ConfigurationError``), the
-banner printed once the server listens; Ctrl-C ends it with ``KeyboardInterrupt``, SIGTERM
-with uvicorn's graceful shutdown and the signal's own exit status (docs/serve.md, "Stopping").
+banner printed once the server listens. SIGTERM or Ctrl-C drains the app (``drain.py``), then
+uvicorn shuts down; Ctrl-C ends with ``KeyboardInterrupt``, SIGTERM with the signal's own exit
+status (docs/serve.md, "Starting and stopping").
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gc
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
 from milvus_rerank.app.serve.app import create_app
 from milvus_rerank.app.serve.connections import connection_limits, uvicorn_options
+from milvus_rerank.app.serve.drain import CUT_WAIT
 from milvus_rerank.app.serve.limits import ServeLimits
 from milvus_rerank.app.serve.listen import bind_sockets, http_url
+from milvus_rerank.app.serve.state import ServeState
 from milvus_rerank.core.base import Reranker
 from milvus_rerank.core.checks import is_loopback
 from milvus_rerank.core.errors import ConfigurationError, MissingDependencyError
@@ -40,27 +45,48 @@ def check_exposure(host: str, api_key: str | None, insecure_no_auth: bool) -> No
         )
 
 
-def _serve(config: Any, sockets: list[socket.socket], banner: str) -> None:
+def _serve(config: Any, sockets: list[socket.socket], banner: str, state: ServeState) -> None:
     """Run uvicorn over ``sockets``, writing ``banner`` to stderr once it listens.
 
-    A Ctrl-C is raised again once uvicorn has shut down (``KeyboardInterrupt``, even where
-    SIGINT was ignored when the process started), as is any other signal it caught (SIGTERM:
-    the process ends with that signal's status).
+    The first SIGTERM or Ctrl-C drains ``state``'s app (``Drain.finish``, over the
+    ``graceful_timeout``) before uvicorn shuts down; a second cuts the requests left at once;
+    a third is uvicorn's own (a Ctrl-C then stops at once). A Ctrl-C is raised again once
+    uvicorn has shut down (``KeyboardInterrupt``, even where SIGINT was ignored when the
+    process started), as is any other signal it caught (SIGTERM: the process ends with that
+    signal's status).
     """
     import uvicorn
 
+    drain, grace = state.drain, state.limits.graceful_timeout
+
     class Server(uvicorn.Server):
         interrupted = False
+        hurry = threading.Event()
+        drained: asyncio.Future[None] | None = None
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets=sockets)
-            if self.started and not self.should_exit:
+            if self.started and not self.should_exit and not drain.draining:
                 sys.stderr.write(banner)
                 sys.stderr.flush()
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             self.interrupted = self.interrupted or sig == signal.SIGINT
-            super().handle_exit(sig, frame)
+            if not drain.draining:  # the first: drain (uvicorn keeps the signal to raise)
+                super().handle_exit(sig, frame)
+                self.should_exit = False
+                drain.start()
+            elif not self.hurry.is_set():  # the second: cut what is left now
+                self.hurry.set()
+            else:
+                super().handle_exit(sig, frame)
+
+        async def on_tick(self, counter: int) -> bool:
+            if drain.draining and self.drained is None:
+                self.drained = asyncio.ensure_future(drain.finish(grace, self.hurry))
+            if self.drained is not None and self.drained.done():
+                self.should_exit = True
+            return await super().on_tick(counter)
 
     server = Server(config)
     server.run(sockets=sockets)
@@ -97,7 +123,8 @@ def run_server(
             ``max_connections=``, ``max_wait_ms=``...), replacing those of ``limits``.
 
     Returns:
-        0 once the server stopped (SIGTERM ends the process with its own status instead).
+        0 once the server stopped (SIGTERM ends the process with its own status instead,
+        once the app is drained: docs/serve.md, "Starting and stopping").
 
     Raises:
         ConfigurationError: a non-loopback host without a key or ``insecure_no_auth``, a bad
@@ -120,6 +147,8 @@ def run_server(
     settings = uvicorn_options(
         header_timeout=limits.header_timeout, max_connections=limits.max_connections, lifespan="off"
     )
+    # Drained, every rank request is answered: uvicorn waits only for answers being sent.
+    settings["timeout_graceful_shutdown"] = CUT_WAIT
     sockets = bind_sockets(host, port)
     try:
         port = sockets[0].getsockname()[1]
@@ -127,13 +156,14 @@ def run_server(
         cap, _ = connection_limits(limits.max_connections)
         banner = (
             f"milvus-rerank serve: {reranker!r} as {app.state.served_model_name!r} on "
-            f"{http_url(host, port)} (POST /v2/rerank, /v1/rerank, /rerank; GET /health; "
+            f"{http_url(host, port)} (POST /v2/rerank, /v1/rerank, /rerank; GET /health, "
+            "/metrics; "
             f"{auth}; at most {cap} connections)\n"
         )
         config = uvicorn.Config(app, host=host, port=port, **settings)
         gc.collect()
         gc.freeze()  # the model's objects: collections during requests need not walk them
-        _serve(config, sockets, banner)
+        _serve(config, sockets, banner, app.state.serve)
     finally:
         for sock in sockets:
             sock.close()

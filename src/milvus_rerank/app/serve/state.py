@@ -1,7 +1,8 @@
 """What one ``serve`` app holds (``ServeState``), and the names and sizes taken from its reranker.
 
 The handlers are plain functions over this state: the reranker, its limits and batcher, the
-served name, the key and hosts answered, the instruction views kept, the requests in flight.
+served name, the key and hosts answered, the instruction views kept, the requests in flight,
+the metrics and the drain.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from milvus_rerank.app.serve.batcher import RequestBatcher
+from milvus_rerank.app.serve.drain import Drain
 from milvus_rerank.app.serve.limits import ServeLimits
+from milvus_rerank.app.serve.metrics import ServeMetrics
 from milvus_rerank.core.base import Reranker
 from milvus_rerank.core.errors import RerankError
 from milvus_rerank.providers.local.reranker import LocalReranker
@@ -34,6 +37,8 @@ class ServeState:
         api_key: The bearer key every rerank route needs (bytes), None for none.
         hosts: ``Host`` names answered besides localhost and IP addresses; None: any.
         local: The reranker where its runner is fed rows directly (``batching == "rows"``).
+        metrics: The app's Prometheus metrics (``GET /metrics``).
+        drain: The drain: rank requests in flight, and whether the server is stopping.
         upstreams: The providers that are upstream APIs (``upstream_providers``).
         views: The instruction views kept, the most recent last.
         active: Requests with their body in, being answered now.
@@ -48,6 +53,8 @@ class ServeState:
     api_key: bytes | None
     hosts: frozenset[str] | None
     local: LocalReranker | None
+    metrics: ServeMetrics
+    drain: Drain = field(default_factory=Drain)
     upstreams: frozenset[str] = frozenset()
     views: OrderedDict[str, Reranker] = field(default_factory=OrderedDict)
     active: int = 0

@@ -1,0 +1,317 @@
+"""The drain: what a stopping server answers (in-process), and `serve` under SIGTERM (slow)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("prometheus_client")
+
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from milvus_rerank import Reranker  # noqa: E402
+from milvus_rerank.app.serve import create_app  # noqa: E402
+from milvus_rerank.app.serve.drain import Drain  # noqa: E402
+
+JSON = {"Content-Type": "application/json"}
+DOCS = ["milvus is a vector database", "paris is the capital of france", "cat"]
+
+
+class Held(Reranker):
+    """Scores from the text length; each call waits for ``gate`` and counts itself."""
+
+    provider = "held"
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.calls = 0
+
+    def _score(self, query: str, documents: list[str]) -> Sequence[float]:
+        self.calls += 1
+        self.gate.wait(30)
+        return [float(len(d)) for d in documents]
+
+
+def shape_of(path: str, key: str, answer: httpx.Response) -> str:
+    """The route's error shape the answer has (asserting it has one), and its message."""
+    body = answer.json()
+    if path == "/v2/rerank":
+        assert set(body) == {"id", "message"}
+        return str(body["message"])
+    if key == "texts":
+        assert set(body) == {"error", "error_type"}
+        return str(body["error"])
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == answer.status_code
+    return str(body["error"]["message"])
+
+
+def rejected(text: str, reason: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "milvus_rerank_rejected_total" and sample.labels == {
+                "reason": reason
+            }:
+                return sample.value
+    return 0.0
+
+
+def test_a_draining_app_refuses_new_work_and_cuts_what_is_left_in_each_routes_shape(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reranker = Held()
+    app = create_app(reranker, graceful_timeout=0.3)
+    drain: Drain = app.state.serve.drain
+    routes = [("/v2/rerank", "documents"), ("/v1/rerank", "documents"), ("/rerank", "texts")]
+
+    async def run() -> tuple[list[httpx.Response], list[httpx.Response], httpx.Response, str]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://localhost", headers=JSON
+        ) as client:
+            held = [
+                asyncio.ensure_future(client.post(path, json={"query": "q", key: DOCS}))
+                for path, key in routes
+            ]
+            while drain.inflight < len(routes):
+                await asyncio.sleep(0.01)
+            drain.start()
+            health = await client.get("/health")
+            refused = [
+                await client.post(path, json={"query": "q", key: DOCS}) for path, key in routes
+            ]
+            with caplog.at_level(logging.INFO, logger="milvus_rerank.serve"):
+                await drain.finish(app.state.serve.limits.graceful_timeout)
+            cut = list(await asyncio.gather(*held))
+            reranker.gate.set()
+            metrics = (await client.get("/metrics")).text
+            return cut, refused, health, metrics
+
+    cut, refused, health, metrics = asyncio.run(run())
+    assert health.status_code == 503 and health.json()["status"] == "draining"
+    # Refused before its body is read, a request to /rerank gets vLLM's shape (docs/serve.md).
+    before_body = [(path, "documents") for path, _ in routes]
+    for (path, key), answer in zip(before_body + routes, refused + cut, strict=True):
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["retry-after"] == "1"
+        assert answer.headers["connection"] == "close"
+        assert "retry on another instance" in shape_of(path, key, answer)
+    assert all("0.3 s grace" in shape_of(p, k, a) for (p, k), a in zip(routes, cut, strict=True))
+    assert rejected(metrics, "draining") == 6
+    lines = [r.getMessage() for r in caplog.records if "drain:" in r.getMessage()]
+    assert lines == [
+        "serve: drain: 3 requests answered 503 after the 0.3 s grace (0 answered whole, "
+        "3 refused while draining)"
+    ]
+    assert drain.inflight == 0
+
+
+def test_a_drain_waits_for_requests_that_finish_in_time(caplog: pytest.LogCaptureFixture) -> None:
+    reranker = Held()
+    app = create_app(reranker)
+    drain: Drain = app.state.serve.drain
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://localhost", headers=JSON
+        ) as client:
+            held = [
+                asyncio.ensure_future(
+                    client.post("/v2/rerank", json={"query": "q", "documents": DOCS})
+                )
+                for _ in range(2)
+            ]
+            while drain.inflight < 2:
+                await asyncio.sleep(0.01)
+            drain.start()
+            finishing = asyncio.ensure_future(drain.finish(30))
+            await asyncio.sleep(0.2)
+            assert not finishing.done()  # it waits for them
+            reranker.gate.set()
+            with caplog.at_level(logging.INFO, logger="milvus_rerank.serve"):
+                await asyncio.wait_for(finishing, 10)
+            return list(await asyncio.gather(*held))
+
+    answers = asyncio.run(run())
+    assert [a.status_code for a in answers] == [200, 200]
+    assert all(len(a.json()["results"]) == len(DOCS) for a in answers)
+    lines = [r.getMessage() for r in caplog.records if "drain:" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("serve: drain: 2 requests answered whole")
+
+
+# --- `milvus-rerank serve` in a child process, stopped by SIGTERM (slow: a model, a server) ---
+
+#: A document the tiny model reads to its full window: a few hundred distinct ones take
+#: seconds on a CPU, deterministically in the work done (not in sleeps).
+LONG = " ".join(f"milvus{i} vector database search" for i in range(200))
+
+
+def _documents(count: int) -> list[str]:
+    """``count`` distinct long documents (copies of one would be scored once)."""
+    return [f"{i} {LONG}" for i in range(count)]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _serve(model: Path, port: int, *flags: str) -> subprocess.Popen[str]:
+    import milvus_rerank
+
+    source = str(Path(milvus_rerank.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")])}
+    env.pop("MILVUS_RERANK_API_KEY", None)
+    command = [sys.executable, "-m", "milvus_rerank.app.cli", "serve", "--reranker"]
+    command += ["cross-encoder", "--model", str(model), "--device", "cpu", "--port", str(port)]
+    process = subprocess.Popen(
+        [*command, *flags], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
+    )
+    watchdog = threading.Timer(120, process.kill)
+    watchdog.daemon = True
+    watchdog.start()
+    banner = process.stderr.readline() if process.stderr else ""
+    assert banner.startswith("milvus-rerank serve: "), banner
+    return process
+
+
+def _inflight(url: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "milvus_rerank_inflight_requests":
+                return sample.value
+    return 0.0
+
+
+def _send_and_signal(
+    url: str, process: subprocess.Popen[str], bodies: list[tuple[str, str, int]]
+) -> tuple[list[httpx.Response], float]:
+    """Post every body at once, SIGTERM once all are in flight; answers and seconds to exit."""
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        futures = [
+            pool.submit(
+                httpx.post, url + path, json={"query": "milvus", key: _documents(n)}, timeout=90
+            )
+            for path, key, n in bodies
+        ]
+        deadline = time.monotonic() + 30
+        while _inflight(url) < len(bodies):
+            assert time.monotonic() < deadline, "the requests never were all in flight"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        time.sleep(0.3)  # the signal is handled within uvicorn's 0.1 s tick
+        health = httpx.get(url + "/health", timeout=10)
+        late = httpx.post(url + "/v2/rerank", json={"query": "q", "documents": ["a"]}, timeout=10)
+        answers = [future.result() for future in futures]
+    process.wait(timeout=60)
+    exited = time.monotonic() - signalled
+    assert health.status_code == 503 and health.json()["status"] == "draining"
+    assert late.status_code == 503 and late.headers["retry-after"] == "1"
+    assert "the server is stopping" in late.json()["message"]
+    return answers, exited
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name != "posix", reason="POSIX signals")
+def test_sigterm_answers_every_request_in_flight_whole_then_exits(
+    tiny_models: dict[str, Path],
+) -> None:
+    port = _free_port()
+    process = _serve(tiny_models["ce"], port, "--graceful-timeout", "60")
+    url = f"http://127.0.0.1:{port}"
+    bodies = [("/v2/rerank", "documents", 150), ("/v1/rerank", "documents", 150)]
+    bodies += [("/rerank", "texts", 150), ("/rerank", "documents", 150)]
+    answers, exited = _send_and_signal(url, process, bodies)
+    assert [a.status_code for a in answers] == [200] * 4, [a.text[:200] for a in answers]
+    cohere, vllm, tei, root = (a.json() for a in answers)
+    assert [len(cohere["results"]), len(vllm["results"]), len(tei), len(root["results"])] == [
+        150
+    ] * 4
+    err = process.stderr.read() if process.stderr else ""
+    assert process.returncode == -signal.SIGTERM  # the convention: the signal's own status
+    assert "Traceback" not in err and "answered 503" not in err, err
+    assert exited < 60, exited
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name != "posix", reason="POSIX signals")
+def test_sigterm_with_more_work_than_the_grace_holds_answers_the_rest_503(
+    tiny_models: dict[str, Path],
+) -> None:
+    grace = 2.0
+    port = _free_port()
+    process = _serve(tiny_models["ce"], port, "--graceful-timeout", str(grace))
+    url = f"http://127.0.0.1:{port}"
+    routes = [("/v2/rerank", "documents"), ("/v1/rerank", "documents"), ("/rerank", "texts")]
+    bodies = [(path, key, 300) for path, key in routes * 4]  # far more than 2 s of work
+    answers, exited = _send_and_signal(url, process, bodies)
+    statuses = [a.status_code for a in answers]
+    assert set(statuses) <= {200, 503} and statuses.count(503) >= 6, statuses
+    for (path, key, n), answer in zip(bodies, answers, strict=True):
+        if answer.status_code == 200:  # answered whole
+            results = answer.json() if key == "texts" else answer.json()["results"]
+            assert len(results) == n
+        else:
+            assert answer.headers["retry-after"] == "1"
+            assert "within its 2 s grace" in shape_of(path, key, answer)
+    err = process.stderr.read() if process.stderr else ""
+    assert "Traceback" not in err and " 500" not in err, err
+    summary = [line for line in err.splitlines() if "drain:" in line]
+    assert len(summary) == 1, err
+    assert (
+        f"serve: drain: {statuses.count(503)} requests answered 503 after the 2 s grace"
+        in (summary[0])
+    )
+    assert process.returncode == -signal.SIGTERM
+    assert exited < grace + 5, exited
+
+
+def test_a_second_signal_cuts_at_once_and_the_grace_is_checked() -> None:
+    from milvus_rerank.app.serve import ServeLimits
+    from milvus_rerank.core.errors import ConfigurationError
+
+    reranker = Held()
+    app = create_app(reranker)
+    drain: Drain = app.state.serve.drain
+
+    async def run() -> tuple[httpx.Response, float]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://localhost", headers=JSON
+        ) as client:
+            held = asyncio.ensure_future(client.post("/rerank", json={"query": "q", "texts": DOCS}))
+            while drain.inflight < 1:
+                await asyncio.sleep(0.01)
+            hurry = threading.Event()
+            started = time.monotonic()
+            finishing = asyncio.ensure_future(drain.finish(60, hurry))
+            await asyncio.sleep(0.2)
+            hurry.set()  # what server.py does on a second SIGTERM or Ctrl-C
+            await asyncio.wait_for(finishing, 10)
+            answer = await held
+            reranker.gate.set()
+            return answer, time.monotonic() - started
+
+    answer, took = asyncio.run(run())
+    assert answer.status_code == 503 and set(answer.json()) == {"error", "error_type"}
+    assert took < 5
+    for bad in (0, -1.0, float("inf"), "30"):
+        with pytest.raises(ConfigurationError, match="graceful_timeout"):
+            ServeLimits(graceful_timeout=bad)  # type: ignore[arg-type]
