@@ -32,6 +32,7 @@ from milvus_rerank import CohereReranker, CrossEncoderReranker, RetryPolicy  # n
 from milvus_rerank.app.demo import DEMO_QUERY, load_demo_corpus  # noqa: E402
 from milvus_rerank.providers.local.tiny import build_tiny_cross_encoder  # noqa: E402
 from milvus_rerank.ray_serve import REPLICA_HEADER, app_builder  # noqa: E402
+from tests.app.serve.milvus_client import MilvusCallError, milvus_rerank_call  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -148,6 +149,32 @@ def test_two_replicas_answer(served: str) -> None:
     assert len(pids) == 2 and os.getpid() not in pids  # the models load in the replicas
 
 
+def test_each_replica_serves_its_own_metrics(served: str) -> None:
+    body = {"query": DEMO_QUERY, "documents": DOCS[:4]}
+    assert httpx.post(f"{served}/v1/rerank", json=body, timeout=60).status_code == 200
+    seen: dict[str, str] = {}
+    for _ in range(40):  # Ray's proxy picks a replica per scrape: each answers for itself
+        scrape = httpx.get(f"{served}/metrics", timeout=60)
+        assert scrape.status_code == 200
+        seen[scrape.headers[REPLICA_HEADER]] = scrape.text
+        if len(seen) == 2:
+            break
+    assert len(seen) == 2
+    for text in seen.values():
+        assert "milvus_rerank_requests_total" in text and "milvus_rerank_queue_pairs" in text
+        assert DEMO_QUERY not in text
+
+
+@pytest.mark.parametrize("provider", ["vllm", "tei"])
+def test_milvus_providers_calls_conform_through_ray(
+    served: str, local: CrossEncoderReranker, provider: str
+) -> None:
+    # Milvus replaces the endpoint's path with /rerank: the app sits at the proxy's root.
+    docs = [*DOCS, *DOCS[:3], "", ""]  # two batches at Milvus's default 32, copies, empties
+    scores = milvus_rerank_call(served, provider, DEMO_QUERY, docs, retry_wait=0.05)
+    assert scores == pytest.approx(local.score_pairs([DEMO_QUERY] * len(docs), docs), abs=1e-5)
+
+
 def test_the_key_comes_from_the_environment_and_ray_records_it_nowhere(
     ray_url: tuple[str, Path], model_dir: Path
 ) -> None:
@@ -162,6 +189,11 @@ def test_the_key_comes_from_the_environment_and_ray_records_it_nowhere(
     assert httpx.post(f"{url}/keyed/v2/rerank", json=body, headers=wrong).status_code == 401
     reranker = CohereReranker(base_url=f"{url}/keyed", api_key=KEY, model_name="ce")
     assert len(reranker.rerank(DEMO_QUERY, DOCS[:3])) == 3
+    # Milvus's Authorization from a Function's credential (here at /keyed, not Milvus's path).
+    call = {"path": "/keyed/rerank", "retry_wait": 0.05}
+    assert len(milvus_rerank_call(url, "tei", DEMO_QUERY, DOCS[:3], credential=KEY, **call)) == 3
+    with pytest.raises(MilvusCallError):
+        milvus_rerank_call(url, "tei", DEMO_QUERY, DOCS[:3], **call)
     assert KEY not in repr(serve.status())
     assert KEY not in repr(serve.get_app_handle("keyed"))
     leaks = [
