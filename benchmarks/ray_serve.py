@@ -161,7 +161,9 @@ def run() -> list[Row]:
     return _rows({k: max(v) for k, v in results.items()}, killed)
 
 
-def _rows(best: dict[str, tuple[float, float, float]], killed: tuple[int, int, float, int]) -> list[Row]:
+def _rows(
+    best: dict[str, tuple[float, float, float]], killed: tuple[int, int, float, int]
+) -> list[Row]:
     def cell(label: str, figures: tuple[float, float, float]) -> str:
         pairs, p50, p99 = figures
         return f"{label}: {pairs:,.0f} pairs/s, p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"

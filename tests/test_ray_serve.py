@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,15 +91,24 @@ def ray_url() -> Iterator[tuple[str, Path]]:
     patch.setenv(KEY_VAR, KEY)  # before ray.init: the workers inherit the driver's environment
     patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     temp = Path(tempfile.mkdtemp(prefix="mrr-ray-", dir="/tmp"))
-    port = _free_port()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, _temp_dir=str(temp))
+    port, metrics = _free_port(), _free_port()
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=str(temp),
+        _metrics_export_port=metrics,
+    )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
+        os.environ["MRR_TEST_RAY_METRICS"] = f"http://127.0.0.1:{metrics}/metrics"
         yield f"http://127.0.0.1:{port}", temp
     finally:
         serve.shutdown()
         ray.shutdown()
         patch.undo()
+        os.environ.pop("MRR_TEST_RAY_METRICS", None)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +173,27 @@ def test_each_replica_serves_its_own_metrics(served: str) -> None:
     for text in seen.values():
         assert "milvus_rerank_requests_total" in text and "milvus_rerank_queue_pairs" in text
         assert DEMO_QUERY not in text
+
+
+def test_rays_node_exporter_carries_every_replicas_metrics(served: str) -> None:
+    body = {"query": DEMO_QUERY, "documents": DOCS[:4]}
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(lambda _: httpx.post(f"{served}/v2/rerank", json=body, timeout=60), range(40))
+        )
+    exporter = os.environ["MRR_TEST_RAY_METRICS"]
+    deadline = time.monotonic() + 60  # the mirror copies every 5 s, Ray reports every few
+    replicas: set[str] = set()
+    while len(replicas) < 2:
+        assert time.monotonic() < deadline, "no milvus_rerank_pairs_total from two replicas"
+        time.sleep(1)
+        lines = httpx.get(exporter, timeout=30).text.splitlines()
+        pairs = [line for line in lines if line.startswith("ray_milvus_rerank_pairs_total{")]
+        replicas = {line.split('replica="')[1].split('"')[0] for line in pairs}
+    assert any(line.startswith("ray_milvus_rerank_queue_pairs{") for line in lines)
+    # Ray Serve owns a "route" tag: the app's route label arrives as "path".
+    requests = [line for line in lines if line.startswith("ray_milvus_rerank_requests_total{")]
+    assert any('path="/v2/rerank"' in line and 'status="200"' in line for line in requests)
 
 
 @pytest.mark.parametrize("provider", ["vllm", "tei"])

@@ -23,10 +23,23 @@ if TYPE_CHECKING:
 
     from milvus_rerank.app.serve.state import ServeState
 
-__all__ = ["REPLICA_HEADER", "RerankReplica", "app_builder", "replica_api_key"]
+__all__ = [
+    "MIRROR_PERIOD",
+    "REPLICA_HEADER",
+    "MetricsMirror",
+    "RerankReplica",
+    "app_builder",
+    "replica_api_key",
+]
 
 #: The response header naming the replica that answered (Ray's replica tag).
 REPLICA_HEADER = "x-replica-id"
+#: Seconds between two copies of a replica's metrics into Ray's (Ray reports every few).
+MIRROR_PERIOD = 5.0
+#: The app's metrics copied into Ray's (its process metrics are Ray's own already).
+_MIRRORED_PREFIX = "milvus_rerank_"
+#: Labels renamed on the way into Ray's metrics (Ray Serve owns ``route``).
+_RAY_NAMES = {"route": "path"}
 
 
 def _key_from(variable: str, required: bool, what: str) -> str | None:
@@ -74,6 +87,47 @@ class _ReplicaHeader:
         await self.app(scope, receive, send_tagged)
 
 
+class MetricsMirror:
+    """Copies one app's ``milvus_rerank_*`` samples into Ray's metrics, as gauges.
+
+    Each replica's ``/metrics`` is its own, and Ray's proxy picks a replica per scrape; Ray's
+    node exporters do reach every replica, so the samples go there too, with Ray's
+    ``application``, ``deployment`` and ``replica`` labels added (Ray exports them as
+    ``ray_milvus_rerank_*``). Counters and histogram series keep their cumulative values, so
+    ``rate()`` and ``histogram_quantile()`` read them as they read the app's own.
+    """
+
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+        self._gauges: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+    def copy(self) -> int:
+        """Copy every sample once; returns how many were copied."""
+        from ray.serve.metrics import Gauge
+
+        copied = 0
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if not sample.name.startswith(_MIRRORED_PREFIX) or sample.name.endswith("_created"):
+                    continue
+                # Ray Serve fills a "route" tag with the request's route: renamed, kept.
+                labels = {_RAY_NAMES.get(k, k): v for k, v in sample.labels.items()}
+                keys = tuple(sorted(labels))
+                gauge = self._gauges.get((sample.name, keys))
+                if gauge is None:
+                    gauge = Gauge(sample.name, description=family.documentation, tag_keys=keys)
+                    self._gauges[(sample.name, keys)] = gauge
+                gauge.set(sample.value, tags=labels or None)
+                copied += 1
+        return copied
+
+    async def run(self, period: float = MIRROR_PERIOD) -> None:
+        """Copy every ``period`` seconds until cancelled."""
+        while True:
+            self.copy()
+            await asyncio.sleep(period)
+
+
 class RerankReplica:
     """One replica: its reranker, loaded in this process, behind ``serve``'s app.
 
@@ -86,6 +140,7 @@ class RerankReplica:
         self.options = options
         self._stack = contextlib.ExitStack()
         self._state: ServeState | None = None
+        self._mirror: asyncio.Task[None] | None = None
 
     def _open(self) -> Reranker:
         from milvus_rerank.app.commands import open_reranker
@@ -127,6 +182,8 @@ class RerankReplica:
         )
         app.add_middleware(_ReplicaHeader, tag=serve.get_replica_context().replica_tag)
         self._state = app.state.serve
+        mirror = MetricsMirror(self._state.metrics.registry)
+        self._mirror = asyncio.get_running_loop().create_task(mirror.run())
         return app
 
     def check_health(self) -> None:
@@ -144,6 +201,8 @@ class RerankReplica:
             raise RuntimeError(f"scoring made no progress for {stalled:.0f} s")
 
     def __del__(self) -> None:
+        if self._mirror is not None:
+            self._mirror.cancel()
         self._stack.close()
 
 

@@ -126,3 +126,35 @@ def test_a_replica_reads_its_key_from_the_variable_named(monkeypatch: pytest.Mon
     with pytest.raises(ConfigurationError, match="RERANK_KEY") as info:
         replica_api_key(named)
     assert "k3y" not in str(info.value)
+
+
+def _ray_pages() -> list[str]:
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    pages = [docs / "deploy_ray.md", docs / "deploy.md"]
+    return [page.read_text("utf-8") for page in pages if page.is_file()]
+
+
+def test_the_deploy_pages_ray_arguments_parse() -> None:
+    import re
+    import shlex
+
+    yaml = pytest.importorskip("yaml")
+    found = 0
+    for text in _ray_pages():
+        for lang, code in re.findall(r"```(\w+)\n(.*?)```", text, re.DOTALL):
+            if lang == "bash":
+                for line in code.replace("\\\n", " ").splitlines():
+                    words = shlex.split(line, comments=True)
+                    if "milvus_rerank.ray_serve:app_builder" in words:
+                        rest = words[words.index("milvus_rerank.ray_serve:app_builder") + 1 :]
+                        parse_ray_args(dict(word.split("=", 1) for word in rest))
+                        found += 1
+            elif lang == "yaml" and "milvus_rerank.ray_serve:app_builder" in code:
+                for app in yaml.safe_load(code)["applications"]:
+                    assert app["import_path"] == "milvus_rerank.ray_serve:app_builder"
+                    assert app.get("route_prefix", "/") == "/"  # Milvus posts to /rerank
+                    parse_ray_args(app["args"])
+                    found += 1
+    assert found >= 2
