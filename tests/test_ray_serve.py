@@ -123,6 +123,16 @@ def served(ray_url: tuple[str, Path], model_dir: Path) -> str:
     return ray_url[0]
 
 
+def test_the_builder_loads_no_model_in_the_driver(model_dir: Path) -> None:
+    code = (
+        "import sys; from milvus_rerank.ray_serve import app_builder; "
+        f"app = app_builder({{'reranker': 'cross-encoder', 'model_name': {str(model_dir)!r}}}); "
+        "print(type(app).__name__, 'torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["Application", "False", "False"]
+
+
 def test_every_route_scores_as_the_local_reranker(served: str, local: CrossEncoderReranker) -> None:
     docs = DOCS[:8]
     want = [(r.index, r.score) for r in local.rerank(DEMO_QUERY, docs)]
