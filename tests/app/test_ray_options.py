@@ -37,6 +37,7 @@ def test_strings_from_the_command_line_are_read_into_their_kinds() -> None:
             "max_length": "256",
             "allowed_hosts": "rerank.internal, other.internal",
             "graceful_shutdown_timeout_s": "30",
+            "max_queued_requests": "100",
         }
     )
     assert options.model_name == "/models/x" and options.device == "cuda"
@@ -49,6 +50,7 @@ def test_strings_from_the_command_line_are_read_into_their_kinds() -> None:
         "ray_actor_options": {"num_cpus": 1.0, "num_gpus": 0.5},
         "num_replicas": 2,
         "graceful_shutdown_timeout_s": 30.0,
+        "max_queued_requests": 100,
     }
 
 

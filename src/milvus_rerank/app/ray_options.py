@@ -71,6 +71,8 @@ class RayServeOptions:
         num_cpus: CPUs each replica reserves (Ray also sets its threads from it).
         num_gpus: GPUs each replica reserves.
         max_ongoing_requests: Requests a replica takes at once.
+        max_queued_requests: Requests waiting for a replica before Ray answers 503 (None:
+            Ray's default, no bound).
         graceful_shutdown_timeout_s: Seconds a stopping replica's requests may take to finish.
     """
 
@@ -94,6 +96,7 @@ class RayServeOptions:
     num_cpus: float | None = None
     num_gpus: float | None = None
     max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS
+    max_queued_requests: int | None = None
     graceful_shutdown_timeout_s: float | None = None
 
     def serve_limits(self) -> ServeLimits:
@@ -116,6 +119,8 @@ class RayServeOptions:
             chosen["num_replicas"] = self.num_replicas
         if self.autoscaling_config is not None:
             chosen["autoscaling_config"] = dict(self.autoscaling_config)
+        if self.max_queued_requests is not None:
+            chosen["max_queued_requests"] = self.max_queued_requests
         if self.graceful_shutdown_timeout_s is not None:
             chosen["graceful_shutdown_timeout_s"] = self.graceful_shutdown_timeout_s
         return chosen
@@ -221,6 +226,7 @@ _READERS: dict[str, Callable[[str, object], Any]] = {
     "num_cpus": _real,
     "num_gpus": _real,
     "max_ongoing_requests": lambda name, value: _integer(name, value, 1),
+    "max_queued_requests": lambda name, value: _integer(name, value, 1),
     "graceful_shutdown_timeout_s": lambda name, value: _real(name, value, above=True),
     "instruction": _text,
     "normalize": _flag,
