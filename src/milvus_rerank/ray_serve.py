@@ -213,8 +213,9 @@ def app_builder(args: Mapping[str, Any]) -> Application:
     ``device``, ``base_url``, ``key_env``, the long-document and model options,
     ``served_model_name``, ``allowed_hosts``, the limits) plus Ray's: ``num_replicas`` or
     ``autoscaling_config`` (JSON), ``num_cpus``, ``num_gpus``, ``max_ongoing_requests``,
-    ``max_queued_requests``, ``graceful_shutdown_timeout_s``, ``name``. The key is never an argument (Ray records
-    those): ``api_key_env`` names the variable each replica reads it from. docs/deploy.md.
+    ``max_queued_requests``, ``graceful_shutdown_timeout_s``, ``name``. The key is never an
+    argument (Ray records those): ``api_key_env`` names the variable each replica reads it
+    from. docs/deploy.md, "Ray cluster".
 
     Raises:
         ConfigurationError: a bad argument (``parse_ray_args``), checked here in the driver
