@@ -25,6 +25,7 @@ __all__ = [
     "API_KEY_ENV",
     "CONNECTION_LIMITS",
     "DEFAULT_MAX_ONGOING_REQUESTS",
+    "DRAIN_LIMITS",
     "LOCAL_ARGS",
     "RayServeOptions",
     "parse_ray_args",
@@ -38,6 +39,8 @@ API_KEY_ENV = "MILVUS_RERANK_API_KEY"
 DEFAULT_MAX_ONGOING_REQUESTS = 64
 #: ``serve``'s limits on connections: under Ray, connections are held by Ray's HTTP proxy.
 CONNECTION_LIMITS = ("header_timeout", "max_connections")
+#: ``serve``'s SIGTERM drain: under Ray, Ray stops replicas (``graceful_shutdown_timeout_s``).
+DRAIN_LIMITS = ("graceful_timeout",)
 #: Arguments only local rerankers take.
 LOCAL_ARGS = ("device", "long_documents", "passage_overlap", "max_passages")
 #: Model options (``milvus-rerank serve --instruction`` ...), passed on to the reranker's class.
@@ -205,7 +208,7 @@ def _limit_reader(kind: str) -> Callable[[str, object], Any]:
 _LIMITS = {
     f.name: _limit_reader(str(f.type))
     for f in dataclasses.fields(ServeLimits)
-    if f.name not in CONNECTION_LIMITS
+    if f.name not in CONNECTION_LIMITS and f.name not in DRAIN_LIMITS
 }
 
 #: Every other argument and how it is read (``reranker`` and ``api_key`` apart).
@@ -243,6 +246,11 @@ def _refuse(name: str) -> ConfigurationError:
             "api_key: Ray records an application's arguments (serve config, the dashboard); "
             "set the key in an environment variable of every Ray node and pass its name as "
             f"api_key_env (default: {API_KEY_ENV})"
+        )
+    if name in DRAIN_LIMITS:
+        return ConfigurationError(
+            f"{name}: under Ray, Ray stops the replicas and gives their requests "
+            "graceful_shutdown_timeout_s to finish; pass that instead"
         )
     if name in CONNECTION_LIMITS:
         return ConfigurationError(
