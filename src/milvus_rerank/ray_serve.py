@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -122,9 +123,17 @@ class MetricsMirror:
         return copied
 
     async def run(self, period: float = MIRROR_PERIOD) -> None:
-        """Copy every ``period`` seconds until cancelled."""
+        """Copy every ``period`` seconds until cancelled; a failed copy is logged once."""
+        failed = False
         while True:
-            self.copy()
+            try:
+                self.copy()
+            except Exception:  # the replica serves on; only Ray's copy of its metrics lags
+                if not failed:
+                    logging.getLogger("milvus_rerank.serve").exception(
+                        "copying the metrics into Ray's failed; /metrics still serves them"
+                    )
+                failed = True
             await asyncio.sleep(period)
 
 

@@ -162,3 +162,27 @@ def test_the_deploy_pages_ray_arguments_parse() -> None:
                     parse_ray_args(app["args"])
                     found += 1
     assert found >= 2
+
+
+async def test_the_metrics_mirror_logs_a_failed_copy_once_and_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+
+    from milvus_rerank.ray_serve import MetricsMirror
+
+    class Broken:
+        calls = 0
+
+        def collect(self) -> list[object]:
+            Broken.calls += 1
+            raise RuntimeError("no registry")
+
+    task = asyncio.ensure_future(MetricsMirror(Broken()).run(period=0.001))
+    while Broken.calls < 3:
+        await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    logged = [r for r in caplog.records if "copying the metrics into Ray's failed" in r.message]
+    assert len(logged) == 1
