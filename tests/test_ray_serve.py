@@ -170,8 +170,7 @@ def test_two_replicas_answer(served: str) -> None:
 
 
 def test_each_replica_serves_its_own_metrics(served: str) -> None:
-    body = {"query": DEMO_QUERY, "documents": DOCS[:4]}
-    assert httpx.post(f"{served}/v1/rerank", json=body, timeout=60).status_code == 200
+    test_two_replicas_answer(served)  # 40 requests of 4 documents from 8 clients, both replicas
     seen: dict[str, str] = {}
     for _ in range(40):  # Ray's proxy picks a replica per scrape: each answers for itself
         scrape = httpx.get(f"{served}/metrics", timeout=60)
@@ -180,9 +179,21 @@ def test_each_replica_serves_its_own_metrics(served: str) -> None:
         if len(seen) == 2:
             break
     assert len(seen) == 2
+    mean_batches = []
     for text in seen.values():
-        assert "milvus_rerank_requests_total" in text and "milvus_rerank_queue_pairs" in text
-        assert DEMO_QUERY not in text
+        assert 'milvus_rerank_requests_total{route="/v2/rerank",status="200"}' in text
+        assert "milvus_rerank_queue_pairs" in text and DEMO_QUERY not in text
+        value = {
+            line.split()[0]: float(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith("milvus_rerank_batch_pairs_")
+        }
+        mean_batches.append(
+            value["milvus_rerank_batch_pairs_sum"] / value["milvus_rerank_batch_pairs_count"]
+        )
+    # 4 documents a request: a replica batches its own concurrent requests, so its forward
+    # passes held more than one request.
+    assert max(mean_batches) > 4
 
 
 def test_rays_node_exporter_carries_every_replicas_metrics(served: str) -> None:
