@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -130,7 +131,8 @@ def run() -> list[Row]:
     from milvus_rerank.providers.local.tiny import build_tiny_cross_encoder
     from milvus_rerank.ray_serve import app_builder
 
-    model = build_tiny_cross_encoder(Path(tempfile.mkdtemp()) / "ce", **MINILM_SHAPE)
+    root = Path(tempfile.mkdtemp(prefix="mrr-ray-bench-"))
+    model = build_tiny_cross_encoder(root / "ce", **MINILM_SHAPE)
     docs = [d[:CHARS] for d in documents(DOCS_PER_REQUEST, seed=3)]
     alone_port = _free_port()
     alone = _serve_alone(model, alone_port)
@@ -158,6 +160,8 @@ def run() -> list[Row]:
         ray.shutdown()
         alone.terminate()
         alone.wait(30)
+        shutil.rmtree(temp, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
     return _rows({k: max(v) for k, v in results.items()}, killed)
 
 
