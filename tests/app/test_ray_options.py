@@ -186,3 +186,19 @@ async def test_the_metrics_mirror_logs_a_failed_copy_once_and_goes_on(
         await task
     logged = [r for r in caplog.records if "copying the metrics into Ray's failed" in r.message]
     assert len(logged) == 1
+
+
+def test_rays_health_check_fails_while_scoring_is_stalled() -> None:
+    from types import SimpleNamespace
+
+    from milvus_rerank.ray_serve import RerankReplica
+
+    replica = RerankReplica(parse_ray_args(CE))
+    replica.check_health()  # before its app is built: healthy (Ray waits for the load)
+    stalled = {"for": 0.0}
+    batcher = SimpleNamespace(stalled_for=lambda: stalled["for"])
+    replica._state = SimpleNamespace(batcher=batcher, limits=ServeLimits(stall_after=60.0))  # type: ignore[assignment]
+    replica.check_health()
+    stalled["for"] = 61.0
+    with pytest.raises(RuntimeError, match="no progress for 61 s"):
+        replica.check_health()
