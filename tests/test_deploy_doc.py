@@ -16,17 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml  # vcrpy's and transformers' dependency: always in the dev environment
 
 from milvus_rerank.app.cli import make_parser
+from milvus_rerank.app.serve.limits import ServeLimits
 
 pytest.importorskip("pymilvus")
-yaml = pytest.importorskip("yaml")
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "deploy.md"
 _BLOCK = re.compile(r"```(\w+)\n(.*?)```", re.DOTALL)
-#: What ``docs/serve.md`` gives as ``--graceful-timeout``'s default (the drain after SIGTERM).
-GRACEFUL_DEFAULT_S = 30
+#: ``--graceful-timeout``'s default (the drain after SIGTERM), from the one source of defaults.
+GRACEFUL_DEFAULT_S = ServeLimits().graceful_timeout
 #: What the page's servers bind: every IPv4 address, so the Milvus nodes reach them.
 EVERY_ADDRESS = "0.0.0.0"  # noqa: S104
 

@@ -126,12 +126,14 @@ class Drain:
 
     def summary(self, grace: float) -> None:
         """The drain's one log line."""
-        took = time.monotonic() - (self.started_at or time.monotonic())
+        started = self.started_at or time.monotonic()
+        took = time.monotonic() - started
         if self.cut:
             log.warning(
-                "serve: drain: %d requests answered 503 after the %g s grace (%d answered "
-                "whole, %d refused while draining)",
+                "serve: drain: %d requests answered 503, cut %.1f s after the signal (grace "
+                "%g s; %d answered whole, %d refused while draining)",
                 self.cut,
+                (self.cut_at or started) - started,
                 grace,
                 self.answered,
                 self.refused,

@@ -187,13 +187,10 @@ async def _answer(
 def _draining(state: ServeState, fmt: WireFormat, cut: bool) -> Response:
     """503 in ``fmt``'s shape: the server is stopping (``cut``: this request ran out of time)."""
     state.metrics.refused(503, "draining")
+    what = "the server is stopping"
     if cut:
         grace = state.limits.graceful_timeout
-        what = (
-            f"the server is stopping and did not finish this request within its {grace:g} s grace"
-        )
-    else:
-        what = "the server is stopping"
+        what += f" and did not finish this request in time (grace {grace:g} s)"
     headers = {"Retry-After": DRAINING_RETRY, "Connection": "close"}
     content = fmt.error(503, f"{what}; retry on another instance")
     return JSONResponse(content, status_code=503, headers=headers)
