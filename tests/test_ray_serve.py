@@ -203,18 +203,25 @@ def test_rays_node_exporter_carries_every_replicas_metrics(served: str) -> None:
             pool.map(lambda _: httpx.post(f"{served}/v2/rerank", json=body, timeout=60), range(40))
         )
     exporter = os.environ["MRR_TEST_RAY_METRICS"]
-    deadline = time.monotonic() + 60  # the mirror copies every 5 s, Ray reports every few
-    replicas: set[str] = set()
-    while len(replicas) < 2:
-        assert time.monotonic() < deadline, "no milvus_rerank_pairs_total from two replicas"
-        time.sleep(1)
-        lines = httpx.get(exporter, timeout=30).text.splitlines()
-        pairs = [line for line in lines if line.startswith("ray_milvus_rerank_pairs_total{")]
+    deadline = time.monotonic() + 90  # the mirror copies every 5 s, Ray reports every few
+
+    def series(text: str, name: str) -> list[str]:
+        return [line for line in text.splitlines() if line.startswith(f"ray_{name}{{")]
+
+    while True:
+        text = httpx.get(exporter, timeout=30).text
+        pairs = series(text, "milvus_rerank_pairs_total")
         replicas = {line.split('replica="')[1].split('"')[0] for line in pairs}
-    assert any(line.startswith("ray_milvus_rerank_queue_pairs{") for line in lines)
-    # Ray Serve owns a "route" tag: the app's route label arrives as "path".
-    requests = [line for line in lines if line.startswith("ray_milvus_rerank_requests_total{")]
-    assert any('path="/v2/rerank"' in line and 'status="200"' in line for line in requests)
+        # Ray Serve owns a "route" tag: the app's route label arrives as "path".
+        requests = [
+            line[line.index("path=") :]
+            for line in series(text, "milvus_rerank_requests_total")
+            if 'path="/v2/rerank"' in line and 'status="200"' in line
+        ]
+        if len(replicas) == 2 and requests and series(text, "milvus_rerank_queue_pairs"):
+            break
+        assert time.monotonic() < deadline, (replicas, requests)
+        time.sleep(1)
 
 
 @pytest.mark.parametrize("provider", ["vllm", "tei"])
