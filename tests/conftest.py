@@ -91,7 +91,7 @@ def _without_provider_env(request: pytest.FixtureRequest, monkeypatch: pytest.Mo
 # tests by what they need, so test files never have to remember the tier they belong to.
 #: Marks that already say a test needs Milvus Lite or a live server (a module that runs
 #: minutes of load or faults says ``pytestmark = pytest.mark.slow`` itself).
-SLOW_MARKS = {"integration", "milvus_server", "vllm"}
+SLOW_MARKS = {"integration", "milvus_server", "vllm", "ray"}
 #: Fixtures that build and run real (tiny) models or start loopback servers.
 SLOW_FIXTURES = {
     "tiny_models",

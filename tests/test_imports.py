@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("providers", ("providers", "providers.*")),
     ("wrappers", ("wrappers", "wrappers.*", "cache")),
     ("integrations", ("integrations", "integrations.*", "langchain", "llama_index", "milvus")),
-    ("app", ("app", "app.*", "cli")),
+    ("app", ("app", "app.*", "cli", "ray_serve")),
 ]
 
 #: Edges allowed to point upward, each the one registered indirection of its kind:
