@@ -136,8 +136,7 @@ def _ray_pages() -> list[str]:
     from pathlib import Path
 
     docs = Path(__file__).resolve().parents[2] / "docs"
-    pages = [docs / "deploy_ray.md", docs / "deploy.md"]
-    return [page.read_text("utf-8") for page in pages if page.is_file()]
+    return [(docs / "deploy.md").read_text("utf-8")]
 
 
 def test_the_deploy_pages_ray_arguments_parse() -> None:
