@@ -71,8 +71,8 @@ class OnnxScorer:
         self._session = self._open()
         graph = read_graph(path)  # the operators and tables, without the weights' data
         self.quantized = is_quantized(graph)
-        self.inputs = self._check_inputs(config, tokenizer)
         self._check_tables(config, embedding_shape(graph))
+        self.inputs = self._check_inputs(config, tokenizer)
         del graph
         self._probe(config, tokenizer)
         _LIVE.add(self)
@@ -122,18 +122,18 @@ class OnnxScorer:
         bad = {name: kind for name, kind in found.items() if kind not in _DTYPES}
         if bad:
             raise self._refuse(f"its inputs {bad} are not integer token ids")
-        makes_types = "token_type_ids" in getattr(tokenizer, "model_input_names", ())
-        if makes_types and "token_type_ids" not in found and _type_vocab(config) > 1:
-            raise self._refuse(
-                "it takes no token_type_ids, which this model reads to tell the query from "
-                "the document"
-            )
         outputs = self._session.get_outputs()
         shape = list(outputs[0].shape) if outputs else []
         if len(outputs) != 1 or len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
             raise self._refuse(
                 f"it has {len(outputs)} output(s), the first of shape {shape}; a reranker's "
                 "graph has one, logits of shape [batch, 1]"
+            )
+        makes_types = "token_type_ids" in getattr(tokenizer, "model_input_names", ())
+        if makes_types and "token_type_ids" not in found and _type_vocab(config) > 1:
+            raise self._refuse(
+                "it takes no token_type_ids, which this model reads to tell the query from "
+                "the document"
             )
         return {name: _DTYPES[kind] for name, kind in found.items()}
 
