@@ -99,7 +99,8 @@ def test_shipped_file_is_used_as_is_and_needs_no_export(
         assert loaded.model.scorer.path == onnx_models["ce"] / "onnx" / "model.onnx"
         assert not loaded.model.exported
         with CrossEncoderReranker(str(tiny_models["ce"])) as torch_r:
-            assert max(abs(a - b) for a, b in zip(scores(shipped), scores(torch_r))) < TOLERANCE
+            pairs = zip(scores(shipped), scores(torch_r), strict=True)
+            assert max(abs(a - b) for a, b in pairs) < TOLERANCE
     assert exports == []
     assert sorted(p.name for p in onnx_models["ce"].rglob("*")) == before
 
@@ -301,3 +302,22 @@ def test_a_shipped_file_loads_and_ranks_without_torch(
             expected = [r.score for r in torch_r.rerank("capital of france", docs)]
         got = json.loads(lines[0])
         assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) < TOLERANCE
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork")
+def test_a_forked_child_opens_its_own_session(onnx_models: dict[str, Path]) -> None:
+    reranker = CrossEncoderReranker(str(onnx_models["ce"]), backend="onnx", threads=2)
+    expected = scores(reranker)  # the parent's session ran (and its thread pool started)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(write, json.dumps(scores(reranker)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        got = json.loads(pipe.read() or "null")
+    os.waitpid(pid, 0)
+    assert got is not None and max(abs(a - b) for a, b in zip(got, expected, strict=True)) < 1e-6
+    reranker.close()

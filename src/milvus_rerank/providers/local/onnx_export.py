@@ -19,10 +19,8 @@ from milvus_rerank.providers.local.devices import import_torch
 from milvus_rerank.providers.local.loading import Loaded
 from milvus_rerank.providers.local.onnx_files import MODEL_FILE
 
-__all__ = ["INPUT_NAMES", "OUTPUT_NAME", "export_graph", "graph_inputs"]
+__all__ = ["OUTPUT_NAME", "export_graph", "graph_inputs"]
 
-#: The inputs an encoder graph may take, in this order.
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 #: The one output of an exported graph.
 OUTPUT_NAME = "logits"
 #: Parameters (in bytes) past which the weights go to an external data file (protobuf's 2 GB).
@@ -30,7 +28,7 @@ _EXTERNAL_BYTES = 1_500_000_000
 
 
 def graph_inputs(tokenizer: Any) -> list[str]:
-    """The inputs a graph of this tokenizer's model takes (``token_type_ids`` where it makes them)."""
+    """The inputs a graph of this tokenizer's model takes (``token_type_ids`` if it makes them)."""
     names = ["input_ids", "attention_mask"]
     if "token_type_ids" in getattr(tokenizer, "model_input_names", ()):
         names.append("token_type_ids")

@@ -130,12 +130,14 @@ class OnnxLoader(ModelLoader):
             MissingDependencyError: torch is not installed (nothing to export with).
         """
         try:
+            import onnxscript  # noqa: F401 - what torch's exporter writes the graph with
             import torch
-        except ImportError:
+        except ImportError as exc:
             raise MissingDependencyError(
-                f"Exporting model {self.model_name!r} to ONNX (it ships no {SHIPPED_FILE})",
-                "local,onnx",
-                "torch",
+                f"Exporting model {self.model_name!r} to ONNX (it ships no {SHIPPED_FILE}; "
+                "or pass onnx_file= a file it has)",
+                "onnx-export",
+                exc.name or "torch",
             ) from None
         from milvus_rerank.providers.local.cls_forward import DISABLE_ENV
 

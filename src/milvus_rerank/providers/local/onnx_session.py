@@ -10,6 +10,7 @@ Runtime's thread pools do not survive a fork).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import weakref
@@ -78,7 +79,14 @@ class OnnxScorer:
         _LIVE.add(self)
 
     def _after_fork(self) -> None:
+        """A child opens a session of its own; the parent's copy is never destroyed here.
+
+        Destroying it joins its thread pool's threads, which a child does not have: it would
+        hang forever. The copy is leaked on purpose (one more reference that is never let go).
+        """
         self._lock = threading.Lock()
+        if self._session is not None:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(self._session))
         self._session = None
 
     def _refuse(self, why: str) -> ConfigurationError:
