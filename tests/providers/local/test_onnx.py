@@ -321,3 +321,47 @@ def test_a_forked_child_opens_its_own_session(onnx_models: dict[str, Path]) -> N
     os.waitpid(pid, 0)
     assert got is not None and max(abs(a - b) for a, b in zip(got, expected, strict=True)) < 1e-6
     reranker.close()
+
+
+NO_EXPORTER = """
+import sys
+sys.modules["torch"] = None
+from milvus_rerank import CrossEncoderReranker
+from milvus_rerank.core.errors import MissingDependencyError
+try:
+    CrossEncoderReranker(sys.argv[1], backend="onnx").load()
+except MissingDependencyError as exc:
+    print(exc)
+"""
+
+
+def test_without_torch_a_model_without_its_file_says_what_to_install(
+    tiny_models: dict[str, Path],
+) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", NO_EXPORTER, str(tiny_models["ce"])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "ships no onnx/model.onnx" in out.stdout and "'torch'" in out.stdout
+    assert 'pip install "milvus-rerank[onnx-export]"' in out.stdout
+
+
+def test_a_configured_torch_activation_runs_without_torch_on_onnx(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    model = tmp_path / "tanh"
+    shutil.copytree(tiny_models["ce"], model)
+    config = json.loads((model / "config.json").read_text())
+    config["sentence_transformers"] = {"activation_fn": "torch.nn.modules.activation.Tanh"}
+    (model / "config.json").write_text(json.dumps(config))
+    with (
+        CrossEncoderReranker(str(model)) as torch_r,
+        CrossEncoderReranker(str(model), backend="onnx") as onnx_r,
+    ):
+        expected, got = scores(torch_r), scores(onnx_r)
+        assert max(abs(a - b) for a, b in zip(expected, got, strict=True)) < TOLERANCE
+        assert any(abs(s) < 0.999 for s in got) and all(-1 <= s <= 1 for s in got)  # tanh's range

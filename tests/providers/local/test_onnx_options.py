@@ -156,3 +156,31 @@ def test_bad_cli_flags_are_usage_errors(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         make_parser().parse_args(argv)
     assert caught.value.code == 2
+
+
+def test_a_hub_model_s_file_comes_through_the_hub_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from milvus_rerank.providers.local.family import ModelSource
+
+    asked: list[tuple[str, str, bool]] = []
+    present = {"onnx/model.onnx": tmp_path / "model.onnx"}
+    present["onnx/model.onnx"].write_bytes(b"")
+
+    def download(repo: str, filename: str, **kw: Any) -> str:
+        asked.append((repo, filename, kw["local_files_only"]))
+        if filename not in present:
+            raise EntryNotFoundError(f"{filename} not in {repo}")
+        return str(present[filename])
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    source = ModelSource("org/model", None, "main", None, False)
+    assert onnx_files.shipped_file(source, None, False) == present["onnx/model.onnx"]
+    assert asked == [("org/model", "onnx/model.onnx", False)]
+    del present["onnx/model.onnx"]
+    assert onnx_files.shipped_file(source, None, True) is None  # no file: export instead
+    with pytest.raises(ConfigurationError, match=r"onnx_file 'onnx/q.onnx' is not in hub repo"):
+        onnx_files.shipped_file(source, "onnx/q.onnx", False)

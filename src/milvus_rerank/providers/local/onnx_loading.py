@@ -9,6 +9,7 @@ torch: ``transformers`` reads configs and tokenizers without it.
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -127,18 +128,20 @@ class OnnxLoader(ModelLoader):
         """A graph exported from the torch weights, cached (``onnx_files.cached``).
 
         Raises:
-            MissingDependencyError: torch is not installed (nothing to export with).
+            MissingDependencyError: torch or onnxscript is not installed (the exporter).
         """
-        try:
-            import onnxscript  # noqa: F401 - what torch's exporter writes the graph with
-            import torch
-        except ImportError as exc:
-            raise MissingDependencyError(
-                f"Exporting model {self.model_name!r} to ONNX (it ships no {SHIPPED_FILE}; "
-                "or pass onnx_file= a file it has)",
-                "onnx-export",
-                exc.name or "torch",
-            ) from None
+        for needed in ("torch", "onnxscript"):  # onnxscript: what torch's exporter writes with
+            try:
+                importlib.import_module(needed)
+            except ImportError:
+                raise MissingDependencyError(
+                    f"Exporting model {self.model_name!r} to ONNX (it ships no {SHIPPED_FILE}; "
+                    "or pass onnx_file= a file it has)",
+                    "onnx-export",
+                    needed,
+                ) from None
+        import torch
+
         from milvus_rerank.providers.local.cls_forward import DISABLE_ENV
 
         folder = model.path if model.path is not None else _hub_folder(model)
