@@ -179,7 +179,8 @@ class Head:
     Attributes:
         forward: A padded batch (tensors on the model's device: ``input_ids``,
             ``attention_mask`` and any other encoded column) -> one raw score per row, a tensor
-            of shape ``[rows]`` (or ``[rows, 1]``). Runs under ``torch.inference_mode``.
+            of shape ``[rows]`` (or ``[rows, 1]``). Runs under ``torch.inference_mode``; on the
+            ONNX backend the batch and the scores are int64 and float32 numpy arrays.
         activate: Raw scores (Python floats, in input order) -> the reranker's scores.
     """
 

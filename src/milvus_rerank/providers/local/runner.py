@@ -87,7 +87,7 @@ class LocalModelRunner:
     The model loads once, lazily and thread-safely, on first use. Pairs are tokenized once
     (by the family), sorted by length and cut into batches bounded by ``batch_size`` and
     ``max_tokens_per_batch``, so little compute goes to padding. Forward passes (the family's)
-    run under ``torch.inference_mode()``.
+    run under ``torch.inference_mode()``, or in an ONNX Runtime session (``backend="onnx"``).
     """
 
     def __init__(
