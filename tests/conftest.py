@@ -95,6 +95,7 @@ SLOW_MARKS = {"integration", "milvus_server", "vllm", "ray"}
 #: Fixtures that build and run real (tiny) models or start loopback servers.
 SLOW_FIXTURES = {
     "tiny_models",
+    "onnx_models",
     "llm_dirs",
     "loopback",
     "live_vllm",
@@ -138,6 +139,33 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ),
         "bge": build_tiny_bge(root / "bge", texts=CORPUS, initializer_range=0.3),
     }
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The ONNX backend's exports and int8 files go to a session folder, never ``~/.cache``."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MILVUS_RERANK_CACHE", str(tmp_path_factory.mktemp("milvus-rerank-cache")))
+        yield
+
+
+@pytest.fixture(scope="session")
+def onnx_models(
+    tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """Copies of the tiny checkpoints that ship ``onnx/model.onnx`` (exported once, here)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("onnx-models")
+    shipped = {}
+    for name, cls in (("ce", CrossEncoderReranker), ("bge", BGEReranker)):
+        with cls(str(tiny_models[name]), backend="onnx") as reranker:
+            exported = reranker.runner.load().model.scorer.path
+        shipped[name] = root / name
+        shutil.copytree(tiny_models[name], shipped[name])
+        (shipped[name] / "onnx").mkdir()
+        shutil.copy(exported, shipped[name] / "onnx" / "model.onnx")
+    return shipped
 
 
 def _json_body(r1: object, r2: object) -> None:

@@ -160,6 +160,38 @@ def _add_local_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_backend_options(parser: argparse.ArgumentParser) -> None:
+    """What runs a local encoder reranker: torch, or ONNX Runtime (fp32 or int8) on the CPU."""
+    from milvus_rerank.providers.local.options import BACKENDS, QUANTIZATIONS
+
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="local rerankers: torch (any device) or onnx (ONNX Runtime on the CPU; "
+        "cross-encoder and bge) (default: torch)",
+    )
+    parser.add_argument(
+        "--quantization",
+        choices=("none", *QUANTIZATIONS),
+        type=str.lower,
+        help="--backend onnx: int8 runs ONNX Runtime's dynamic int8 quantization of the model "
+        "(faster on CPUs, scores move slightly) (default: none)",
+    )
+    parser.add_argument(
+        "--onnx-file",
+        metavar="PATH",
+        help="--backend onnx: the model's ONNX file to run, relative to the model, e.g. "
+        "onnx/model_qint8_avx512_vnni.onnx (default: onnx/model.onnx if shipped, else one "
+        "exported with torch and cached)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="--backend onnx: threads of one forward pass (default: the CPUs, shared by the "
+        "passes that run at once)",
+    )
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     """Model options (``MODEL_OPTIONS``), each for the rerankers whose class takes it."""
     from milvus_rerank.providers.local.options import DTYPES
@@ -199,6 +231,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 def _add_reranker_options(parser: argparse.ArgumentParser, default: str) -> None:
     _add_reranker_choice(parser, default)
     _add_local_options(parser)
+    _add_backend_options(parser)
     _add_model_options(parser)
 
 

@@ -41,7 +41,10 @@ __all__ = [
 
 #: Model options with a flag of their own (``--max-length`` sets ``max_length``): each goes to
 #: the local rerankers whose class takes it, as its constructor says.
-MODEL_OPTIONS = ("instruction", "normalize", "max_length", "dtype", "split_special_tokens")
+MODEL_OPTIONS = (
+    *("instruction", "normalize", "max_length", "dtype", "split_special_tokens"),
+    *("backend", "quantization", "onnx_file", "threads"),
+)
 
 
 def local_keys() -> str:
@@ -169,7 +172,8 @@ def open_reranker(
             raise ConfigurationError(f"a key is for API rerankers; {provider!r} runs a local model")
         kwargs["api_key"] = api_key
     reranker = create_reranker(provider, **kwargs)
-    if spec.kind == "local" and device is not None:
+    onnx = (options or {}).get("backend") == "onnx"  # ONNX Runtime: the CPU, no torch
+    if spec.kind == "local" and device is not None and not onnx:
         from milvus_rerank.providers.local.devices import resolve_device
 
         # Before the weights load (seconds for a real model), in the command line's terms.
@@ -238,10 +242,16 @@ def open_from_args(
         long_documents=args.long_documents,
         passage_overlap=args.passage_overlap,
         max_passages=args.max_passages,
-        options={n: getattr(args, n) for n in MODEL_OPTIONS if getattr(args, n) is not None},
+        options={n: _option(args, n) for n in MODEL_OPTIONS if _option(args, n) is not None},
         fallback_to_tiny=fallback_to_tiny,
         out=out,
     )
+
+
+def _option(args: argparse.Namespace, name: str) -> Any:
+    """A parsed model option (``--quantization none`` is no quantization: None)."""
+    value = getattr(args, name)
+    return None if name == "quantization" and value == "none" else value
 
 
 def _key_from_env(name: str | None) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,7 +26,7 @@ from milvus_rerank.providers.local.family import (
 from milvus_rerank.providers.local.options import LocalOptions
 from milvus_rerank.providers.local.reranker import LocalReranker
 
-__all__ = ["CrossEncoderFamily", "CrossEncoderReranker"]
+__all__ = ["MATH_ACTIVATIONS", "CrossEncoderFamily", "CrossEncoderReranker"]
 
 logger = logging.getLogger("milvus_rerank.providers.cross_encoder")  # the name users configure
 
@@ -167,6 +168,8 @@ class CrossEncoderFamily(SequenceClassifierFamily):
                 source.model_name,
             )
             return sigmoid_all
+        if self.backend == "onnx" and path in MATH_ACTIVATIONS:  # no torch on that path
+            return MATH_ACTIVATIONS[path]
         return _torch_activation(path)
 
     def describe(self) -> dict[str, Any]:
@@ -235,8 +238,34 @@ class CrossEncoderReranker(LocalReranker):
         super().__init__(model_name, CrossEncoderFamily(activation=activation), **options)
 
 
+def _elementwise(fn: Callable[[float], float]) -> Callable[[list[float]], list[float]]:
+    def apply(logits: list[float]) -> list[float]:
+        return [fn(x) for x in logits]
+
+    return apply
+
+
+#: torch activations a checkpoint may name, in plain Python (the ONNX backend runs without
+#: torch); another one runs through torch where it is installed.
+MATH_ACTIVATIONS: dict[str, Callable[[list[float]], list[float]]] = {
+    name: _elementwise(fn)
+    for names, fn in (
+        (("torch.nn.modules.activation.Tanh", "torch.nn.Tanh"), math.tanh),
+        (("torch.nn.modules.activation.ReLU", "torch.nn.ReLU"), lambda x: max(x, 0.0)),
+        (("torch.nn.modules.activation.Softsign", "torch.nn.Softsign"), lambda x: x / (1 + abs(x))),
+    )
+    for name in names
+}
+
+
 def _torch_activation(path: str) -> Callable[[list[float]], list[float]]:
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise ConfigurationError(
+            f"the checkpoint's activation {path!r} runs in torch, which is not installed: "
+            "install milvus-rerank[local], or pass activation='sigmoid' or 'identity'"
+        ) from None
 
     module_name, _, attr = path.rpartition(".")
     fn: Any = getattr(importlib.import_module(module_name), attr)()

@@ -62,6 +62,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, ClassVar, Literal
 
 from milvus_rerank.core.errors import ConfigurationError
@@ -178,7 +179,8 @@ class Head:
     Attributes:
         forward: A padded batch (tensors on the model's device: ``input_ids``,
             ``attention_mask`` and any other encoded column) -> one raw score per row, a tensor
-            of shape ``[rows]`` (or ``[rows, 1]``). Runs under ``torch.inference_mode``.
+            of shape ``[rows]`` (or ``[rows, 1]``). Runs under ``torch.inference_mode``; on the
+            ONNX backend the batch and the scores are int64 and float32 numpy arrays.
         activate: Raw scores (Python floats, in input order) -> the reranker's scores.
     """
 
@@ -206,6 +208,12 @@ class ModelFamily(ABC):
     #: Apply the sigmoid to the raw scores (what ``activation`` does by default); a family
     #: with a ``normalize`` option sets it from there.
     normalize: bool = False
+    #: Whether the family runs on ONNX Runtime (``backend="onnx"``): its forward is one
+    #: graph with ``input_ids``/``attention_mask`` (/``token_type_ids``) in and one logit out.
+    onnx_ready: ClassVar[bool] = False
+    #: The backend the reranker runs (``LocalOptions.backend``), set by the runner: on
+    #: ``"onnx"`` the activation must not need torch.
+    backend: str = "torch"
 
     @abstractmethod
     def default_max_length(self, tokenizer: Any, config: Any) -> int:
@@ -316,6 +324,19 @@ class ModelFamily(ABC):
         """The activation of the head's raw scores: the sigmoid when ``normalize``, else none."""
         return sigmoid_all if self.normalize else identity
 
+    def bind_onnx(
+        self, forward: Callable[[dict[str, Any]], Any], config: Any, source: ModelSource
+    ) -> Head:
+        """The head over an ONNX Runtime ``forward`` (``onnx_ready`` families only).
+
+        Raises:
+            ConfigurationError: the family has no ONNX path, or the config cannot score.
+        """
+        raise ConfigurationError(
+            f"{type(self).__name__} has no ONNX path (backend='onnx' runs the encoder "
+            "cross-encoders: cross-encoder and bge); use backend='torch'"
+        )
+
     def describe(self) -> dict[str, Any]:
         """Family options shown in the reranker's repr."""
         return {}
@@ -346,10 +367,19 @@ class SequenceClassifierFamily(ModelFamily):
                 "a model with one relevance logit (num_labels=1)"
             )
 
+    onnx_ready: ClassVar[bool] = True
+
     def bind(self, model: Any, tokenizer: Any, source: ModelSource) -> Head:
         """Refuse multi-label heads; use the ``[CLS]``-only forward where the layout allows."""
         self.check_config(model.config, source)
         return Head(ClassifierForward(model), self.activation(model, source))
+
+    def bind_onnx(
+        self, forward: Callable[[dict[str, Any]], Any], config: Any, source: ModelSource
+    ) -> Head:
+        """The head over an ONNX graph of this classifier: its logits, this family's activation."""
+        self.check_config(config, source)
+        return Head(forward, self.activation(SimpleNamespace(config=config), source))
 
 
 class ClassifierForward:

@@ -62,6 +62,8 @@ class Loaded:
     pad_id: int
     #: The family's forward and activation for this model.
     head: Head
+    #: What runs the forward: ``"torch"`` (tensors, inference mode) or ``"onnx"`` (numpy).
+    backend: str = "torch"
 
 
 #: Threads inside ``quiet_progress`` (a per-thread depth), and the hook that makes them quiet.
@@ -330,18 +332,8 @@ class ModelLoader:
         """The tokenizer and model; the family checks the config before any weight is read."""
         import transformers
 
-        common = {
-            "trust_remote_code": self.options["trust_remote_code"],
-            "revision": self.options["revision"],
-            "cache_dir": self.options["cache_dir"],
-            "local_files_only": local_only,
-        }
-        # config.json alone says a checkpoint is another family's: refuse it before its
-        # weights load (gigabytes, and transformers' report of heads that do not fit).
-        config = transformers.AutoConfig.from_pretrained(source, **common)
-        self.family.check_config(config, model)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
-        check_tokenizer(tokenizer, config, model)
+        common = self._common(local_only)
+        config, tokenizer = self._config_and_tokenizer(source, local_only, model)
         factory = getattr(transformers, self.family.auto_class)
         with quiet_progress():  # transformers 5 draws a "Loading weights" bar
             loaded, info = factory.from_pretrained(  # the config checked above, not read again
@@ -353,6 +345,30 @@ class ModelLoader:
             )
         check_weights_found(loaded, info.get("missing_keys") or (), model)
         return tokenizer, loaded
+
+    def _common(self, local_only: bool) -> dict[str, Any]:
+        """The ``from_pretrained`` arguments every file of the model is read with."""
+        return {
+            "trust_remote_code": self.options["trust_remote_code"],
+            "revision": self.options["revision"],
+            "cache_dir": self.options["cache_dir"],
+            "local_files_only": local_only,
+        }
+
+    def _config_and_tokenizer(
+        self, source: str, local_only: bool, model: ModelSource
+    ) -> tuple[Any, Any]:
+        """The config (checked by the family) and the tokenizer (checked against it)."""
+        import transformers
+
+        common = self._common(local_only)
+        # config.json alone says a checkpoint is another family's: refuse it before its
+        # weights load (gigabytes, and transformers' report of heads that do not fit).
+        config = transformers.AutoConfig.from_pretrained(source, **common)
+        self.family.check_config(config, model)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
+        check_tokenizer(tokenizer, config, model)
+        return config, tokenizer
 
     def _check_hub_name(self, path: Path) -> None:
         """Refuse a model name that is no directory and cannot be a hub name (a mistyped path).

@@ -1,9 +1,9 @@
 """The options every local reranker takes: declared once, with their defaults and their checks.
 
 ``LocalOptions`` types a reranker's ``**options``; ``LOCAL_DEFAULTS`` holds each default;
-``check_options`` checks a reranker's options and ``unknown_options`` says why a name is not
-one. The checks of options several families share (``normalize``, ``query_max_length``) live
-here too, so each family states them the same way.
+``check_options`` checks a reranker's options (``_check_backend`` the backend's) and
+``unknown_options`` says why a name is not one. The checks of options several families share
+(``normalize``, ``query_max_length``) live here too, so each family states them the same way.
 """
 
 from __future__ import annotations
@@ -23,11 +23,15 @@ from milvus_rerank.providers.local.passages import (
 )
 
 __all__ = [
+    "BACKENDS",
     "DTYPES",
     "INSTRUCTION_PROVIDERS",
     "LOCAL_DEFAULTS",
     "Dtype",
     "LocalOptions",
+    "QUANTIZATIONS",
+    "Backend",
+    "Quantization",
     "check_bool",
     "check_options",
     "check_query_max_length",
@@ -37,6 +41,12 @@ __all__ = [
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 #: The ``dtype`` values, in ``Dtype``'s order.
 DTYPES: tuple[Dtype, ...] = ("auto", "float32", "float16", "bfloat16")
+Backend = Literal["torch", "onnx"]
+#: The ``backend`` values: torch (any device, any dtype) or ONNX Runtime (CPU, fp32 or int8).
+BACKENDS: tuple[Backend, ...] = ("torch", "onnx")
+Quantization = Literal["int8"]
+#: The ``quantization`` values besides None (the weights as they are).
+QUANTIZATIONS: tuple[Quantization, ...] = ("int8",)
 
 
 class LocalOptions(TypedDict, total=False):
@@ -73,6 +83,15 @@ class LocalOptions(TypedDict, total=False):
             rows wait (None: 2 on CPUs, where a second pass keeps busy the cores one pass
             leaves idle between and within its operations, measured in
             ``benchmarks/batching.py``; 1 on GPUs). A lone call that fits one batch uses one.
+        backend: ``"torch"`` (the default: any device and dtype) or ``"onnx"`` (ONNX Runtime
+            on the CPU, without torch where the model ships an ONNX file; the encoder
+            families only). See ``onnx_loading.py``.
+        quantization: None, or ``"int8"`` (``backend="onnx"`` only): ONNX Runtime's dynamic
+            int8 quantization of the model's file, cached (a pre-quantized file is used as it is).
+        onnx_file: The ONNX file to run, relative to the model (``backend="onnx"`` only; None:
+            ``onnx/model.onnx`` if the model ships one, else one exported with torch, cached).
+        threads: Threads one ONNX Runtime forward pass uses (``backend="onnx"`` only; None:
+            the CPUs this process may run on).
     """
 
     device: str | None
@@ -92,6 +111,10 @@ class LocalOptions(TypedDict, total=False):
     batch_across_calls: bool
     batch_wait_ms: float
     batch_workers: int | None
+    backend: Backend
+    quantization: Quantization | None
+    onnx_file: str | None
+    threads: int | None
 
 
 #: The default of every ``LocalOptions`` key, in one place.
@@ -113,6 +136,10 @@ LOCAL_DEFAULTS: LocalOptions = {
     "batch_across_calls": True,
     "batch_wait_ms": 2.0,
     "batch_workers": None,
+    "backend": "torch",
+    "quantization": None,
+    "onnx_file": None,
+    "threads": None,
 }
 
 #: Options that are positive ints (those that may be None mean "the default").
@@ -122,10 +149,11 @@ _POSITIVE_INTS = (
     "max_tokens_per_batch",
     "max_passages",
     "batch_workers",
+    "threads",
 )
 _NOT_NONE = ("batch_size", "max_passages")
 _FLAGS = ("use_fp16", "trust_remote_code", "local_files_only", "split_special_tokens")
-_NAMES = ("device", "revision", "cache_dir")
+_NAMES = ("device", "revision", "cache_dir", "onnx_file")
 
 #: The local rerankers that take an ``instruction`` (the LLM rerankers). The registry cannot be
 #: read from here (it imports the providers); a test keeps this equal to its answer.
@@ -177,7 +205,7 @@ def check_options(options: dict[str, Any]) -> LocalOptions:
         check_bool(name, merged[name])
     for name in _NAMES:
         value = merged[name]
-        if isinstance(value, os.PathLike) and name == "cache_dir":
+        if isinstance(value, os.PathLike) and name in ("cache_dir", "onnx_file"):
             merged[name] = value = os.fspath(value)
         if value is not None and not (isinstance(value, str) and value.strip()):
             raise ConfigurationError(f"{name} must be a non-empty str or None, got {value!r}")
@@ -186,8 +214,57 @@ def check_options(options: dict[str, Any]) -> LocalOptions:
         raise ConfigurationError(
             f"dtype must be one of {', '.join(map(repr, DTYPES))}, got {merged['dtype']!r}"
         )
+    _check_backend(merged, set(options))
     checked: LocalOptions = merged  # type: ignore[assignment]
     return checked
+
+
+#: The options that only the ONNX backend reads.
+_ONNX_ONLY = ("quantization", "onnx_file", "threads")
+
+
+def _check_backend(merged: dict[str, Any], given: set[str]) -> None:
+    """``backend`` is known, and the ONNX options come with ``backend="onnx"`` only.
+
+    The ONNX backend runs ONNX Runtime's CPU build in float32 (or int8): another device or a
+    half dtype is refused rather than silently ignored. ``quantization="int8"`` with torch is
+    refused too: torch's dynamic quantization (``torch.ao``) is deprecated, and ONNX
+    Runtime's int8 kernels are the maintained CPU path.
+    """
+    backend = merged["backend"]
+    if backend not in BACKENDS:
+        raise ConfigurationError(
+            f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}"
+        )
+    if merged["quantization"] not in (None, *QUANTIZATIONS):
+        raise ConfigurationError(
+            f"quantization must be None or one of {', '.join(map(repr, QUANTIZATIONS))}, "
+            f"got {merged['quantization']!r}"
+        )
+    if backend == "onnx":
+        if merged["device"] not in (None, "cpu"):
+            raise ConfigurationError(
+                f"device {merged['device']!r} cannot run backend='onnx': it runs ONNX Runtime "
+                "on the CPU; use device='cpu' (or None), or backend='torch' for an accelerator"
+            )
+        if merged["dtype"] not in ("auto", "float32"):
+            raise ConfigurationError(
+                f"dtype {merged['dtype']!r} cannot run backend='onnx': it runs float32, or "
+                "int8 with quantization='int8'"
+            )
+        return
+    onnx_only = [name for name in _ONNX_ONLY if name in given and merged[name] is not None]
+    if onnx_only:
+        name = onnx_only[0]
+        why = (
+            "the torch backend runs the weights' own dtype; int8 is ONNX Runtime's dynamic "
+            "quantization"
+            if name == "quantization"
+            else "the torch backend does not read it"
+        )
+        raise ConfigurationError(
+            f"{name}={merged[name]!r} needs backend='onnx' ({why}); backend is {backend!r}"
+        )
 
 
 def _one_device(device: object) -> object:

@@ -190,7 +190,10 @@ class LocalReranker(Reranker):
             "split_special_tokens": runner.split_special_tokens,
         }
         fields.update({k: v for k, v in passages.items() if v != LOCAL_DEFAULTS.get(k)})
-        for name in ("batch_across_calls", "batch_wait_ms", "batch_workers"):
+        for name in (
+            *("batch_across_calls", "batch_wait_ms", "batch_workers"),
+            *("backend", "quantization", "onnx_file", "threads"),
+        ):
             if runner.options[name] != LOCAL_DEFAULTS[name]:
                 fields[name] = runner.options[name]
         return {**fields, **self.family.describe()}

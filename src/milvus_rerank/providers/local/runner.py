@@ -4,11 +4,13 @@ What differs between model families (the Auto class, padding side, how pairs are
 truncated, what forward to run, how outputs become scores) comes from their ``ModelFamily``
 (``family.py``); loading is ``loading.py``'s, long texts are cut by ``clipping.py``. The runner
 owns what is left: the lazy thread-safe load, tokenizing in fair slices, length-sorted batches
-within a token budget, padding and the forward passes.
+within a token budget, padding and the forward passes. With ``backend="onnx"`` only loading
+(``onnx_loading.py``), padding (numpy arrays) and the forward (an ONNX Runtime session) differ.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -85,7 +87,7 @@ class LocalModelRunner:
     The model loads once, lazily and thread-safely, on first use. Pairs are tokenized once
     (by the family), sorted by length and cut into batches bounded by ``batch_size`` and
     ``max_tokens_per_batch``, so little compute goes to padding. Forward passes (the family's)
-    run under ``torch.inference_mode()``.
+    run under ``torch.inference_mode()``, or in an ONNX Runtime session (``backend="onnx"``).
     """
 
     def __init__(
@@ -111,6 +113,12 @@ class LocalModelRunner:
         self.passage_overlap = settings["passage_overlap"]
         self.max_passages = settings["max_passages"]
         self.split_special_tokens = family.split_special_tokens = settings["split_special_tokens"]
+        self.backend = family.backend = settings["backend"]
+        if self.backend == "onnx" and not family.onnx_ready:
+            raise ConfigurationError(
+                f"backend='onnx' runs the encoder cross-encoders (cross-encoder, bge); "
+                f"{type(family).__name__} has no ONNX path yet: use backend='torch'"
+            )
         self._loaded: Loaded | None = None
         self._load_lock = threading.Lock()
         # Fast tokenizers keep truncation state on the shared Rust object: one caller at a time,
@@ -145,6 +153,10 @@ class LocalModelRunner:
         return loaded
 
     def _load(self) -> Loaded:
+        if self.backend == "onnx":
+            from milvus_rerank.providers.local.onnx_loading import OnnxLoader
+
+            return OnnxLoader(self.model_name, self.family, self.options).load()
         return ModelLoader(self.model_name, self.family, self.options).load()
 
     # -- tokenization --------------------------------------------------------------------
@@ -296,10 +308,11 @@ class LocalModelRunner:
         Rows are sorted by length and cut into ``schedule``'s batches: any set of rows, from
         any number of calls, can go through one ``forward`` and score as they would alone.
         """
-        torch = import_torch()
         loaded = self.load()
         raw: list[float] = [0.0] * len(rows)
-        with torch.inference_mode():
+        # ONNX Runtime keeps no autograd state: only torch needs inference mode.
+        mode = import_torch().inference_mode() if loaded.backend == "torch" else None
+        with mode or contextlib.nullcontext():
             for batch in self.schedule(rows):
                 out = self._forward(loaded, [rows[i] for i in batch])
                 for i, value in zip(batch, out, strict=True):
@@ -332,8 +345,10 @@ class LocalModelRunner:
         return self._collate(self.load(), rows)
 
     def _forward(self, loaded: Loaded, rows: list[dict[str, list[int]]]) -> list[float]:
-        out = loaded.head.forward(self._collate(loaded, rows))
-        scores: list[float] = out.reshape(-1).float().cpu().tolist()
+        out = loaded.head.forward(self._collate(loaded, rows)).reshape(-1)
+        if loaded.backend == "torch":
+            out = out.float().cpu()
+        scores: list[float] = out.tolist()
         if len(scores) != len(rows):
             raise RuntimeError(
                 f"{type(self.family).__name__} returned {len(scores)} scores for {len(rows)} pairs"
@@ -341,7 +356,17 @@ class LocalModelRunner:
         return scores
 
     def _collate(self, loaded: Loaded, rows: Sequence[dict[str, list[int]]]) -> dict[str, Any]:
-        torch = import_torch()
+        if loaded.backend == "onnx":
+            import numpy
+
+            def tensor(padded: list[list[int]]) -> Any:
+                return numpy.array(padded, dtype=numpy.int64)
+        else:
+            torch = import_torch()
+
+            def tensor(padded: list[list[int]]) -> Any:
+                return torch.tensor(padded, dtype=torch.long, device=loaded.device)
+
         width = max(len(row["input_ids"]) for row in rows)
         left = self.family.padding_side == "left"
         batch: dict[str, Any] = {}
@@ -352,7 +377,7 @@ class LocalModelRunner:
                 values = [1] * len(row["input_ids"]) if name == "attention_mask" else row[name]
                 pad = [fill] * (width - len(values))
                 padded.append(pad + values if left else values + pad)
-            batch[name] = torch.tensor(padded, dtype=torch.long, device=loaded.device)
+            batch[name] = tensor(padded)
         return batch
 
 

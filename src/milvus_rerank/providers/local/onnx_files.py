@@ -1,0 +1,287 @@
+"""Where the ONNX backend's file comes from: shipped with the model, or made once and cached.
+
+A model directory or hub repo that ships ``onnx/model.onnx`` (or the ``onnx_file`` asked for,
+sentence-transformers' convention) is used as it is. Otherwise the model is exported once with
+torch, and ``quantization="int8"`` quantizes a float file once (ONNX Runtime's dynamic int8);
+both land in the cache (``onnx_cache_dir``), keyed by what decides the graph, built in a
+temporary folder and renamed into place, so a second load reuses them and two processes never
+read a half-written file. The user's model directory is never written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from milvus_rerank._version import __version__
+from milvus_rerank.core.errors import ConfigurationError
+from milvus_rerank.providers.local.family import ModelSource
+
+__all__ = [
+    "CACHE_ENV",
+    "EXPORTER",
+    "MODEL_FILE",
+    "QUANTIZED_OPS",
+    "SHIPPED_FILE",
+    "cached",
+    "embedding_shape",
+    "external_files",
+    "is_quantized",
+    "model_files_key",
+    "onnx_cache_dir",
+    "quantize_int8",
+    "read_graph",
+    "shipped_file",
+]
+
+#: The environment variable that moves the cache (default ``~/.cache/milvus-rerank``).
+CACHE_ENV = "MILVUS_RERANK_CACHE"
+#: Where a model ships its ONNX file (sentence-transformers' and optimum's layout).
+SHIPPED_FILE = "onnx/model.onnx"
+#: The file name of a cached graph inside its folder.
+MODEL_FILE = "model.onnx"
+#: How graphs are exported: torch's dynamo exporter (the TorchScript one traces transformers'
+#: attention masks into constants and scores wrongly on other shapes).
+EXPORTER = "torch.onnx.export(dynamo=True)"
+#: Operators that only a quantized graph holds: such a file is int8 already.
+QUANTIZED_OPS = frozenset(
+    {
+        "MatMulInteger",
+        "DynamicQuantizeLinear",
+        "QLinearMatMul",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+        "QAttention",
+        "DequantizeLinear",
+    }
+)
+#: Files of a model directory that decide an exported graph (weights, config, tokenizer).
+_KEY_SUFFIXES = (".safetensors", ".bin", ".json", ".pt", ".pth")
+
+
+def onnx_cache_dir() -> Path:
+    """The folder of exported and quantized graphs.
+
+    ``$MILVUS_RERANK_CACHE/onnx``, else ``$XDG_CACHE_HOME/milvus-rerank/onnx``, else
+    ``~/.cache/milvus-rerank/onnx``.
+    """
+    root = os.environ.get(CACHE_ENV, "").strip()
+    if not root:
+        base = os.environ.get("XDG_CACHE_HOME", "").strip() or "~/.cache"
+        root = os.path.join(base, "milvus-rerank")
+    return Path(root).expanduser() / "onnx"
+
+
+def _digest(parts: object) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def model_files_key(directory: Path) -> list[tuple[str, int, int]]:
+    """Each weights, config and tokenizer file of ``directory``: (name, size, mtime in ns)."""
+    found = []
+    for path in sorted(directory.rglob("*")):
+        if path.suffix in _KEY_SUFFIXES and path.is_file() and "onnx" not in path.parts:
+            stat = path.stat()
+            found.append((str(path.relative_to(directory)), stat.st_size, stat.st_mtime_ns))
+    return found
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def cached(kind: str, parts: dict[str, Any], build: Callable[[Path], None]) -> Path:
+    """The cached graph of ``kind`` keyed by ``parts``: built by ``build(folder)`` if missing.
+
+    ``build`` writes ``MODEL_FILE`` (and any external data) into a private temporary folder,
+    which is renamed into place whole: another process sees the folder complete or not at
+    all. Where two build at once, the first rename wins and the other's folder is dropped.
+
+    Raises:
+        ConfigurationError: the cache folder cannot be written.
+    """
+    key = {"kind": kind, "package": __version__, **parts}
+    root = onnx_cache_dir()
+    final = root / f"{kind}-{_digest(key)}"
+    done = final / MODEL_FILE
+    if done.is_file():
+        return done
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    except OSError as exc:
+        raise ConfigurationError(
+            f"Cannot write the ONNX cache {str(root)!r} ({exc.strerror or exc}); set "
+            f"{CACHE_ENV} to a writable folder, or pass onnx_file= a file the model ships"
+        ) from None
+    try:
+        build(work)
+        (work / "source.json").write_text(json.dumps(key, indent=2, default=str) + "\n")
+        try:
+            os.rename(work, final)
+        except OSError:
+            if not done.is_file():  # not another process's finished copy: a real failure
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return done
+
+
+def shipped_file(source: ModelSource, name: str | None, local_only: bool) -> Path | None:
+    """The ONNX file the model ships: ``name`` (None: ``SHIPPED_FILE``); None if it has none.
+
+    ``name`` is relative to the model directory or hub repo (an absolute path is taken as
+    it is). From the hub, the file (and its external data) is downloaded into the Hugging
+    Face cache like the model's other files.
+
+    Raises:
+        ConfigurationError: ``name`` was asked for and the model holds no such file.
+        OSError: from the hub, with ``local_only``, where the file is not cached yet.
+    """
+    wanted = name or SHIPPED_FILE
+    if source.path is not None:
+        candidate = source.path / wanted
+        if candidate.is_file():
+            return candidate
+    else:
+        found = _from_hub(source, wanted, local_only)
+        if found is not None:
+            return found
+    if name is None:
+        return None
+    where = str(source.path) if source.path is not None else f"hub repo {source.model_name!r}"
+    raise ConfigurationError(
+        f"onnx_file {name!r} is not in {where}: name a file of the model (such as "
+        f"{SHIPPED_FILE!r} or 'onnx/model_qint8_avx512_vnni.onnx'), or leave onnx_file out "
+        "to use the shipped file or export one"
+    )
+
+
+def _from_hub(source: ModelSource, wanted: str, local_only: bool) -> Path | None:
+    """``wanted`` of the hub repo (None: the repo has no such file); external data too."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    def fetch(filename: str) -> Path:
+        return Path(
+            hf_hub_download(
+                source.model_name,
+                filename,
+                revision=source.revision,
+                cache_dir=source.cache_dir,
+                local_files_only=local_only,
+            )
+        )
+
+    try:
+        path = fetch(wanted)
+    except LocalEntryNotFoundError:
+        raise  # not cached: the loader asks the hub next, where it may
+    except EntryNotFoundError:
+        return None
+    folder = PurePosixPath(wanted).parent
+    for data in external_files(path):
+        fetch(str(folder / data))
+    return path
+
+
+def read_graph(path: Path) -> Any:
+    """The ``onnx`` model of ``path`` without its weights' data, or None where it is no graph."""
+    try:
+        import onnx
+
+        return onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - garbage bytes: the session says so, naming the file
+        return None
+
+
+def external_files(path: Path) -> list[str]:
+    """The external data files ``path``'s graph names, relative to its folder."""
+    model = read_graph(path)
+    if model is None:
+        return []
+    names = set()
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                names.add(entry.value)
+    return sorted(names)
+
+
+def is_quantized(model: Any) -> bool:
+    """Whether a graph (``read_graph``) is quantized already: it holds int8 operators."""
+    return model is not None and any(n.op_type in QUANTIZED_OPS for n in model.graph.node)
+
+
+def embedding_shape(model: Any) -> tuple[int, int] | None:
+    """The [vocabulary, hidden] shape of the table ``input_ids`` indexes (None: not found)."""
+    if model is None:
+        return None
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if "input_ids" in node.input and node.op_type in ("Gather", "EmbedLayerNormalization"):
+            for name in node.input:
+                dims = shapes.get(name)
+                if dims is not None and len(dims) == 2:
+                    return int(dims[0]), int(dims[1])
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """ONNX Runtime's quantizer logs advice on the root logger: kept off a service's stderr."""
+
+    def advice(record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(advice)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.removeFilter(advice)
+
+
+def quantize_int8(path: Path) -> Path:
+    """``path`` quantized to int8 (ONNX Runtime's ``quantize_dynamic``), cached.
+
+    Weights of MatMul and Gather nodes become int8, activations are quantized on the fly:
+    the graph is about a quarter of the size and runs on the CPU's integer dot-product
+    instructions. Keyed by the float file (its path, size and modification time).
+    """
+    import onnx
+    from onnxruntime import __version__ as ort_version
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    def build(folder: Path) -> None:
+        model = onnx.load(str(path))
+        # Exporters record intermediate shapes the quantizer's own shape inference rejects.
+        del model.graph.value_info[:]
+        large = model.ByteSize() > 1_800_000_000
+        plain = folder / "float.onnx"
+        onnx.save(model, str(plain), save_as_external_data=large)
+        del model
+        with _quiet_quantizer():
+            quantize_dynamic(
+                plain,
+                folder / MODEL_FILE,
+                weight_type=QuantType.QInt8,
+                use_external_data_format=large,
+            )
+        for leftover in folder.glob(f"{plain.name}*"):  # the float copy and its data
+            leftover.unlink()
+
+    return cached("int8", {"onnxruntime": ort_version, "source": _file_key(path)}, build)
