@@ -75,9 +75,12 @@ def train(path: Path, steps: int = TRAIN_STEPS, seconds: float = TRAIN_SECONDS) 
     """Train a small cross-encoder on the graded task (mean squared error on the grade); save it."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    from milvus_rerank.providers.local.loading import quiet_progress
     from milvus_rerank.providers.local.tiny import build_tiny_cross_encoder
 
+    hf_logging.disable_progress_bar()
     build_tiny_cross_encoder(path, activation="identity", **SMALL)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -110,7 +113,8 @@ def train(path: Path, steps: int = TRAIN_STEPS, seconds: float = TRAIN_SECONDS) 
         optimizer.step()
         step, loss_value = step + 1, loss.item()
     torch.set_num_threads(threads)
-    model.eval().save_pretrained(path)
+    with quiet_progress():  # no "Writing model shards" bar
+        model.eval().save_pretrained(path)
     return {"steps": step, "seconds": time.perf_counter() - started, "loss": loss_value}
 
 
