@@ -3,9 +3,10 @@
 Decoders of the real layer shapes (Qwen3-Reranker-0.6B, mxbai-rerank-base-v2 = Qwen2.5-0.5B,
 bge-reranker-v2-gemma = Gemma-2B), a few layers each, random weights and the tiny tokenizers
 (ours projects the last position onto the two label rows only, so the vocabulary's size does not
-move the timing). Each model is scored by our reranker as loaded (fp32), then with every Linear
-of its decoder layers swapped for ``torch.ao.quantization``'s dynamic int8 one (the LM head, read
-row by row, stays fp32): pairs per second side by side, and how far the int8 scores move.
+move the timing). Each model is scored by our reranker as loaded (fp32), with every Linear of
+its decoder layers swapped for ``torch.ao.quantization``'s dynamic int8 one (the LM head, read
+row by row, stays fp32), and in bfloat16 (``dtype="bfloat16"``, AMX where the CPU has it):
+pairs per second side by side, and how far the scores move from fp32.
 """
 
 from __future__ import annotations
@@ -84,33 +85,39 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def reranker(kind: str, path: Path) -> Any:
+def reranker(kind: str, path: Path, **options: Any) -> Any:
     from milvus_rerank import BGELLMReranker, MxbaiV2Reranker, Qwen3Reranker
 
     classes = {"qwen3": Qwen3Reranker, "mxbai-v2": MxbaiV2Reranker, "bge-llm": BGELLMReranker}
-    return classes[kind](str(path), batch_size=BATCH, device="cpu", batch_across_calls=False).load()
+    return classes[kind](
+        str(path), batch_size=BATCH, device="cpu", batch_across_calls=False, **options
+    ).load()
 
 
-def measure(kind: str, root: Path) -> dict[str, float]:
-    """pairs/s of fp32 and int8, and the int8 scores against the fp32 ones."""
+def measure(kind: str, root: Path) -> dict[str, dict[str, float]]:
+    """pairs/s of fp32, int8 and bf16, and each one's scores against the fp32 ones."""
     path = build(kind, root)
     docs = documents(PAIRS, seed=1)
-    fp32, int8 = reranker(kind, path), reranker(kind, path)
-    quantize_decoder(int8.runner.load().model)
-    a = fp32.score_pairs([QUERY] * PAIRS, docs)
-    spread = max(a) - min(a)
-    got: dict[str, float] = {}
-    b = int8.score_pairs([QUERY] * PAIRS, docs)
-    got["spearman"] = spearman(a, b)
-    got["drift"] = max(abs(x - y) for x, y in zip(a, b, strict=True)) / (spread or math.inf)
+    models = {
+        "fp32": reranker(kind, path),
+        "int8": reranker(kind, path),
+        "bf16": reranker(kind, path, dtype="bfloat16"),
+    }
+    quantize_decoder(models["int8"].runner.load().model)
+    scores = {name: r.score_pairs([QUERY] * PAIRS, docs) for name, r in models.items()}
     times = interleaved(
-        {
-            "fp32": lambda: fp32.rerank(QUERY, docs),
-            "int8": lambda: int8.rerank(QUERY, docs),
-        },
-        repeats=2,
+        {name: (lambda r=r: r.rerank(QUERY, docs)) for name, r in models.items()}, repeats=2
     )
-    return got | {name: PAIRS / seconds for name, seconds in times.items()}
+    a = scores["fp32"]
+    spread = max(a) - min(a) or math.inf
+    return {
+        name: {
+            "pairs_s": PAIRS / times[name],
+            "spearman": spearman(a, b),
+            "drift": max(abs(x - y) for x, y in zip(a, b, strict=True)) / spread,
+        }
+        for name, b in scores.items()
+    }
 
 
 def run(kinds: tuple[str, ...] = ("qwen3", "mxbai-v2", "bge-llm")) -> list[Row]:
@@ -121,23 +128,25 @@ def run(kinds: tuple[str, ...] = ("qwen3", "mxbai-v2", "bge-llm")) -> list[Row]:
         for kind in kinds:
             got = measure(kind, Path(tmp))
             shape = SHAPES[kind]
-            rows.append(
-                Row.report(
-                    f"{kind} int8 (torch.ao dynamic) vs fp32, pairs/s ({shape['layers']} layers "
-                    f"of hidden {shape['hidden']}, {PAIRS} pairs)",
-                    f"{got['int8']:.1f}",
-                    f"{got['fp32']:.1f} (fp32)",
-                    got["int8"] / got["fp32"],
+            fp32 = got["fp32"]["pairs_s"]
+            for name, label in (("int8", "int8, torch.ao dynamic"), ("bf16", "bfloat16")):
+                rows.append(
+                    Row.report(
+                        f"{kind} {label} vs fp32, pairs/s ({shape['layers']} layers of hidden "
+                        f"{shape['hidden']}, {PAIRS} pairs)",
+                        f"{got[name]['pairs_s']:.1f}",
+                        f"{fp32:.1f} (fp32)",
+                        got[name]["pairs_s"] / fp32,
+                    )
                 )
-            )
-            rows.append(
-                Row.report(
-                    f"  {kind} int8 vs fp32 scores: Spearman; largest move / fp32 spread",
-                    f"{got['spearman']:.4f}",
-                    f"{got['drift']:.3f}",
-                    got["spearman"],
+                rows.append(
+                    Row.report(
+                        f"  {kind} {name} vs fp32 scores: Spearman; largest move / fp32 spread",
+                        f"{got[name]['spearman']:.4f}",
+                        f"{got[name]['drift']:.3f}",
+                        got[name]["spearman"],
+                    )
                 )
-            )
     return rows
 
 

@@ -37,10 +37,15 @@ BACKENDS: dict[str, dict[str, Any]] = {
     "onnx fp32": {"backend": "onnx"},
     "onnx int8": {"backend": "onnx", "quantization": "int8"},
 }
-#: The same graphs shipped in the model's ``onnx/`` folder: no export, so no torch import.
+#: The same graphs shipped in the model's ``onnx/`` folder (no export): as installed beside
+#: torch (transformers imports it where it is installed), and without torch (``[onnx]`` alone).
 SHIPPED: dict[str, dict[str, Any]] = {
-    "onnx fp32, shipped file": {"backend": "onnx"},
     "onnx int8, shipped file": {"backend": "onnx", "onnx_file": "onnx/model_qint8.onnx"},
+    "onnx fp32, shipped file, without torch": {"backend": "onnx"},
+    "onnx int8, shipped file, without torch": {
+        "backend": "onnx",
+        "onnx_file": "onnx/model_qint8.onnx",
+    },
 }
 
 
@@ -59,11 +64,15 @@ def onnx_file(reranker: Any) -> Path:
 def _fresh(backend: str, path: Path, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load time (import included), peak RSS, and whether torch was imported, of one backend.
 
-    ``path`` is the model directory, or FlashRank's cache for ``"flashrank"``.
+    ``path`` is the model directory, or FlashRank's cache for ``"flashrank"``. A backend named
+    ``...without torch`` runs where ``import torch`` fails, as in an ``[onnx]``-only install.
     """
+    no_torch = "without torch" in backend
     return fresh_process(
         f"""
 import sys, time
+if {no_torch!r}:
+    sys.modules["torch"] = None  # `import torch` raises ImportError, as where it is absent
 from benchmarks.onnx_files import QUERY, documents
 docs = documents({DOCS})
 started = time.perf_counter()
@@ -78,7 +87,7 @@ else:
     reranker.load()
     report["load_s"] = time.perf_counter() - started
     reranker.rerank(QUERY, docs)
-report["torch"] = "torch" in sys.modules
+report["torch"] = sys.modules.get("torch") is not None
 """,
         env={CACHE_ENV: os.environ[CACHE_ENV]},
     )
@@ -166,12 +175,12 @@ def _load_rows(paths: dict[str, Path], first: dict[str, float]) -> list[Row]:
     base = got["torch fp32"]
 
     def cell(name: str) -> str:
-        torch_note = ", imports torch" if got[name]["torch"] else ", no torch"
+        torch_note = ", torch imported" if got[name]["torch"] else ", no torch"
         return f"{got[name]['load_s']:.1f} s, {got[name]['rss_mib']:.0f} MiB{torch_note}"
 
     rows = [
         Row.report(
-            f"load (imports included) and peak RSS, {name} (fresh process, warm cache)",
+            f"load (imports included), peak RSS: {name} (fresh process, warm cache)",
             cell(name),
             cell("torch fp32") + " (torch fp32)",
             base["rss_mib"] / got[name]["rss_mib"],
@@ -209,7 +218,7 @@ def _measure(root: Path) -> list[Row]:
     fns = {name: (lambda r=r: r.rerank(QUERY, docs)) for name, r in loaded.items()}
     fns["flashrank"] = lambda: flashrank_rerank(flash, docs)
     fns["bare int8"] = plain_loop(loaded["torch fp32"], int8_file, docs)
-    times = interleaved(fns, repeats=3)
+    times = interleaved(fns, repeats=5)
     rows = _speed_rows(times)
     rows += _peer_rows()
     rows.append(_parity_row(loaded["torch fp32"], loaded["onnx fp32"], docs))
