@@ -1,4 +1,9 @@
-"""``make bench``: run every benchmark, print one table, write docs/benchmarks.md and the plot."""
+"""``make bench``: run every benchmark, print one table, write docs/benchmarks.md and the plot.
+
+``python -m benchmarks SECTION...`` runs only those sections (``onnx``, ``quality``,
+``llm-int8``...) and prints their table, writing nothing. ``ray`` (the Ray Serve rows: needs
+``ray[serve]``, ``make test-ray`` installs it) runs only when named.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,46 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import adapters, batching, http, llm, local, serve_limits, serve_load  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+from benchmarks import (  # noqa: E402
+    adapters,
+    batching,
+    http,
+    llm,
+    llm_int8,
+    local,
+    onnx,
+    quality,
+    serve_limits,
+    serve_load,
+)
 from benchmarks.common import Row, table  # noqa: E402
+
+#: The sections after the local throughput one (which also draws the plot), in order.
+SECTIONS: dict[str, tuple[str, Callable[[], list[Row]]]] = {
+    "batching": ("batching across callers", batching.run),
+    "llm": ("LLM rerankers", llm.run),
+    "onnx": ("ONNX Runtime backend", onnx.run),
+    "quality": ("int8 quality", quality.run),
+    "llm-int8": ("LLM rerankers in int8", llm_int8.run),
+    "http": ("http concurrency", http.run),
+    "adapters": ("adapter overhead", adapters.run),
+    "serve-load": ("serve under load", serve_load.run),
+    "serve-limits": ("serve limits", serve_limits.run),
+}
+
+
+def _ray_rows() -> list[Row]:
+    from benchmarks import ray_serve
+
+    return ray_serve.run()
+
+
+#: Sections run only when named: they need what ``make install`` does not bring.
+NAMED_ONLY: dict[str, tuple[str, Callable[[], list[Row]]]] = {
+    "ray": ("Ray Serve", _ray_rows),
+}
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -57,36 +100,26 @@ def plot(curve: dict[str, object], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def ray_only() -> int:
-    """``python -m benchmarks ray``: the Ray Serve rows only (needs ``ray[serve]``)."""
-    from benchmarks import ray_serve
-
-    started = time.perf_counter()
-    print(table(ray_serve.run()))
-    print(f"Measured on {machine()}, in {time.perf_counter() - started:.0f} s.")
-    return 0
-
-
-def main() -> int:
-    if sys.argv[1:] == ["ray"]:
-        return ray_only()
+def main(argv: list[str]) -> int:
+    """Run the sections named in ``argv`` (print only), or all of them (print and write docs)."""
+    if argv:
+        named = {**SECTIONS, **NAMED_ONLY}
+        unknown = [name for name in argv if name not in named]
+        if unknown:
+            print(f"unknown section(s) {unknown}; choose from {list(named)}", file=sys.stderr)
+            return 2
+        started = time.perf_counter()
+        print(table([row for name in argv for row in named[name][1]()]))
+        print(f"Measured on {machine()}, in {time.perf_counter() - started:.0f} s.")
+        return 0
     started = time.perf_counter()
     rows: list[Row] = []
     print("local throughput...", file=sys.stderr)
     local_rows, curve = local.run()
     rows += local_rows
-    print("batching across callers...", file=sys.stderr)
-    rows += batching.run()
-    print("LLM rerankers...", file=sys.stderr)
-    rows += llm.run()
-    print("http concurrency...", file=sys.stderr)
-    rows += http.run()
-    print("adapter overhead...", file=sys.stderr)
-    rows += adapters.run()
-    print("serve under load...", file=sys.stderr)
-    rows += serve_load.run()
-    print("serve limits...", file=sys.stderr)
-    rows += serve_limits.run()
+    for label, run in SECTIONS.values():
+        print(f"{label}...", file=sys.stderr)
+        rows += run()
     text = table(rows)
     print(text)
     info = f"Measured on {machine()}, in {time.perf_counter() - started:.0f} s."
@@ -111,4 +144,4 @@ def update_readme(block: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -40,8 +41,15 @@ class Row:
         """A figure shown for context, with no target."""
         return cls(figure, ours, reference, ratio, "report", True)
 
+    @classmethod
+    def skipped(cls, figure: str, why: str) -> Row:
+        """A figure that could not be measured here, and why (no ratio, no verdict)."""
+        return cls(figure, "not run", why, math.nan, "n/a", True)
+
     def ratio_text(self) -> str:
         """Two decimals, or three where two would round a miss onto its bound (or a pass)."""
+        if math.isnan(self.ratio):
+            return "-"
         text = f"{self.ratio:.2f}"
         if self.bound is not None and float(text) == self.bound:
             text = f"{self.ratio:.3f}"
@@ -54,7 +62,7 @@ class Row:
             self.reference,
             self.ratio_text(),
             self.target,
-            "pass" if self.ok else "MISS",
+            "-" if self.target == "n/a" else "pass" if self.ok else "MISS",
         ]
 
 
@@ -98,15 +106,25 @@ def bare_loop(reranker: Any, query: str, docs: list[str]) -> Callable[[], None]:
 
 def peak_rss_mib(script: str) -> float:
     """Peak RSS (MiB) of a fresh Python process that runs ``script`` from the repository root."""
+    return float(fresh_process(script)["rss_mib"])
+
+
+def fresh_process(script: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``script`` in a fresh Python process from the repository root: its peak RSS (MiB) as
+    ``rss_mib``, plus whatever it left in the dict ``report`` (``env`` adds variables)."""
+    import os
+
     code = f"""
+report = {{}}
 import json, os, resource, logging
 logging.disable(logging.WARNING)
 os.environ["HF_HUB_OFFLINE"] = "1"
 {script}
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec.
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]
-print(json.dumps(int(hwm[0].split()[1]) / 1024 if hwm else
-                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+report["rss_mib"] = (int(hwm[0].split()[1]) / 1024 if hwm else
+                     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(json.dumps(report))
 """
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -114,5 +132,7 @@ print(json.dumps(int(hwm[0].split()[1]) / 1024 if hwm else
         text=True,
         check=True,
         cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, **(env or {})},
     )
-    return float(json.loads(out.stdout.strip().splitlines()[-1]))
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result

@@ -133,6 +133,17 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     raise AssertionError("no subcommands")
 
 
+def test_the_demo_defaults_to_a_small_cross_encoder() -> None:
+    # A first `make demo` downloads a ~90 MB MiniLM, not the 2.2 GB bge-reranker-v2-m3.
+    parser = make_parser()
+    demo = parser.parse_args(["demo"])
+    assert demo.reranker == "cross-encoder" and demo.model is None
+    assert PROVIDERS[demo.reranker].default_model == "cross-encoder/ms-marco-MiniLM-L-6-v2"
+    assert "default: cross-encoder" in _subparsers(parser)["demo"].format_help()
+    for command in (["rerank", "q", "-"], ["serve"], ["eval", "data"]):
+        assert parser.parse_args(command).reranker == "bge", command
+
+
 def test_every_option_says_its_default() -> None:
     parser = make_parser()
     commands = _subparsers(parser)

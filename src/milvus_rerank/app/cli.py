@@ -331,6 +331,12 @@ def _add_eval(evaluate: argparse.ArgumentParser) -> None:
     evaluate.set_defaults(func=cmd_eval)
 
 
+#: The reranker a command uses when ``--reranker`` is not given. The demo's is a small
+#: cross-encoder (ms-marco-MiniLM-L-6-v2, about 90 MB), so a first run downloads little and
+#: runs fast on a CPU.
+DEFAULT_RERANKER = "bge"
+DEMO_RERANKER = "cross-encoder"
+
 #: The commands: name, summary, and what adds their own arguments.
 _COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None]], ...] = (
     ("demo", "search Milvus Lite with BM25, then rerank the hits", _add_demo),
@@ -364,7 +370,7 @@ def make_parser() -> argparse.ArgumentParser:
             epilog=epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        _add_reranker_options(command, "bge")
+        _add_reranker_options(command, DEMO_RERANKER if name == "demo" else DEFAULT_RERANKER)
         add_arguments(command)
     return parser
 
