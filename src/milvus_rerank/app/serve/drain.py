@@ -20,6 +20,11 @@ __all__ = ["CUT_WAIT", "Cut", "Drain"]
 
 T = TypeVar("T")
 
+
+def _always(_: object) -> bool:
+    return True
+
+
 #: Seconds the requests cut at the grace's end get to send their 503 before the server exits.
 CUT_WAIT = 2.0
 
@@ -44,8 +49,9 @@ class Drain:
         self.started_at: float | None = None
         self.cut_at: float | None = None
         self.inflight = 0
-        #: Requests answered whole after the drain began, refused while draining, and cut.
-        self.answered = self.refused = self.cut = 0
+        #: Requests answered whole after the drain began, answered with an error (a 429, a
+        #: failure), refused while draining, and cut.
+        self.answered = self.errors = self.refused = self.cut = 0
 
     @property
     def draining(self) -> bool:
@@ -59,8 +65,12 @@ class Drain:
             if self._on_start is not None:
                 self._on_start()
 
-    async def guard(self, work: Awaitable[T]) -> T:
-        """``work``'s result, counted in flight; ``Cut`` (``work`` cancelled) when cut first."""
+    async def guard(self, work: Awaitable[T], succeeded: Callable[[T], bool] = _always) -> T:
+        """``work``'s result, counted in flight; ``Cut`` (``work`` cancelled) when cut first.
+
+        After the drain began, a result ``succeeded`` accepts counts as answered whole, any
+        other result or error as answered with an error (a 429 is not a request served).
+        """
         loop = asyncio.get_running_loop()
         cut: asyncio.Future[None] = loop.create_future()
         task: asyncio.Future[T] = asyncio.ensure_future(work)
@@ -69,13 +79,15 @@ class Drain:
             self._waiters.add(cut)
             if self.cut_at is not None:
                 cut.set_result(None)
-        answered = False
+        outcome: bool | None = None  # None: cut or cancelled; else whether it succeeded
         try:
             waits: set[asyncio.Future[Any]] = {task, cut}
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             if task.done():
-                answered = not task.cancelled() and task.exception() is None
-                return task.result()
+                outcome = False
+                result = task.result()
+                outcome = succeeded(result)
+                return result
             task.cancel()
             await asyncio.wait({task})  # let it unwind (its queued rows are dropped)
             raise Cut
@@ -85,8 +97,11 @@ class Drain:
             with self._lock:
                 self.inflight -= 1
                 self._waiters.discard(cut)
-                if answered and self.started_at is not None:
-                    self.answered += 1
+                if outcome is not None and self.started_at is not None:
+                    if outcome:
+                        self.answered += 1
+                    else:
+                        self.errors += 1
 
     def note_refused(self) -> None:
         """Count a request refused because the server is draining."""
@@ -135,18 +150,21 @@ class Drain:
         if self.cut:
             log.warning(
                 "serve: drain: %d requests answered 503, cut %.1f s after the signal (grace "
-                "%g s; %d answered whole, %d refused while draining)",
+                "%g s; %d answered whole, %d answered with an error, %d refused while draining)",
                 self.cut,
                 (self.cut_at or started) - started,
                 grace,
                 self.answered,
+                self.errors,
                 self.refused,
             )
         else:
             log.info(
-                "serve: drain: %d requests answered whole in %.1f s (%d refused while draining)",
+                "serve: drain: %d requests answered whole in %.1f s (%d answered with an error, "
+                "%d refused while draining)",
                 self.answered,
                 took,
+                self.errors,
                 self.refused,
             )
 

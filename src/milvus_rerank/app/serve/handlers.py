@@ -208,10 +208,15 @@ async def handle(state: ServeState, route: WireFormat, request: Request) -> Resp
         return _draining(state, route, cut=False)
     picked = [route]
     try:
-        return await drain.guard(_handle(state, route, request, picked))
+        return await drain.guard(_handle(state, route, request, picked), _served)
     except Cut:
         drain.note_cut()
         return _draining(state, picked[0], cut=True)
+
+
+def _served(response: Response) -> bool:
+    """Whether a rank request was answered whole (a 2xx), for the drain's summary."""
+    return 200 <= response.status_code < 300
 
 
 async def _handle(
