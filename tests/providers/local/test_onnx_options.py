@@ -49,6 +49,7 @@ def test_onnx_options_are_taken_and_shown() -> None:
         ({"backend": "onnx", "dtype": "float16"}, r"dtype 'float16' cannot run backend='onnx'"),
         ({"backend": "onnx", "threads": 0}, r"threads"),
         ({"backend": "onnx", "threads": True}, r"threads"),
+        ({"backend": "onnx", "threads": 10**9}, r"threads must be at most 1024.*1000000000"),
         ({"backend": "onnx", "onnx_file": ""}, r"onnx_file must be a non-empty str"),
     ],
 )

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
@@ -36,6 +37,7 @@ __all__ = [
     "embedding_shape",
     "external_files",
     "is_quantized",
+    "content_digest",
     "model_files_key",
     "onnx_cache_dir",
     "quantize_int8",
@@ -86,19 +88,32 @@ def _digest(parts: object) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-def model_files_key(directory: Path) -> list[tuple[str, int, int]]:
-    """Each weights, config and tokenizer file of ``directory``: (name, size, mtime in ns)."""
+def content_digest(path: Path) -> str:
+    """The SHA-256 of ``path``'s bytes: what the cache keys on.
+
+    Not names, sizes and mtimes: builds with normalized timestamps give two versions of a
+    fine-tuned model the same ones.
+    """
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def model_files_key(directory: Path) -> list[tuple[str, int, str]]:
+    """Each weights, config and tokenizer file of ``directory``: (name, size, content hash).
+
+    The model's own ``onnx/`` folder is left out (its files are not what an export reads);
+    a folder named ``onnx`` above the model directory is not.
+    """
     found = []
     for path in sorted(directory.rglob("*")):
-        if path.suffix in _KEY_SUFFIXES and path.is_file() and "onnx" not in path.parts:
-            stat = path.stat()
-            found.append((str(path.relative_to(directory)), stat.st_size, stat.st_mtime_ns))
+        inside = path.relative_to(directory).parts
+        if path.suffix in _KEY_SUFFIXES and path.is_file() and "onnx" not in inside[:-1]:
+            found.append(("/".join(inside), path.stat().st_size, content_digest(path)))
     return found
 
 
-def _file_key(path: Path) -> tuple[str, int, int]:
-    stat = path.stat()
-    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+def _file_key(path: Path) -> tuple[str, int, str]:
+    return (str(path.resolve()), path.stat().st_size, content_digest(path))
 
 
 def cached(kind: str, parts: dict[str, Any], build: Callable[[Path], None]) -> Path:
@@ -107,35 +122,84 @@ def cached(kind: str, parts: dict[str, Any], build: Callable[[Path], None]) -> P
     ``build`` writes ``MODEL_FILE`` (and any external data) into a private temporary folder,
     which is renamed into place whole: another process sees the folder complete or not at
     all. Where two build at once, the first rename wins and the other's folder is dropped.
+    An entry whose file is gone or not the size it was written at (a cleaner, a full disk) is
+    built again; temporary folders left by killed processes are swept after ``STALE_AFTER``.
 
     Raises:
-        ConfigurationError: the cache folder cannot be written.
+        ConfigurationError: the cache folder cannot be written (naming it).
     """
     key = {"kind": kind, "package": __version__, **parts}
     root = onnx_cache_dir()
     final = root / f"{kind}-{_digest(key)}"
     done = final / MODEL_FILE
-    if done.is_file():
+    if _complete(final):
         return done
     try:
         root.mkdir(parents=True, exist_ok=True)
+        _sweep(root)
         work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     except OSError as exc:
-        raise ConfigurationError(
-            f"Cannot write the ONNX cache {str(root)!r} ({exc.strerror or exc}); set "
-            f"{CACHE_ENV} to a writable folder, or pass onnx_file= a file the model ships"
-        ) from None
+        raise _unwritable(root, exc) from None
     try:
         build(work)
-        (work / "source.json").write_text(json.dumps(key, indent=2, default=str) + "\n")
-        try:
-            os.rename(work, final)
-        except OSError:
-            if not done.is_file():  # not another process's finished copy: a real failure
-                raise
+        record = {**key, "size": (work / MODEL_FILE).stat().st_size}
+        (work / SOURCE_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+        _move_into_place(work, final)
+    except OSError as exc:
+        raise _unwritable(root, exc) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return done
+
+
+#: The record beside each cached graph: its key, and the size ``MODEL_FILE`` was written at.
+SOURCE_FILE = "source.json"
+#: Seconds after which a temporary build folder is taken as left by a killed process.
+STALE_AFTER = 6 * 3600
+
+
+def _complete(final: Path) -> bool:
+    """Whether ``final`` holds its graph whole: the file there, at the size it was written."""
+    try:
+        size = json.loads((final / SOURCE_FILE).read_text("utf-8"))["size"]
+        return bool((final / MODEL_FILE).stat().st_size == size)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _move_into_place(work: Path, final: Path) -> None:
+    """Rename ``work`` to ``final``; a damaged ``final`` is moved aside and dropped first."""
+    for _ in range(3):
+        try:
+            os.rename(work, final)
+            return
+        except OSError:
+            if _complete(final):  # another process's finished copy
+                return
+            if not final.exists():
+                raise
+        aside = final.with_name(f".{final.name}.damaged-{os.getpid()}")
+        with contextlib.suppress(OSError):
+            os.rename(final, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+    os.rename(work, final)
+
+
+def _sweep(root: Path) -> None:
+    """Drop temporary folders (``.<entry>.<random>``) older than ``STALE_AFTER``."""
+    now = time.time()
+    for folder in root.glob(".*"):
+        with contextlib.suppress(OSError):
+            if folder.is_dir() and now - folder.stat().st_mtime > STALE_AFTER:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _unwritable(root: Path, exc: OSError) -> ConfigurationError:
+    return ConfigurationError(
+        f"Cannot write the ONNX cache {str(root)!r} ({exc.strerror or exc}); set "
+        f"{CACHE_ENV} to a writable folder with room for the model, or pass onnx_file= a "
+        "file the model ships"
+    )
 
 
 def shipped_file(source: ModelSource, name: str | None, local_only: bool) -> Path | None:

@@ -27,6 +27,7 @@ __all__ = [
     "DTYPES",
     "INSTRUCTION_PROVIDERS",
     "LOCAL_DEFAULTS",
+    "MAX_THREADS",
     "Dtype",
     "LocalOptions",
     "QUANTIZATIONS",
@@ -200,6 +201,11 @@ def check_options(options: dict[str, Any]) -> LocalOptions:
         if merged[name] is not None or name in _NOT_NONE:
             positive_number(name, merged[name], kind=int)
     int_at_least("passage_overlap", merged["passage_overlap"], 0)
+    if merged["threads"] is not None and merged["threads"] > MAX_THREADS:
+        raise ConfigurationError(
+            f"threads must be at most {MAX_THREADS} (threads of one ONNX Runtime forward pass; "
+            f"this machine has {os.cpu_count()} CPUs), got {merged['threads']!r}"
+        )
     _check_long_documents(merged, set(options))
     for name in (*_FLAGS, "batch_across_calls"):
         check_bool(name, merged[name])
@@ -218,6 +224,10 @@ def check_options(options: dict[str, Any]) -> LocalOptions:
     checked: LocalOptions = merged  # type: ignore[assignment]
     return checked
 
+
+#: The most ``threads`` one forward pass may ask for: far past any machine's CPUs, short of
+#: what makes ONNX Runtime fail to allocate its pool (and blame the file).
+MAX_THREADS = 1024
 
 #: The options that only the ONNX backend reads.
 _ONNX_ONLY = ("quantization", "onnx_file", "threads")
