@@ -115,7 +115,8 @@ def test_a_draining_app_refuses_new_work_and_cuts_what_is_left_in_each_routes_sh
     lines = [r.getMessage() for r in caplog.records if "drain:" in r.getMessage()]
     assert len(lines) == 1 and lines[0].startswith("serve: drain: 3 requests answered 503, cut ")
     assert lines[0].endswith(
-        " s after the signal (grace 0.3 s; 0 answered whole, 0 answered with an error, 3 refused while draining)"
+        " s after the signal (grace 0.3 s; 0 answered whole, 0 answered with an error, 3 refused"
+        " while draining)"
     )
     assert drain.inflight == 0
 

@@ -229,7 +229,7 @@ def test_missing_onnx_file_is_refused_naming_it(onnx_models: dict[str, Path]) ->
     reranker = CrossEncoderReranker(
         str(onnx_models["ce"]), backend="onnx", onnx_file="onnx/model_O4.onnx"
     )
-    with pytest.raises(ConfigurationError, match=r"onnx_file 'onnx/model_O4.onnx' is not in"):
+    with pytest.raises(ConfigurationError, match=r"onnx_file 'onnx/model_O4.onnx' is not a file in"):
         reranker.load()
 
 

@@ -99,3 +99,35 @@ def test_folders_left_by_killed_builds_are_swept(
     os.utime(old, (stale, stale))
     onnx_files.cached("export", {"model": "m"}, _build([]))
     assert not old.exists() and fresh.exists()  # a build under way in another process stays
+
+
+def test_int8_of_a_half_precision_file_is_refused_and_caches_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    onnx = pytest.importorskip("onnx")
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    monkeypatch.setenv(onnx_files.CACHE_ENV, str(tmp_path / "cache"))
+    weight = numpy_helper.from_array(np.ones((4, 4), dtype=np.float16), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "W"], ["Y"])],
+        "half",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT16, [1, 4])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT16, [1, 4])],
+        [weight],
+    )
+    path = tmp_path / "model_fp16.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(ConfigurationError, match=r"model_fp16\.onnx.*float16.*float32"):
+        onnx_files.quantize_int8(path)
+    assert [p.name for p in (tmp_path / "cache" / "onnx").iterdir()] == []
+
+
+def test_a_missing_onnx_file_is_named_clipped(tmp_path: Path) -> None:
+    from milvus_rerank.providers.local.family import ModelSource
+
+    source = ModelSource(str(tmp_path), tmp_path, None, None, False)
+    with pytest.raises(ConfigurationError) as info:
+        onnx_files.shipped_file(source, "x" * 100_000, local_only=True)
+    assert len(str(info.value)) < 600 and "is not a file in" in str(info.value)

@@ -49,6 +49,7 @@ def test_onnx_options_are_taken_and_shown() -> None:
         ({"backend": "onnx", "dtype": "float16"}, r"dtype 'float16' cannot run backend='onnx'"),
         ({"backend": "onnx", "threads": 0}, r"threads"),
         ({"backend": "onnx", "threads": True}, r"threads"),
+        ({"backend": "onnx", "use_fp16": True}, r"use_fp16=True cannot run backend='onnx'"),
         ({"backend": "onnx", "threads": 10**9}, r"threads must be at most 1024.*1000000000"),
         ({"backend": "onnx", "onnx_file": ""}, r"onnx_file must be a non-empty str"),
     ],
@@ -61,7 +62,9 @@ def test_bad_backend_options_are_refused_naming_the_value(
 
 
 def test_families_without_an_onnx_path_are_refused_at_construction() -> None:
-    with pytest.raises(ConfigurationError, match=r"Qwen3Family has no ONNX path.*backend='torch'"):
+    with pytest.raises(
+        ConfigurationError, match=r"the Qwen3 family has no ONNX path.*backend='torch'"
+    ):
         Qwen3Reranker("x", backend="onnx")
 
 
@@ -183,5 +186,7 @@ def test_a_hub_model_s_file_comes_through_the_hub_cache(
     assert asked == [("org/model", "onnx/model.onnx", False)]
     del present["onnx/model.onnx"]
     assert onnx_files.shipped_file(source, None, True) is None  # no file: export instead
-    with pytest.raises(ConfigurationError, match=r"onnx_file 'onnx/q.onnx' is not in hub repo"):
+    with pytest.raises(
+        ConfigurationError, match=r"onnx_file 'onnx/q.onnx' is not a file in hub repo"
+    ):
         onnx_files.shipped_file(source, "onnx/q.onnx", False)

@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from milvus_rerank._version import __version__
+from milvus_rerank.core.checks import clip
 from milvus_rerank.core.errors import ConfigurationError
 from milvus_rerank.providers.local.family import ModelSource
 
@@ -216,8 +217,9 @@ def shipped_file(source: ModelSource, name: str | None, local_only: bool) -> Pat
     wanted = name or SHIPPED_FILE
     if source.path is not None:
         candidate = source.path / wanted
-        if candidate.is_file():
-            return candidate
+        with contextlib.suppress(OSError):  # a name too long for the file system: not there
+            if candidate.is_file():
+                return candidate
     else:
         found = _from_hub(source, wanted, local_only)
         if found is not None:
@@ -226,7 +228,8 @@ def shipped_file(source: ModelSource, name: str | None, local_only: bool) -> Pat
         return None
     where = str(source.path) if source.path is not None else f"hub repo {source.model_name!r}"
     raise ConfigurationError(
-        f"onnx_file {name!r} is not in {where}: name a file of the model (such as "
+        f"onnx_file {clip(repr(name), 200)} is not a file in {where}: name a file of the "
+        "model or an absolute path to one (such as "
         f"{SHIPPED_FILE!r} or 'onnx/model_qint8_avx512_vnni.onnx'), or leave onnx_file out "
         "to use the shipped file or export one"
     )
@@ -332,6 +335,7 @@ def quantize_int8(path: Path) -> Path:
 
     def build(folder: Path) -> None:
         model = onnx.load(str(path))
+        _check_float32(model, path)
         # Exporters record intermediate shapes the quantizer's own shape inference rejects.
         del model.graph.value_info[:]
         large = model.ByteSize() > 1_800_000_000
@@ -347,5 +351,35 @@ def quantize_int8(path: Path) -> Path:
             )
         for leftover in folder.glob(f"{plain.name}*"):  # the float copy and its data
             leftover.unlink()
+        _check_opens(folder / MODEL_FILE, path)
 
     return cached("int8", {"onnxruntime": ort_version, "source": _file_key(path)}, build)
+
+
+#: ONNX tensor types of half-precision weights (FLOAT16, BFLOAT16): the quantizer's float
+#: input must be float32.
+_HALF_TYPES = frozenset({10, 16})
+
+
+def _check_float32(model: Any, path: Path) -> None:
+    """Refuse to quantize a half-precision graph (the quantizer writes an invalid one)."""
+    if any(t.data_type in _HALF_TYPES for t in model.graph.initializer):
+        raise ConfigurationError(
+            f"Cannot quantize the ONNX file {str(path)!r} to int8: its weights are float16 or "
+            "bfloat16; quantize a float32 file (such as onnx/model.onnx), or use this one "
+            "without quantization"
+        )
+
+
+def _check_opens(built: Path, source: Path) -> None:
+    """Open a freshly quantized graph once, so a broken one never lands in the cache."""
+    import onnxruntime
+
+    try:
+        onnxruntime.InferenceSession(str(built), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - any runtime refusal: the file cannot serve
+        raise ConfigurationError(
+            f"Cannot quantize the ONNX file {str(source)!r} to int8: ONNX Runtime cannot run "
+            f"the result ({clip(str(exc), 200)}); pass a pre-quantized file as onnx_file, or "
+            "leave quantization out"
+        ) from None

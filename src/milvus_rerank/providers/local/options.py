@@ -257,6 +257,11 @@ def _check_backend(merged: dict[str, Any], given: set[str]) -> None:
                 f"device {merged['device']!r} cannot run backend='onnx': it runs ONNX Runtime "
                 "on the CPU; use device='cpu' (or None), or backend='torch' for an accelerator"
             )
+        if merged["use_fp16"] and "use_fp16" in given:
+            raise ConfigurationError(
+                "use_fp16=True cannot run backend='onnx': it runs float32, or int8 with "
+                "quantization='int8'"
+            )
         if merged["dtype"] not in ("auto", "float32"):
             raise ConfigurationError(
                 f"dtype {merged['dtype']!r} cannot run backend='onnx': it runs float32, or "

@@ -117,7 +117,8 @@ class LocalModelRunner:
         if self.backend == "onnx" and not family.onnx_ready:
             raise ConfigurationError(
                 f"backend='onnx' runs the encoder cross-encoders (cross-encoder, bge); "
-                f"{type(family).__name__} has no ONNX path yet: use backend='torch'"
+                f"the {type(family).__name__.removesuffix('Family')} family has no ONNX path "
+                "yet: use backend='torch'"
             )
         self._loaded: Loaded | None = None
         self._load_lock = threading.Lock()
