@@ -229,7 +229,9 @@ def test_missing_onnx_file_is_refused_naming_it(onnx_models: dict[str, Path]) ->
     reranker = CrossEncoderReranker(
         str(onnx_models["ce"]), backend="onnx", onnx_file="onnx/model_O4.onnx"
     )
-    with pytest.raises(ConfigurationError, match=r"onnx_file 'onnx/model_O4.onnx' is not a file in"):
+    with pytest.raises(
+        ConfigurationError, match=r"onnx_file 'onnx/model_O4.onnx' is not a file in"
+    ):
         reranker.load()
 
 
@@ -365,3 +367,23 @@ def test_a_configured_torch_activation_runs_without_torch_on_onnx(
         expected, got = scores(torch_r), scores(onnx_r)
         assert max(abs(a - b) for a, b in zip(expected, got, strict=True)) < TOLERANCE
         assert any(abs(s) < 0.999 for s in got) and all(-1 <= s <= 1 for s in got)  # tanh's range
+
+
+def test_a_same_shape_file_of_other_weights_is_refused(
+    onnx_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Another fine-tune's file (same vocabulary and width) passes the shape checks: not this."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    model = tmp_path / "ce"
+    shutil.copytree(onnx_models["ce"], model)
+    CrossEncoderReranker(str(model), backend="onnx").load()  # its own file: taken
+    weights = load_file(str(model / "model.safetensors"))
+    name = next(n for n in weights if "word_embeddings" in n)
+    weights[name] = (weights[name] + np.float32(0.05)).astype(weights[name].dtype)
+    save_file(weights, str(model / "model.safetensors"))
+    shipped = model / "onnx" / "model.onnx"
+    with pytest.raises(ConfigurationError, match="another model's file") as caught:
+        CrossEncoderReranker(str(model), backend="onnx").load()
+    assert str(shipped) in str(caught.value) and "differ from the weights" in str(caught.value)

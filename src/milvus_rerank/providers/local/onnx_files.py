@@ -35,6 +35,8 @@ __all__ = [
     "QUANTIZED_OPS",
     "SHIPPED_FILE",
     "cached",
+    "FINGERPRINT_ROWS",
+    "embedding_rows",
     "embedding_shape",
     "external_files",
     "is_quantized",
@@ -42,6 +44,7 @@ __all__ = [
     "model_files_key",
     "onnx_cache_dir",
     "quantize_int8",
+    "weights_rows",
     "read_graph",
     "shipped_file",
 ]
@@ -383,3 +386,42 @@ def _check_opens(built: Path, source: Path) -> None:
             f"the result ({clip(str(exc), 200)}); pass a pre-quantized file as onnx_file, or "
             "leave quantization out"
         ) from None
+
+
+#: Rows of the token embedding table compared between an ONNX file and the model's weights.
+FINGERPRINT_ROWS = 16
+
+
+def embedding_rows(model: Any, shape: tuple[int, int]) -> Any:
+    """The first ``FINGERPRINT_ROWS`` rows of a float graph's token table (None: not readable).
+
+    Only float32 tables held in the graph file itself are read: a quantized table, or one in
+    external data, is not compared.
+    """
+    from onnx import TensorProto, numpy_helper
+
+    for tensor in model.graph.initializer:
+        if tuple(tensor.dims) == shape and tensor.data_type == TensorProto.FLOAT:
+            if not tensor.raw_data and not tensor.float_data:
+                return None
+            return numpy_helper.to_array(tensor)[:FINGERPRINT_ROWS]
+    return None
+
+
+def weights_rows(directory: Path, shape: tuple[int, int]) -> Any:
+    """The same rows of the token table in the model's safetensors weights (None: not found)."""
+    import numpy as np
+    from safetensors import safe_open
+
+    for path in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="np") as weights:
+                for name in weights.keys():  # noqa: SIM118 - safe_open is no mapping
+                    if "embed" not in name or "position" in name or "token_type" in name:
+                        continue
+                    table = weights.get_slice(name)
+                    if tuple(table.get_shape()) == shape:
+                        return np.asarray(table[:FINGERPRINT_ROWS], dtype=np.float32)
+        except Exception:  # noqa: BLE001 - bfloat16 (numpy has none), a damaged file: no check
+            return None
+    return None

@@ -95,7 +95,8 @@ class OnnxLoader(ModelLoader):
         if self.options["quantization"] == "int8":
             path = self._quantized(path)
         threads = self.options["threads"] or machine_threads(self._workers())
-        scorer = OnnxScorer(path, config, tokenizer, threads)
+        weights = model.path if not exported else None  # a shipped file: is it this model's?
+        scorer = OnnxScorer(path, config, tokenizer, threads, weights)
         return tokenizer, OnnxModel(config, scorer, exported)
 
     def _workers(self) -> int:

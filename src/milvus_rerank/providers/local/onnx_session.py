@@ -19,7 +19,13 @@ from typing import Any
 
 from milvus_rerank.core.errors import ConfigurationError
 from milvus_rerank.core.forks import after_fork
-from milvus_rerank.providers.local.onnx_files import embedding_shape, is_quantized, read_graph
+from milvus_rerank.providers.local.onnx_files import (
+    embedding_rows,
+    embedding_shape,
+    is_quantized,
+    read_graph,
+    weights_rows,
+)
 
 __all__ = ["INPUTS", "OnnxScorer", "machine_threads"]
 
@@ -65,14 +71,24 @@ class OnnxScorer:
         ConfigurationError: naming ``path``, where it is not a graph this model can run.
     """
 
-    def __init__(self, path: Path, config: Any, tokenizer: Any, threads: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        config: Any,
+        tokenizer: Any,
+        threads: int,
+        weights: Path | None = None,
+    ) -> None:
         self.path = path
         self.threads = threads
         self._lock = threading.Lock()
         self._session = self._open()
         graph = read_graph(path)  # the operators and tables, without the weights' data
         self.quantized = is_quantized(graph)
-        self._check_tables(config, embedding_shape(graph))
+        table = embedding_shape(graph)
+        self._check_tables(config, table)
+        if weights is not None and table is not None:
+            self._check_fingerprint(graph, table, weights)
         self.inputs = self._check_inputs(config, tokenizer)
         del graph
         self._probe(config, tokenizer)
@@ -155,6 +171,22 @@ class OnnxScorer:
             raise self._refuse(
                 f"its token embedding table is {table[0]} x {table[1]}, the model's config says "
                 f"{vocab} x {hidden}: it is another model's file"
+            )
+
+    def _check_fingerprint(self, graph: Any, table: tuple[int, int], weights: Path) -> None:
+        """A float graph's token table starts as the model's weights do.
+
+        Same-shape files of another fine-tune or seed pass every other check.
+        """
+        import numpy as np
+
+        ours, theirs = embedding_rows(graph, table), weights_rows(weights, table)
+        if ours is None or theirs is None:
+            return
+        if not np.allclose(ours, theirs, rtol=1e-2, atol=1e-3):
+            raise self._refuse(
+                f"its token embeddings differ from the weights in {str(weights)!r}: it is "
+                "another model's file (another fine-tune, or another seed)"
             )
 
     def _probe(self, config: Any, tokenizer: Any) -> None:
