@@ -369,10 +369,14 @@ def test_a_configured_torch_activation_runs_without_torch_on_onnx(
         assert any(abs(s) < 0.999 for s in got) and all(-1 <= s <= 1 for s in got)  # tanh's range
 
 
-def test_a_same_shape_file_of_other_weights_is_refused(
-    onnx_models: dict[str, Path], tmp_path: Path
+def test_a_same_shape_file_of_other_weights_is_refused_or_replaced(
+    onnx_models: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Another fine-tune's file (same vocabulary and width) passes the shape checks: not this."""
+    """Another fine-tune's file (same vocabulary and width) passes the shape checks.
+
+    Asked for by name it is refused; the default ``onnx/model.onnx`` of a checkpoint fine-tuned
+    in place gives way, with a warning, to an export of the weights.
+    """
     import numpy as np
     from safetensors.numpy import load_file, save_file
 
@@ -384,6 +388,32 @@ def test_a_same_shape_file_of_other_weights_is_refused(
     weights[name] = (weights[name] + np.float32(0.05)).astype(weights[name].dtype)
     save_file(weights, str(model / "model.safetensors"))
     shipped = model / "onnx" / "model.onnx"
+    named = CrossEncoderReranker(str(model), backend="onnx", onnx_file="onnx/model.onnx")
     with pytest.raises(ConfigurationError, match="another model's file") as caught:
-        CrossEncoderReranker(str(model), backend="onnx").load()
+        named.load()
     assert str(shipped) in str(caught.value) and "differ from the weights" in str(caught.value)
+    docs = ["paris is the capital of france", "a recipe for bread", "the eiffel tower"]
+    with caplog.at_level("WARNING", logger="milvus_rerank.providers.onnx"):
+        with CrossEncoderReranker(str(model), backend="onnx") as onnx_ranker:
+            got = [r.score for r in onnx_ranker.rerank(QUERY, docs)]
+    assert any("exporting the weights instead" in r.getMessage() for r in caplog.records)
+    with CrossEncoderReranker(str(model)) as torch_ranker:
+        want = [r.score for r in torch_ranker.rerank(QUERY, docs)]
+    assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_a_graph_shorter_than_max_length_is_refused_at_load(
+    onnx_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A file exported for fewer positions than the model reads would fail long batches later."""
+    import json
+
+    model = tmp_path / "ce"
+    shutil.copytree(onnx_models["ce"], model)
+    config = json.loads((model / "config.json").read_text())
+    longer = config["max_position_embeddings"] * 4
+    config["max_position_embeddings"] = longer
+    (model / "config.json").write_text(json.dumps(config))
+    reranker = CrossEncoderReranker(str(model), backend="onnx", max_length=longer - 8)
+    with pytest.raises(ConfigurationError, match=f"cannot read an input of {longer - 8} tokens"):
+        reranker.load()

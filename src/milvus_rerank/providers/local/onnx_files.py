@@ -146,6 +146,7 @@ def cached(kind: str, parts: dict[str, Any], build: Callable[[Path], None]) -> P
         raise _unwritable(root, exc) from None
     try:
         build(work)
+        os.chmod(work, 0o755)  # noqa: S103 - mkdtemp's 0700 would hide it from other users
         record = {**key, "size": (work / MODEL_FILE).stat().st_size}
         (work / SOURCE_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
         _move_into_place(work, final)

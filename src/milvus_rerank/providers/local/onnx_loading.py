@@ -10,6 +10,7 @@ torch: ``transformers`` reads configs and tokenizers without it.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,11 @@ from milvus_rerank.providers.local.onnx_files import (
     quantize_int8,
     shipped_file,
 )
-from milvus_rerank.providers.local.onnx_session import OnnxScorer, machine_threads
+from milvus_rerank.providers.local.onnx_session import ForeignFile, OnnxScorer, machine_threads
 from milvus_rerank.providers.local.options import LocalOptions
 from milvus_rerank.providers.local.runner_batching import workers_for
+
+log = logging.getLogger("milvus_rerank.providers.onnx")
 
 __all__ = ["OnnxLoader", "OnnxModel"]
 
@@ -72,12 +75,14 @@ class OnnxLoader(ModelLoader):
         pad_id = tokenizer.pad_token_id
         if pad_id is None:
             raise ConfigurationError(f"the tokenizer of {self.model_name!r} has no pad token")
+        max_length = self._resolve_max_length(tokenizer, model.config)
+        scorer.probe_length(max_length, tokenizer)
         return Loaded(
             model=model,
             tokenizer=tokenizer,
             device="cpu",
             dtype="int8" if scorer.quantized else "float32",
-            max_length=self._resolve_max_length(tokenizer, model.config),
+            max_length=max_length,
             pad_id=int(pad_id),
             head=head,
             backend="onnx",
@@ -96,7 +101,18 @@ class OnnxLoader(ModelLoader):
             path = self._quantized(path)
         threads = self.options["threads"] or machine_threads(self._workers())
         weights = model.path if not exported else None  # a shipped file: is it this model's?
-        scorer = OnnxScorer(path, config, tokenizer, threads, weights)
+        try:
+            scorer = OnnxScorer(path, config, tokenizer, threads, weights)
+        except ForeignFile as stale:
+            if self.options["onnx_file"] is not None:
+                raise  # asked for by name: refused
+            # The default file of a checkpoint fine-tuned in place: the weights are the model.
+            log.warning("%s; exporting the weights instead", stale)
+            path = self._export(model, config)
+            if self.options["quantization"] == "int8":
+                path = self._quantized(path)
+            scorer = OnnxScorer(path, config, tokenizer, threads)
+            exported = True
         return tokenizer, OnnxModel(config, scorer, exported)
 
     def _workers(self) -> int:

@@ -27,7 +27,7 @@ from milvus_rerank.providers.local.onnx_files import (
     weights_rows,
 )
 
-__all__ = ["INPUTS", "OnnxScorer", "machine_threads"]
+__all__ = ["INPUTS", "ForeignFile", "OnnxScorer", "machine_threads"]
 
 #: The inputs a cross-encoder graph may take; the first two are required.
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -40,6 +40,10 @@ _LIVE: weakref.WeakSet[OnnxScorer] = weakref.WeakSet()
 def _scorers_after_fork() -> None:
     for scorer in list(_LIVE):
         scorer._after_fork()
+
+
+class ForeignFile(ConfigurationError):
+    """The ONNX file holds other weights than the model directory's (same shapes)."""
 
 
 def machine_threads(workers: int = 1) -> int:
@@ -105,8 +109,8 @@ class OnnxScorer:
             ctypes.pythonapi.Py_IncRef(ctypes.py_object(self._session))
         self._session = None
 
-    def _refuse(self, why: str) -> ConfigurationError:
-        return ConfigurationError(
+    def _refuse(self, why: str, kind: type[ConfigurationError] = ConfigurationError) -> Any:
+        return kind(
             f"the ONNX file {str(self.path)!r} cannot run this model: {why}; use the model's "
             "own file (onnx/model.onnx), or leave onnx_file out to export one from the weights"
         )
@@ -186,7 +190,8 @@ class OnnxScorer:
         if not np.allclose(ours, theirs, rtol=1e-2, atol=1e-3):
             raise self._refuse(
                 f"its token embeddings differ from the weights in {str(weights)!r}: it is "
-                "another model's file (another fine-tune, or another seed)"
+                "another model's file (another fine-tune, or another seed)",
+                ForeignFile,
             )
 
     def _probe(self, config: Any, tokenizer: Any) -> None:
@@ -213,6 +218,33 @@ class OnnxScorer:
             raise self._refuse(
                 f"a probe batch of 2 rows gives {out.size} value(s), not 2 finite logits"
             )
+
+    def probe_length(self, length: int, tokenizer: Any) -> None:
+        """One row of ``length`` tokens (the model's ``max_length``) scores.
+
+        A graph with a shorter position table passes every other check and then fails each
+        batch that holds a long document, other callers' rows with it.
+        """
+        import numpy as np
+
+        ids = list(tokenizer("probe", "probe")["input_ids"])
+        filler = ids[1] if len(ids) > 2 else 0
+        row = ids[:1] + [filler] * max(0, length - 2) + ids[-1:]
+        batch = {
+            "input_ids": np.array([row[:length]], dtype=np.int64),
+            "attention_mask": np.ones((1, min(len(row), length)), dtype=np.int64),
+        }
+        try:
+            out = self.run(batch)
+        except Exception as exc:  # noqa: BLE001 - ORT's errors on shapes and indices
+            text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise self._refuse(
+                f"it cannot read an input of {length} tokens, the model's max_length "
+                f"({type(exc).__name__}: {text}); pass a smaller max_length if the file is "
+                "meant for shorter inputs"
+            ) from None
+        if not np.isfinite(out).all():
+            raise self._refuse(f"an input of {length} tokens gives no finite logit")
 
     def run(self, batch: dict[str, Any]) -> Any:
         """One logit per row (a float32 numpy array of shape ``[rows]``) of a padded batch.
