@@ -84,6 +84,11 @@ def test_the_key_is_read_from_a_variable_named_never_given() -> None:
         ({**CE, "num_replica": "2"}, "did you mean 'num_replicas'"),
         ({**CE, "num_replicas": "two"}, "num_replicas must be an integer >= 1, got str 'two'"),
         ({**CE, "num_replicas": "0"}, "num_replicas must be an integer >= 1"),
+        ({**CE, "num_replicas": "1000000"}, "num_replicas must be at most 1024.*1000000"),
+        (
+            {**CE, "autoscaling_config": '{"min_replicas": 1, "max_replicas": 100000}'},
+            "autoscaling_config's max_replicas must be at most 1024",
+        ),
         ({**CE, "num_cpus": "-1"}, "num_cpus must be a number >= 0"),
         ({**CE, "num_gpus": "nan"}, "num_gpus must be a number >= 0"),
         ({**CE, "max_documents": "1.5"}, "max_documents must be an integer >= 1"),

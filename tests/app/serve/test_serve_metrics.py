@@ -244,3 +244,63 @@ def test_route_labels_and_reasons_come_from_fixed_sets() -> None:
     assert reason_for(503) == "unavailable" and reason_for(503, "draining") == "draining"
     assert reason_for(500) is None and reason_for(502) is None
     assert reason_for(400, "made-up") is None
+
+
+def test_a_trailing_slash_is_a_404_never_a_redirect_to_the_clients_host() -> None:
+    """Starlette's slash redirect echoed the request's Host header in its Location."""
+    app = create_app(Counted(), api_key="kk-12345678")
+
+    async def run() -> list[httpx.Response]:
+        headers = {**JSON, "Host": "evil.example.com", "Authorization": "Bearer kk-12345678"}
+        async with client_of(app, headers=headers) as client:
+            return [
+                await client.post("/v2/rerank/", json={"query": "q", "documents": ["a"]}),
+                await client.get("/metrics/"),
+            ]
+
+    for answer in asyncio.run(run()):
+        assert answer.status_code == 404 and "location" not in answer.headers
+
+
+def test_the_queue_gauge_counts_pairs_while_they_are_tokenized() -> None:
+    """The autoscaling signal rises as requests arrive, not once tokenization ends (it read 0
+    for the first 0.8 s of 10,800 pairs arriving at once)."""
+    import threading
+
+    from milvus_rerank.app.serve.batcher import RequestBatcher
+
+    release = threading.Event()
+
+    class Tokenizing:
+        """A runner whose tokenization holds until released (``runner_batcher`` reads the rest)."""
+
+        options: dict[str, Any] = {}
+        batch_size = 8
+
+        def load(self) -> Any:
+            return type("Loaded", (), {"device": "cpu", "max_length": 512})()
+
+        def token_budget(self, device: str) -> None:
+            return None
+
+        def prepare(self, queries: Any, documents: Any, family: Any) -> Any:
+            release.wait(10)
+            raise RuntimeError("stop here")
+
+        def forward(self, rows: Any) -> Any:
+            raise AssertionError("never reached")
+
+    def unused(queries: Any, documents: Any) -> list[float]:
+        raise AssertionError("never reached")
+
+    async def run() -> tuple[int, int]:
+        batcher = RequestBatcher(unused, runner=Tokenizing(), workers=1)  # type: ignore[arg-type]
+        scoring = asyncio.ensure_future(batcher.score("q", ["a", "b", "c", "a"]))
+        await asyncio.sleep(0.1)
+        during = batcher.pending_pairs
+        release.set()
+        with pytest.raises(RuntimeError, match="stop here"):
+            await scoring
+        return during, batcher.pending_pairs
+
+    assert asyncio.run(run()) == (3, 0)  # the distinct pairs, then none

@@ -185,6 +185,8 @@ def create_app(
     ]
     counted = Middleware(MetricsMiddleware, metrics=state.metrics)
     app = Starlette(routes=routes, middleware=[counted])
+    # A trailing slash is a 404, not a 307 whose Location echoes the client's Host header.
+    app.router.redirect_slashes = False
     app.state.serve = state
     # Shortcuts to the state's parts, for operators and tests that inspect a running app.
     app.state.batcher = state.batcher

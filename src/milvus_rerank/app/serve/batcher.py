@@ -119,6 +119,7 @@ class RequestBatcher:
         self.max_pending = max_pending
         self._lock = threading.Lock()
         self._whole_pairs = 0  # pairs of whole requests queued or being scored
+        self._encoding_pairs = 0  # pairs of requests being tokenized, not yet queued
         self._active = 0  # requests in score_counted
         self._busy = 0  # worker threads encoding or scoring (for abandoned requests too)
         self._async_answered = 0  # whole requests answered through score_request
@@ -154,7 +155,7 @@ class RequestBatcher:
     def forget_work(self) -> None:
         """In a forked child: the parent's requests and worker threads are not running here."""
         self._lock = threading.Lock()
-        self._whole_pairs = self._active = self._busy = 0
+        self._whole_pairs = self._encoding_pairs = self._active = self._busy = 0
         self._gate = AsyncGate(self._batcher.workers)
         self._last_done = time.monotonic()
 
@@ -202,8 +203,14 @@ class RequestBatcher:
 
     @property
     def pending_pairs(self) -> int:
-        """Rows queued and not yet handed to the model (whole requests: until answered)."""
-        return self._whole_pairs if self.whole_requests else self._batcher.pending
+        """Pairs waiting for the model: being tokenized, or queued.
+
+        Whole requests count until answered. ``milvus_rerank_queue_pairs`` shows it, so the
+        gauge rises as requests arrive, not once their tokenization ends.
+        """
+        if self.whole_requests:
+            return self._whole_pairs
+        return self._encoding_pairs + self._batcher.pending
 
     @property
     def batches(self) -> int:
@@ -440,12 +447,18 @@ class RequestBatcher:
         self._batcher.check_room(len(documents))  # before the work of encoding
         # Copies of a document are scored once, as ``LocalReranker`` scores them.
         queries, distinct, where = unique_pairs([query] * len(documents), documents)
-        prepared = await asyncio.to_thread(
-            self._counted(runner.prepare),
-            queries,
-            distinct,
-            self.family if family is None else family,
-        )
+        with self._lock:
+            self._encoding_pairs += len(distinct)
+        try:
+            prepared = await asyncio.to_thread(
+                self._counted(runner.prepare),
+                queries,
+                distinct,
+                self.family if family is None else family,
+            )
+        finally:
+            with self._lock:
+                self._encoding_pairs -= len(distinct)
         scored = await _until(submit_prepared(self._batcher, runner, prepared), abandoned)
         scores, tokens = spread(scored, where)
         return scores, Usage(tokens=bounded_count(sum(tokens)))
