@@ -261,6 +261,9 @@ def test_token_budget_defaults_by_device() -> None:
     assert CrossEncoderReranker("x").runner.token_budget("cpu") == 1024
     assert CrossEncoderReranker("x").runner.token_budget("cuda:0") is None
     assert BGEReranker("x", max_tokens_per_batch=300).runner.token_budget("cuda") == 300
+    assert CrossEncoderReranker("x", backend="onnx").runner.token_budget("cpu") == 512
+    onnx = CrossEncoderReranker("x", backend="onnx", max_tokens_per_batch=2048)
+    assert onnx.runner.token_budget("cpu") == 2048
 
 
 class _LastTokenFamily(ModelFamily):

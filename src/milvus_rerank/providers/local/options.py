@@ -61,7 +61,8 @@ class LocalOptions(TypedDict, total=False):
         batch_size: Upper bound of pairs per forward pass.
         max_length: Token limit of a pair; None takes the family's default (its reference's).
         max_tokens_per_batch: Upper bound of padded tokens per forward pass (None: 1,024 on
-            CPUs, where small length-sorted batches run fastest, and no bound on GPUs).
+            CPUs, 512 with ``backend="onnx"``, where small length-sorted batches run fastest,
+            and no bound on GPUs).
         trust_remote_code: Allow custom modelling code (and custom activations) from the hub.
         revision: Hub revision (branch, tag or commit).
         cache_dir: Hugging Face cache directory.
