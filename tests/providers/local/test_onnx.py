@@ -90,6 +90,23 @@ def test_fp32_scores_and_usage_equal_torch(
         assert "backend='onnx'" in repr(onnx_r)
 
 
+@pytest.mark.parametrize("name", ["ce", "bge"])
+def test_fp32_equals_torch_at_batch_one_and_near_max_length(
+    tiny_models: dict[str, Path], name: str
+) -> None:
+    """The exported graph holds no shape of its sample batch: one row, and rows of ~max_length."""
+    cls = CrossEncoderReranker if name == "ce" else BGEReranker
+    path = str(tiny_models[name])
+    near = [
+        " ".join(["capital"] * words) for words in (49, 52, 53, 54, 60)
+    ]  # 58 to 64 tokens, cut at 64
+    with cls(path, max_length=64) as torch_r, cls(path, max_length=64, backend="onnx") as onnx_r:
+        for docs in (["paris"], [LONG], [near[2]], near, [LONG, "rome"]):
+            expected = torch_r.score_pairs([QUERY] * len(docs), docs)
+            got = onnx_r.score_pairs([QUERY] * len(docs), docs)
+            assert max(abs(a - b) for a, b in zip(expected, got, strict=True)) < TOLERANCE, docs
+
+
 def test_shipped_file_is_used_as_is_and_needs_no_export(
     onnx_models: dict[str, Path], tiny_models: dict[str, Path], exports: list[Path]
 ) -> None:

@@ -55,9 +55,8 @@ CACHE_ENV = "MILVUS_RERANK_CACHE"
 SHIPPED_FILE = "onnx/model.onnx"
 #: The file name of a cached graph inside its folder.
 MODEL_FILE = "model.onnx"
-#: How graphs are exported: torch's dynamo exporter (the TorchScript one traces transformers'
-#: attention masks into constants and scores wrongly on other shapes).
-EXPORTER = "torch.onnx.export(dynamo=True)"
+#: How graphs are exported (``onnx_export.py``): part of the cache key, so a change re-exports.
+EXPORTER = "torch.onnx.export(dynamo=False, opset=17, full model, eager attention)"
 #: Operators that only a quantized graph holds: such a file is int8 already.
 QUANTIZED_OPS = frozenset(
     {
@@ -352,6 +351,8 @@ def quantize_int8(path: Path) -> Path:
                 folder / MODEL_FILE,
                 weight_type=QuantType.QInt8,
                 use_external_data_format=large,
+                # Type the tensors its shape inference cannot (the legacy export's Shape ops).
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )
         for leftover in folder.glob(f"{plain.name}*"):  # the float copy and its data
             leftover.unlink()
