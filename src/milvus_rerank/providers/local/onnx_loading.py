@@ -145,9 +145,9 @@ class OnnxLoader(ModelLoader):
         """A graph exported from the torch weights, cached (``onnx_files.cached``).
 
         Raises:
-            MissingDependencyError: torch or onnxscript is not installed (the exporter).
+            MissingDependencyError: torch is not installed (the exporter).
         """
-        for needed in ("torch", "onnxscript"):  # onnxscript: what torch's exporter writes with
+        for needed in ("torch",):  # torch's own (TorchScript) exporter needs nothing more
             try:
                 importlib.import_module(needed)
             except ImportError:
