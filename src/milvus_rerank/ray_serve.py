@@ -104,10 +104,11 @@ class MetricsMirror:
 
     def copy(self) -> int:
         """Copy every sample once; returns how many were copied."""
+        families = list(self.registry.collect())
         from ray.serve.metrics import Gauge
 
         copied = 0
-        for family in self.registry.collect():
+        for family in families:
             for sample in family.samples:
                 if not sample.name.startswith(_MIRRORED_PREFIX) or sample.name.endswith("_created"):
                     continue
