@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -238,6 +238,22 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+#: The ``serve`` processes a test started: killed and their pipes closed after it.
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_servers() -> Iterator[None]:
+    yield
+    while _STARTED:
+        process = _STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
 def _serve(model: Path, port: int, *flags: str) -> subprocess.Popen[str]:
     import milvus_rerank
 
@@ -249,6 +265,7 @@ def _serve(model: Path, port: int, *flags: str) -> subprocess.Popen[str]:
     process = subprocess.Popen(
         [*command, *flags], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
     )
+    _STARTED.append(process)
     watchdog = threading.Timer(120, process.kill)
     watchdog.daemon = True
     watchdog.start()
