@@ -405,10 +405,13 @@ def test_a_same_shape_file_of_other_weights_is_refused_or_replaced(
     weights[name] = (weights[name] + np.float32(0.05)).astype(weights[name].dtype)
     save_file(weights, str(model / "model.safetensors"))
     shipped = model / "onnx" / "model.onnx"
-    named = CrossEncoderReranker(str(model), backend="onnx", onnx_file="onnx/model.onnx")
-    with pytest.raises(ConfigurationError, match="another model's file") as caught:
-        named.load()
-    assert str(shipped) in str(caught.value) and "differ from the weights" in str(caught.value)
+    for quantization in (None, "int8"):  # int8: checked on the shipped file, before quantizing
+        named = CrossEncoderReranker(
+            str(model), backend="onnx", onnx_file="onnx/model.onnx", quantization=quantization
+        )
+        with pytest.raises(ConfigurationError, match="another model's file") as caught:
+            named.load()
+        assert str(shipped) in str(caught.value) and "differ from the weights" in str(caught.value)
     docs = ["paris is the capital of france", "a recipe for bread", "the eiffel tower"]
     with caplog.at_level("WARNING", logger="milvus_rerank.providers.onnx"):
         with CrossEncoderReranker(str(model), backend="onnx") as onnx_ranker:

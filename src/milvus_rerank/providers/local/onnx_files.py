@@ -36,6 +36,7 @@ __all__ = [
     "SHIPPED_FILE",
     "cached",
     "FINGERPRINT_ROWS",
+    "differs_from_weights",
     "embedding_rows",
     "embedding_shape",
     "external_files",
@@ -408,6 +409,23 @@ def embedding_rows(model: Any, shape: tuple[int, int]) -> Any:
                 return None
             return numpy_helper.to_array(tensor)[:FINGERPRINT_ROWS]
     return None
+
+
+def differs_from_weights(graph: Any, directory: Path) -> bool:
+    """Whether a float graph's token table starts otherwise than the weights in ``directory``.
+
+    Catches another fine-tune or seed of the same shape. False where the two cannot be
+    compared (a quantized or external table, no safetensors file, bfloat16 weights).
+    """
+    import numpy as np
+
+    table = embedding_shape(graph)
+    if table is None:
+        return False
+    ours, theirs = embedding_rows(graph, table), weights_rows(directory, table)
+    if ours is None or theirs is None:
+        return False
+    return not np.allclose(ours, theirs, rtol=1e-2, atol=1e-3)
 
 
 def weights_rows(directory: Path, shape: tuple[int, int]) -> Any:

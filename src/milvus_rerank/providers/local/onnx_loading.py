@@ -22,11 +22,14 @@ from milvus_rerank.providers.local.onnx_files import (
     EXPORTER,
     SHIPPED_FILE,
     cached,
+    differs_from_weights,
+    is_quantized,
     model_files_key,
     quantize_int8,
+    read_graph,
     shipped_file,
 )
-from milvus_rerank.providers.local.onnx_session import ForeignFile, OnnxScorer, machine_threads
+from milvus_rerank.providers.local.onnx_session import OnnxScorer, machine_threads, refusal
 from milvus_rerank.providers.local.options import LocalOptions
 from milvus_rerank.providers.local.runner_batching import workers_for
 
@@ -94,25 +97,25 @@ class OnnxLoader(ModelLoader):
         """The tokenizer and an ``OnnxModel``: the shipped graph, else an exported one."""
         config, tokenizer = self._config_and_tokenizer(source, local_only, model)
         path = self._shipped(model, local_only)
+        graph = read_graph(path) if path is not None else None
+        if path is not None and model.path is not None and differs_from_weights(graph, model.path):
+            why = (
+                f"its token embeddings differ from the weights in {str(model.path)!r}: it is "
+                "another model's file (another fine-tune, or another seed)"
+            )
+            if self.options["onnx_file"] is not None:
+                raise refusal(path, why)  # asked for by name: refused
+            # The default file of a checkpoint fine-tuned in place: the weights are the model.
+            log.warning("%s; exporting the weights instead", refusal(path, why))
+            path = graph = None
         exported = path is None
         if path is None:
             path = self._export(model, config)
         if self.options["quantization"] == "int8":
-            path = self._quantized(path)
+            quantized = self._quantized(path, graph)
+            path, graph = quantized, (graph if quantized == path else None)
         threads = self.options["threads"] or machine_threads(self._workers())
-        weights = model.path if not exported else None  # a shipped file: is it this model's?
-        try:
-            scorer = OnnxScorer(path, config, tokenizer, threads, weights)
-        except ForeignFile as stale:
-            if self.options["onnx_file"] is not None:
-                raise  # asked for by name: refused
-            # The default file of a checkpoint fine-tuned in place: the weights are the model.
-            log.warning("%s; exporting the weights instead", stale)
-            path = self._export(model, config)
-            if self.options["quantization"] == "int8":
-                path = self._quantized(path)
-            scorer = OnnxScorer(path, config, tokenizer, threads)
-            exported = True
+        scorer = OnnxScorer(path, config, tokenizer, threads, graph)
         return tokenizer, OnnxModel(config, scorer, exported)
 
     def _workers(self) -> int:
@@ -190,11 +193,12 @@ class OnnxLoader(ModelLoader):
         loaded = ModelLoader(self.model_name, self.family, options).load()
         export_graph(loaded, folder)
 
-    def _quantized(self, path: Path) -> Path:
-        """``path`` as int8: as it is where quantized already, else quantized and cached."""
-        from milvus_rerank.providers.local.onnx_files import is_quantized, read_graph
+    def _quantized(self, path: Path, graph: Any = None) -> Path:
+        """``path`` as int8: as it is where quantized already, else quantized and cached.
 
-        if is_quantized(read_graph(path)):
+        ``graph`` is ``path``'s, where the caller has read it already.
+        """
+        if is_quantized(graph if graph is not None else read_graph(path)):
             return path
         try:
             return quantize_int8(path)
