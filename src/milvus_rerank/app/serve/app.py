@@ -16,7 +16,7 @@ from milvus_rerank.app.serve.access import check_api_key, check_hosts
 from milvus_rerank.app.serve.batcher import RequestBatcher
 from milvus_rerank.app.serve.drain import Drain
 from milvus_rerank.app.serve.failures import upstream_providers
-from milvus_rerank.app.serve.formats import COHERE, RERANK, VLLM, WireFormat
+from milvus_rerank.app.serve.formats import RANK_ROUTES, WireFormat
 from milvus_rerank.app.serve.limits import CHARS_PER_TOKEN, UNKNOWN_WINDOW, ServeLimits
 from milvus_rerank.app.serve.metrics import MetricsMiddleware, ServeMetrics
 from milvus_rerank.app.serve.scoring import aresponse_scores, score_groups
@@ -37,11 +37,8 @@ if TYPE_CHECKING:
 __all__ = ["ROUTES", "build_state", "create_app"]
 
 #: The rank routes (all ``POST``) and the wire format each speaks.
-ROUTES: tuple[tuple[str, WireFormat], ...] = (
-    ("/v2/rerank", COHERE),
-    ("/v1/rerank", VLLM),
-    ("/rerank", RERANK),
-)
+#: The rank routes and their wire formats (``formats.RANK_ROUTES``).
+ROUTES = RANK_ROUTES
 
 
 def _batcher(

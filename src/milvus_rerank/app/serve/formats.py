@@ -20,6 +20,7 @@ from milvus_rerank.core.results import RerankResult, Usage
 
 __all__ = [
     "COHERE",
+    "RANK_ROUTES",
     "RERANK",
     "TEI",
     "VLLM",
@@ -287,3 +288,11 @@ COHERE = CohereV2Format()
 VLLM = VLLMFormat()
 TEI = TEIFormat()
 RERANK = RerankRouteFormat()
+
+#: The rank routes (``POST``) and the wire format each answers in: what the app mounts and
+#: what the metrics label (one list, so a route added is counted under its own label).
+RANK_ROUTES: tuple[tuple[str, WireFormat], ...] = (
+    ("/v2/rerank", COHERE),
+    ("/v1/rerank", VLLM),
+    ("/rerank", RERANK),
+)

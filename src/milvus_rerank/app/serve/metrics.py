@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from milvus_rerank.app.serve.formats import RANK_ROUTES as MOUNTED
 from milvus_rerank.core.errors import MissingDependencyError
 from milvus_rerank.core.results import Usage
 
@@ -32,7 +33,7 @@ __all__ = [
 
 #: The rank routes (``POST``), and every route label: the rank routes, ``/health``,
 #: ``/metrics``, and ``other`` for any other path.
-RANK_ROUTES = ("/v2/rerank", "/v1/rerank", "/rerank")
+RANK_ROUTES = tuple(path for path, _ in MOUNTED)
 ROUTES = (*RANK_ROUTES, "/health", "/metrics", "other")
 #: Why a request was refused (``milvus_rerank_rejected_total{reason}``).
 REASONS = (
